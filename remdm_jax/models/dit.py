@@ -1,0 +1,515 @@
+"""The MDLM diffusion transformer (DiT) denoiser in Flax NNX (SPEC §6).
+
+Forward pass (SPEC §6.2), B = batch, L = length, H = hidden, N = heads, D = H / N, C = cond dim:
+
+  x   = E[z]                                                        [B, L, H]  float32 residual
+  emb = [cos(sigma f_k), sin(sigma f_k)], f_k = exp(-ln(1e4) k / 128) [B, 256]
+  c   = SiLU(W2 SiLU(W1 emb + b1) + b2)                             [B, C]     (outer SiLU)
+  per block:  (sh1, sc1, g1, sh2, sc2, g2) = adaLN(c)                 6 x [B, 1, H]
+              h = LN(x) w1 (1 + sc1) + sh1
+              q, k, v = h W_qkv ; rotary(q), rotary(k) ; o = softmax(q k^T / sqrt(D)) v
+              x = x + g1 dropout(o W_out)
+              h = LN(x) w2 (1 + sc2) + sh2
+              x = x + g2 dropout(GELU_tanh(h W1 + b1) W2 + b2)
+  output:     (shift, scale) = adaLN_out(c) ; logits = (LN(x) w (1 + scale) + shift) W_lin + b_lin
+
+LN is a float32 LayerNorm without affine part (eps 1e-5) times a learned weight, without bias.
+Attention is bidirectional (no mask), or causal for the autoregressive variant (`causal=True`, which
+also ignores sigma). Module attribute names mirror the PyTorch names of SPEC §6.3 (`vocab_embed`,
+`sigma_map.mlp.{0,2}`, `blocks.{i}.norm1/attn_qkv/attn_out/norm2/mlp.{0,2}/adaLN_modulation`,
+`output_layer.norm_final/linear/adaLN_modulation`), so `convert.py` is a readable table.
+Linear kernels are stored [in, out] (the transpose of torch's weight).
+
+Precision [LIB]: parameters are float32. Per-token matmuls (qkv, attention, attn_out, MLP, output
+linear) run in `compute_dtype` with float32 accumulation and float32 outputs; the residual stream,
+LayerNorm, rotary, softmax (inside `jax.nn.dot_product_attention`), GELU and the per-example
+conditioning path (sigma map, adaLN) run in float32; logits are float32.
+
+Sharding: every `nnx.Param` carries logical axis names (metadata `out_sharding`, with
+`eager_sharding=False` so models can be built outside a mesh); see `LOGICAL_AXES` and
+`logical_partition_specs`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import PartitionSpec
+
+from remdm_jax.schedules import NoiseSchedule
+
+# Logical axis names carried by the parameters (the trainer maps them to mesh axes with its rules):
+#   vocab  - vocabulary (embedding rows, output-linear columns)
+#   embed  - hidden size H (residual stream features)
+#   mlp    - MLP hidden features (mlp_ratio * H)
+#   qkv    - the 3H output features of attn_qkv
+#   heads  - the H input features of attn_out (merged heads)
+#   cond   - conditioning features C (input of every adaLN, output of the sigma map)
+#   adaln  - the 6H / 2H outputs of the adaLN modulations
+#   freq   - the 256-d sinusoidal time embedding (input of sigma_map.mlp.0)
+#   norm   - 1-d LayerNorm weights (normally replicated)
+# `None` is used for the output dim of sigma_map.mlp.2 (its [C, C] kernel is ("cond", None): one
+# PartitionSpec cannot name an axis twice); its bias is ("cond",).
+LOGICAL_AXES = ("vocab", "embed", "mlp", "qkv", "heads", "cond", "adaln", "freq", "norm")
+
+FREQ_DIM = 256  # size of the sinusoidal time embedding (SPEC §6.2 step 2)
+MAX_PERIOD = 10000.0  # time embedding and rotary base
+LN_EPS = 1e-5
+
+_COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+_ATTENTION_IMPLS = (None, "xla", "cudnn")
+
+_PRESETS: dict[str, dict[str, Any]] = {
+  # Unit tests: ~0.1 M parameters at byte vocab.
+  "tiny": dict(vocab_size=257, max_seq_len=128, hidden_size=64, num_heads=4, num_blocks=2,
+               cond_dim=32),
+  # CPU quick start on King James Bible bytes: ~4.2 M parameters.
+  "bible_byte": dict(vocab_size=257, max_seq_len=256, hidden_size=256, num_heads=4, num_blocks=4,
+                     cond_dim=128),
+  # MDLM "small" (SPEC §6.1): 169,627,218 parameters at V = 50258.
+  "small": dict(vocab_size=50258, max_seq_len=1024, hidden_size=768, num_heads=12, num_blocks=12,
+                cond_dim=128),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DiTConfig:
+  """Architecture of the DiT denoiser (SPEC §6.1).
+
+  Attributes:
+    vocab_size: model vocabulary V including the mask token (GPT-2: 50258; bytes: 257).
+    max_seq_len: longest sequence accepted (rotary positions need no table; this is a check).
+    hidden_size, num_heads, num_blocks, cond_dim, mlp_ratio: sizes (head dim = hidden / heads).
+    dropout: residual-branch dropout rate, used only when a dropout key is passed.
+    time_conditioning: if False the noise level is zeroed before the network (SPEC §6.2, §10.4).
+    causal: autoregressive variant: causal attention, sigma ignored (same parameters).
+    compute_dtype: dtype of the per-token matmuls and attention ("float32"/"bfloat16"/"float16").
+    attention_impl: `implementation=` of `jax.nn.dot_product_attention` (None, "xla", "cudnn").
+  """
+
+  vocab_size: int
+  max_seq_len: int = 1024
+  hidden_size: int = 768
+  num_heads: int = 12
+  num_blocks: int = 12
+  cond_dim: int = 128
+  mlp_ratio: int = 4
+  dropout: float = 0.1
+  time_conditioning: bool = False
+  causal: bool = False
+  compute_dtype: str = "bfloat16"
+  attention_impl: str | None = None
+
+  def __post_init__(self):
+    for name in ("vocab_size", "max_seq_len", "hidden_size", "num_heads", "num_blocks", "cond_dim",
+                 "mlp_ratio"):
+      value = getattr(self, name)
+      if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"DiTConfig.{name}={value!r} must be a positive int")
+    if self.vocab_size < 2:
+      raise ValueError(f"DiTConfig.vocab_size={self.vocab_size!r} must be >= 2 (tokens + mask)")
+    if self.hidden_size % self.num_heads:
+      raise ValueError(f"DiTConfig.hidden_size={self.hidden_size} is not divisible by "
+                       f"num_heads={self.num_heads}")
+    if (self.hidden_size // self.num_heads) % 2:
+      raise ValueError(f"DiTConfig head dim hidden_size/num_heads="
+                       f"{self.hidden_size // self.num_heads} must be even (rotary)")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"DiTConfig.dropout={self.dropout!r} must lie in [0, 1)")
+    if self.compute_dtype not in _COMPUTE_DTYPES:
+      raise ValueError(f"DiTConfig.compute_dtype={self.compute_dtype!r} is not one of "
+                       f"{_COMPUTE_DTYPES}")
+    if self.attention_impl not in _ATTENTION_IMPLS:
+      raise ValueError(f"DiTConfig.attention_impl={self.attention_impl!r} is not one of "
+                       f"{_ATTENTION_IMPLS}")
+    if self.attention_impl == "cudnn" and self.compute_dtype == "float32":
+      raise ValueError("DiTConfig.attention_impl='cudnn' needs compute_dtype bfloat16/float16, "
+                       f"got compute_dtype={self.compute_dtype!r}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def mlp_dim(self) -> int:
+    return self.mlp_ratio * self.hidden_size
+
+  @classmethod
+  def preset(cls, name: str, **overrides) -> "DiTConfig":
+    """A named configuration ("tiny", "bible_byte", "small") with field overrides."""
+    if name not in _PRESETS:
+      raise ValueError(f"DiTConfig.preset name={name!r} is not one of {tuple(_PRESETS)}")
+    return cls.from_dict({**_PRESETS[name], **overrides})
+
+  def to_dict(self) -> dict:
+    """JSON-serialisable dict of every field."""
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "DiTConfig":
+    """Inverse of `to_dict`; an unknown key raises ValueError naming it."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ValueError(f"DiTConfig.from_dict: unknown key(s) {unknown}; known: {sorted(known)}")
+    return cls(**d)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters with logical axis names.
+
+
+def _param(value: jax.Array, axes: tuple[str | None, ...]) -> nnx.Param:
+  """A float32 `nnx.Param` whose metadata names its logical axes (never eagerly sharded)."""
+  if len(axes) != value.ndim:
+    raise ValueError(f"logical axes {axes} do not match parameter shape {value.shape}")
+  return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False)
+
+
+def _uniform(key: jax.Array, shape: tuple[int, ...], bound: float) -> jax.Array:
+  return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+
+
+class Linear(nnx.Module):
+  """y = x K + b with kernel K [in, out] (torch weight transposed). Torch default init
+  U(+-1/sqrt(in)) for kernel and bias, or all zeros (`zero_init`, the adaLN / output layers)."""
+
+  def __init__(self, in_features: int, out_features: int, axes: tuple[str | None, str | None], *,
+               use_bias: bool = True, zero_init: bool = False, bias_axis: str | None = None,
+               rngs: nnx.Rngs):
+    bound = 1.0 / math.sqrt(in_features)
+    if zero_init:
+      kernel = jnp.zeros((in_features, out_features), jnp.float32)
+    else:
+      kernel = _uniform(rngs.params(), (in_features, out_features), bound)
+    self.kernel = _param(kernel, axes)
+    if use_bias:
+      bias = (jnp.zeros((out_features,), jnp.float32) if zero_init
+              else _uniform(rngs.params(), (out_features,), bound))
+      self.bias = _param(bias, (bias_axis or axes[1],))
+    else:
+      self.bias = None
+
+  def __call__(self, x: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
+    """x [..., in] -> [..., out] float32: matmul in `dtype` with float32 accumulation."""
+    y = jnp.matmul(x.astype(dtype), self.kernel[...].astype(dtype),
+                   preferred_element_type=jnp.float32)
+    if self.bias is not None:
+      y = y + self.bias[...].astype(jnp.float32)
+    return y
+
+
+class LayerNorm(nnx.Module):
+  """LN(x) * weight: float32 normalisation, eps 1e-5, no affine bias (SPEC §6.2)."""
+
+  def __init__(self, dim: int):
+    self.weight = _param(jnp.ones((dim,), jnp.float32), ("norm",))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + LN_EPS) * self.weight[...]
+
+
+class EmbeddingLayer(nnx.Module):
+  """E [V, H], init U(+-1/sqrt(H)) (SPEC §6.2); torch name `vocab_embed.embedding`."""
+
+  def __init__(self, vocab_size: int, dim: int, *, rngs: nnx.Rngs):
+    self.embedding = _param(_uniform(rngs.params(), (vocab_size, dim), 1.0 / math.sqrt(dim)),
+                            ("vocab", "embed"))
+
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    return jnp.take(self.embedding[...], tokens, axis=0)
+
+
+def timestep_embedding(sigma: jax.Array, dim: int = FREQ_DIM) -> jax.Array:
+  """[B] -> [B, dim] float32: [cos(sigma f_k), sin(sigma f_k)], f_k = exp(-ln(1e4) k / (dim/2))."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(MAX_PERIOD) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = sigma.astype(jnp.float32)[:, None] * freqs[None, :]
+  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+class TimestepEmbedder(nnx.Module):
+  """c = SiLU(mlp.2(SiLU(mlp.0(emb(sigma))))), the outer SiLU included (torch `sigma_map`)."""
+
+  def __init__(self, cond_dim: int, *, rngs: nnx.Rngs):
+    self.mlp = nnx.Dict({
+      "0": Linear(FREQ_DIM, cond_dim, ("freq", "cond"), rngs=rngs),
+      "2": Linear(cond_dim, cond_dim, ("cond", None), bias_axis="cond", rngs=rngs),
+    })
+
+  def __call__(self, sigma: jax.Array) -> jax.Array:
+    h = jax.nn.silu(self.mlp["0"](timestep_embedding(sigma)))
+    return jax.nn.silu(self.mlp["2"](h))
+
+
+def rotary_cos_sin(seq_len: int, head_dim: int) -> tuple[jax.Array, jax.Array]:
+  """cos, sin [L, D] float32 of theta_{n,j} = n 10000^(-2j/D), repeated over both halves."""
+  inv_freq = 1.0 / (MAX_PERIOD ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  theta = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+  theta = jnp.concatenate([theta, theta], axis=-1)
+  return jnp.cos(theta), jnp.sin(theta)
+
+
+def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """Rotate-half rotary on x [B, L, N, D] (float32): x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin."""
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  return x * cos[None, :, None, :] + rotated * sin[None, :, None, :]
+
+
+def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+  """x (1 + scale) + shift with per-example shift/scale [B, H] broadcast over L."""
+  return x * (1.0 + scale[:, None, :]) + shift[:, None, :]
+
+
+def _dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+  """Inverted dropout; identity when key is None or rate == 0."""
+  if key is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+class DDiTBlock(nnx.Module):
+  """One transformer block with adaLN-zero modulation (SPEC §6.2 step 4)."""
+
+  def __init__(self, cfg: "DiTConfig", *, rngs: nnx.Rngs):
+    h = cfg.hidden_size
+    self.cfg = cfg
+    self.norm1 = LayerNorm(h)
+    self.attn_qkv = Linear(h, 3 * h, ("embed", "qkv"), use_bias=False, rngs=rngs)
+    self.attn_out = Linear(h, h, ("heads", "embed"), use_bias=False, rngs=rngs)
+    self.norm2 = LayerNorm(h)
+    self.mlp = nnx.Dict({
+      "0": Linear(h, cfg.mlp_dim, ("embed", "mlp"), rngs=rngs),
+      "2": Linear(cfg.mlp_dim, h, ("mlp", "embed"), rngs=rngs),
+    })
+    self.adaLN_modulation = Linear(cfg.cond_dim, 6 * h, ("cond", "adaln"), zero_init=True,
+                                   rngs=rngs)
+
+  def __call__(self, x: jax.Array, c: jax.Array, cos: jax.Array, sin: jax.Array,
+               dropout_key: jax.Array | None) -> jax.Array:
+    """x [B, L, H] float32, c [B, C] float32 -> [B, L, H] float32."""
+    cfg = self.cfg
+    dtype = jnp.dtype(cfg.compute_dtype)
+    bsz, seq_len, hidden = x.shape
+    keys = (None, None) if dropout_key is None else tuple(jax.random.split(dropout_key, 2))
+    (shift_msa, scale_msa, gate_msa,
+     shift_mlp, scale_mlp, gate_mlp) = jnp.split(self.adaLN_modulation(c), 6, axis=-1)
+
+    # Attention branch.
+    h = _modulate(self.norm1(x), shift_msa, scale_msa)
+    qkv = self.attn_qkv(h, dtype).reshape(bsz, seq_len, 3, cfg.num_heads, cfg.head_dim)
+    q = apply_rotary(qkv[:, :, 0], cos, sin).astype(dtype)
+    k = apply_rotary(qkv[:, :, 1], cos, sin).astype(dtype)
+    v = qkv[:, :, 2].astype(dtype)
+    attn = jax.nn.dot_product_attention(q, k, v, is_causal=cfg.causal,
+                                        implementation=cfg.attention_impl)
+    o = self.attn_out(attn.reshape(bsz, seq_len, hidden), dtype)
+    x = x + gate_msa[:, None, :] * _dropout(o, cfg.dropout, keys[0])
+
+    # MLP branch.
+    h = _modulate(self.norm2(x), shift_mlp, scale_mlp)
+    h = jax.nn.gelu(self.mlp["0"](h, dtype), approximate=True)
+    h = self.mlp["2"](h, dtype)
+    return x + gate_mlp[:, None, :] * _dropout(h, cfg.dropout, keys[1])
+
+
+class DDitFinalLayer(nnx.Module):
+  """logits = (LN(x) w (1 + scale) + shift) W_lin + b_lin, (shift, scale) = adaLN(c), shift first."""
+
+  def __init__(self, cfg: "DiTConfig", *, rngs: nnx.Rngs):
+    h = cfg.hidden_size
+    self.norm_final = LayerNorm(h)
+    self.linear = Linear(h, cfg.vocab_size, ("embed", "vocab"), zero_init=True, rngs=rngs)
+    self.adaLN_modulation = Linear(cfg.cond_dim, 2 * h, ("cond", "adaln"), zero_init=True,
+                                   rngs=rngs)
+
+  def __call__(self, x: jax.Array, c: jax.Array, dtype: Any) -> jax.Array:
+    shift, scale = jnp.split(self.adaLN_modulation(c), 2, axis=-1)
+    return self.linear(_modulate(self.norm_final(x), shift, scale), dtype)
+
+
+class DiT(nnx.Module):
+  """The MDLM DiT: tokens [B, L] int, sigma [B] -> raw logits [B, L, V] float32 (SPEC §6.2).
+
+  Holds only `nnx.Param` variables; dropout randomness comes from the explicit `dropout_key`.
+  """
+
+  def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.vocab_embed = EmbeddingLayer(cfg.vocab_size, cfg.hidden_size, rngs=rngs)
+    self.sigma_map = TimestepEmbedder(cfg.cond_dim, rngs=rngs)
+    self.blocks = nnx.List([DDiTBlock(cfg, rngs=rngs) for _ in range(cfg.num_blocks)])
+    self.output_layer = DDitFinalLayer(cfg, rngs=rngs)
+
+  def __call__(self, tokens: jax.Array, sigma: jax.Array, *,
+               dropout_key: jax.Array | None = None) -> jax.Array:
+    """Raw logits (SUBS is applied by callers, `remdm_jax.subs`).
+
+    Args:
+      tokens: int [B, L], ids in [0, V).
+      sigma: float [B] (or a scalar) noise level sigma(t). Zeroed when `time_conditioning` is
+        False or `causal` is True, so c is then the constant embedding of sigma = 0.
+      dropout_key: None = deterministic; a PRNG key = dropout `cfg.dropout` on both residual
+        branches of every block.
+
+    Returns:
+      float32 [B, L, V].
+    """
+    cfg = self.cfg
+    tokens = jnp.asarray(tokens)
+    if tokens.ndim != 2:
+      raise ValueError(f"DiT tokens must be [B, L], got shape {tokens.shape}")
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+      raise ValueError(f"DiT tokens must be integers, got dtype {tokens.dtype}")
+    bsz, seq_len = tokens.shape
+    if seq_len > cfg.max_seq_len:
+      raise ValueError(f"DiT sequence length {seq_len} exceeds max_seq_len={cfg.max_seq_len}")
+    sigma = jnp.asarray(sigma, jnp.float32)
+    if sigma.ndim == 0:
+      sigma = jnp.broadcast_to(sigma, (bsz,))
+    if sigma.shape != (bsz,):
+      raise ValueError(f"DiT sigma must have shape [B]=({bsz},), got {sigma.shape}")
+    if not cfg.time_conditioning or cfg.causal:
+      sigma = jnp.zeros_like(sigma)  # SPEC §6.2 / §10.4: sigma computed, then zeroed.
+    dtype = jnp.dtype(cfg.compute_dtype)
+
+    x = self.vocab_embed(tokens).astype(jnp.float32)
+    c = self.sigma_map(sigma)
+    cos, sin = rotary_cos_sin(seq_len, cfg.head_dim)
+    for i, block in enumerate(self.blocks):
+      key_i = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
+      x = block(x, c, cos, sin, key_i)
+    return self.output_layer(x, c, dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Functional wrappers: (graphdef, params) pairs and pure apply functions.
+
+
+def init_params(cfg: DiTConfig, key: jax.Array) -> tuple[nnx.GraphDef, nnx.State]:
+  """Initialises the model (SPEC §6.2 init). Returns (graphdef, params): float32 `nnx.Param`s."""
+  model = DiT(cfg, rngs=nnx.Rngs(params=key))
+  graphdef, params = nnx.split(model, nnx.Param)
+  return graphdef, params
+
+
+def abstract_params(cfg: DiTConfig) -> tuple[nnx.GraphDef, nnx.State]:
+  """(graphdef, state of ShapeDtypeStruct params) via `nnx.eval_shape`; nothing materialised."""
+  model = nnx.eval_shape(lambda: DiT(cfg, rngs=nnx.Rngs(params=0)))
+  graphdef, params = nnx.split(model, nnx.Param)
+  return graphdef, params
+
+
+def make_apply_fn(graphdef: nnx.GraphDef) -> Callable[..., jax.Array]:
+  """-> apply(params, tokens [B, L], sigma [B], dropout_key=None) -> logits [B, L, V] float32."""
+
+  def apply(params, tokens, sigma, dropout_key=None):
+    model = nnx.merge(graphdef, params)
+    return model(tokens, sigma, dropout_key=dropout_key)
+
+  return apply
+
+
+def make_denoise_fn(graphdef: nnx.GraphDef,
+                    schedule: NoiseSchedule | None = None) -> Callable[..., jax.Array]:
+  """-> denoise_fn(params, tokens [B, L], t [B]) -> raw logits [B, L, V] float32.
+
+  sigma = schedule.sigma(t) (default `NoiseSchedule('loglinear')`); the model zeroes it when
+  `time_conditioning` is False (SPEC §10.4).
+  """
+  schedule = NoiseSchedule("loglinear") if schedule is None else schedule
+  apply = make_apply_fn(graphdef)
+
+  def denoise_fn(params, tokens, t):
+    sigma = schedule.sigma(jnp.asarray(t, jnp.float32))
+    return apply(params, tokens, sigma)
+
+  return denoise_fn
+
+
+# Kernels of the per-token matmuls: the only parameters `cast_for_compute` casts.
+_PER_TOKEN_KERNELS = re.compile(
+  r"blocks/\d+/(attn_qkv|attn_out|mlp/0|mlp/2)/kernel|output_layer/linear/kernel")
+
+
+def cast_for_compute(params: nnx.State, cfg: DiTConfig) -> nnx.State:
+  """Casts the per-token matmul kernels to `cfg.compute_dtype` (once, e.g. outside a sampler
+  scan); the model's own casts then are no-ops. Embedding, norms, biases, sigma map and adaLN stay
+  float32 (they run in float32)."""
+  dtype = jnp.dtype(cfg.compute_dtype)
+
+  def cast(path, v):
+    name = "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+    if _PER_TOKEN_KERNELS.fullmatch(name):
+      return v.replace(v[...].astype(dtype))
+    return v
+
+  return jax.tree_util.tree_map_with_path(cast, params,
+                                          is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def logical_partition_specs(state: nnx.State) -> nnx.State:
+  """Same tree as `state` with each Param replaced by a `PartitionSpec` of logical axis names.
+
+  Equivalent to `nnx.get_partition_spec(state)` outside any logical-axis-rules context. Map the
+  names to mesh axes with the trainer's rules (e.g. `flax.linen.logical_to_mesh_axes`).
+  """
+
+  def spec(v):
+    names = v.get_metadata().get("out_sharding", None)
+    if names is None:
+      raise ValueError(f"parameter of shape {v.shape} has no logical axis names")
+    return v.replace(PartitionSpec(*names))
+
+  return jax.tree.map(spec, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+# ---------------------------------------------------------------------------------------------
+# Analytic size and cost.
+
+
+def count_params(cfg: DiTConfig) -> int:
+  """Number of parameters (rotary has none). DiT-small at V = 50258: 169,627,218."""
+  h, v, c, m = cfg.hidden_size, cfg.vocab_size, cfg.cond_dim, cfg.mlp_dim
+  embed = v * h
+  sigma_map = (FREQ_DIM * c + c) + (c * c + c)
+  block = (h  # norm1
+           + h * 3 * h  # attn_qkv (no bias)
+           + h * h  # attn_out (no bias)
+           + h  # norm2
+           + (h * m + m) + (m * h + h)  # mlp
+           + (c * 6 * h + 6 * h))  # adaLN_modulation
+  output = h + (h * v + v) + (c * 2 * h + 2 * h)
+  return int(embed + sigma_map + cfg.num_blocks * block + output)
+
+
+def flops_per_token(cfg: DiTConfig, seq_len: int, training: bool = True) -> float:
+  """Model FLOPs per token (2 per multiply-add), from the architecture.
+
+  Per token: 2 x (qkv + attn_out + MLP kernels) per block, 2 x 2 L H per block for q k^T and
+  attn v (full L x L, also for the causal variant), 2 x H V for the output linear, plus the
+  per-sequence conditioning (sigma map and adaLN matmuls) divided by L. Embedding lookups,
+  norms and element-wise ops are not counted. x3 (forward + backward) when `training`.
+  """
+  if seq_len <= 0:
+    raise ValueError(f"flops_per_token seq_len={seq_len!r} must be > 0")
+  h, v, c, m = cfg.hidden_size, cfg.vocab_size, cfg.cond_dim, cfg.mlp_dim
+  per_block = 2 * (h * 3 * h + h * h + 2 * h * m) + 2 * 2 * seq_len * h
+  per_seq_cond = 2 * (FREQ_DIM * c + c * c + cfg.num_blocks * c * 6 * h + c * 2 * h)
+  fwd = cfg.num_blocks * per_block + 2 * h * v + per_seq_cond / seq_len
+  return float(3 * fwd if training else fwd)

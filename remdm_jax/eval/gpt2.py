@@ -1,0 +1,261 @@
+"""Plain-JAX GPT-2 (the scorer of SPEC §7: gen PPL under gpt2-large, MAUVE features).
+
+Loads Hugging Face GPT-2 weights from a local folder (`config.json` + `model.safetensors`, the
+gpt2 / gpt2-large layout; keys optionally prefixed with "transformer."; Conv1D weights are stored
+[in, out]; the LM head is tied to `wte`). No network access, float32 throughout.
+
+Forward (pre-LN transformer, Radford et al. 2019):
+  x = wte[tokens] + wpe[0..L-1]
+  per block: x += c_proj(causal_attn(ln_1(x)));  x += mlp_c_proj(gelu_tanh(c_fc(ln_2(x))))
+  h = ln_f(x);  logits = h @ wte^T.
+`h` at the last real token is the MAUVE feature (mauve-text takes hidden_states[-1], which in HF
+GPT-2 is the ln_f output).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+@dataclasses.dataclass(frozen=True)
+class GPT2Config:
+  vocab_size: int = 50257
+  n_positions: int = 1024
+  n_embd: int = 768
+  n_layer: int = 12
+  n_head: int = 12
+  layer_norm_epsilon: float = 1e-5
+  activation_function: str = "gelu_new"
+  eos_token_id: int = 50256
+
+  @classmethod
+  def from_json(cls, path: str) -> "GPT2Config":
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"GPT-2 config.json not found: {path}")
+    with open(path) as f:
+      d = json.load(f)
+    kw = {k: d[k] for k in (f.name for f in dataclasses.fields(cls)) if d.get(k) is not None}
+    cfg = cls(**kw)
+    if cfg.n_embd % cfg.n_head:
+      raise ValueError(f"n_embd={cfg.n_embd} is not divisible by n_head={cfg.n_head}")
+    if cfg.activation_function not in ("gelu_new", "gelu", "gelu_pytorch_tanh"):
+      raise ValueError(f"unsupported activation_function={cfg.activation_function!r}")
+    for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
+      if d.get(flag):
+        raise ValueError(f"unsupported {flag}={d[flag]!r} in {path}")
+    if d.get("n_inner") not in (None, 4 * cfg.n_embd):
+      raise ValueError(f"unsupported n_inner={d.get('n_inner')!r} (only 4 * n_embd)")
+    return cfg
+
+
+_BLOCK_KEYS = {
+    "ln_1_g": "ln_1.weight", "ln_1_b": "ln_1.bias",
+    "attn_w": "attn.c_attn.weight", "attn_b": "attn.c_attn.bias",
+    "attn_proj_w": "attn.c_proj.weight", "attn_proj_b": "attn.c_proj.bias",
+    "ln_2_g": "ln_2.weight", "ln_2_b": "ln_2.bias",
+    "fc_w": "mlp.c_fc.weight", "fc_b": "mlp.c_fc.bias",
+    "mlp_proj_w": "mlp.c_proj.weight", "mlp_proj_b": "mlp.c_proj.bias",
+}
+
+
+def load_gpt2_params(path: str) -> tuple[GPT2Config, dict]:
+  """Read `path/config.json` and `path/model.safetensors` into (config, params).
+
+  params: {"wte" [V, D], "wpe" [P, D], "ln_f_g"/"ln_f_b" [D], "blocks": {name: [n_layer, ...]}}
+  as float32 numpy arrays (blocks stacked along a leading layer axis, for lax.scan).
+  """
+  cfg_path = os.path.join(path, "config.json")
+  st_path = os.path.join(path, "model.safetensors")
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"GPT-2 weights folder not found: {path}")
+  cfg = GPT2Config.from_json(cfg_path)
+  if not os.path.isfile(st_path):
+    raise FileNotFoundError(f"GPT-2 model.safetensors not found: {st_path}")
+  from safetensors import safe_open
+
+  with safe_open(st_path, framework="np") as f:
+    keys = list(f.keys())
+    prefix = "transformer." if any(k.startswith("transformer.") for k in keys) else ""
+
+    def get(name):
+      k = prefix + name
+      if k not in keys:
+        raise ValueError(f"{st_path}: missing tensor {k!r}")
+      return np.asarray(f.get_tensor(k), np.float32)
+
+    params = {"wte": get("wte.weight"), "wpe": get("wpe.weight"),
+              "ln_f_g": get("ln_f.weight"), "ln_f_b": get("ln_f.bias")}
+    params["blocks"] = {
+        ours: np.stack([get(f"h.{i}.{theirs}") for i in range(cfg.n_layer)])
+        for ours, theirs in _BLOCK_KEYS.items()}
+  d = cfg.n_embd
+  expect = {"wte": (cfg.vocab_size, d), "wpe": (cfg.n_positions, d),
+            "attn_w": (cfg.n_layer, d, 3 * d), "fc_w": (cfg.n_layer, d, 4 * d)}
+  got = {"wte": params["wte"].shape, "wpe": params["wpe"].shape,
+         "attn_w": params["blocks"]["attn_w"].shape, "fc_w": params["blocks"]["fc_w"].shape}
+  for k, v in expect.items():
+    if tuple(got[k]) != v:
+      raise ValueError(f"{st_path}: tensor {k} has shape {got[k]}, config implies {v}")
+  return cfg, params
+
+
+def _layer_norm(x, g, b, eps):
+  mu = jnp.mean(x, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(x - mu), axis=-1, keepdims=True)
+  return (x - mu) * jax.lax.rsqrt(var + eps) * g + b
+
+
+def gpt2_hidden(params: dict, tokens: jax.Array, cfg: GPT2Config,
+                precision=HIGHEST) -> jax.Array:
+  """Final hidden states h = ln_f(x_L). tokens int [B, L] (L <= n_positions) -> float32 [B, L, D].
+
+  Causal attention only (right padding never affects real positions, so no mask is needed).
+  """
+  b, length = tokens.shape
+  if length > cfg.n_positions:
+    raise ValueError(f"sequence length {length} exceeds n_positions={cfg.n_positions}")
+  nh, dh = cfg.n_head, cfg.n_embd // cfg.n_head
+  eps = cfg.layer_norm_epsilon
+  dot = functools.partial(jnp.einsum, precision=precision)
+  x = jnp.take(params["wte"], tokens, axis=0) + params["wpe"][:length][None]
+  causal = jnp.tril(jnp.ones((length, length), bool))
+  approx = cfg.activation_function != "gelu"
+
+  def block(x, p):
+    h = _layer_norm(x, p["ln_1_g"], p["ln_1_b"], eps)
+    qkv = dot("bld,de->ble", h, p["attn_w"]) + p["attn_b"]
+    q, k, v = jnp.split(qkv.reshape(b, length, 3, nh, dh), 3, axis=2)
+    q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]
+    s = dot("bqhd,bkhd->bhqk", q, k) / np.sqrt(dh).astype(np.float32)
+    s = jnp.where(causal, s, jnp.finfo(s.dtype).min)
+    a = jax.nn.softmax(s, axis=-1)
+    o = dot("bhqk,bkhd->bqhd", a, v).reshape(b, length, nh * dh)
+    x = x + dot("bld,de->ble", o, p["attn_proj_w"]) + p["attn_proj_b"]
+    h = _layer_norm(x, p["ln_2_g"], p["ln_2_b"], eps)
+    h = jax.nn.gelu(dot("bld,de->ble", h, p["fc_w"]) + p["fc_b"], approximate=approx)
+    x = x + dot("bld,de->ble", h, p["mlp_proj_w"]) + p["mlp_proj_b"]
+    return x, None
+
+  x, _ = jax.lax.scan(block, x, params["blocks"])
+  return _layer_norm(x, params["ln_f_g"], params["ln_f_b"], eps)
+
+
+def gpt2_logits(params: dict, tokens: jax.Array, cfg: GPT2Config, precision=HIGHEST) -> jax.Array:
+  """Next-token logits, tied head: ln_f(x) @ wte^T. tokens [B, L] -> float32 [B, L, V]."""
+  h = gpt2_hidden(params, tokens, cfg, precision)
+  return jnp.einsum("bld,vd->blv", h, params["wte"], precision=precision)
+
+
+def _bucket(n: int, cap: int) -> int:
+  """Pad lengths to a multiple of 64 (fewer recompiles), at most cap."""
+  return min(cap, max(1, -(-n // 64) * 64))
+
+
+class GPT2Scorer:
+  """GPT-2 scorer from a local HF folder: `log_probs_fn` for gen_ppl and `features` for MAUVE.
+
+  Args:
+    path: folder with config.json and model.safetensors (e.g. a gpt2-large snapshot).
+    encode: optional text -> list[int] tokeniser; by default `path/tokenizer.json` (tokenizers
+      library) is used if present. Needed only for text input.
+    precision: matmul precision (HIGHEST = true float32, as the reference's torch float32).
+  """
+
+  def __init__(self, path: str, encode: Callable[[str], Sequence[int]] | None = None,
+               precision=HIGHEST, name: str | None = None):
+    self.path = path
+    self.config, params = load_gpt2_params(path)
+    self.params = jax.tree.map(jnp.asarray, params)
+    self.name = name or os.path.basename(os.path.normpath(path))
+    self._encode = encode
+    cfg = self.config
+    self._log_probs = jax.jit(
+        lambda p, t: jax.nn.log_softmax(gpt2_logits(p, t, cfg, precision), axis=-1))
+
+    def last_hidden(p, t, lengths):
+      h = gpt2_hidden(p, t, cfg, precision)
+      return jnp.take_along_axis(h, (lengths - 1)[:, None, None], axis=1)[:, 0]
+
+    self._last_hidden = jax.jit(last_hidden)
+
+  @property
+  def eos_id(self) -> int:
+    """config.json's eos_token_id (GPT-2: 50256); vocab_size - 1 if that is out of range."""
+    e = self.config.eos_token_id
+    return e if 0 <= e < self.config.vocab_size else self.config.vocab_size - 1
+
+  def log_probs_fn(self, tokens) -> jax.Array:
+    """tokens int [B, L] -> float32 [B, L, V] next-token log-probs."""
+    tokens = jnp.asarray(tokens, jnp.int32)
+    if tokens.ndim != 2:
+      raise ValueError(f"tokens must be [B, L]; got shape {tokens.shape}")
+    return self._log_probs(self.params, tokens)
+
+  def encode(self, text: str) -> list[int]:
+    """Scorer tokenisation ("<|endoftext|>" -> EOS id)."""
+    if self._encode is None:
+      tok_path = os.path.join(self.path, "tokenizer.json")
+      if not os.path.isfile(tok_path):
+        raise FileNotFoundError(
+            f"GPT-2 tokenizer.json not found: {tok_path} (or pass encode= to GPT2Scorer)")
+      from tokenizers import Tokenizer
+
+      tok = Tokenizer.from_file(tok_path)
+      tok.no_truncation()
+      tok.no_padding()
+      self._encode = lambda s: tok.encode(s, add_special_tokens=False).ids
+    return list(self._encode(text))
+
+  def gen_ppl(self, texts: Sequence[str], *, rule: str = "reference", batch_size: int = 8,
+              max_length: int | None = None) -> dict:
+    """Gen PPL of decoded texts under this scorer (SPEC §7): retokenise with `encode`, truncate
+    to max_length (default n_positions = 1024 for gpt2-large), pad with EOS (masked)."""
+    from remdm_jax.eval.gen_ppl import gen_ppl_from_texts
+
+    max_length = self.config.n_positions if max_length is None else max_length
+    if not 2 <= max_length <= self.config.n_positions:
+      raise ValueError(f"max_length={max_length} must be in [2, {self.config.n_positions}]")
+    return gen_ppl_from_texts(texts, self.log_probs_fn, self.encode, eos_id=self.eos_id,
+                              max_length=max_length, rule=rule, batch_size=batch_size)
+
+  def features(self, texts_or_ids, batch_size: int = 8, max_length: int = 1024) -> np.ndarray:
+    """MAUVE features: last-layer (post ln_f) hidden state of each sequence's final token.
+
+    texts_or_ids: list of str (tokenised with `encode`) or list of int sequences; each is
+    truncated to max_length tokens (mauve-text's max_text_length). Returns float32 [N, n_embd]
+    in input order (batches are formed in order of length; short batches get dummy rows).
+    """
+    if isinstance(texts_or_ids, str):
+      raise ValueError("texts_or_ids must be a sequence, not a single str")
+    items = list(texts_or_ids)
+    if not items:
+      raise ValueError("texts_or_ids is empty")
+    seqs = [self.encode(x) if isinstance(x, str) else list(np.asarray(x).reshape(-1))
+            for x in items]
+    max_length = min(max_length, self.config.n_positions)
+    seqs = [s[:max_length] for s in seqs]
+    for i, s in enumerate(seqs):
+      if not s:
+        raise ValueError(f"texts_or_ids[{i}] is empty after tokenisation")
+    batch_size = max(1, min(batch_size, len(seqs)))
+    order = np.argsort([len(q) for q in seqs], kind="stable")  # batch by length: less padding
+    out = np.zeros((len(seqs), self.config.n_embd), np.float32)
+    for b0 in range(0, len(seqs), batch_size):
+      rows = order[b0:b0 + batch_size]
+      lengths = np.array([len(seqs[r]) for r in rows] + [1] * (batch_size - len(rows)), np.int32)
+      width = _bucket(int(lengths.max()), self.config.n_positions)
+      toks = np.full((batch_size, width), self.eos_id, np.int32)
+      for n, r in enumerate(rows):
+        toks[n, :len(seqs[r])] = seqs[r]
+      h = self._last_hidden(self.params, jnp.asarray(toks), jnp.asarray(lengths))
+      out[rows] = np.asarray(h)[:len(rows)]
+    return out

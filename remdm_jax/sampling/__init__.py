@@ -1,0 +1,23 @@
+"""MDLM / ReMDM samplers (SPEC §4). Never imports Flax.
+
+Public API:
+  SamplerConfig, PRESETS, STRATEGIES                      (config)
+  StepSchedule, step_schedule, dfm_grid, uniform_grid     (schedule)
+  transition_probs, conf_sigma, conf_weights              (posteriors, the oracle)
+  nucleus_filter                                          (top-p)
+  make_sampler, Sampler, transition_sample, KernelSpec, final_step   (sampler)
+"""
+from remdm_jax.sampling.config import PRESETS, STRATEGIES, SamplerConfig
+from remdm_jax.sampling.nucleus import nucleus_filter
+from remdm_jax.sampling.posteriors import conf_sigma, conf_weights, transition_probs
+from remdm_jax.sampling.sampler import (KernelSpec, Sampler, final_step, make_sampler,
+                                        transition_sample)
+from remdm_jax.sampling.schedule import (StepSchedule, dfm_grid, expected_unmask_buffer,
+                                         step_schedule, uniform_grid)
+
+__all__ = [
+    "PRESETS", "STRATEGIES", "SamplerConfig", "nucleus_filter", "conf_sigma", "conf_weights",
+    "transition_probs", "KernelSpec", "Sampler", "final_step", "make_sampler",
+    "transition_sample", "StepSchedule", "dfm_grid", "expected_unmask_buffer", "step_schedule",
+    "uniform_grid",
+]

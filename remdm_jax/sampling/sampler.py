@@ -1,0 +1,350 @@
+"""The MDLM / ReMDM sampler: one transition kernel for every strategy (SPEC §4.3-§4.8).
+
+`make_sampler(denoise_fn, cfg, seq_len=, mask_id=)` returns a `Sampler`; `sampler(params, key,
+batch_size=B)` gives int32 [B, L] samples. The per-step schedule arrays (`step_schedule`) are the
+`xs` of one `lax.scan`; the body never branches on the strategy. After the scan, the final step
+takes the SUBS argmax at still-masked positions at min_t (SPEC §4.5).
+
+Keys: step i uses fold_in(key, i) split into (Bernoulli key, token key); the final step uses index
+n_steps. Inside a step every random number of (row b, position l) comes from
+fold_in(fold_in(step key, b), l) (see `draws`), so the scan equals a Python loop bitwise, samples do
+not depend on batch size or sharding, and the exact32 draw does not depend on how positions are
+grouped (`unmask_buffer`).
+
+Kernel, exact32 (default, SPEC §4.6 item 2): (1) per position, a 32-bit-integer Bernoulli with
+probability u (masked; the MDLM/ReMDM unmask rate) or sigma^l (decoded; remask) - these do not
+depend on x_theta; (2) only at the positions that unmask, log x_theta = log_softmax over the
+non-mask vocabulary of the gathered logits, the nucleus filter (float32 bisection) and a Gumbel-max
+draw. Unmasking positions are processed K = `unmask_buffer` per row at a time in a while loop
+(usually one pass), so no [B, L, V] float array beyond the logits is built.
+Kernel, float64/float32: the reference's race over the full row q = a x~ + (1 - a) onehot(m),
+a = u (masked) or 1 - sigma^l (decoded).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from remdm_jax.sampling import draws
+from remdm_jax.sampling.config import SamplerConfig
+from remdm_jax.sampling.nucleus import nucleus_filter
+from remdm_jax.sampling.posteriors import conf_weights
+from remdm_jax.sampling.schedule import StepSchedule, expected_unmask_buffer, step_schedule
+from remdm_jax.subs import NEG_INF, subs_log_probs
+
+DenoiseFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSpec:
+  """Static (trace-time) settings of the transition kernel."""
+
+  mask_id: int
+  precision: str = "exact32"
+  top_p: Optional[float] = None
+  nucleus_rule: str = "reference"
+  uses_conf: bool = False
+  conf_dtype: str = "float32"
+  unmask_buffer: int = 16
+
+  @classmethod
+  def from_config(cls, cfg: SamplerConfig, mask_id: int, unmask_buffer: int) -> "KernelSpec":
+    return cls(mask_id=mask_id, precision=cfg.precision, top_p=cfg.top_p,
+               nucleus_rule=cfg.nucleus_rule, uses_conf=cfg.uses_conf, conf_dtype=cfg.conf_dtype,
+               unmask_buffer=unmask_buffer)
+
+
+def token_sigma(tokens, psi, frozen, sigma, conf, spec: KernelSpec, dtype=jnp.float32):
+  """Remask probability sigma^l of each decoded position [B, L] (0 at masked / frozen ones):
+  sigma, or w_l sigma on conf steps (conf = 1), w from psi (SPEC §4.4)."""
+  masked = tokens == spec.mask_id
+  sig = jnp.broadcast_to(jnp.asarray(sigma, dtype), tokens.shape)
+  if spec.uses_conf:
+    w = conf_weights(psi, jnp.isfinite(psi), spec.conf_dtype)
+    sc = w * jnp.asarray(sigma, jnp.float32)
+    if spec.conf_dtype == "bfloat16":
+      sc = sc.astype(jnp.bfloat16).astype(jnp.float32)
+    sig = jnp.where(conf > 0, sc.astype(dtype), sig)
+  return jnp.where(masked | frozen, jnp.zeros((), dtype), sig)
+
+
+def _draw_rows(keys, logits_rows, spec: KernelSpec):
+  """exact32 token draw on rows [..., V] of raw logits at masked positions: SUBS log-softmax
+  (mask excluded), nucleus filter (bisection), Gumbel-max. Returns (token, x~(token))."""
+  vocab = logits_rows.shape[-1]
+  lg = jnp.where(jnp.arange(vocab) == spec.mask_id, NEG_INF, logits_rows.astype(jnp.float32))
+  logp = jax.nn.log_softmax(lg, axis=-1)
+  logp = nucleus_filter(logp, spec.top_p, spec.nucleus_rule, method="bisect")
+  tok = draws.gumbel_argmax(keys, logp)
+  psi = jnp.exp(jnp.take_along_axis(logp, tok[..., None], axis=-1)[..., 0])
+  return tok, psi
+
+
+def draw_unmasked(tok_key, logits, unmask, spec: KernelSpec):
+  """Tokens and x~(token) at the `unmask` positions ([B, L] int32 / float32; other entries are
+  mask_id / 0). Handles K = spec.unmask_buffer positions per row per pass; the result does not
+  depend on K (per-position keys)."""
+  B, L, _ = logits.shape
+  rows = jnp.arange(B, dtype=jnp.int32)[:, None]
+  K = spec.unmask_buffer
+  if K >= L:
+    keys = draws.position_keys(tok_key, jnp.broadcast_to(rows, (B, L)),
+                               jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L)))
+    tok, psi = _draw_rows(keys, logits, spec)
+    return jnp.where(unmask, tok, spec.mask_id), jnp.where(unmask, psi, 0.0)
+  rank = jnp.cumsum(unmask.astype(jnp.int32), axis=-1) - 1
+  n_pass = (jnp.max(jnp.sum(unmask, axis=-1, dtype=jnp.int32)) + K - 1) // K
+  init = (jnp.full((B, L), spec.mask_id, jnp.int32), jnp.zeros((B, L), jnp.float32))
+
+  def one_pass(j, acc):
+    drawn, psi_acc = acc
+    sel = unmask & (rank // K == j)
+    idx = jax.vmap(lambda m: jnp.nonzero(m, size=K, fill_value=L)[0])(sel).astype(jnp.int32)
+    safe = jnp.minimum(idx, L - 1)
+    rows_k = jnp.broadcast_to(rows, (B, K))
+    lg = jnp.take_along_axis(logits, safe[..., None], axis=1)  # [B, K, V]
+    tok, psi = _draw_rows(draws.position_keys(tok_key, rows_k, safe), lg, spec)
+    drawn = drawn.at[rows_k, idx].set(tok, mode="drop")
+    psi_acc = psi_acc.at[rows_k, idx].set(psi, mode="drop")
+    return drawn, psi_acc
+
+  return lax.fori_loop(0, n_pass, one_pass, init)
+
+
+def transition_sample(key, tokens, logits, coeffs, spec: KernelSpec, psi=None, frozen=None):
+  """One reverse step z_t -> z_s (SPEC §4.1, §4.3) for every strategy.
+
+  Args:
+    key: the step key (split here into Bernoulli and token keys).
+    tokens: int32 [B, L] z_t.
+    logits: [B, L, V] denoiser output at z_t (any float dtype).
+    coeffs: dict of scalars `sigma`, `conf`, `p_unmask` (one row of `StepSchedule.xs`).
+    spec: `KernelSpec`.
+    psi: float32 [B, L] conf state (+inf = masked / frozen), or None without conf.
+    frozen: bool [B, L] positions never changed (prompt), or None.
+  Returns: (z_s int32 [B, L], new psi or None).
+  """
+  kb, kt = jax.random.split(key)
+  B, L, V = logits.shape
+  m = spec.mask_id
+  if frozen is None:
+    frozen = jnp.zeros((B, L), bool)
+  if spec.uses_conf and psi is None:
+    raise ValueError("transition_sample: spec.uses_conf=True needs psi")
+  masked = tokens == m
+  if spec.precision == "exact32":
+    sig = token_sigma(tokens, psi, frozen, coeffs["sigma"], coeffs["conf"], spec)
+    p_fire = jnp.where(masked, jnp.asarray(coeffs["p_unmask"], jnp.float32), sig)
+    p_fire = jnp.where(frozen, 0.0, p_fire)
+    fire = draws.bernoulli_from_bits(draws.bernoulli_bits(kb, B, L), p_fire)
+    unmask = masked & fire
+    remask = ~masked & fire
+    drawn, psi_drawn = draw_unmasked(kt, logits, unmask, spec)
+    z_s = jnp.where(unmask, drawn, jnp.where(remask, m, tokens))
+  else:
+    dtype = jnp.float64 if spec.precision == "float64" else jnp.float32
+    if spec.precision == "float64" and not jax.config.jax_enable_x64:
+      raise ValueError("SamplerConfig.precision='float64' needs jax_enable_x64 "
+                       "(use `with jax.enable_x64(True):`)")
+    sig = token_sigma(tokens, psi, frozen, coeffs["sigma"], coeffs["conf"], spec, dtype)
+    logp = subs_log_probs(logits.astype(dtype), tokens, m)
+    logp = nucleus_filter(logp, spec.top_p, spec.nucleus_rule, method="sort")
+    x = jnp.exp(logp)
+    a = jnp.where(masked, jnp.asarray(coeffs["p_unmask"], dtype), 1.0 - sig)
+    a = jnp.where(frozen, 1.0, a)[..., None]
+    q = a * x + (1.0 - a) * jax.nn.one_hot(m, V, dtype=dtype)
+    rows = jnp.broadcast_to(jnp.arange(B, dtype=jnp.int32)[:, None], (B, L))
+    pos = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
+    z_s = draws.race_argmax(draws.position_keys(kt, rows, pos), q)
+    z_s = jnp.where(frozen, tokens, z_s)
+    unmask = masked & (z_s != m)
+    remask = ~masked & (z_s == m)
+    psi_drawn = jnp.take_along_axis(x, z_s[..., None], axis=-1)[..., 0].astype(jnp.float32)
+  new_psi = None
+  if spec.uses_conf:
+    new_psi = jnp.where(unmask, psi_drawn, jnp.where(remask, jnp.inf, psi))
+  return z_s.astype(jnp.int32), new_psi
+
+
+def final_step(tokens, logits, mask_id):
+  """SPEC §4.5: still-masked positions take argmax of SUBS x_theta (never the mask)."""
+  logp = subs_log_probs(logits, tokens, mask_id)
+  best = jnp.argmax(logp, axis=-1).astype(jnp.int32)
+  return jnp.where(tokens == mask_id, best, tokens)
+
+
+class Sampler:
+  """Callable returned by `make_sampler`.
+
+  Attributes:
+    cfg, schedule (`StepSchedule`), seq_len, mask_id, unmask_buffer (K), nfe (static denoiser
+    calls: n_steps + 1), core (the un-jitted function (params, key, batch_size, prompt,
+    prompt_mask) -> (tokens, info)).
+  """
+
+  def __init__(self, core, cfg, schedule, seq_len, mask_id, unmask_buffer, mesh, data_axes, jit):
+    self.core, self.cfg, self.schedule = core, cfg, schedule
+    self.seq_len, self.mask_id, self.unmask_buffer = seq_len, mask_id, unmask_buffer
+    self.mesh, self.data_axes = mesh, data_axes
+    self.nfe = schedule.nfe
+    self._fn = jax.jit(core, static_argnames=("batch_size",)) if jit else core
+
+  def sample_with_info(self, params, key, batch_size=None, prompt=None, prompt_mask=None):
+    """-> (tokens int32 [B, L], info). info: `nfe` (int32 scalar: denoiser calls actually made,
+    = self.nfe without caching) and, with trajectory_every = k > 0, `trajectory` int32
+    [ceil(n/k), B, L]: z at the start of steps 0, k, 2k, ..."""
+    if prompt is not None:
+      prompt = jnp.asarray(prompt, jnp.int32)
+      if prompt.ndim != 2 or prompt.shape[1] != self.seq_len:
+        raise ValueError(f"prompt shape {prompt.shape} must be [B, seq_len={self.seq_len}]")
+      if batch_size is None:
+        batch_size = prompt.shape[0]
+      if prompt.shape[0] != batch_size:
+        raise ValueError(f"prompt batch {prompt.shape[0]} != batch_size={batch_size}")
+      if prompt_mask is None:
+        prompt_mask = prompt != self.mask_id
+      prompt_mask = jnp.asarray(prompt_mask, bool)
+      if prompt_mask.shape != prompt.shape:
+        raise ValueError(f"prompt_mask shape {prompt_mask.shape} != prompt shape {prompt.shape}")
+      if not isinstance(prompt, jax.core.Tracer) and not isinstance(prompt_mask, jax.core.Tracer):
+        if bool(np.any(np.asarray(prompt_mask) & (np.asarray(prompt) == self.mask_id))):
+          raise ValueError("prompt: positions with prompt_mask=True must not hold mask_id")
+    elif prompt_mask is not None:
+      raise ValueError("prompt_mask given without prompt")
+    if batch_size is None or int(batch_size) < 1:
+      raise ValueError(f"batch_size={batch_size!r} must be an int >= 1")
+    batch_size = int(batch_size)
+    if self.cfg.precision == "float64" and not jax.config.jax_enable_x64:
+      raise ValueError("SamplerConfig.precision='float64' needs jax_enable_x64 "
+                       "(use `with jax.enable_x64(True):`)")
+    if self.mesh is not None:
+      n_data = math.prod(self.mesh.shape[a] for a in self.data_axes)
+      if batch_size % n_data:
+        raise ValueError(f"batch_size={batch_size} must be divisible by the data-axis size {n_data}")
+      params = jax.device_put(params, NamedSharding(self.mesh, P()))
+      key = jax.device_put(key, NamedSharding(self.mesh, P()))
+      if prompt is not None:
+        bs = NamedSharding(self.mesh, P(tuple(self.data_axes), None))
+        prompt, prompt_mask = jax.device_put(prompt, bs), jax.device_put(prompt_mask, bs)
+    return self._fn(params, key, batch_size=batch_size, prompt=prompt, prompt_mask=prompt_mask)
+
+  def __call__(self, params, key, batch_size=None, prompt=None, prompt_mask=None):
+    """-> int32 [B, L] samples (never containing mask_id)."""
+    return self.sample_with_info(params, key, batch_size, prompt, prompt_mask)[0]
+
+
+def make_sampler(denoise_fn: DenoiseFn, cfg: SamplerConfig, *, seq_len: int, mask_id: int,
+                 mesh: Optional[jax.sharding.Mesh] = None,
+                 data_axes: Optional[Sequence[str]] = None, trajectory_every: int = 0,
+                 grid: Optional[np.ndarray] = None, jit: bool = True) -> Sampler:
+  """Builds the sampler of `cfg` for `denoise_fn(params, tokens [B, L] int32, t [B] float32) ->
+  logits [B, L, V]`. t is the grid time of the step (min_t for the final step); a denoiser without
+  time conditioning ignores it, one with it maps t to its own input (e.g. sigma(t)).
+
+  Args:
+    seq_len: L. mask_id: the mask token id (m = V - 1 for GPT-2, SPEC §1).
+    mesh, data_axes: optional sharded sampling: params replicated, batch split over `data_axes`
+      (default: all mesh axes). Use Auto axis types (ENVIRONMENT.md).
+    trajectory_every: k > 0 records z every k steps into info["trajectory"].
+    grid: optional external time grid t_0..t_T (see `step_schedule`).
+    jit: False returns the un-jitted function (for tests / for composing under an outer jit).
+  """
+  if not isinstance(seq_len, int) or seq_len < 1:
+    raise ValueError(f"seq_len={seq_len!r} must be an int >= 1")
+  if not isinstance(mask_id, (int, np.integer)) or mask_id < 0:
+    raise ValueError(f"mask_id={mask_id!r} must be an int >= 0")
+  if not isinstance(trajectory_every, int) or trajectory_every < 0:
+    raise ValueError(f"trajectory_every={trajectory_every!r} must be an int >= 0")
+  sched = step_schedule(cfg, grid)
+  K = cfg.unmask_buffer or expected_unmask_buffer(sched, seq_len, cfg.uses_conf)
+  spec = KernelSpec.from_config(cfg, int(mask_id), min(K, seq_len))
+  if mesh is not None:
+    data_axes = tuple(data_axes) if data_axes is not None else tuple(mesh.axis_names)
+    for a in data_axes:
+      if a not in mesh.axis_names:
+        raise ValueError(f"data_axes entry {a!r} is not a mesh axis {mesh.axis_names}")
+  n = sched.n_steps
+  L = seq_len
+  m = int(mask_id)
+  cache = cfg.cache_unchanged
+  k_traj = trajectory_every
+  n_rec = -(-n // k_traj) if k_traj else 0
+
+  def constrain(x):
+    if mesh is None:
+      return x
+    spec_ = P(data_axes, *([None] * (x.ndim - 1)))
+    return lax.with_sharding_constraint(x, NamedSharding(mesh, spec_))
+
+  def core(params, key, batch_size, prompt=None, prompt_mask=None):
+    B = batch_size
+    dtype = jnp.float64 if cfg.precision == "float64" else jnp.float32
+    xs = {k: jnp.asarray(v, dtype) for k, v in sched.xs(np.float64).items()}
+    xs["t"] = jnp.asarray(sched.t, jnp.float32)
+    xs["step"] = jnp.arange(n, dtype=jnp.int32)
+    if prompt is None:
+      frozen = jnp.zeros((B, L), bool)
+      tokens = jnp.full((B, L), m, jnp.int32)
+    else:
+      frozen = prompt_mask.astype(bool)
+      tokens = jnp.where(frozen, prompt.astype(jnp.int32), m)
+    tokens, frozen = constrain(tokens), constrain(frozen)
+
+    def forward(tokens, t):
+      return denoise_fn(params, tokens, jnp.full((B,), t, jnp.float32))
+
+    carry = {"tokens": tokens, "nfe": jnp.zeros((), jnp.int32)}
+    if spec.uses_conf:
+      carry["psi"] = constrain(jnp.full((B, L), jnp.inf, jnp.float32))
+    if cache:
+      shp = jax.eval_shape(forward, tokens, jnp.float32(1.0))
+      carry["logits"] = jnp.zeros(shp.shape, shp.dtype)
+      carry["dirty"] = jnp.ones((), bool)
+    if k_traj:
+      carry["traj"] = jnp.zeros((n_rec, B, L), jnp.int32)
+
+    def get_logits(c, t):
+      if not cache:
+        return forward(c["tokens"], t), c["nfe"] + 1
+      logits = lax.cond(c["dirty"], lambda: forward(c["tokens"], t).astype(shp.dtype),
+                        lambda: c["logits"])
+      return logits, c["nfe"] + c["dirty"].astype(jnp.int32)
+
+    def body(c, x):
+      c = dict(c)
+      i = x["step"]
+      if k_traj:
+        j = i // k_traj
+        cur = lax.dynamic_index_in_dim(c["traj"], j, 0, keepdims=False)
+        rec = jnp.where(i % k_traj == 0, c["tokens"], cur)
+        c["traj"] = lax.dynamic_update_index_in_dim(c["traj"], rec, j, 0)
+      logits, c["nfe"] = get_logits(c, x["t"])
+      z_s, psi = transition_sample(jax.random.fold_in(key, i), c["tokens"], logits, x, spec,
+                                   psi=c.get("psi"), frozen=frozen)
+      z_s = constrain(z_s)
+      if cache:
+        c["logits"] = logits
+        c["dirty"] = jnp.any(z_s != c["tokens"])
+      if spec.uses_conf:
+        c["psi"] = psi
+      c["tokens"] = z_s
+      return c, None
+
+    c, _ = lax.scan(body, carry, xs)
+    # Final step at min_t (SPEC §4.5); key index n (unused: the argmax is deterministic).
+    logits, nfe = get_logits(c, jnp.float32(sched.min_t))
+    out = constrain(final_step(c["tokens"], logits, m))
+    info = {"nfe": nfe}
+    if k_traj:
+      info["trajectory"] = c["traj"]
+    return out, info
+
+  return Sampler(core, cfg, sched, seq_len, int(mask_id), spec.unmask_buffer, mesh, data_axes,
+                 jit)

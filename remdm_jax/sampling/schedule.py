@@ -1,0 +1,214 @@
+"""Per-step schedule arrays of every strategy (SPEC §4.2, §4.4, §4.7).
+
+All strategies compile to the same arrays, built in float64 numpy before tracing:
+  t, s          [n] times of step i (t -> s < t); the denoiser is called at t.
+  alpha_t, alpha_s  [n] the step's alphas.
+  sigma         [n] remask probability of decoded tokens (for conf steps: the base sigma that the
+                per-token confidence weights multiply, e.g. sigma_max).
+  conf          [n] 1.0 where sigma is per token (sigma^l = w_l * sigma, masked positions use 0).
+  p_unmask      [n] u = clip((alpha_s - (1 - sigma_m) alpha_t) / (1 - alpha_t), 0, 1), the unmask
+                probability of a masked position, with sigma_m = sigma * (1 - conf) (SPEC §4.1).
+The sampler feeds them (as float32, or float64 in float64 mode) as the `xs` of one `lax.scan`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+
+from remdm_jax.sampling.config import SamplerConfig
+from remdm_jax.schedules import NoiseSchedule
+
+_TOL = 1e-12  # float64 slack of the validity checks (equality cases, e.g. rescale with eta = 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSchedule:
+  """The per-step arrays (float64 numpy, length n_steps) and the final-step time."""
+
+  strategy: str
+  t: np.ndarray
+  s: np.ndarray
+  alpha_t: np.ndarray
+  alpha_s: np.ndarray
+  sigma: np.ndarray
+  conf: np.ndarray
+  p_unmask: np.ndarray
+  min_t: float
+  phases: Optional[tuple] = None  # loop: (n1, n2, n3)
+
+  @property
+  def n_steps(self) -> int:
+    return int(self.t.shape[0])
+
+  @property
+  def nfe(self) -> int:
+    """Static denoiser calls: one per step plus the final step (SPEC §4.5)."""
+    return self.n_steps + 1
+
+  def xs(self, dtype=np.float32) -> dict:
+    """The scan inputs, cast to `dtype` (float32 by default)."""
+    return {k: np.asarray(getattr(self, k), dtype) for k in ("t", "sigma", "conf", "p_unmask")}
+
+
+def sigma_max(alpha_t, alpha_s):
+  """min(1, (1 - alpha_s) / alpha_t), and 1 where alpha_t = 0 (SPEC §4.1)."""
+  alpha_t = np.asarray(alpha_t, np.float64)
+  safe = np.where(alpha_t > 0, alpha_t, 1.0)
+  return np.where(alpha_t > 0, np.minimum(1.0, (1.0 - alpha_s) / safe), 1.0)
+
+
+def uniform_grid(num_steps: int, eps: float = 1e-5):
+  """t_i = 1 - i dt, dt = (1 - eps) / T, i = 0..T (float64, SPEC §4.2)."""
+  dt = (1.0 - eps) / num_steps
+  return 1.0 - np.arange(num_steps + 1, dtype=np.float64) * dt, dt
+
+
+def dfm_grid(num_steps: int, eps: float = 1e-5):
+  """DFM's own float64 time grid (SPEC §4.4): t_0 = 1; h = 1/T at t = 1, otherwise
+  h = min(1/T, 1/(a/t + b/(1-t))) with a = 10 t^1/4 (1-t)^1/4 + 1, b = a - 1; continues while
+  t > (1 - eps)/T. Returns (t [n], s [n], b(t) [n], min_t)."""
+  ts, ss, bs = [], [], []
+  t = 1.0
+  stop = (1.0 - eps) / num_steps
+  while t > stop:
+    a = 10.0 * t**0.25 * (1.0 - t)**0.25 + 1.0
+    b = a - 1.0
+    h = 1.0 / num_steps if t == 1.0 else min(1.0 / num_steps, 1.0 / (a / t + b / (1.0 - t)))
+    ts.append(t), ss.append(t - h), bs.append(b)
+    t = t - h
+  return np.array(ts), np.array(ss), np.array(bs), float(t)
+
+
+def loop_phase_counts(cfg: SamplerConfig, t: np.ndarray):
+  """(phase 1, phase 2, phase 3) masks of the loop on grid times t (SPEC §4.4)."""
+  p1 = t > cfg.t_on
+  p3 = t <= cfg.t_off
+  return p1, ~p1 & ~p3, p3
+
+
+def _base_sigma(kind: str, eta: float, alpha_t, alpha_s):
+  """cap: min(eta, sigma_max) (eta at alpha_t = 0); rescale: eta sigma_max (eta at alpha_t = 0);
+  max: sigma_max."""
+  smax = sigma_max(alpha_t, alpha_s)
+  if kind == "cap":
+    return np.where(alpha_t > 0, np.minimum(eta, smax), eta)
+  if kind == "rescale":
+    return np.where(alpha_t > 0, eta * smax, eta)
+  return smax  # "max"
+
+
+def step_schedule(cfg: SamplerConfig, grid: Optional[np.ndarray] = None) -> StepSchedule:
+  """Builds and validates the per-step arrays of `cfg` (float64).
+
+  Args:
+    cfg: the sampler config.
+    grid: optional externally given time grid t_0..t_T (e.g. the reference's float32
+      `torch.linspace(1, eps, T + 1)`), for replay. Step i then runs from t_i to
+      s_i = t_i - (1 - eps)/T computed in float64 from the given values, min_t = grid[T].
+      Not for DFM, which builds its own grid.
+
+  Raises:
+    ValueError naming the strategy, the step and the value when a step is invalid, i.e. not
+    (1 - sigma) alpha_t <= alpha_s and sigma alpha_t <= 1 - alpha_s (SPEC §4.1); FB may violate
+    it on its last step only, where u is clipped to 1 (every masked position unmasks, which is
+    what the reference's race does with the negative stay weight, SPEC §4.4).
+  """
+  T = cfg.num_steps
+  phases = None
+  if cfg.strategy == "dfm":
+    if grid is not None:
+      raise ValueError("step_schedule(grid=...) is not supported for strategy='dfm' (own grid)")
+    t, s, b, min_t = dfm_grid(T, cfg.eps)
+    alpha_t, alpha_s = 1.0 - t, 1.0 - s
+    safe = np.where(alpha_t > 0, alpha_t, 1.0)
+    sigma = np.where(alpha_t > 0, b * (alpha_s - alpha_t) / safe, 0.0)
+    conf = np.zeros_like(t)
+  else:
+    if grid is None:
+      full, dt = uniform_grid(T, cfg.eps)
+    else:
+      full = np.asarray(grid).astype(np.float64)
+      if full.shape != (T + 1,):
+        raise ValueError(f"grid shape {full.shape} must be (num_steps + 1,) = ({T + 1},)")
+      dt = (1.0 - cfg.eps) / T
+    t, min_t = full[:-1], float(full[-1])
+    s = t - dt
+    if cfg.strategy == "remdm_loop":
+      p1, p2, p3 = loop_phase_counts(cfg, t)
+      phases = (int(p1.sum()), int(p2.sum()), int(p3.sum()))
+      a_on = cfg.alpha_on
+
+      def alpha(x, ph1, ph3):
+        return np.where(ph1, (1.0 - x) * a_on / (1.0 - cfg.t_on),
+                        np.where(ph3, 1.0 - x * (1.0 - a_on) / cfg.t_off, a_on))
+
+      alpha_t = alpha(t, p1, p3)
+      alpha_s = alpha(s, p1, p3)
+      smax_on = min(1.0, (1.0 - a_on) / a_on)
+      ls = cfg.loop_sigma
+      sig2 = {"const": cfg.eta, "cap": min(cfg.eta, smax_on), "rescale": cfg.eta * smax_on,
+              "conf": smax_on}[ls]
+      sigma = np.where(p2, sig2, 0.0)
+      conf = np.where(p2, 1.0 if ls == "conf" else 0.0, 0.0)
+    else:
+      sched = NoiseSchedule(cfg.alpha_schedule)
+      alpha_t, alpha_s = sched.alpha(t), sched.alpha(s)
+      st = cfg.strategy
+      if st == "mdlm":
+        sigma, conf = np.zeros_like(t), np.zeros_like(t)
+      elif st in ("remdm_cap", "remdm_rescale"):
+        sigma = _base_sigma(st[6:], cfg.eta, alpha_t, alpha_s)
+        conf = np.zeros_like(t)
+      elif st == "remdm_conf":
+        sigma = _base_sigma(cfg.conf_base, cfg.eta, alpha_t, alpha_s)
+        conf = np.ones_like(t)
+      elif st == "fb":
+        safe = np.where(alpha_t > 0, alpha_t, 1.0)
+        sigma = np.where(alpha_t > 0, (alpha_s - alpha_t) / safe, 1.0)
+        conf = np.zeros_like(t)
+      elif st == "remdm_switch":
+        on = t < cfg.t_switch
+        base = cfg.conf_base if cfg.switch_base == "conf" else cfg.switch_base
+        sigma = np.where(on, _base_sigma(base, cfg.eta, alpha_t, alpha_s), 0.0)
+        conf = np.where(on, 1.0 if cfg.switch_base == "conf" else 0.0, 0.0)
+      else:  # pragma: no cover - config validation rejects it first
+        raise ValueError(f"strategy={st!r}")
+  sigma = np.asarray(sigma, np.float64)
+  conf = np.asarray(conf, np.float64)
+  sigma_m = sigma * (1.0 - conf)
+  _validate(cfg.strategy, alpha_t, alpha_s, sigma, sigma_m)
+  denom = 1.0 - alpha_t
+  safe = np.where(denom > 0, denom, 1.0)
+  p_unmask = np.clip(np.where(denom > 0, (alpha_s - (1.0 - sigma_m) * alpha_t) / safe, 0.0), 0, 1)
+  return StepSchedule(cfg.strategy, t, s, np.asarray(alpha_t, np.float64),
+                      np.asarray(alpha_s, np.float64), sigma, conf, p_unmask, min_t, phases)
+
+
+def _validate(strategy, alpha_t, alpha_s, sigma, sigma_m):
+  n = len(alpha_t)
+  for name, sig in (("sigma", sigma), ("sigma(masked)", sigma_m)):
+    c1 = (1.0 - sig) * alpha_t - alpha_s          # <= 0 : u >= 0
+    c2 = sig * alpha_t - (1.0 - alpha_s)          # <= 0 : u <= 1
+    bad = (c1 > _TOL) | (c2 > _TOL) | (sig < -_TOL) | (sig > 1 + _TOL) | ~np.isfinite(sig)
+    if strategy == "fb" and n > 0:
+      bad[n - 1] = bad[n - 1] and not ((sig[n - 1] <= 1 + _TOL) and c1[n - 1] <= _TOL)
+    if bad.any():
+      i = int(np.argmax(bad))
+      raise ValueError(
+          f"strategy={strategy!r}: step {i} is invalid: {name}={float(sig[i])!r}, alpha_t={float(alpha_t[i])!r}, "
+          f"alpha_s={float(alpha_s[i])!r} (need (1 - sigma) alpha_t <= alpha_s and "
+          f"sigma alpha_t <= 1 - alpha_s, SPEC §4.1)")
+
+
+def expected_unmask_buffer(sched: StepSchedule, seq_len: int, uses_conf: bool) -> int:
+  """A static K for the exact32 draw: max over steps of the expected unmasks per row,
+  L (1 - alpha_t) u (the marginal masked fraction times the unmask rate), plus 6 standard
+  deviations and 8, rounded up to a multiple of 8 and capped at L. Only a speed knob."""
+  lam = float(np.max((1.0 - sched.alpha_t) * sched.p_unmask)) * seq_len if sched.n_steps else 0.0
+  if uses_conf:
+    lam += 2.0  # conf keeps ~1 extra masked token per step per sequence (marginals not preserved)
+  k = int(np.ceil(lam + 6.0 * np.sqrt(lam) + 8.0))
+  k = -(-k // 8) * 8
+  return max(1, min(seq_len, k))

@@ -1,0 +1,446 @@
+"""Checkpoints: the only module of remdm-jax that imports orbax.
+
+Two formats:
+
+1. **Training checkpoints** (`TrainCheckpointer`): an orbax `CheckpointManager` under
+   `<workdir>/checkpoints/<step>/` with three items:
+     state: the whole `TrainState` (step, params, opt_state, ema_params, key) as a nested dict of
+            arrays keyed by the pytree path (so any pytree type, nnx.State included, round-trips);
+     data:  the data iterator's position (JSON);
+     meta:  JSON: {"model_config": ..., "config": ..., "step": ...}.
+   Saves are asynchronous; a step still being written lives in a `*.orbax-checkpoint-tmp*` folder and
+   is never listed as finished. `save` checks orbax's return value (False = nothing written).
+   `restore` places every leaf directly onto the given shardings (ShapeDtypeStruct leaves).
+
+2. **Params checkpoints** (`save_params` / `load_params` / `export_params`): one portable directory
+     <dir>/params/            orbax (OCDBT) tree of float32 arrays, nested dict keyed by pytree path
+     <dir>/model_config.json  the model config dict (DiTConfig.to_dict())
+     <dir>/metadata.json      free-form metadata (+ "format": "remdm-jax-params", "version": 1)
+   written atomically: everything goes to `<dir>.partial` first, then one rename.
+   `load_params` also accepts a training workdir (or its `checkpoints/` folder): it returns the EMA
+   parameters of the latest finished step.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from remdm_jax.training.mesh import _path_str, param_shardings
+
+PARAMS_FORMAT = "remdm-jax-params"
+PARAMS_VERSION = 1
+CHECKPOINTS_SUBDIR = "checkpoints"
+
+
+# ----------------------------------------------------------------------------------------------
+# pytree <-> nested dict keyed by path
+# ----------------------------------------------------------------------------------------------
+
+def tree_to_nested(tree) -> dict:
+  """Any pytree -> nested dict {str: ... {str: leaf}} following the leaves' paths.
+
+  nnx Variables contribute their path only (not ".value"), so an nnx.State and its pure-dict form
+  give the same nested dict.
+  """
+  out: dict = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    parts = _path_str(path).split("/") if path else ["_"]
+    node = out
+    for p in parts[:-1]:
+      node = node.setdefault(p, {})
+      if not isinstance(node, dict):
+        raise ValueError(f"pytree path {'/'.join(parts)} collides with a leaf")
+    if parts[-1] in node:
+      raise ValueError(f"pytree path {'/'.join(parts)} occurs twice")
+    node[parts[-1]] = leaf
+  return out
+
+
+def nested_to_tree(nested: Mapping, target):
+  """Inverse of `tree_to_nested`: the leaves of `target` replaced by the values in `nested`.
+
+  Raises ValueError naming the first path of `target` that `nested` lacks.
+  """
+  def pick(path, _):
+    node = nested
+    key = _path_str(path) if path else "_"
+    for p in key.split("/"):
+      if not isinstance(node, Mapping) or p not in node:
+        raise ValueError(f"checkpoint has no entry for parameter {key!r}")
+      node = node[p]
+    return node
+  return jax.tree_util.tree_map_with_path(pick, target)
+
+
+def _nested_paths(nested: Mapping, prefix="") -> dict:
+  out = {}
+  for k, v in nested.items():
+    key = f"{prefix}/{k}" if prefix else str(k)
+    if isinstance(v, Mapping):
+      out.update(_nested_paths(v, key))
+    else:
+      out[key] = v
+  return out
+
+
+def _abstract_from_metadata(meta_tree, sharding_for) -> dict:
+  """Orbax array metadata tree -> ShapeDtypeStruct tree (sharding_for(path, shape) gives placement)."""
+  def conv(path, m):
+    shape = tuple(m.shape)
+    return jax.ShapeDtypeStruct(shape, m.dtype, sharding=sharding_for(_path_str(path), shape))
+  return jax.tree_util.tree_map_with_path(
+      conv, meta_tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
+
+
+def _single_device_sharding():
+  return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+
+def _write_json(path: str, obj) -> None:
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def _json_default(o):
+  if isinstance(o, (np.integer,)):
+    return int(o)
+  if isinstance(o, (np.floating,)):
+    return float(o)
+  if isinstance(o, (tuple, set)):
+    return list(o)
+  return str(o)
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+# ----------------------------------------------------------------------------------------------
+# training checkpoints
+# ----------------------------------------------------------------------------------------------
+
+def checkpoint_dir(workdir: str) -> str:
+  """`<workdir>/checkpoints`; a path that already is a checkpoints folder is returned as is."""
+  workdir = os.path.abspath(os.fspath(workdir))
+  sub = os.path.join(workdir, CHECKPOINTS_SUBDIR)
+  return sub if os.path.isdir(sub) or not _has_step_dirs(workdir) else workdir
+
+
+def _has_step_dirs(path: str) -> bool:
+  return os.path.isdir(path) and any(n.isdigit() for n in os.listdir(path))
+
+
+class TrainCheckpointer:
+  """orbax CheckpointManager for training: save every `save_every` steps, keep the last `keep`.
+
+  Args:
+    directory: the checkpoints folder (created if needed), e.g. `checkpoint_dir(workdir)`.
+    save_every: `should_save(step)` is True when step % save_every == 0.
+    keep: number of finished checkpoints kept (older ones are deleted).
+    async_save: write in a background thread (call `wait_until_finished` before reading).
+  """
+
+  def __init__(self, directory: str, *, save_every: int = 1000, keep: int = 3,
+               async_save: bool = True):
+    if save_every < 1:
+      raise ValueError(f"checkpoint.save_every={save_every} must be >= 1")
+    if keep < 1:
+      raise ValueError(f"checkpoint.keep={keep} must be >= 1")
+    self.directory = os.path.abspath(os.fspath(directory))
+    self.save_every = save_every
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=True)
+    self._mngr = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": ocp.JsonCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()})
+
+  # -- queries ---------------------------------------------------------------------------------
+  def latest_step(self) -> int | None:
+    """Latest *finished* step (in-progress `*-tmp` folders are never listed)."""
+    self._mngr.reload()
+    return self._mngr.latest_step()
+
+  def all_steps(self) -> list[int]:
+    self._mngr.reload()
+    return sorted(self._mngr.all_steps())
+
+  def should_save(self, step: int) -> bool:
+    return step % self.save_every == 0
+
+  # -- save / restore --------------------------------------------------------------------------
+  def save(self, step: int, state, *, data_state: Mapping | None = None,
+           meta: Mapping | None = None) -> None:
+    """Starts an (async) save of `state` at `step`; raises RuntimeError if orbax declines."""
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave(tree_to_nested(state)),
+        data=ocp.args.JsonSave(dict(data_state or {})),
+        meta=ocp.args.JsonSave(json.loads(json.dumps(
+            {"step": int(step), **dict(meta or {})}, default=_json_default))))
+    try:
+      saved = self._mngr.save(int(step), args=args, force=True)
+    except ocp.checkpoint_manager.StepAlreadyExistsError:
+      saved = False
+    if not saved:
+      raise RuntimeError(f"checkpoint for step {step} was not written to {self.directory} "
+                         "(a checkpoint for this step already exists?)")
+
+  def wait_until_finished(self) -> None:
+    self._mngr.wait_until_finished()
+
+  def restore(self, abstract_state, step: int | None = None):
+    """Restores (state, data_state, meta) at `step` (default: latest finished).
+
+    Args:
+      abstract_state: pytree like the saved state whose leaves are `jax.ShapeDtypeStruct`s with
+        `.sharding` set: every restored array lands directly on that sharding.
+    """
+    self.wait_until_finished()
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no finished checkpoint in {self.directory}")
+    out = self._mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(tree_to_nested(abstract_state)),
+        data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+    state = nested_to_tree(out["state"], abstract_state)
+    return state, dict(out["data"] or {}), dict(out["meta"] or {})
+
+  def restore_subtree(self, key: str, step: int | None = None, *, sharding=None):
+    """Restores one top-level entry of the saved state (e.g. "ema_params") as a nested dict.
+
+    Returns (nested dict of arrays, meta dict). `sharding` as in `load_params` (no Mesh here).
+    """
+    self.wait_until_finished()
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no finished checkpoint in {self.directory}")
+    meta_tree = self.state_metadata(step)
+    if key not in meta_tree:
+      raise ValueError(f"checkpoint step {step} in {self.directory} has no {key!r}; "
+                       f"entries: {sorted(meta_tree)}")
+    sharding_for = _sharding_fn(sharding)
+    target = {key: _abstract_from_metadata(meta_tree[key], sharding_for)}
+    ckptr = ocp.PyTreeCheckpointer()
+    restored = ckptr.restore(
+        os.path.join(self.directory, str(step), "state"),
+        args=ocp.args.PyTreeRestore(
+            item=target,
+            restore_args=jax.tree.map(
+                lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding, global_shape=s.shape,
+                                               dtype=s.dtype), target),
+            partial_restore=True))
+    ckptr.close()
+    meta = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    return restored[key], dict(meta or {})
+
+  def state_metadata(self, step: int) -> dict:
+    """Nested dict of orbax array metadata (.shape, .dtype) of the saved state at `step`."""
+    tree = self._mngr.item_metadata(step)["state"]
+    return tree.tree if hasattr(tree, "tree") else tree
+
+  def restore_meta(self, step: int | None = None) -> dict:
+    """The JSON `meta` item of `step` (default: latest finished)."""
+    step = self.latest_step() if step is None else step
+    return dict(self._mngr.restore(
+        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"] or {})
+
+  def close(self) -> None:
+    self._mngr.wait_until_finished()
+    self._mngr.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# params checkpoints
+# ----------------------------------------------------------------------------------------------
+
+def _sharding_fn(sharding):
+  """sharding argument -> f(path, shape) -> Sharding."""
+  if sharding is None:
+    dev = _single_device_sharding()
+    return lambda path, shape: dev
+  if isinstance(sharding, jax.sharding.Sharding):
+    return lambda path, shape: sharding
+  if callable(sharding):
+    return sharding
+  raise ValueError(f"sharding={sharding!r} must be None, a jax.sharding.Sharding, a Mesh or a "
+                   "callable (path, shape) -> Sharding")
+
+
+def _to_float32(x):
+  if hasattr(x, "dtype") and jax.numpy.issubdtype(x.dtype, jax.numpy.floating):
+    return x.astype(jax.numpy.float32)
+  return x
+
+
+def save_params(directory, params, *, model_config: dict,
+                extra_metadata: dict | None = None) -> str:
+  """Writes a params checkpoint (float32) atomically: `<directory>.partial` then one rename.
+
+  Args:
+    directory: output folder (replaced if it exists).
+    params: pytree of arrays (nnx.State, nested dict, ...); floating leaves are stored as float32.
+    model_config: JSON-serialisable model config (e.g. `DiTConfig.to_dict()`).
+    extra_metadata: JSON-serialisable extras (step, source, ...), stored in metadata.json.
+  Returns:
+    the absolute path of the written directory.
+  """
+  if not isinstance(model_config, Mapping):
+    raise ValueError(f"save_params: model_config must be a dict, got {type(model_config).__name__}")
+  directory = os.path.abspath(os.fspath(directory))
+  tmp = directory + ".partial"
+  primary = jax.process_index() == 0
+  if primary and os.path.exists(tmp):
+    shutil.rmtree(tmp)
+  _sync("remdm_save_params_clean")
+  nested = tree_to_nested(jax.tree.map(_to_float32, params))
+  ckptr = ocp.StandardCheckpointer()
+  ckptr.save(os.path.join(tmp, "params"), nested)
+  ckptr.wait_until_finished()
+  ckptr.close()
+  if primary:
+    _write_json(os.path.join(tmp, "model_config.json"), dict(model_config))
+    meta = {"format": PARAMS_FORMAT, "version": PARAMS_VERSION, **dict(extra_metadata or {})}
+    meta["num_params"] = int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(nested)))
+    _write_json(os.path.join(tmp, "metadata.json"), meta)
+    if os.path.exists(directory):
+      old = directory + ".old"
+      if os.path.exists(old):
+        shutil.rmtree(old)
+      os.replace(directory, old)
+      os.replace(tmp, directory)
+      shutil.rmtree(old)
+    else:
+      os.replace(tmp, directory)
+  _sync("remdm_save_params_done")
+  return directory
+
+
+def _read_json(path: str) -> dict:
+  with open(path) as f:
+    return json.load(f)
+
+
+def _abstract_model(model_config: Mapping):
+  """(abstract nnx state of the DiT described by model_config) or None if it is not a DiT config."""
+  try:
+    from remdm_jax.models import dit
+    cfg = dit.DiTConfig.from_dict(dict(model_config))
+    return dit.abstract_params(cfg)[1]
+  except Exception:  # not a DiT config (or models unavailable): fall back to nested dicts
+    return None
+
+
+def _restore_structured(nested_fn, meta_tree, model_config, sharding):
+  """Shared tail of load_params: choose shardings, restore, rebuild the model's pytree type."""
+  abstract = _abstract_model(model_config)
+  if isinstance(sharding, jax.sharding.Mesh):
+    if abstract is None:
+      raise ValueError("load_params: sharding=Mesh needs a DiT model_config (logical axis names)")
+    flat = jax.tree_util.tree_flatten_with_path(param_shardings(abstract, sharding))[0]
+    by_path = {_path_str(p): s for p, s in flat}
+    sharding_for = lambda path, shape: by_path[path]
+  else:
+    sharding_for = _sharding_fn(sharding)
+  nested = nested_fn(_abstract_from_metadata(meta_tree, sharding_for))
+  if abstract is None:
+    return nested
+  return nested_to_tree(nested, abstract)
+
+
+def load_params(directory, *, sharding=None):
+  """Loads a params checkpoint (or the latest EMA params of a training workdir).
+
+  Args:
+    directory: a folder written by `save_params`, or a training workdir / its checkpoints folder.
+    sharding: None (first local device), a `jax.sharding.Sharding` for every leaf, a `Mesh` (leaves
+      placed by the logical-axis rules of `training.mesh`), or f(path, shape) -> Sharding.
+  Returns:
+    (params, model_config dict, metadata dict). params is the model's own pytree type
+    (nnx.State from `models.dit.init_params`) when model_config describes a DiT, else a nested dict.
+  Raises:
+    FileNotFoundError naming `directory` if it (or a checkpoint in it) does not exist.
+  """
+  directory = os.path.abspath(os.fspath(directory))
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"params checkpoint directory not found: {directory}")
+  cfg_path = os.path.join(directory, "model_config.json")
+  if os.path.isfile(cfg_path):
+    model_config = _read_json(cfg_path)
+    meta_path = os.path.join(directory, "metadata.json")
+    metadata = _read_json(meta_path) if os.path.isfile(meta_path) else {}
+    ppath = os.path.join(directory, "params")
+    if not os.path.isdir(ppath):
+      raise FileNotFoundError(f"params checkpoint {directory} has no params/ folder")
+    ckptr = ocp.StandardCheckpointer()
+    meta_tree = ckptr.metadata(ppath).item_metadata
+    if hasattr(meta_tree, "tree"):
+      meta_tree = meta_tree.tree
+    params = _restore_structured(lambda target: ckptr.restore(ppath, target), meta_tree,
+                                 model_config, sharding)
+    ckptr.close()
+    return params, model_config, metadata
+  ckdir = checkpoint_dir(directory)
+  if not _has_step_dirs(ckdir):
+    raise FileNotFoundError(f"{directory} is neither a params checkpoint (no model_config.json) "
+                            "nor a training workdir with finished checkpoints")
+  ckptr = TrainCheckpointer(ckdir)
+  try:
+    step = ckptr.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no finished checkpoint in {ckdir}")
+    meta = ckptr.restore_meta(step)
+    model_config = dict(meta.get("model_config") or {})
+    meta_tree = ckptr.state_metadata(step)["ema_params"]
+    params = _restore_structured(
+        lambda target: ckptr.restore_subtree("ema_params", step,
+                                             sharding=_leafwise_from_target(target))[0],
+        meta_tree, model_config, sharding)
+  finally:
+    ckptr.close()
+  metadata = {"format": PARAMS_FORMAT, "source": ckdir, "step": int(step), "params": "ema"}
+  return params, model_config, metadata
+
+
+def _leafwise_from_target(target):
+  by_path = {_path_str(p): s.sharding for p, s in jax.tree_util.tree_flatten_with_path(target)[0]}
+  return lambda path, shape: by_path[path]
+
+
+def export_params(workdir, out_dir, *, step: int | None = None) -> str:
+  """Writes the EMA params of a training workdir's latest (or given) step as a params checkpoint."""
+  workdir = os.path.abspath(os.fspath(workdir))
+  ckdir = checkpoint_dir(workdir)
+  if not _has_step_dirs(ckdir):
+    raise FileNotFoundError(f"no training checkpoints under {workdir}")
+  ckptr = TrainCheckpointer(ckdir)
+  try:
+    step = ckptr.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no finished checkpoint in {ckdir}")
+    ema, meta = ckptr.restore_subtree("ema_params", step)
+  finally:
+    ckptr.close()
+  extra = {"source": ckdir, "step": int(step), "params": "ema"}
+  if "config" in meta:
+    extra["train_config"] = meta["config"]
+  return save_params(out_dir, ema, model_config=dict(meta.get("model_config") or {}),
+                     extra_metadata=extra)

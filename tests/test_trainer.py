@@ -1,0 +1,197 @@
+"""Trainer: sharded == single-device step, partition specs, EMA / lr schedule, resume, NaN stop."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from remdm_jax import checkpoint as ckpt_lib
+from remdm_jax import config_utils
+from remdm_jax.training import mesh as mesh_lib
+from remdm_jax.training import trainer as T
+from remdm_jax.training.metrics import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from configs import tiny  # noqa: E402
+
+LISTING = os.path.join(ROOT, "tests", "data", "partition_specs_tiny.txt")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compile_cache(tmp_path_factory):
+  """Persistent compilation cache: the same tiny programs are compiled by several tests."""
+  from jax._src import compilation_cache as cc
+  d = str(tmp_path_factory.getbasetemp() / "jax_cache")
+  old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+  jax.config.update("jax_compilation_cache_dir", d)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  cc.reset_cache()
+  yield d
+  jax.config.update("jax_compilation_cache_dir", old[0])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+  cc.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  """A small local text corpus (Python's own docs, stdlib) for the `text` source."""
+  from pydoc_data.topics import topics
+  path = tmp_path_factory.mktemp("corpus") / "docs.txt"
+  path.write_text("\n".join(topics[k] for k in sorted(topics))[:60_000])
+  return str(path)
+
+
+def tiny_cfg(**overrides):
+  """configs/tiny.py as an ExperimentConfig, with 'section.field' overrides."""
+  c = tiny.get_config()
+  for k, v in overrides.items():
+    sec, field = k.split(".")
+    c[sec][field] = v
+  return config_utils.experiment_from_config(c)
+
+
+def _one_device_mesh():
+  return mesh_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+
+
+def _tokens(seed, b=8, l=32):
+  return np.random.default_rng(seed).integers(0, 256, (b, l), dtype=np.int32)
+
+
+def test_listing_matches_checked_in_file():
+  cfg = tiny_cfg()
+  from remdm_jax.models import dit
+  _, abstract = dit.abstract_params(cfg.model)
+  listing = mesh_lib.partition_spec_listing(abstract, mesh_lib.make_mesh((2, 2, 2)),
+                                            cfg.mesh.rules)
+  with open(LISTING) as f:
+    assert listing == f.read()
+
+
+def test_sharded_step_equals_single_device_step():
+  cfg = tiny_cfg(**{"model.compute_dtype": "float32", "optim.warmup_steps": 0})
+  mesh8 = mesh_lib.make_mesh((2, 2, 2))
+  tr8, tr1 = T.Trainer(cfg, mesh8), T.Trainer(cfg, _one_device_mesh())
+  s8, s1 = tr8.init_state(), tr1.init_state()
+  p0 = jax.device_get(s1.params)
+  chex.assert_trees_all_close(jax.device_get(s8.params), p0, atol=0, rtol=0)
+
+  # every state leaf lives on all 8 devices with the intended sharding (optax's count included)
+  for leaf, sh in zip(jax.tree.leaves(s8), jax.tree.leaves(tr8.state_shardings)):
+    assert leaf.sharding == sh, (leaf.sharding, sh)
+    assert len(leaf.sharding.device_set) == 8
+  counts = [x for x in jax.tree.leaves(s8.opt_state) if x.ndim == 0]
+  assert counts and all(c.sharding.is_fully_replicated for c in counts)
+  specs = [leaf.sharding.spec for leaf in jax.tree.leaves(s8.params)]
+  assert jax.sharding.PartitionSpec("fsdp", "tensor") in specs  # really sharded
+
+  losses8, losses1 = [], []
+  for i in range(2):
+    batch = _tokens(i)
+    s8, m8 = tr8.train_step(s8, tr8.put_batch(batch))
+    s1, m1 = tr1.train_step(s1, tr1.put_batch(batch))
+    losses8.append(float(m8["loss"]))
+    losses1.append(float(m1["loss"]))
+    assert math.isfinite(float(m1["grad_norm"])) and float(m1["grad_norm"]) > 0
+  np.testing.assert_allclose(losses8, losses1, rtol=2e-5)
+  chex.assert_trees_all_close(jax.device_get(s8.params), jax.device_get(s1.params), atol=2e-5)
+  chex.assert_trees_all_close(jax.device_get(s8.ema_params), jax.device_get(s1.ema_params),
+                              atol=2e-5)
+  assert int(s8.step) == 2
+
+
+def test_ema_and_lr_schedule_hand_values():
+  np.testing.assert_allclose(float(T.ema_decay(1, 0.9999)), 2 / 11, rtol=1e-6)
+  np.testing.assert_allclose(float(T.ema_decay(3, 0.9999)), 4 / 13, rtol=1e-6)
+  np.testing.assert_allclose(float(T.ema_decay(10**6, 0.9999)), 0.9999, rtol=1e-7)
+  np.testing.assert_allclose(float(T.ema_decay(100, 0.5)), 0.5)
+  lr = T.make_lr_schedule(T.OptimConfig(lr=1e-3, warmup_steps=4), 100)
+  np.testing.assert_allclose([float(lr(n)) for n in (0, 1, 2, 4, 5, 1000)],
+                             [0.0, 2.5e-4, 5e-4, 1e-3, 1e-3, 1e-3], rtol=1e-6)
+  cos = T.make_lr_schedule(T.OptimConfig(lr=1e-3, warmup_steps=10, schedule="cosine",
+                                         min_lr=1e-4), 110)
+  np.testing.assert_allclose([float(cos(n)) for n in (5, 10, 60, 110)],
+                             [5e-4, 1e-3, 5.5e-4, 1e-4], rtol=1e-5)
+
+
+def test_ema_update_in_train_step():
+  """After the first update, ema = d p0 + (1 - d) p1 with d = 2/11; the first lr is 0."""
+  cfg = tiny_cfg(**{"optim.warmup_steps": 0, "optim.ema_decay": 0.9999})
+  tr = T.Trainer(cfg, _one_device_mesh())
+  s = tr.init_state()
+  p0 = jax.device_get(s.params)
+  s, m = tr.train_step(s, tr.put_batch(_tokens(0)))
+  p1 = jax.device_get(s.params)
+  want = jax.tree.map(lambda a, b: (2 / 11) * a + (9 / 11) * b, p0, p1)
+  chex.assert_trees_all_close(jax.device_get(s.ema_params), want, rtol=1e-6, atol=1e-7)
+  assert float(m["lr"]) == pytest.approx(1e-3)
+  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(p0), jax.tree.leaves(p1)))
+
+
+def _run(cfg, workdir, **kw):
+  return T.train(cfg, str(workdir), log=lambda _: None, **kw)
+
+
+def test_resume_reproduces_losses_exactly(tmp_path, corpus):
+  over = {"data.source": "text", "data.path": corpus, "data.doc_per_line": True, "train.num_steps": 6, "train.log_every": 1,
+          "train.eval_every": 0, "checkpoint.save_every": 3, "model.dropout": 0.1}
+  _run(tiny_cfg(**over), tmp_path / "straight")
+  _run(tiny_cfg(**dict(over, **{"train.num_steps": 3})), tmp_path / "resumed")
+  out = _run(tiny_cfg(**over), tmp_path / "resumed")  # restarts from step 3
+  assert out["step"] == 6
+  a = [(r["step"], r["loss"]) for r in read_metrics(str(tmp_path / "straight"), "train")]
+  b = [(r["step"], r["loss"]) for r in read_metrics(str(tmp_path / "resumed"), "train")]
+  assert [s for s, _ in a] == list(range(1, 7))
+  assert a == b  # bitwise equal losses, each step exactly once
+  pa, _, _ = ckpt_lib.load_params(str(tmp_path / "straight"))
+  pb, mc, meta = ckpt_lib.load_params(str(tmp_path / "resumed"))
+  assert meta["step"] == 6 and mc["hidden_size"] == 64
+  for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, corpus):
+  cfg = tiny_cfg(**{"data.source": "text", "data.path": corpus, "data.doc_per_line": True, "train.num_steps": 8,
+                    "train.log_every": 4, "train.eval_every": 0, "checkpoint.save_every": 2})
+
+  def poison(step_fn):
+    def wrapped(state, batch):
+      if int(state.step) == 4:  # corrupt the parameters: the genuine loss of step 5 is NaN
+        state = state.replace(params=jax.tree.map(lambda x: x * jnp.nan, state.params))
+      return step_fn(state, batch)
+    return wrapped
+
+  with pytest.raises(FloatingPointError, match=r"at step 5\b.*last good checkpoint: step 4"):
+    _run(cfg, tmp_path, step_wrapper=poison)
+  ck = ckpt_lib.TrainCheckpointer(os.path.join(tmp_path, "checkpoints"))
+  assert ck.all_steps() == [2, 4]
+  ck.close()
+  params, _, meta = ckpt_lib.load_params(str(tmp_path))
+  assert meta["step"] == 4
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+
+
+def test_train_py_end_to_end(tmp_path, corpus, compile_cache):
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=compile_cache,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  cmd = [sys.executable, os.path.join(ROOT, "train.py"),
+         f"--config={os.path.join(ROOT, 'configs', 'tiny.py')}", f"--workdir={tmp_path}",
+         "--config.data.source=text", f"--config.data.path={corpus}",
+         "--config.data.doc_per_line=True",
+         "--config.train.num_steps=4", "--config.checkpoint.save_every=2"]
+  r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "step 4/4" in r.stdout
+  recs = read_metrics(str(tmp_path))
+  assert {rec["split"] for rec in recs} == {"train", "validation"}
+  assert all(math.isfinite(rec["loss"]) for rec in recs)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
+  with open(tmp_path / "config.json") as f:
+    assert json.load(f)["train"]["num_steps"] == 4

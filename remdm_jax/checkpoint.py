@@ -416,8 +416,15 @@ def load_params(directory, *, sharding=None):
         meta_tree, model_config, sharding)
   finally:
     ckptr.close()
-  metadata = {"format": PARAMS_FORMAT, "source": ckdir, "step": int(step), "params": "ema"}
+  metadata = {"format": PARAMS_FORMAT, "source": ckdir, "step": int(step), "params": "ema",
+              **_data_metadata(meta)}
   return params, model_config, metadata
+
+
+def _data_metadata(meta: Mapping) -> dict:
+  """The tokenizer name and data config of a training run (so samplers can decode and evaluate)."""
+  data = (meta.get("config") or {}).get("data") or {}
+  return {"tokenizer": data["tokenizer"], "data": dict(data)} if "tokenizer" in data else {}
 
 
 def _leafwise_from_target(target):
@@ -439,7 +446,7 @@ def export_params(workdir, out_dir, *, step: int | None = None) -> str:
     ema, meta = ckptr.restore_subtree("ema_params", step)
   finally:
     ckptr.close()
-  extra = {"source": ckdir, "step": int(step), "params": "ema"}
+  extra = {"source": ckdir, "step": int(step), "params": "ema", **_data_metadata(meta)}
   if "config" in meta:
     extra["train_config"] = meta["config"]
   return save_params(out_dir, ema, model_config=dict(meta.get("model_config") or {}),

@@ -32,6 +32,10 @@ def main(argv):
   except FloatingPointError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(3)
+  except KeyboardInterrupt:
+    print(f"interrupted; re-run the same command to resume from the latest checkpoint in "
+          f"{_WORKDIR.value}", file=sys.stderr)
+    sys.exit(130)
   print(f"done: step {result['step']}, workdir {result['workdir']}")
 
 

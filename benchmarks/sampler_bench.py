@@ -17,7 +17,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 import jax
@@ -25,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from remdm_jax.fileio import atomic_open  # noqa: E402
 from remdm_jax.sampling import STRATEGIES, SamplerConfig, make_sampler  # noqa: E402
 from remdm_jax.sampling.sampler import KernelSpec, final_step, transition_sample  # noqa: E402
 
@@ -137,17 +137,13 @@ def bench(args):
 
 
 def write_atomic(path, rows):
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-  with os.fdopen(fd, "w", newline="") as f:
+  with atomic_open(path, "w", newline="") as f:
     if path.endswith(".csv"):
       w = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
       w.writeheader()
       w.writerows(rows)
     else:
       json.dump(rows, f, indent=1)
-  os.replace(tmp, path)
 
 
 def main(argv=None):

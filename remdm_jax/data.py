@@ -37,12 +37,12 @@ import hashlib
 import importlib.util
 import json
 import os
-import tempfile
 from typing import Any, Iterator, Sequence
 
 import grain
 import numpy as np
 
+from remdm_jax.fileio import atomic_open
 from remdm_jax.tokenizers import get_tokenizer
 
 SOURCES = ("bible", "text", "hf_disk")
@@ -365,16 +365,8 @@ def cache_file(cfg: DataConfig, split: str) -> str | None:
 
 
 def _save_npy_atomic(path: str, arr: np.ndarray) -> None:
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".npy.tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.save(f, arr)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  with atomic_open(path, "wb") as f:
+    np.save(f, arr)
 
 
 def packed_split(cfg: DataConfig, split: str, tokenizer=None) -> np.ndarray:

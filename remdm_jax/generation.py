@@ -10,7 +10,6 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import time
 from typing import Any, Callable, Iterable, Optional
 
@@ -19,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from remdm_jax import checkpoint
+from remdm_jax.fileio import atomic_open
 from remdm_jax.models import dit
 from remdm_jax.sampling import SamplerConfig, make_sampler
 from remdm_jax.tokenizers import get_tokenizer
@@ -161,20 +161,10 @@ def generate(model: LoadedModel, cfg: SamplerConfig, *, num_samples: int, batch_
 
 def write_jsonl_atomic(path: str, records: Iterable[dict]) -> str:
   """Writes one JSON object per line to `path` via a temp file in the same folder + rename."""
-  path = os.path.abspath(path)
-  folder = os.path.dirname(path)
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=folder)
-  try:
-    with os.fdopen(fd, "w") as f:
-      for r in records:
-        f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  return path
+  with atomic_open(path) as f:
+    for r in records:
+      f.write(json.dumps(r) + "\n")
+  return os.path.abspath(path)
 
 
 def sampler_settings(cfg: SamplerConfig) -> dict:

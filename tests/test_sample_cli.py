@@ -117,3 +117,16 @@ def test_sweep_writes_csv_and_plot(ckpts, tmp_path):
   assert table[1]["nfe"] == "5" and table[2]["nfe"] == "9"
   with open(os.path.join(out, "scaling.png"), "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_atomic_open_replaces_only_on_success(tmp_path):
+  from remdm_jax.fileio import atomic_open
+  target = tmp_path / "sub" / "out.txt"
+  with atomic_open(str(target)) as f:
+    f.write("first")
+  with pytest.raises(ValueError):
+    with atomic_open(str(target)) as f:
+      f.write("partial")
+      raise ValueError("boom")
+  assert target.read_text() == "first"
+  assert os.listdir(target.parent) == ["out.txt"]

@@ -4,9 +4,9 @@ matplotlib is optional (extra `eval`); it is imported only when plotting, with t
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Sequence
+
+from remdm_jax.fileio import atomic_open
 
 REQUIRED = ("strategy", "T", "mauve", "gen_ppl", "entropy")
 
@@ -48,15 +48,6 @@ def plot_scaling(rows: Sequence[dict], path: str, *, title: str | None = None) -
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp_plot_", suffix=".png", dir=folder)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      fig.savefig(f, format="png", dpi=120)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  with atomic_open(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=120)
   return path

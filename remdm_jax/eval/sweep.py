@@ -17,10 +17,11 @@ import csv
 import json
 import os
 import sys
-import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
+
+from remdm_jax.fileio import atomic_open
 
 DEFAULT_STRATEGIES = ("mdlm", "fb", "dfm", "remdm_cap", "remdm_loop")
 CSV_FIELDS = ("strategy", "T", "nfe", "mauve", "gen_ppl", "entropy", "num_samples", "seconds",
@@ -34,20 +35,6 @@ def default_steps(seq_len: int) -> list[int]:
 
 def _stem(strategy: str, steps: int) -> str:
   return f"samples_{strategy}_T{steps}"
-
-
-def _save_npy_atomic(path: str, arr: np.ndarray) -> None:
-  fd, tmp = tempfile.mkstemp(suffix=".npy", dir=os.path.dirname(path))
-  os.close(fd)
-  np.save(tmp, arr)
-  os.replace(tmp, path)
-
-
-def _write_text_atomic(path: str, text: str) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path))
-  with os.fdopen(fd, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def sample_stage(checkpoint: str, output_dir: str, *, strategies: Sequence[str],
@@ -67,11 +54,13 @@ def sample_stage(checkpoint: str, output_dir: str, *, strategies: Sequence[str],
       tokens, stats = generation.generate(model, cfg, num_samples=num_samples,
                                           batch_size=batch_size, seed=seed)
       stem = os.path.join(output_dir, _stem(strategy, t))
-      _save_npy_atomic(stem + ".npy", tokens.astype(np.int32))
+      with atomic_open(stem + ".npy", "wb") as f:
+        np.save(f, tokens.astype(np.int32))
       info = dict(strategy=strategy, T=int(t), nfe=int(round(stats["nfe_spent"])),
                   seconds=stats["seconds"], num_samples=num_samples, seed=seed,
                   checkpoint=model.path, sampler=generation.sampler_settings(cfg))
-      _write_text_atomic(stem + ".json", json.dumps(info, indent=1))
+      with atomic_open(stem + ".json") as f:
+        json.dump(info, f, indent=1)
       print(f"{strategy:>14s} T={t:<5d} nfe={info['nfe']:<5d} {stats['seconds']:.1f}s",
             file=sys.stderr)
       done.append(info)
@@ -126,13 +115,11 @@ def eval_stage(checkpoint: str, output_dir: str, *, scorer: Optional[str],
 
 
 def write_csv(path: str, rows: Sequence[dict]) -> None:
-  fd, tmp = tempfile.mkstemp(suffix=".csv", dir=os.path.dirname(os.path.abspath(path)))
-  with os.fdopen(fd, "w", newline="") as f:
+  with atomic_open(path, "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
     w.writeheader()
     for r in rows:
       w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-  os.replace(tmp, path)
 
 
 def main(argv) -> int:

@@ -24,6 +24,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Params checkpoint (or training workdir). "
                     "Default: the shipped bible_byte MDLM model.")
 flags.DEFINE_string("tokenizer", None, "Tokenizer name (byte | gpt2); default from the checkpoint.")
+flags.DEFINE_string("compute_dtype", None, "Override the model's compute dtype (bfloat16 | float32).")
+flags.DEFINE_string("attention_impl", None, "Override the attention kernel (xla | cudnn on GPU).")
 flags.DEFINE_string("preset", "remdm_loop", "Sampler preset (SPEC §5).")
 flags.DEFINE_integer("steps", None, "Number of sampling steps T (default: the model length L).")
 flags.DEFINE_float("eta", None, "ReMDM eta (cap / rescale / loop / switch).")
@@ -66,7 +68,9 @@ def run(argv) -> int:
   if FLAGS.batch_size < 1:
     raise ValueError(f"--batch_size={FLAGS.batch_size} must be >= 1")
   path = FLAGS.checkpoint or generation.shipped_model_path("bible_byte_mdlm")
-  model = generation.load_model(path, FLAGS.tokenizer)
+  runtime = {k: getattr(FLAGS, k) for k in ("compute_dtype", "attention_impl")
+             if getattr(FLAGS, k) is not None}
+  model = generation.load_model(path, FLAGS.tokenizer, **runtime)
   overrides = {k: getattr(FLAGS, k) for k in _OVERRIDES if getattr(FLAGS, k) is not None}
   if overrides.get("top_p") == 1.0:
     overrides["top_p"] = None

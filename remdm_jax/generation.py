@@ -71,15 +71,18 @@ class LoadedModel:
     return jax.jit(lambda toks: apply(params, toks, jnp.zeros((toks.shape[0],), jnp.float32)))
 
 
-def load_model(path: str, tokenizer: Optional[str] = None) -> LoadedModel:
+def load_model(path: str, tokenizer: Optional[str] = None, **config_overrides) -> LoadedModel:
   """Loads a params checkpoint (or a training workdir's latest EMA params) and its tokenizer.
+
+  `config_overrides` replace run-time fields of the stored `DiTConfig`, e.g.
+  `compute_dtype="float32"` or `attention_impl="cudnn"` (shape fields must match the weights).
 
   The tokenizer is `tokenizer` if given, else the checkpoint's metadata `tokenizer`, else inferred
   from the vocabulary size (257 -> byte, 50258 -> gpt2). Raises FileNotFoundError for a missing
   checkpoint and ValueError when the tokenizer's model vocabulary differs from the checkpoint's.
   """
   params, model_config, metadata = checkpoint.load_params(path)
-  cfg = dit.DiTConfig.from_dict(model_config)
+  cfg = dit.DiTConfig.from_dict({**model_config, **config_overrides})
   name = tokenizer or metadata.get("tokenizer") or _VOCAB_TO_TOKENIZER.get(cfg.vocab_size)
   if name is None:
     raise ValueError(f"{path}: checkpoint vocab_size={cfg.vocab_size} matches no known tokenizer;"

@@ -46,17 +46,15 @@ def standin_denoiser(vocab, hidden, layers, dtype, key):
   return params, denoise
 
 
-def dit_denoiser(vocab, seq_len, dtype):
+def dit_denoiser(vocab, seq_len, dtype, attention_impl=None):
   try:
     from flax import nnx
     from remdm_jax.models import dit
   except ImportError as e:  # pragma: no cover
     raise SystemExit(f"--denoiser dit needs remdm_jax.models.dit and flax: {e}")
-  kw = dict(vocab_size=vocab, hidden_size=768, num_heads=12, num_blocks=12, cond_dim=128)
-  try:
-    cfg = dit.DiTConfig(**kw, max_seq_len=seq_len)
-  except TypeError:
-    cfg = dit.DiTConfig(**kw)
+  kw = dict(vocab_size=vocab, hidden_size=768, num_heads=12, num_blocks=12, cond_dim=128,
+            attention_impl=attention_impl)
+  cfg = dit.DiTConfig(**kw, max_seq_len=seq_len)
   model = dit.DiT(cfg, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model)
   if hasattr(dit, "cast_for_compute"):
@@ -77,7 +75,7 @@ def median_time(fn, *args, iters):
 def bench(args):
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
   if args.denoiser == "dit":
-    params, denoise = dit_denoiser(args.vocab, args.seq_len, dtype)
+    params, denoise = dit_denoiser(args.vocab, args.seq_len, dtype, args.attention_impl)
   else:
     params, denoise = standin_denoiser(args.vocab, args.hidden, args.layers, dtype,
                                        jax.random.key(0))
@@ -155,6 +153,8 @@ def main(argv=None):
   ap.add_argument("--layers", type=int, default=2)
   ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   ap.add_argument("--denoiser", default="standin", choices=["standin", "dit"])
+  ap.add_argument("--attention-impl", default=None, choices=[None, "xla", "cudnn"],
+                  help="DiT attention kernel (GPU: cudnn)")
   ap.add_argument("--strategies", default="all")
   ap.add_argument("--num-steps", type=int, default=128)
   ap.add_argument("--top-p", type=float, default=0.9)

@@ -56,6 +56,11 @@ def main(argv=None) -> dict:
   p.add_argument("--compute_dtype", default="bfloat16")
   p.add_argument("--attention_impl", default=None, help="None | xla | cudnn")
   p.add_argument("--dropout", type=float, default=0.1)
+  p.add_argument("--vocab_pad_multiple", type=int, default=None,
+                 help="pad the output linear to a multiple of this many columns at compute time "
+                      "(e.g. 128: 50258 -> 50304); parameters keep their shapes")
+  p.add_argument("--f32_backward", action="store_true",
+                 help="JAX's default float32 backward matmuls (backward_in_compute_dtype=False)")
   p.add_argument("--mesh", default="-1,1,1", help="data,fsdp,tensor sizes")
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=2)
@@ -82,7 +87,9 @@ def main(argv=None) -> dict:
   batch = args.batch or 8 * n_dev
   model = dit.DiTConfig.preset(args.preset, max_seq_len=max(seq_len, 32),
                                compute_dtype=args.compute_dtype, dropout=args.dropout,
-                               attention_impl=args.attention_impl)
+                               attention_impl=args.attention_impl,
+                               vocab_pad_multiple=args.vocab_pad_multiple,
+                               backward_in_compute_dtype=not args.f32_backward)
   cfg = T.ExperimentConfig(
       model=model, data=DataConfig(seq_len=seq_len, batch_size=batch),
       loss=LossConfig(mask_id=model.vocab_size - 1),
@@ -115,6 +122,8 @@ def main(argv=None) -> dict:
       "device": str(jax.devices()[0].device_kind), "platform": platform, "num_devices": n_dev,
       "preset": args.preset, "params": dit.count_params(model), "seq_len": seq_len,
       "batch": batch, "compute_dtype": args.compute_dtype, "attention_impl": args.attention_impl,
+      "vocab_pad_multiple": args.vocab_pad_multiple,
+      "backward_in_compute_dtype": not args.f32_backward,
       "mesh": dict(mesh.shape), "step_ms": dt * 1e3, "tokens_per_s": tokens_per_s,
       "first_steps_s (compile)": compile_s, "flops_per_token": fpt,
       "model_tflops": model_flops / 1e12, "measured_bf16_matmul_tflops": peak / 1e12,

@@ -17,6 +17,7 @@ low-discrepancy times over the global batch (SPEC §3.1 [LIB]).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable
 
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from remdm_jax.schedules import SCHEDULES, NoiseSchedule
-from remdm_jax.subs import subs_log_probs
+from remdm_jax.subs import NEG_INF
 
 OBJECTIVES = ("mdlm", "remdm", "ar")
 SIGMAS = ("none", "cap", "rescale", "fb", "switch")
@@ -166,6 +167,109 @@ def remdm_sigma(alpha_t: jax.Array, alpha_s: jax.Array, t: jax.Array, cfg: LossC
   return of(cfg.sigma)
 
 
+def _lse_and_target(logits: jax.Array, x: jax.Array, exclude_id: int | None):
+  """(logsumexp over V [..], target logit [..]) in float32 (float64 for float64 logits); column
+  `exclude_id` (if not None) is left out of the logsumexp (set to NEG_INF). No [.., V] output."""
+  dtype = jnp.promote_types(logits.dtype, jnp.float32)
+  lf = logits.astype(dtype)
+  if exclude_id is not None:
+    ids = jax.lax.broadcasted_iota(jnp.int32, lf.shape, lf.ndim - 1)
+    lf_red = jnp.where(ids == exclude_id, jnp.asarray(NEG_INF, dtype), lf)
+  else:
+    lf_red = lf
+  mx = jax.lax.stop_gradient(jnp.max(lf_red, axis=-1))
+  lse = mx + jnp.log(jnp.sum(jnp.exp(lf_red - mx[..., None]), axis=-1))
+  target = jnp.take_along_axis(lf, x[..., None].astype(jnp.int32), axis=-1,
+                               mode="promise_in_bounds")[..., 0]
+  return lse, target
+
+
+def _softmax_minus_onehot(logits, lse, x, exclude_id, scale):
+  """scale[..., None] * (softmax(logits without column exclude_id) - onehot(x)) in logits.dtype:
+  the gradient of scale * (lse - logit_x), fused in one pass over [.., V]."""
+  dtype = lse.dtype
+  ids = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+  p = jnp.exp(logits.astype(dtype) - lse[..., None])
+  if exclude_id is not None:
+    p = jnp.where(ids == exclude_id, 0.0, p)
+  onehot = (ids == x[..., None]).astype(dtype)
+  return (scale[..., None] * (p - onehot)).astype(logits.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _subs_target_nll(logits, z_t, x, mask_id):
+  return _subs_target_nll_fwd(logits, z_t, x, mask_id)[0]
+
+
+def _subs_target_nll_fwd(logits, z_t, x, mask_id):
+  lse, target = _lse_and_target(logits, x, mask_id)
+  dtype = lse.dtype
+  big = jnp.asarray(-NEG_INF, dtype)
+  # -log x_theta[x] at masked positions: lse - logit_x (x = m: log 0 = NEG_INF, as in SUBS).
+  nll_masked = jnp.where(x == mask_id, lse + big, lse - target)
+  # carry-over at unmasked positions: 0 at z_t, -NEG_INF elsewhere.
+  nll_carry = jnp.where(z_t == x, jnp.asarray(0.0, dtype), big)
+  masked = z_t == mask_id
+  return jnp.where(masked, nll_masked, nll_carry), (logits, lse, x, masked)
+
+
+def _subs_target_nll_bwd(mask_id, res, g):
+  logits, lse, x, masked = res
+  # d/dlogits (lse - logit_x) = softmax_{v != m} - onehot(x) (onehot(m) is cut by the `where`);
+  # the carry-over branch does not depend on the logits.
+  x_eff = jnp.where(x == mask_id, -1, x)
+  scale = jnp.where(masked, g.astype(lse.dtype), 0.0)
+  grad = _softmax_minus_onehot(logits, lse, x_eff, mask_id, scale)
+  return grad, None, None
+
+
+_subs_target_nll.defvjp(_subs_target_nll_fwd, _subs_target_nll_bwd)
+
+
+def subs_target_nll(logits: jax.Array, z_t: jax.Array, x: jax.Array, mask_id: int) -> jax.Array:
+  """-log x_theta(z_t)[x] under SUBS without building [.., V] log-probs (SPEC §1, §3.1).
+
+  Equals `-take_along_axis(subs_log_probs(logits, z_t, mask_id), x)` (within float rounding):
+    masked (z_t = m):   logsumexp_{v != m} logits_v - logits_x      (-NEG_INF - ... if x = m)
+    unmasked:           0 if z_t = x else -NEG_INF                   (carry-over)
+  computed with one logsumexp reduction and one gather; the custom VJP returns the gradient
+  g (softmax_{v != m} - onehot(x)) at masked positions and 0 elsewhere in one fused pass.
+
+  Args:
+    logits: [..., V] raw network outputs (any float dtype; computed in at least float32).
+    z_t: [...] int tokens, `mask_id` where masked.
+    x: [...] int targets in [0, V).
+    mask_id: the mask id m in [0, V) (a static Python int).
+  Returns:
+    [...] float32 (float64 for float64 logits).
+  """
+  return _subs_target_nll(logits, z_t.astype(jnp.int32), x.astype(jnp.int32), int(mask_id))
+
+
+@jax.custom_vjp
+def _target_nll(logits, x):
+  return _target_nll_fwd(logits, x)[0]
+
+
+def _target_nll_fwd(logits, x):
+  lse, target = _lse_and_target(logits, x, None)
+  return lse - target, (logits, lse, x)
+
+
+def _target_nll_bwd(res, g):
+  logits, lse, x = res
+  return _softmax_minus_onehot(logits, lse, x, None, g.astype(lse.dtype)), None
+
+
+_target_nll.defvjp(_target_nll_fwd, _target_nll_bwd)
+
+
+def target_nll(logits: jax.Array, x: jax.Array) -> jax.Array:
+  """-log softmax(logits)[x] = logsumexp(logits) - logits[x]: [..., V], [...] -> [...] float32
+  (float64 for float64 logits), without building [.., V] log-probs (the cross-entropy)."""
+  return _target_nll(logits, x.astype(jnp.int32))
+
+
 def _masked_nll(apply_fn: ApplyFn, x: jax.Array, z: jax.Array, sigma_in: jax.Array, mask_id: int):
   """(-log x_theta(z)[x]) [B, L] float32 under SUBS, and the mask indicator [B, L] float32."""
   logits = apply_fn(z, sigma_in)
@@ -174,8 +278,7 @@ def _masked_nll(apply_fn: ApplyFn, x: jax.Array, z: jax.Array, sigma_in: jax.Arr
   if mask_id >= logits.shape[-1]:
     raise ValueError(f"LossConfig.mask_id={mask_id} is outside the model vocabulary "
                      f"V={logits.shape[-1]} (vocab mismatch between data and model)")
-  logp = subs_log_probs(logits, z, mask_id).astype(jnp.float32)
-  nll = -jnp.take_along_axis(logp, x[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  nll = subs_target_nll(logits, z, x, mask_id).astype(jnp.float32)
   masked = (z == mask_id).astype(jnp.float32)
   return nll * masked, masked
 
@@ -272,8 +375,7 @@ def ar_loss(apply_fn: ApplyFn, x: jax.Array, cfg: LossConfig | None = None):
   logits = apply_fn(x, jnp.zeros((batch,), jnp.float32))
   if logits.ndim != 3 or logits.shape[:2] != x.shape:
     raise ValueError(f"apply_fn returned logits of shape {logits.shape}; expected {x.shape + ('V',)}")
-  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(logp, x[:, 1:, None], axis=-1)[..., 0]
+  nll = target_nll(logits[:, :-1], x[:, 1:]).astype(jnp.float32)
   loss = jnp.mean(nll)
   return loss, _report(loss)
 

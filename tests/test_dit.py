@@ -358,3 +358,94 @@ def test_flops_per_token_hand_count():
   # Close to the 6N + 12 n_layer H L rule, N = per-token matmul weights (12 H^2 per block + H V).
   n = 12 * 12 * 768**2 + 768 * small.vocab_size
   assert abs(f / (6 * n + 12 * 12 * 768 * 1024) - 1) < 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# Training-speed features: 16-bit dropout, vocab padding at compute time, mixed-precision backward.
+
+
+def test_dropout_keep_threshold_and_statistics():
+  """keep iff 16 random bits < t = round(0.9 * 2^16): P(keep) = t/2^16, kept values x 2^16/t."""
+  assert dit.dropout_keep_threshold(0.1) == 58982
+  assert dit.dropout_keep_threshold(0.5) == 32768
+  assert dit.dropout_keep_threshold(0.0) == 65536
+  assert dit.dropout_keep_threshold(1.0 - 1e-9) == 1
+  t = dit.dropout_keep_threshold(0.1)
+  x = jnp.ones((64, 64, 64), jnp.float32)
+  bits = dit._dropout_bits(jax.random.key(0), 0.1, x.shape)
+  chex.assert_type(bits, jnp.uint32)
+  outs = [np.asarray(dit._dropout(x, 0.1, bits, b)) for b in (0, 1)]
+  n = x.size
+  for out in outs:
+    kept = out != 0
+    np.testing.assert_allclose(out[kept], 2**16 / t, rtol=1e-7)
+    # keep fraction within 5 standard deviations of t / 2^16
+    p = t / 2**16
+    assert abs(kept.mean() - p) < 5 * math.sqrt(p * (1 - p) / n)
+  # the two branches use independent halves of the same bits
+  a, b = outs[0] != 0, outs[1] != 0
+  assert abs((a & b).mean() - p * p) < 5 * math.sqrt(p * p * (1 - p * p) / n)
+  assert dit._dropout(x, 0.1, None, 0) is x
+  assert dit._dropout_bits(None, 0.1, x.shape) is None
+  assert dit._dropout_bits(jax.random.key(0), 0.0, x.shape) is None
+
+
+def test_vocab_pad_multiple_same_logits_and_shapes(tiny):
+  cfg, graphdef, params = tiny
+  tokens, sigma = _inputs(cfg)
+  cfg_pad = DiTConfig(**{**TINY, "vocab_pad_multiple": 16})  # 37 -> 48 columns
+  gd_pad, params_pad = dit.init_params(cfg_pad, jax.random.key(0))
+  shapes = lambda p: {"/".join(map(str, k)): v.shape for k, v in nnx.to_flat_state(p)}
+  assert shapes(params_pad) == shapes(params)  # stored parameters keep the official shapes
+  for dtype in ("float32", "bfloat16"):
+    gd = dit.init_params(DiTConfig(**{**TINY, "compute_dtype": dtype}), jax.random.key(0))[0]
+    gdp = dit.init_params(DiTConfig(**{**TINY, "compute_dtype": dtype, "vocab_pad_multiple": 16}),
+                          jax.random.key(0))[0]
+    a = jax.jit(dit.make_apply_fn(gd))(params, tokens, sigma)
+    b = jax.jit(dit.make_apply_fn(gdp))(params, tokens, sigma)
+    chex.assert_shape(b, (3, 16, cfg.vocab_size))
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="vocab_pad_multiple"):
+    DiTConfig(**{**TINY, "vocab_pad_multiple": 0})
+
+
+class MixedMatmulTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_mixed_matmul_value_and_grads(self):
+    """Forward = bf16 matmul with f32 output; grads = bf16-rounded cotangent matmuls (float64 ref)."""
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(k1, (2, 5, 8), jnp.float32).astype(jnp.bfloat16)
+    w = jax.random.normal(k2, (8, 6), jnp.float32)
+    g = jax.random.normal(k3, (2, 5, 6), jnp.float32)
+    f = self.variant(lambda x, w: jnp.sum(dit.mixed_matmul(x, w) * g))
+    y = self.variant(dit.mixed_matmul)(x, w)
+    chex.assert_type(y, jnp.float32)
+    dx, dw = jax.grad(f, argnums=(0, 1))(x, w)
+    chex.assert_type(dx, jnp.bfloat16)
+    chex.assert_type(dw, jnp.float32)
+    xn = np.asarray(x.astype(jnp.float32), np.float64)
+    wn = np.asarray(w.astype(jnp.bfloat16).astype(jnp.float32), np.float64)
+    gn = np.asarray(g.astype(jnp.bfloat16).astype(jnp.float32), np.float64)
+    np.testing.assert_allclose(np.asarray(y), xn @ wn, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dw), np.einsum("bli,blo->io", xn, gn), rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dx.astype(jnp.float32)), gn @ wn.T, rtol=1e-2,
+                               atol=1e-2)  # dx is rounded to bf16
+
+  def test_model_grads_close_to_float32_backward(self):
+    """backward_in_compute_dtype only changes gradients at bf16 rounding level, not the forward."""
+    cfg = DiTConfig(**{**TINY, "compute_dtype": "bfloat16"})
+    cfg_f32 = DiTConfig(**{**TINY, "compute_dtype": "bfloat16", "backward_in_compute_dtype": False})
+    gd, params = dit.init_params(cfg, jax.random.key(0))
+    params = _randomize(params, jax.random.key(1))
+    gd32 = dit.init_params(cfg_f32, jax.random.key(0))[0]
+    tokens, sigma = _inputs(cfg)
+    loss = lambda gdef: jax.jit(jax.value_and_grad(
+        lambda p: jnp.sum(dit.make_apply_fn(gdef)(p, tokens, sigma, jax.random.key(2)) ** 2)))
+    (va, ga), (vb, gb) = loss(gd)(params), loss(gd32)(params)
+    assert float(va) == float(vb)
+    for (path, a), (_, b) in zip(nnx.to_flat_state(ga), nnx.to_flat_state(gb)):
+      chex.assert_type(a[...], jnp.float32)
+      a, b = np.asarray(a[...]), np.asarray(b[...])
+      assert np.abs(a - b).max() <= 0.03 * np.abs(b).max() + 1e-6, path

@@ -303,3 +303,81 @@ def test_sharded_global_batch_matches_single_device():
   single = f(W, x, jax.random.key(2))
   np.testing.assert_allclose(float(sharded[0]), float(single[0]), rtol=1e-6)
   np.testing.assert_allclose(float(sharded[1]["t_mean"]), float(single[1]["t_mean"]), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused target NLL (no [B, L, V] log-probs) against subs_log_probs + gather and float64 numpy.
+
+
+def _np_nll_grad(logits, x, z, mask_id, w):
+  """float64 d/dlogits sum(w * nll) at masked positions: w (softmax_{v != m} - onehot(x))."""
+  lg = np.asarray(logits, np.float64).copy()
+  lg[..., mask_id] = -np.inf
+  p = np.exp(_np_log_softmax(lg))
+  onehot = np.eye(lg.shape[-1])[x]
+  onehot[..., mask_id] = 0.0
+  return np.where((z == mask_id)[..., None], w[..., None] * (p - onehot), 0.0)
+
+
+class SubsTargetNllTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_matches_subs_log_probs_and_numpy(self):
+    from remdm_jax.subs import subs_log_probs
+    for seed, (B, L, Vr) in enumerate([(2, 7, 6), (3, 5, 33)]):
+      m = Vr - 1
+      k = jax.random.split(jax.random.key(seed), 4)
+      logits = 3.0 * jax.random.normal(k[0], (B, L, Vr), jnp.float32)
+      x = jax.random.randint(k[1], (B, L), 0, Vr - 1)
+      z = jnp.where(jax.random.bernoulli(k[2], 0.6, (B, L)), m, x)
+      w = jax.random.normal(k[3], (B, L), jnp.float32)
+      fused = self.variant(lambda lg: losses.subs_target_nll(lg, z, x, m))
+      ref = lambda lg: -jnp.take_along_axis(subs_log_probs(lg, z, m), x[..., None], -1)[..., 0]
+      out = fused(logits)
+      chex.assert_shape(out, (B, L))
+      chex.assert_type(out, jnp.float32)
+      np.testing.assert_allclose(np.asarray(out), np.asarray(ref(logits)), rtol=1e-6, atol=1e-5)
+      np.testing.assert_allclose(np.asarray(out), _np_subs_nll(logits, np.asarray(x),
+                                                               np.asarray(z), m),
+                                 rtol=1e-5, atol=1e-5)
+      g = jax.grad(lambda lg: jnp.sum(w * fused(lg)))(logits)
+      g_ref = jax.grad(lambda lg: jnp.sum(w * ref(lg)))(logits)
+      np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), atol=1e-6)
+      np.testing.assert_allclose(np.asarray(g), _np_nll_grad(logits, np.asarray(x), np.asarray(z),
+                                                             m, np.asarray(w)), atol=1e-6)
+
+  def test_edge_cases_and_float64(self):
+    from remdm_jax.subs import NEG_INF, subs_log_probs
+    logits = jnp.asarray([[[1.0, 2.0, 0.5, 9.0], [0.0, 0.0, 0.0, 0.0], [3.0, 1.0, 2.0, 5.0]]])
+    m = 3
+    x = jnp.asarray([[3, 1, 2]])  # target = mask id (log 0) at a masked position
+    z = jnp.asarray([[3, 0, 2]])  # carry-over mismatch (z != x), carry-over match
+    out = np.asarray(losses.subs_target_nll(logits, z, x, m))
+    ref = -np.asarray(jnp.take_along_axis(subs_log_probs(logits, z, m), x[..., None], -1)[..., 0])
+    np.testing.assert_allclose(out, ref, rtol=1e-6)
+    assert out[0, 1] == -NEG_INF and out[0, 2] == 0.0
+    g = jax.grad(lambda lg: jnp.sum(losses.subs_target_nll(lg, z, x, m)))(logits)
+    np.testing.assert_allclose(np.asarray(g[0, 0]), np.exp(_np_log_softmax(
+        np.array([1.0, 2.0, 0.5, -np.inf]))), atol=1e-7)  # softmax, no onehot(m) term
+    assert np.all(np.asarray(g[0, 1:]) == 0.0)
+    with jax.enable_x64(True):
+      lg64 = jnp.asarray(np.random.RandomState(0).randn(2, 3, 5), jnp.float64)
+      x64 = jnp.asarray([[0, 1, 2], [3, 0, 1]])
+      z64 = jnp.asarray([[4, 1, 4], [4, 4, 1]])
+      out64 = losses.subs_target_nll(lg64, z64, x64, 4)
+      assert out64.dtype == jnp.float64
+      np.testing.assert_allclose(np.asarray(out64), _np_subs_nll(np.asarray(lg64), np.asarray(x64),
+                                                                 np.asarray(z64), 4), rtol=1e-12)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_target_nll_is_cross_entropy(self):
+    logits = 2.0 * jax.random.normal(jax.random.key(3), (2, 4, 9), jnp.float32)
+    x = jax.random.randint(jax.random.key(4), (2, 4), 0, 9)
+    w = jax.random.normal(jax.random.key(5), (2, 4), jnp.float32)
+    f = self.variant(losses.target_nll)
+    ln = np.asarray(logits, np.float64)
+    ref = -np.take_along_axis(_np_log_softmax(ln), np.asarray(x)[..., None], -1)[..., 0]
+    np.testing.assert_allclose(np.asarray(f(logits, x)), ref, rtol=1e-6, atol=1e-6)
+    g = jax.grad(lambda lg: jnp.sum(w * f(lg, x)))(logits)
+    g_ref = np.asarray(w)[..., None] * (np.exp(_np_log_softmax(ln)) - np.eye(9)[np.asarray(x)])
+    np.testing.assert_allclose(np.asarray(g), g_ref, atol=1e-6)

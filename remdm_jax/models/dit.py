@@ -32,6 +32,7 @@ Sharding: every `nnx.Param` carries logical axis names (metadata `out_sharding`,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -87,11 +88,20 @@ class DiTConfig:
     vocab_size: model vocabulary V including the mask token (GPT-2: 50258; bytes: 257).
     max_seq_len: longest sequence accepted (rotary positions need no table; this is a check).
     hidden_size, num_heads, num_blocks, cond_dim, mlp_ratio: sizes (head dim = hidden / heads).
-    dropout: residual-branch dropout rate, used only when a dropout key is passed.
+    dropout: residual-branch dropout rate, used only when a dropout key is passed; the exact keep
+      probability is t/2^16 with t = round((1 - dropout) 2^16) (`dropout_keep_threshold`).
     time_conditioning: if False the noise level is zeroed before the network (SPEC §6.2, §10.4).
     causal: autoregressive variant: causal attention, sigma ignored (same parameters).
     compute_dtype: dtype of the per-token matmuls and attention ("float32"/"bfloat16"/"float16").
     attention_impl: `implementation=` of `jax.nn.dot_product_attention` (None, "xla", "cudnn").
+    vocab_pad_multiple: None, or compute the output linear with its kernel/bias zero-padded (at
+      compute time only; stored parameters keep shape [H, V]) to a multiple of this many columns
+      and slice the logits back to V (e.g. 128: 50258 -> 50304, faster GEMM tiles). Same logits.
+    backward_in_compute_dtype: mixed-precision backward of the per-token matmuls (as torch
+      autocast): the output cotangent is rounded to `compute_dtype` and both backward matmuls run
+      in it with float32 accumulation (kernel gradients float32). False: JAX's default transpose,
+      which upcasts the bf16 operand and runs the backward matmuls in float32 (slow on GPUs).
+      No effect when compute_dtype is float32 or on the forward pass.
   """
 
   vocab_size: int
@@ -106,6 +116,8 @@ class DiTConfig:
   causal: bool = False
   compute_dtype: str = "bfloat16"
   attention_impl: str | None = None
+  vocab_pad_multiple: int | None = None
+  backward_in_compute_dtype: bool = True
 
   def __post_init__(self):
     for name in ("vocab_size", "max_seq_len", "hidden_size", "num_heads", "num_blocks", "cond_dim",
@@ -129,6 +141,12 @@ class DiTConfig:
     if self.attention_impl not in _ATTENTION_IMPLS:
       raise ValueError(f"DiTConfig.attention_impl={self.attention_impl!r} is not one of "
                        f"{_ATTENTION_IMPLS}")
+    p = self.vocab_pad_multiple
+    if p is not None and (not isinstance(p, (int, np.integer)) or isinstance(p, bool) or p <= 0):
+      raise ValueError(f"DiTConfig.vocab_pad_multiple={p!r} must be None or a positive int")
+    if not isinstance(self.backward_in_compute_dtype, bool):
+      raise ValueError(f"DiTConfig.backward_in_compute_dtype={self.backward_in_compute_dtype!r} "
+                       "must be a bool")
     if self.attention_impl == "cudnn" and self.compute_dtype == "float32":
       raise ValueError("DiTConfig.attention_impl='cudnn' needs compute_dtype bfloat16/float16, "
                        f"got compute_dtype={self.compute_dtype!r}")
@@ -200,13 +218,59 @@ class Linear(nnx.Module):
     else:
       self.bias = None
 
-  def __call__(self, x: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
-    """x [..., in] -> [..., out] float32: matmul in `dtype` with float32 accumulation."""
-    y = jnp.matmul(x.astype(dtype), self.kernel[...].astype(dtype),
-                   preferred_element_type=jnp.float32)
-    if self.bias is not None:
-      y = y + self.bias[...].astype(jnp.float32)
+  def __call__(self, x: jax.Array, dtype: Any = jnp.float32, mixed_backward: bool = False,
+               pad_to: int | None = None) -> jax.Array:
+    """x [..., in] -> [..., out] float32: matmul in `dtype` with float32 accumulation.
+
+    mixed_backward: backward matmuls in `dtype` too (`mixed_matmul`). pad_to: compute with the
+    kernel / bias zero-padded to `pad_to` >= out columns, then slice back to `out` (same values).
+    """
+    kernel = self.kernel[...]
+    bias = None if self.bias is None else self.bias[...].astype(jnp.float32)
+    out = kernel.shape[-1]
+    if pad_to is not None and pad_to > out:
+      kernel = jnp.pad(kernel.astype(dtype), ((0, 0), (0, pad_to - out)))
+      bias = None if bias is None else jnp.pad(bias, (0, pad_to - out))
+    if mixed_backward and jnp.dtype(dtype) != jnp.float32:
+      y = mixed_matmul(x.astype(dtype), kernel)
+    else:
+      y = jnp.matmul(x.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32)
+    if bias is not None:
+      y = y + bias
+    if y.shape[-1] != out:
+      y = y[..., :out]
     return y
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _mixed_matmul(x, kernel, kernel_dtype):
+  return jnp.matmul(x, kernel.astype(x.dtype), preferred_element_type=jnp.float32)
+
+
+def _mixed_matmul_fwd(x, kernel, kernel_dtype):
+  kc = kernel.astype(x.dtype)
+  return jnp.matmul(x, kc, preferred_element_type=jnp.float32), (x, kc)
+
+
+def _mixed_matmul_bwd(kernel_dtype, res, g):
+  x, kc = res
+  gc = g.astype(x.dtype)
+  dx = jnp.matmul(gc, kc.T, preferred_element_type=jnp.float32).astype(x.dtype)
+  batch = tuple(range(x.ndim - 1))
+  dk = jax.lax.dot_general(x, gc, ((batch, batch), ((), ())), preferred_element_type=jnp.float32)
+  return dx, dk.astype(kernel_dtype)
+
+
+_mixed_matmul.defvjp(_mixed_matmul_fwd, _mixed_matmul_bwd)
+
+
+def mixed_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """y = x K, x [..., in] in the compute dtype, K [in, out] (any float dtype, cast to x.dtype):
+  float32 output with float32 accumulation. Backward (mixed precision, as torch autocast): the
+  cotangent g is rounded to x.dtype; dx = g K^T (x.dtype, float32 accumulation) and
+  dK = x^T g (float32 accumulation, returned in K's dtype) -- both matmuls in x.dtype instead of
+  the float32 matmuls of JAX's default transpose of a bf16 x bf16 -> f32 dot."""
+  return _mixed_matmul(x, kernel, jnp.dtype(kernel.dtype).name)
 
 
 class LayerNorm(nnx.Module):
@@ -275,12 +339,34 @@ def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
   return x * (1.0 + scale[:, None, :]) + shift[:, None, :]
 
 
-def _dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
-  """Inverted dropout; identity when key is None or rate == 0."""
+_DROPOUT_BITS = 16  # each residual branch uses 16 of the 32 random bits drawn per element
+
+
+def dropout_keep_threshold(rate: float) -> int:
+  """t = round((1 - rate) 2^16) clipped to [1, 2^16]: an element is kept iff its 16 random bits
+  are < t, so the exact keep probability is t / 2^16 (rate 0.1: 58982/65536 = 0.8999939) and kept
+  values are scaled by 2^16 / t (E[dropout(x)] = x exactly)."""
+  return int(min(max(round((1.0 - rate) * 2**_DROPOUT_BITS), 1), 2**_DROPOUT_BITS))
+
+
+def _dropout_bits(key: jax.Array | None, rate: float, shape) -> jax.Array | None:
+  """One uint32 per element [B, L, H] for BOTH residual branches of a block (threefry drawn once)."""
   if key is None or rate == 0.0:
+    return None
+  return jax.random.bits(key, shape, jnp.uint32)
+
+
+def _dropout(x: jax.Array, rate: float, bits: jax.Array | None, branch: int) -> jax.Array:
+  """Inverted dropout with the 16-bit half `branch` (0: low, 1: high) of `bits`: keep iff the
+  half is < t = `dropout_keep_threshold(rate)` (keep probability t/2^16), kept values scaled by
+  2^16/t. Identity when bits is None (no key or rate 0)."""
+  if bits is None:
     return x
-  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+  t = dropout_keep_threshold(rate)
+  half = (bits >> (_DROPOUT_BITS * branch)) & jnp.uint32(2**_DROPOUT_BITS - 1)
+  keep = half < jnp.uint32(t)
+  scale = np.float32(2**_DROPOUT_BITS / t)
+  return jnp.where(keep, x * scale, 0.0).astype(x.dtype)
 
 
 class DDiTBlock(nnx.Module):
@@ -306,26 +392,27 @@ class DDiTBlock(nnx.Module):
     cfg = self.cfg
     dtype = jnp.dtype(cfg.compute_dtype)
     bsz, seq_len, hidden = x.shape
-    keys = (None, None) if dropout_key is None else tuple(jax.random.split(dropout_key, 2))
+    mixed = cfg.backward_in_compute_dtype
+    bits = _dropout_bits(dropout_key, cfg.dropout, x.shape)
     (shift_msa, scale_msa, gate_msa,
      shift_mlp, scale_mlp, gate_mlp) = jnp.split(self.adaLN_modulation(c), 6, axis=-1)
 
     # Attention branch.
     h = _modulate(self.norm1(x), shift_msa, scale_msa)
-    qkv = self.attn_qkv(h, dtype).reshape(bsz, seq_len, 3, cfg.num_heads, cfg.head_dim)
+    qkv = self.attn_qkv(h, dtype, mixed).reshape(bsz, seq_len, 3, cfg.num_heads, cfg.head_dim)
     q = apply_rotary(qkv[:, :, 0], cos, sin).astype(dtype)
     k = apply_rotary(qkv[:, :, 1], cos, sin).astype(dtype)
     v = qkv[:, :, 2].astype(dtype)
     attn = jax.nn.dot_product_attention(q, k, v, is_causal=cfg.causal,
                                         implementation=cfg.attention_impl)
-    o = self.attn_out(attn.reshape(bsz, seq_len, hidden), dtype)
-    x = x + gate_msa[:, None, :] * _dropout(o, cfg.dropout, keys[0])
+    o = self.attn_out(attn.reshape(bsz, seq_len, hidden), dtype, mixed)
+    x = x + gate_msa[:, None, :] * _dropout(o, cfg.dropout, bits, 0)
 
     # MLP branch.
     h = _modulate(self.norm2(x), shift_mlp, scale_mlp)
-    h = jax.nn.gelu(self.mlp["0"](h, dtype), approximate=True)
-    h = self.mlp["2"](h, dtype)
-    return x + gate_mlp[:, None, :] * _dropout(h, cfg.dropout, keys[1])
+    h = jax.nn.gelu(self.mlp["0"](h, dtype, mixed), approximate=True)
+    h = self.mlp["2"](h, dtype, mixed)
+    return x + gate_mlp[:, None, :] * _dropout(h, cfg.dropout, bits, 1)
 
 
 class DDitFinalLayer(nnx.Module):
@@ -333,14 +420,20 @@ class DDitFinalLayer(nnx.Module):
 
   def __init__(self, cfg: "DiTConfig", *, rngs: nnx.Rngs):
     h = cfg.hidden_size
+    self.cfg = cfg
     self.norm_final = LayerNorm(h)
     self.linear = Linear(h, cfg.vocab_size, ("embed", "vocab"), zero_init=True, rngs=rngs)
     self.adaLN_modulation = Linear(cfg.cond_dim, 2 * h, ("cond", "adaln"), zero_init=True,
                                    rngs=rngs)
 
   def __call__(self, x: jax.Array, c: jax.Array, dtype: Any) -> jax.Array:
+    cfg = self.cfg
     shift, scale = jnp.split(self.adaLN_modulation(c), 2, axis=-1)
-    return self.linear(_modulate(self.norm_final(x), shift, scale), dtype)
+    pad_to = None
+    if cfg.vocab_pad_multiple is not None:
+      pad_to = -(-cfg.vocab_size // cfg.vocab_pad_multiple) * cfg.vocab_pad_multiple
+    return self.linear(_modulate(self.norm_final(x), shift, scale), dtype,
+                       cfg.backward_in_compute_dtype, pad_to)
 
 
 class DiT(nnx.Module):

@@ -342,10 +342,8 @@ def _validate_setup(cfg: ExperimentConfig, mesh: Mesh, tokenizer) -> None:
   if cfg.data.batch_size % jax.process_count():
     raise ValueError(f"data.batch_size={cfg.data.batch_size} is not divisible by the "
                      f"{jax.process_count()} processes")
-  if cfg.model.vocab_size < tokenizer.vocab_size:
-    raise ValueError(f"vocab mismatch between data and model: model.vocab_size="
-                     f"{cfg.model.vocab_size} < tokenizer {cfg.data.tokenizer!r} vocab_size "
-                     f"{tokenizer.vocab_size} (mask included)")
+  from remdm_jax.config_utils import validate_experiment  # objective/causal, vocab, mask id
+  validate_experiment(cfg, tokenizer)
   if cfg.data.seq_len > cfg.model.max_seq_len:
     raise ValueError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len="
                      f"{cfg.model.max_seq_len}")

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from remdm_jax.eval.hf_weights import layer_norm, safetensors_reader, stack_layers
+
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -80,23 +82,10 @@ def load_gpt2_params(path: str) -> tuple[GPT2Config, dict]:
   cfg = GPT2Config.from_json(cfg_path)
   if not os.path.isfile(st_path):
     raise FileNotFoundError(f"GPT-2 model.safetensors not found: {st_path}")
-  from safetensors import safe_open
-
-  with safe_open(st_path, framework="np") as f:
-    keys = list(f.keys())
-    prefix = "transformer." if any(k.startswith("transformer.") for k in keys) else ""
-
-    def get(name):
-      k = prefix + name
-      if k not in keys:
-        raise ValueError(f"{st_path}: missing tensor {k!r}")
-      return np.asarray(f.get_tensor(k), np.float32)
-
+  with safetensors_reader(st_path, "transformer.") as get:
     params = {"wte": get("wte.weight"), "wpe": get("wpe.weight"),
-              "ln_f_g": get("ln_f.weight"), "ln_f_b": get("ln_f.bias")}
-    params["blocks"] = {
-        ours: np.stack([get(f"h.{i}.{theirs}") for i in range(cfg.n_layer)])
-        for ours, theirs in _BLOCK_KEYS.items()}
+              "ln_f_g": get("ln_f.weight"), "ln_f_b": get("ln_f.bias"),
+              "blocks": stack_layers(get, "h.{}", _BLOCK_KEYS, cfg.n_layer)}
   d = cfg.n_embd
   expect = {"wte": (cfg.vocab_size, d), "wpe": (cfg.n_positions, d),
             "attn_w": (cfg.n_layer, d, 3 * d), "fc_w": (cfg.n_layer, d, 4 * d)}
@@ -106,12 +95,6 @@ def load_gpt2_params(path: str) -> tuple[GPT2Config, dict]:
     if tuple(got[k]) != v:
       raise ValueError(f"{st_path}: tensor {k} has shape {got[k]}, config implies {v}")
   return cfg, params
-
-
-def _layer_norm(x, g, b, eps):
-  mu = jnp.mean(x, axis=-1, keepdims=True)
-  var = jnp.mean(jnp.square(x - mu), axis=-1, keepdims=True)
-  return (x - mu) * jax.lax.rsqrt(var + eps) * g + b
 
 
 def gpt2_hidden(params: dict, tokens: jax.Array, cfg: GPT2Config,
@@ -131,7 +114,7 @@ def gpt2_hidden(params: dict, tokens: jax.Array, cfg: GPT2Config,
   approx = cfg.activation_function != "gelu"
 
   def block(x, p):
-    h = _layer_norm(x, p["ln_1_g"], p["ln_1_b"], eps)
+    h = layer_norm(x, p["ln_1_g"], p["ln_1_b"], eps)
     qkv = dot("bld,de->ble", h, p["attn_w"]) + p["attn_b"]
     q, k, v = jnp.split(qkv.reshape(b, length, 3, nh, dh), 3, axis=2)
     q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]
@@ -140,13 +123,13 @@ def gpt2_hidden(params: dict, tokens: jax.Array, cfg: GPT2Config,
     a = jax.nn.softmax(s, axis=-1)
     o = dot("bhqk,bkhd->bqhd", a, v).reshape(b, length, nh * dh)
     x = x + dot("bld,de->ble", o, p["attn_proj_w"]) + p["attn_proj_b"]
-    h = _layer_norm(x, p["ln_2_g"], p["ln_2_b"], eps)
+    h = layer_norm(x, p["ln_2_g"], p["ln_2_b"], eps)
     h = jax.nn.gelu(dot("bld,de->ble", h, p["fc_w"]) + p["fc_b"], approximate=approx)
     x = x + dot("bld,de->ble", h, p["mlp_proj_w"]) + p["mlp_proj_b"]
     return x, None
 
   x, _ = jax.lax.scan(block, x, params["blocks"])
-  return _layer_norm(x, params["ln_f_g"], params["ln_f_b"], eps)
+  return layer_norm(x, params["ln_f_g"], params["ln_f_b"], eps)
 
 
 def gpt2_logits(params: dict, tokens: jax.Array, cfg: GPT2Config, precision=HIGHEST) -> jax.Array:

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from remdm_jax.eval.hf_weights import layer_norm, safetensors_reader, stack_layers
+
 HIGHEST = jax.lax.Precision.HIGHEST
 NAME = "all-MiniLM-L6-v2"
 
@@ -87,17 +89,7 @@ def load_bert_params(model_dir: str) -> tuple[BertConfig, dict]:
   st_path = os.path.join(model_dir, "model.safetensors")
   if not os.path.isfile(st_path):
     raise FileNotFoundError(f"BERT model.safetensors not found: {st_path}")
-  from safetensors import safe_open
-
-  with safe_open(st_path, framework="np") as f:
-    keys = set(f.keys())
-    prefix = "bert." if any(k.startswith("bert.") for k in keys) else ""
-
-    def get(name):
-      if prefix + name not in keys:
-        raise ValueError(f"{st_path}: missing tensor {prefix + name!r}")
-      return np.asarray(f.get_tensor(prefix + name), np.float32)
-
+  with safetensors_reader(st_path, "bert.") as get:
     params = {
         "word": get("embeddings.word_embeddings.weight"),
         "pos": get("embeddings.position_embeddings.weight"),
@@ -105,20 +97,12 @@ def load_bert_params(model_dir: str) -> tuple[BertConfig, dict]:
         "emb_ln_g": get("embeddings.LayerNorm.weight"),
         "emb_ln_b": get("embeddings.LayerNorm.bias"),
     }
-    layers = {}
-    for ours, theirs in _LAYER_KEYS.items():
-      arr = np.stack([get(f"encoder.layer.{i}.{theirs}") for i in range(cfg.num_hidden_layers)])
-      layers[ours] = np.swapaxes(arr, 1, 2) if ours.endswith("_w") else arr
-    params["layers"] = layers
+    layers = stack_layers(get, "encoder.layer.{}", _LAYER_KEYS, cfg.num_hidden_layers)
+    params["layers"] = {k: np.swapaxes(v, 1, 2) if k.endswith("_w") else v
+                        for k, v in layers.items()}
   if params["word"].shape != (cfg.vocab_size, cfg.hidden_size):
     raise ValueError(f"{st_path}: word embeddings {params['word'].shape} do not match config")
   return cfg, params
-
-
-def _layer_norm(x, g, b, eps):
-  mu = jnp.mean(x, axis=-1, keepdims=True)
-  var = jnp.mean(jnp.square(x - mu), axis=-1, keepdims=True)
-  return (x - mu) * jax.lax.rsqrt(var + eps) * g + b
 
 
 def bert_encode(params: dict, ids: jax.Array, mask: jax.Array, cfg: BertConfig,
@@ -131,7 +115,7 @@ def bert_encode(params: dict, ids: jax.Array, mask: jax.Array, cfg: BertConfig,
   dot = functools.partial(jnp.einsum, precision=precision)
   x = (jnp.take(params["word"], ids, axis=0) + params["pos"][:length][None]
        + params["type"][0][None, None])
-  x = _layer_norm(x, params["emb_ln_g"], params["emb_ln_b"], eps)
+  x = layer_norm(x, params["emb_ln_g"], params["emb_ln_b"], eps)
   bias = jnp.where(mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
   approx = cfg.hidden_act == "gelu_new"
 
@@ -143,9 +127,9 @@ def bert_encode(params: dict, ids: jax.Array, mask: jax.Array, cfg: BertConfig,
     s = dot("bqhd,bkhd->bhqk", q, k) / np.float32(np.sqrt(dh)) + bias
     a = jax.nn.softmax(s, axis=-1)
     o = dot("bhqk,bkhd->bqhd", a, v).reshape(b, length, nh * dh)
-    x = _layer_norm(x + dot("bld,de->ble", o, p["o_w"]) + p["o_b"], p["ln1_g"], p["ln1_b"], eps)
+    x = layer_norm(x + dot("bld,de->ble", o, p["o_w"]) + p["o_b"], p["ln1_g"], p["ln1_b"], eps)
     h = jax.nn.gelu(dot("bld,de->ble", x, p["i_w"]) + p["i_b"], approximate=approx)
-    x = _layer_norm(x + dot("bld,de->ble", h, p["out_w"]) + p["out_b"], p["ln2_g"], p["ln2_b"],
+    x = layer_norm(x + dot("bld,de->ble", h, p["out_w"]) + p["out_b"], p["ln2_g"], p["ln2_b"],
                     eps)
     return x, None
 

@@ -9,7 +9,8 @@ under an AR scorer, unigram entropy) and writes `scaling.csv` and `scaling.png`:
 
 Defaults: strategies mdlm, fb, dfm, remdm_cap, remdm_loop; T in {L/4, L/2, L, 2L, 4L}; top-p 0.9;
 the SPEC §5 script defaults of eta. `nfe` is the number of denoiser calls actually made per batch
-(DFM's own grid is longer than T, SPEC §4.4; the final noise-removal call is included).
+(DFM's own grid is longer than T, SPEC §4.4; the final noise-removal call is included);
+`seconds` is the wall time of the whole sample set, compilation included.
 """
 from __future__ import annotations
 

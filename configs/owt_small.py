@@ -2,7 +2,9 @@
 
 Data: Hugging Face `openwebtext` saved with `datasets.load_dataset("openwebtext").save_to_disk(P)`;
 the last 100,000 documents are the validation split; documents are wrapped in groups of 1,000
-into [BOS] + 1022 tokens + [EOS].
+into [BOS] + 1022 tokens + [EOS]. The first run packs the corpus group by group into
+`cache_dir` (an ~36 GB int32 .npy written in constant memory, progress on stderr, renamed into
+place when complete; every host packs unless the cache is shared); later runs memory-map it.
 Command (8 GPUs or a TPU pod slice; one process per host, same command on every host):
   python train.py --config=configs/owt_small.py --workdir=gs://.../owt_small \
       --config.data.path=/data/openwebtext_saved --config.data.cache_dir=/data/cache

@@ -19,7 +19,9 @@ bytes); documents are concatenated within groups of `group_size` documents (MDLM
 `map` batch) and each group is cut into pieces of `body = L - [BOS] - [EOS]` tokens, remainder
 dropped; every piece becomes [BOS] + piece + [EOS] (gpt2: 1 + 1022 + 1 at L = 1024) or just the
 piece (bytes: plain L-byte blocks). wrap=False: one row per document, truncated to the body,
-framed by BOS/EOS and right-padded with EOS (or the separator for bytes).
+framed by BOS/EOS and right-padded with EOS (or the separator for bytes). `pack_chunks` yields
+the same rows group by group; with a `cache_dir`, `write_packed` streams them to an .npy file, so
+a corpus larger than memory (OpenWebText: ~36 GB of int32 at L = 1024) packs in constant memory.
 
 Pipeline (`make_dataset`): grain `MapDataset.source(packed).shuffle(seed).repeat(num_epochs)`
 (grain reshuffles every epoch with seed + epoch), cut into global batches of `batch_size`
@@ -32,12 +34,15 @@ iterator continue exactly where the saved one stopped (the dataset is random-acc
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import glob as globlib
 import hashlib
 import importlib.util
 import json
 import os
-from typing import Any, Iterator, Sequence
+import sys
+import time
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import grain
 import numpy as np
@@ -278,45 +283,107 @@ def _encode_docs(docs: Sequence[str], tokenizer) -> list[np.ndarray]:
   return [np.asarray(tokenizer.encode(d), np.int32) for d in docs]
 
 
+def pack_chunks(docs: Sequence[str], tokenizer, seq_len: int, wrap: bool = True,
+                group_size: int | None = 1000) -> Iterator[np.ndarray]:
+  """Yields int32 [k, seq_len] packed rows (k >= 0) for each group of `group_size` documents (see
+  `pack`), so a corpus larger than memory can be packed chunk by chunk (`write_packed`)."""
+  prefix, suffix, doc_end = _framing(tokenizer)
+  body = seq_len - len(prefix) - len(suffix)
+  if body < 1:
+    raise ValueError(f"seq_len={seq_len} leaves no room for tokens between BOS/EOS")
+  end = np.asarray(doc_end, np.int32)
+  if not wrap and len(end) == 0:
+    raise ValueError("wrap=False needs a tokenizer with an EOS or a document separator to pad")
+  n = len(docs)
+  group = max(n if group_size is None else int(group_size), 1)
+  pre = np.asarray(prefix, np.int32)
+  suf = np.asarray(suffix, np.int32)
+  for g in range(0, n, group):
+    toks = _encode_docs(docs[g:g + group], tokenizer)
+    if wrap:
+      flat = np.concatenate([np.concatenate([t, end]) for t in toks]) if toks else end[:0]
+      k = len(flat) // body
+      pieces = flat[:k * body].reshape(k, body)
+      yield np.concatenate([np.broadcast_to(pre, (k, len(pre))), pieces,
+                            np.broadcast_to(suf, (k, len(suf)))], axis=1).astype(np.int32)
+    else:
+      out = np.full((len(toks), seq_len), end[0], np.int32)
+      for r, t in enumerate(toks):
+        row = np.concatenate([pre, t[:body], suf])
+        out[r, :len(row)] = row
+      yield out
+
+
 def pack(docs: Sequence[str], tokenizer, seq_len: int, wrap: bool = True,
          group_size: int | None = 1000) -> np.ndarray:
-  """Tokenise and pack documents into int32 [N, seq_len] (module docstring; SPEC §3.3).
+  """Tokenise and pack documents into int32 [N, seq_len], in memory (module docstring; SPEC §3.3).
 
   wrap=True: per group of `group_size` documents, concat(tokens(doc) + doc_end) cut into
   `body = seq_len - len(BOS) - len(EOS)` pieces (remainder dropped), each framed [BOS]+piece+[EOS].
   wrap=False: per document [BOS] + tokens[:body] + [EOS], right-padded with the doc-end token.
   """
-  prefix, suffix, doc_end = _framing(tokenizer)
-  body = seq_len - len(prefix) - len(suffix)
-  if body < 1:
-    raise ValueError(f"seq_len={seq_len} leaves no room for tokens between BOS/EOS")
-  n = len(docs)
-  group = n if group_size is None else int(group_size)
-  end = np.asarray(doc_end, np.int32)
-  pre = np.asarray(prefix, np.int32)
-  suf = np.asarray(suffix, np.int32)
-  rows = []
-  for g in range(0, n, max(group, 1)):
-    toks = _encode_docs(docs[g:g + group], tokenizer)
-    if wrap:
-      flat = np.concatenate([np.concatenate([t, end]) for t in toks]) if toks else end[:0]
-      k = len(flat) // body
-      if k == 0:
-        continue
-      pieces = flat[:k * body].reshape(k, body)
-      rows.append(np.concatenate([np.broadcast_to(pre, (k, len(pre))), pieces,
-                                  np.broadcast_to(suf, (k, len(suf)))], axis=1))
-    else:
-      if len(end) == 0:
-        raise ValueError("wrap=False needs a tokenizer with an EOS or a document separator to pad")
-      out = np.full((len(toks), seq_len), end[0], np.int32)
-      for r, t in enumerate(toks):
-        row = np.concatenate([pre, t[:body], suf])
-        out[r, :len(row)] = row
-      rows.append(out)
+  rows = list(pack_chunks(docs, tokenizer, seq_len, wrap, group_size))
   if not rows:
     return np.zeros((0, seq_len), np.int32)
   return np.ascontiguousarray(np.concatenate(rows, axis=0), dtype=np.int32)
+
+
+_NPY_HEADER_BYTES = 128  # magic + version + length + dict, room for any int64 row count
+
+
+def _npy_header(rows: int, seq_len: int) -> bytes:
+  """A version-1.0 .npy header for little-endian int32 [rows, seq_len], padded to exactly
+  `_NPY_HEADER_BYTES` (the format allows space padding before the final newline)."""
+  d = "{'descr': '<i4', 'fortran_order': False, 'shape': (%d, %d), }" % (rows, seq_len)
+  prefix = b"\x93NUMPY\x01\x00"
+  pad = _NPY_HEADER_BYTES - len(prefix) - 2 - len(d) - 1
+  text = (d + " " * pad + "\n").encode("latin1")
+  return prefix + len(text).to_bytes(2, "little") + text
+
+
+def write_packed(path: str, chunks: Iterable[np.ndarray], seq_len: int, *,
+                 progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+  """Streams int32 [k, seq_len] chunks into the .npy file `path` without holding them all in
+  memory (OpenWebText at L = 1024 is ~36 GB), atomically: rows go to a temp file whose header is
+  written last, then it is renamed. `progress(chunks_done, rows_done)` is called after each chunk.
+  Returns the file opened read-only as a memmap.
+  """
+  rows = 0
+  with atomic_open(path, "wb") as f:
+    f.write(b"\0" * _NPY_HEADER_BYTES)
+    for n, chunk in enumerate(chunks, 1):
+      chunk = np.asarray(chunk)
+      if chunk.ndim != 2 or chunk.shape[1] != seq_len:
+        raise ValueError(f"write_packed: chunk shape {chunk.shape} is not [k, seq_len={seq_len}]")
+      f.write(np.ascontiguousarray(chunk, dtype="<i4").tobytes())
+      rows += chunk.shape[0]
+      if progress is not None:
+        progress(n, rows)
+    f.seek(0)
+    f.write(_npy_header(rows, seq_len))
+  return np.load(path, mmap_mode="r")
+
+
+class PackProgress:
+  """`progress` for `write_packed`: prints `packing <name>: 12,000/8,000,000 docs | 1,234 rows |
+  45.1k tok/s | ETA 1:02:03` to stderr at most every `every_s` seconds."""
+
+  def __init__(self, name: str, total_docs: int, group_size: int, seq_len: int, every_s: float = 10.0):
+    self.name, self.total, self.group, self.seq_len, self.every_s = (
+        name, total_docs, group_size, seq_len, every_s)
+    self.start = self.last = time.monotonic()
+
+  def __call__(self, chunks_done: int, rows: int) -> None:
+    now = time.monotonic()
+    done = min(chunks_done * self.group, self.total)
+    if now - self.last < self.every_s and done < self.total:
+      return
+    self.last = now
+    el = now - self.start
+    eta = datetime.timedelta(seconds=round(el * (self.total - done) / max(done, 1)))
+    print(f"packing {self.name}: {done:,}/{self.total:,} docs | {rows:,} rows | "
+          f"{rows * self.seq_len / max(el, 1e-9) / 1e3:.1f}k tok/s | ETA {eta}",
+          file=sys.stderr, flush=True)
 
 
 def validate_vocab(tokens_max_id: int, model_vocab_size: int, mask_id: int | None = None) -> None:
@@ -364,13 +431,13 @@ def cache_file(cfg: DataConfig, split: str) -> str | None:
   return os.path.join(cfg.cache_dir, f"{cfg.source}-{cfg.tokenizer}-L{cfg.seq_len}-{split}-{digest}.npy")
 
 
-def _save_npy_atomic(path: str, arr: np.ndarray) -> None:
-  with atomic_open(path, "wb") as f:
-    np.save(f, arr)
-
-
 def packed_split(cfg: DataConfig, split: str, tokenizer=None) -> np.ndarray:
-  """int32 [N, seq_len] packed tokens of `split` ("train" | "validation"), cached if configured."""
+  """int32 [N, seq_len] packed tokens of `split` ("train" | "validation").
+
+  With `cfg.cache_dir` the split is packed group by group straight into an .npy file there
+  (`write_packed`: constant memory, progress on stderr, atomic) and returned as a read-only memmap;
+  later calls with the same config and unchanged source files reuse it. Without, it is packed in
+  memory."""
   if split not in SPLITS:
     raise ValueError(f"split={split!r} is not one of {SPLITS}")
   path = cache_file(cfg, split)
@@ -381,10 +448,12 @@ def packed_split(cfg: DataConfig, split: str, tokenizer=None) -> np.ndarray:
   tokenizer = tokenizer or get_tokenizer(cfg.tokenizer)
   train_docs, val_docs = load_corpus(cfg)
   docs = train_docs if split == "train" else val_docs
-  arr = pack(docs, tokenizer, cfg.seq_len, cfg.wrap, cfg.wrap_group)
-  if path:
-    _save_npy_atomic(path, arr)
-  return arr
+  if not path:
+    return pack(docs, tokenizer, cfg.seq_len, cfg.wrap, cfg.wrap_group)
+  group = cfg.wrap_group or max(len(docs), 1)
+  chunks = pack_chunks(docs, tokenizer, cfg.seq_len, cfg.wrap, group)
+  return write_packed(path, chunks, cfg.seq_len,
+                      progress=PackProgress(split, len(docs), group, cfg.seq_len))
 
 
 # ----------------------------------------------------------------------------------------------

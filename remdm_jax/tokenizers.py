@@ -138,9 +138,11 @@ class GPT2Tokenizer:
       return self._enc.encode(text, allowed_special="all")
     return self._enc.encode_ordinary(text)
 
-  def encode_batch(self, texts: Sequence[str], num_threads: int = 8) -> list[list[int]]:
-    """Plain (no special tokens) encoding of many documents, multi-threaded."""
-    return self._enc.encode_ordinary_batch(list(texts), num_threads=num_threads)
+  def encode_batch(self, texts: Sequence[str], num_threads: int | None = None) -> list[list[int]]:
+    """Plain (no special tokens) encoding of many documents, on `num_threads` threads (default:
+    one per CPU core, at most 32; tiktoken releases the GIL)."""
+    threads = num_threads or min(32, os.cpu_count() or 8)
+    return self._enc.encode_ordinary_batch(list(texts), num_threads=threads)
 
   def decode(self, ids: Sequence[int]) -> str:
     out: list[str] = []

@@ -1,4 +1,5 @@
 """Tests of remdm_jax.data: corpora, wrap packing (SPEC §3.3) and the resumable grain pipeline."""
+import io
 import json
 import os
 import sys
@@ -154,6 +155,43 @@ def test_bible_gpt2_blocks(gpt2):
   assert np.all(arr[:, 0] == E) and np.all(arr[:, -1] == E)
   assert arr.max() == E and arr.min() >= 0
   assert gpt2.decode(arr[0, 1:30]).strip()  # some text
+
+
+def test_write_packed_streams_a_valid_npy(tmp_path, gpt2, capsys):
+  docs = data.load_bible()[:300]
+  want = data.pack(docs, gpt2, 32, group_size=40)
+  chunks = list(data.pack_chunks(docs, gpt2, 32, group_size=40))
+  assert len(chunks) == 8 and sum(len(c) for c in chunks) == len(want)
+  calls = []
+  got = data.write_packed(str(tmp_path / "a.npy"), iter(chunks), 32,
+                          progress=lambda n, rows: calls.append((n, rows)))
+  assert isinstance(got, np.memmap) and got.dtype == np.int32 and got.shape == want.shape
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), want)  # plain numpy reader
+  assert calls[-1] == (8, len(want)) and [n for n, _ in calls] == list(range(1, 9))
+  # the header reserves room for any row count and parses with numpy's own reader
+  for rows in (0, 7, 2**62):
+    h = data._npy_header(rows, 1024)
+    assert len(h) == data._NPY_HEADER_BYTES
+    f = io.BytesIO(h)
+    assert np.lib.format.read_magic(f) == (1, 0)
+    assert np.lib.format.read_array_header_1_0(f) == ((rows, 1024), False, np.dtype("<i4"))
+  # the progress printer: done docs, rows, ETA
+  prog = data.PackProgress("train", total_docs=300, group_size=40, seq_len=32, every_s=0.0)
+  prog(3, 50)
+  assert "packing train: 120/300 docs | 50 rows" in capsys.readouterr().err
+
+
+def test_write_packed_is_atomic(tmp_path):
+  def chunks():
+    yield np.zeros((2, 8), np.int32)
+    raise RuntimeError("tokenizer died")
+
+  with pytest.raises(RuntimeError, match="tokenizer died"):
+    data.write_packed(str(tmp_path / "b.npy"), chunks(), 8)
+  with pytest.raises(ValueError, match=r"chunk shape \(2, 7\).*seq_len=8"):
+    data.write_packed(str(tmp_path / "b.npy"), [np.zeros((2, 7), np.int32)], 8)
+  assert os.listdir(tmp_path) == []  # neither the file nor a temp file is left
 
 
 def test_validate_vocab():

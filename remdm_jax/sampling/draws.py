@@ -17,6 +17,8 @@ exact32 (two-stage sampling, why it is exact):
       "Bernoulli, then categorical", (a) + (b) sample the ReMDM posterior without building it.
 float64 / float32: the reference's exponential race argmax_k q_k / E_k, E_k = 1e-10 - log(U_k + 1e-10),
   over the full unnormalised row (float32 is biased: rare tokens are under-sampled).
+  Replay: `race_argmax(..., uniforms=U)` runs the same race on given U (e.g. another
+  implementation's recorded draws) instead of drawing them.
 """
 from __future__ import annotations
 
@@ -87,11 +89,20 @@ def gumbel_argmax(keys: jax.Array, log_probs: jax.Array):
   return jnp.argmax(log_probs.astype(jnp.float32) + g, axis=-1).astype(jnp.int32)
 
 
-def race_argmax(keys: jax.Array, q: jax.Array) -> jax.Array:
+def race_argmax(keys: jax.Array, q: jax.Array, uniforms=None) -> jax.Array:
   """The reference race argmax_k q_k / E_k, E_k = 1e-10 - log(U_k + 1e-10), U ~ U[0, 1) in q's
   dtype (float64 needs x64), uniforms from the per-position keys [...]. Entries q_k <= 0 never win
-  (unless the whole row is <= 0)."""
-  u = _per_key(keys, lambda k: jax.random.uniform(k, (q.shape[-1],), q.dtype))
+  (unless the whole row is <= 0).
+
+  uniforms: optional U of q's shape [..., V] (replay mode: e.g. the official code's
+  `torch.rand_like(q)` values); when given, `keys` is unused and no randomness is drawn."""
+  if uniforms is None:
+    u = _per_key(keys, lambda k: jax.random.uniform(k, (q.shape[-1],), q.dtype))
+  else:
+    if uniforms.shape != q.shape:
+      raise ValueError(f"race_argmax: uniforms shape {tuple(uniforms.shape)} != row shape "
+                       f"{tuple(q.shape)} ([..., V])")
+    u = uniforms.astype(q.dtype)
   e = 1e-10 - jnp.log(u + 1e-10)
   score = jnp.where(q > 0, q / e, -jnp.inf)
   return jnp.argmax(score, axis=-1).astype(jnp.int32)

@@ -19,6 +19,14 @@ draw. Unmasking positions are processed K = `unmask_buffer` per row at a time in
 (usually one pass), so no [B, L, V] float array beyond the logits is built.
 Kernel, float64/float32: the reference's race over the full row q = a x~ + (1 - a) onehot(m),
 a = u (masked) or 1 - sigma^l (decoded).
+
+Replay ("mixture" mode, SPEC §4.7; float64/float32 only): `sampler(..., uniforms=U)` with U of
+shape [n_steps, B, L, V] (V = the denoiser's output vocabulary, mask column included) runs the race
+of step i on U[i] instead of drawing uniforms from the keys: argmax_k q_k / E_k,
+E_k = 1e-10 - log(U[i, b, l, k] + 1e-10). Given the official code's `torch.rand_like(q)` values of
+each step, this reproduces its draws (tests/test_replay.py checks it bitwise). U is a traced scan
+input (one compiled program per shape), but it is materialised in full, so only for small V.
+The final argmax step (SPEC §4.5) uses no randomness.
 """
 from __future__ import annotations
 
@@ -118,7 +126,8 @@ def draw_unmasked(tok_key, logits, unmask, spec: KernelSpec):
   return lax.fori_loop(0, n_pass, one_pass, init)
 
 
-def transition_sample(key, tokens, logits, coeffs, spec: KernelSpec, psi=None, frozen=None):
+def transition_sample(key, tokens, logits, coeffs, spec: KernelSpec, psi=None, frozen=None,
+                      uniforms=None):
   """One reverse step z_t -> z_s (SPEC §4.1, §4.3) for every strategy.
 
   Args:
@@ -129,6 +138,8 @@ def transition_sample(key, tokens, logits, coeffs, spec: KernelSpec, psi=None, f
     spec: `KernelSpec`.
     psi: float32 [B, L] conf state (+inf = masked / frozen), or None without conf.
     frozen: bool [B, L] positions never changed (prompt), or None.
+    uniforms: optional [B, L, V] U[0, 1) values of the race (replay mode; float64/float32
+      precision only): used instead of the token key's draws.
   Returns: (z_s int32 [B, L], new psi or None).
   """
   kb, kt = jax.random.split(key)
@@ -139,6 +150,13 @@ def transition_sample(key, tokens, logits, coeffs, spec: KernelSpec, psi=None, f
   if spec.uses_conf and psi is None:
     raise ValueError("transition_sample: spec.uses_conf=True needs psi")
   masked = tokens == m
+  if uniforms is not None:
+    if spec.precision == "exact32":
+      raise ValueError("transition_sample: uniforms (replay mode) need precision 'float64' or "
+                       "'float32', got precision='exact32' (the two-stage draw builds no row)")
+    if tuple(uniforms.shape) != (B, L, V):
+      raise ValueError(f"transition_sample: uniforms shape {tuple(uniforms.shape)} != logits shape "
+                       f"{(B, L, V)}")
   if spec.precision == "exact32":
     sig = token_sigma(tokens, psi, frozen, coeffs["sigma"], coeffs["conf"], spec)
     p_fire = jnp.where(masked, jnp.asarray(coeffs["p_unmask"], jnp.float32), sig)
@@ -162,7 +180,8 @@ def transition_sample(key, tokens, logits, coeffs, spec: KernelSpec, psi=None, f
     q = a * x + (1.0 - a) * jax.nn.one_hot(m, V, dtype=dtype)
     rows = jnp.broadcast_to(jnp.arange(B, dtype=jnp.int32)[:, None], (B, L))
     pos = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
-    z_s = draws.race_argmax(draws.position_keys(kt, rows, pos), q)
+    keys = None if uniforms is not None else draws.position_keys(kt, rows, pos)
+    z_s = draws.race_argmax(keys, q, uniforms)
     z_s = jnp.where(frozen, tokens, z_s)
     unmask = masked & (z_s != m)
     remask = ~masked & (z_s == m)
@@ -186,7 +205,7 @@ class Sampler:
   Attributes:
     cfg, schedule (`StepSchedule`), seq_len, mask_id, unmask_buffer (K), nfe (static denoiser
     calls: n_steps + 1), core (the un-jitted function (params, key, batch_size, prompt,
-    prompt_mask) -> (tokens, info)).
+    prompt_mask, uniforms) -> (tokens, info)).
   """
 
   def __init__(self, core, cfg, schedule, seq_len, mask_id, unmask_buffer, mesh, data_axes, jit):
@@ -196,10 +215,20 @@ class Sampler:
     self.nfe = schedule.nfe
     self._fn = jax.jit(core, static_argnames=("batch_size",)) if jit else core
 
-  def sample_with_info(self, params, key, batch_size=None, prompt=None, prompt_mask=None):
+  def sample_with_info(self, params, key, batch_size=None, prompt=None, prompt_mask=None,
+                       uniforms=None):
     """-> (tokens int32 [B, L], info). info: `nfe` (int32 scalar: denoiser calls actually made,
     = self.nfe without caching) and, with trajectory_every = k > 0, `trajectory` int32
-    [ceil(n/k), B, L]: z at the start of steps 0, k, 2k, ..."""
+    [ceil(n/k), B, L]: z at the start of steps 0, k, 2k, ...
+
+    uniforms: optional replay mode ("mixture" mode, SPEC §4.7): [n_steps, B, L, V] U[0, 1)
+      values, V = the denoiser's output vocabulary (mask column included), dtype float64 for
+      precision="float64" (needs x64) or float32 for "float32"; not for "exact32". Step i runs
+      the race argmax_k q_k / E_k on E = 1e-10 - log(uniforms[i] + 1e-10) instead of drawing
+      from `key`, which reproduces another implementation's draws (e.g. the official code's
+      `torch.rand_like(q)` values) from its uniforms. A traced argument (one compilation per
+      shape); materialised in full, so for small V only. batch_size defaults to uniforms.shape[1].
+    """
     if prompt is not None:
       prompt = jnp.asarray(prompt, jnp.int32)
       if prompt.ndim != 2 or prompt.shape[1] != self.seq_len:
@@ -218,6 +247,10 @@ class Sampler:
           raise ValueError("prompt: positions with prompt_mask=True must not hold mask_id")
     elif prompt_mask is not None:
       raise ValueError("prompt_mask given without prompt")
+    if uniforms is not None:
+      uniforms = self._check_uniforms(uniforms, batch_size)
+      if batch_size is None:
+        batch_size = uniforms.shape[1]
     if batch_size is None or int(batch_size) < 1:
       raise ValueError(f"batch_size={batch_size!r} must be an int >= 1")
     batch_size = int(batch_size)
@@ -233,11 +266,40 @@ class Sampler:
       if prompt is not None:
         bs = NamedSharding(self.mesh, P(tuple(self.data_axes), None))
         prompt, prompt_mask = jax.device_put(prompt, bs), jax.device_put(prompt_mask, bs)
-    return self._fn(params, key, batch_size=batch_size, prompt=prompt, prompt_mask=prompt_mask)
+      if uniforms is not None:
+        uniforms = jax.device_put(
+            uniforms, NamedSharding(self.mesh, P(None, tuple(self.data_axes), None, None)))
+    return self._fn(params, key, batch_size=batch_size, prompt=prompt, prompt_mask=prompt_mask,
+                    uniforms=uniforms)
 
-  def __call__(self, params, key, batch_size=None, prompt=None, prompt_mask=None):
-    """-> int32 [B, L] samples (never containing mask_id)."""
-    return self.sample_with_info(params, key, batch_size, prompt, prompt_mask)[0]
+  def __call__(self, params, key, batch_size=None, prompt=None, prompt_mask=None, uniforms=None):
+    """-> int32 [B, L] samples (never containing mask_id). uniforms: replay mode, see
+    `sample_with_info`."""
+    return self.sample_with_info(params, key, batch_size, prompt, prompt_mask, uniforms)[0]
+
+  def _check_uniforms(self, uniforms, batch_size):
+    """Validates replay uniforms [n_steps, B, L, V] (dtype = the precision's float) before tracing;
+    returns them as a jax array. V is checked against the logits when the step is traced."""
+    prec = self.cfg.precision
+    if prec == "exact32":
+      raise ValueError("uniforms (replay mode) need SamplerConfig.precision 'float64' or "
+                       "'float32', got precision='exact32' (the two-stage draw builds no row)")
+    want = np.float64 if prec == "float64" else np.float32
+    if prec == "float64" and not jax.config.jax_enable_x64:
+      raise ValueError("uniforms with SamplerConfig.precision='float64' need jax_enable_x64 "
+                       "(use `with jax.enable_x64(True):`), else they would be cast to float32")
+    dtype = np.dtype(uniforms.dtype) if hasattr(uniforms, "dtype") else np.asarray(uniforms).dtype
+    if dtype != want:
+      raise ValueError(f"uniforms dtype {dtype} must be {np.dtype(want)} for "
+                       f"SamplerConfig.precision={prec!r}")
+    shape = tuple(np.shape(uniforms))
+    n = self.schedule.n_steps
+    if len(shape) != 4 or shape[0] != n or shape[2] != self.seq_len or (
+        batch_size is not None and shape[1] != int(batch_size)):
+      raise ValueError(f"uniforms shape {shape} must be [n_steps={n}, B="
+                       f"{batch_size if batch_size is not None else 'batch_size'}, "
+                       f"seq_len={self.seq_len}, V]")
+    return jnp.asarray(uniforms, want)
 
 
 def make_sampler(denoise_fn: DenoiseFn, cfg: SamplerConfig, *, seq_len: int, mask_id: int,
@@ -253,8 +315,14 @@ def make_sampler(denoise_fn: DenoiseFn, cfg: SamplerConfig, *, seq_len: int, mas
     mesh, data_axes: optional sharded sampling: params replicated, batch split over `data_axes`
       (default: all mesh axes). Use Auto axis types (ENVIRONMENT.md).
     trajectory_every: k > 0 records z every k steps into info["trajectory"].
-    grid: optional external time grid t_0..t_T (see `step_schedule`).
+    grid: optional external time grid t_0..t_T (see `step_schedule`), e.g. the reference's float32
+      `torch.linspace(1, eps, T + 1)` for replay.
     jit: False returns the un-jitted function (for tests / for composing under an outer jit).
+
+  Replay ("mixture" mode, SPEC §4.7): with precision "float64" (or "float32"), the returned
+  sampler accepts `uniforms=` [n_steps, B, L, V] and reproduces another implementation's draws
+  (e.g. the official code's, from its recorded `torch.rand_like(q)` uniforms) by racing each
+  step's full row q on them; small V only, because the uniforms are materialised.
   """
   if not isinstance(seq_len, int) or seq_len < 1:
     raise ValueError(f"seq_len={seq_len!r} must be an int >= 1")
@@ -283,12 +351,17 @@ def make_sampler(denoise_fn: DenoiseFn, cfg: SamplerConfig, *, seq_len: int, mas
     spec_ = P(data_axes, *([None] * (x.ndim - 1)))
     return lax.with_sharding_constraint(x, NamedSharding(mesh, spec_))
 
-  def core(params, key, batch_size, prompt=None, prompt_mask=None):
+  def core(params, key, batch_size, prompt=None, prompt_mask=None, uniforms=None):
     B = batch_size
     dtype = jnp.float64 if cfg.precision == "float64" else jnp.float32
     xs = {k: jnp.asarray(v, dtype) for k, v in sched.xs(np.float64).items()}
     xs["t"] = jnp.asarray(sched.t, jnp.float32)
     xs["step"] = jnp.arange(n, dtype=jnp.int32)
+    if uniforms is not None:  # replay mode: step i races on uniforms[i] [B, L, V]
+      if tuple(uniforms.shape[:3]) != (n, B, L):
+        raise ValueError(f"uniforms shape {tuple(uniforms.shape)} must be [n_steps={n}, "
+                         f"B={B}, seq_len={L}, V]")
+      xs["uniforms"] = uniforms
     if prompt is None:
       frozen = jnp.zeros((B, L), bool)
       tokens = jnp.full((B, L), m, jnp.int32)
@@ -327,7 +400,7 @@ def make_sampler(denoise_fn: DenoiseFn, cfg: SamplerConfig, *, seq_len: int, mas
         c["traj"] = lax.dynamic_update_index_in_dim(c["traj"], rec, j, 0)
       logits, c["nfe"] = get_logits(c, x["t"])
       z_s, psi = transition_sample(jax.random.fold_in(key, i), c["tokens"], logits, x, spec,
-                                   psi=c.get("psi"), frozen=frozen)
+                                   psi=c.get("psi"), frozen=frozen, uniforms=x.get("uniforms"))
       z_s = constrain(z_s)
       if cache:
         c["logits"] = logits

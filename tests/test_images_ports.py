@@ -226,3 +226,18 @@ def test_vqgan_importer_errors(vqgan_file, tmp_path):
   assert "missing keys ['decoder/ResBlock_2/Conv_2/kernel']" in msg
   assert "unexpected keys ['discriminator/x']" in msg
   assert "decoder/Conv_1/kernel: expected (3, 3, 64, 64), got (1, 1, 64, 64)" in msg
+
+
+def test_full_size_shapes_abstract():
+  """The imagenet256 models trace to the published shapes (jax.eval_shape: nothing computed)."""
+  from flax import nnx
+  tcfg, vcfg = mg.MaskGITConfig.preset("imagenet256"), vq.VQGANConfig.preset("imagenet256")
+  graphdef, params = mg.abstract_params(tcfg)
+  ids = jax.ShapeDtypeStruct((2, 257), jnp.int32)
+  out = jax.eval_shape(mg.make_tokens_to_logits(graphdef, tcfg), params, ids)
+  assert (out.shape, out.dtype) == ((2, 257, 1024), jnp.float32)
+  vgraph, vparams = vq.abstract_params(vcfg)
+  img = jax.eval_shape(vq.make_decode_fn(vgraph), vparams, jax.ShapeDtypeStruct((2, 16, 16),
+                                                                               jnp.int32))
+  assert (img.shape, img.dtype) == ((2, 256, 256, 3), jnp.float32)
+  assert sum(math.prod(v.shape) for _, v in nnx.to_flat_state(params)) == 172_457_193

@@ -241,3 +241,17 @@ def test_full_size_shapes_abstract():
                                                                                jnp.int32))
   assert (img.shape, img.dtype) == ((2, 256, 256, 3), jnp.float32)
   assert sum(math.prod(v.shape) for _, v in nnx.to_flat_state(params)) == 172_457_193
+
+
+def test_bfloat16_compute_and_denoise_fn(transformer_file):
+  path, _ = transformer_file
+  _, graphdef, params = convert.load_maskgit_transformer(path, TCFG)
+  ids = _ids(seed=2)
+  f32 = np.asarray(mg.make_tokens_to_logits(graphdef, TCFG)(params, ids))
+  den = mg.make_denoise_fn(graphdef, TCFG)(params, ids, jnp.full((3,), 0.5))
+  np.testing.assert_array_equal(np.asarray(den), f32)  # t is ignored
+  bcfg = mg.MaskGITConfig.preset("tiny", compute_dtype="bfloat16")
+  _, graphdef16, params16 = convert.load_maskgit_transformer(path, bcfg)
+  b16 = np.asarray(mg.make_tokens_to_logits(graphdef16, bcfg)(params16, ids))
+  assert b16.dtype == np.float32
+  assert np.abs(b16 - f32).max() < 0.05 * np.abs(f32).max() and not np.array_equal(b16, f32)

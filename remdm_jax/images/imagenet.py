@@ -88,12 +88,17 @@ def build_sampler(tokens_to_logits: Callable, opts: DecodeOptions, *, codebook_s
                       f"(the image decoding strategies), which is not installed: {e}") from None
   # ADAPTER (lead: match the img-decode API): make_image_sampler(tokens_to_logits, cfg, ...)
   # returning sample(params, input_tokens, key) -> tokens [B, L].
-  cfg = decode.ImageSamplerConfig(
-    strategy=opts.strategy, num_steps=opts.num_iter, mask_schedule=opts.mask_scheduling_method,
-    temperature=opts.sampling_temperature, temperature_annealing=opts.sampling_temperature_annealing,
-    eta=opts.remdm_eta, choice_temperature=opts.choice_temperature)
-  return decode.make_image_sampler(tokens_to_logits, cfg, codebook_size=codebook_size,
-                                   mask_id=mask_id, seq_len=seq_len)
+  try:
+    cfg = decode.ImageSamplerConfig(
+      strategy=opts.strategy, num_steps=opts.num_iter, mask_schedule=opts.mask_scheduling_method,
+      temperature=opts.sampling_temperature,
+      temperature_annealing=opts.sampling_temperature_annealing, eta=opts.remdm_eta,
+      choice_temperature=opts.choice_temperature)
+    return decode.make_image_sampler(tokens_to_logits, cfg, codebook_size=codebook_size,
+                                     mask_id=mask_id, seq_len=seq_len)
+  except (AttributeError, TypeError) as e:
+    raise ImportError(f"remdm_jax.images.decode does not offer the expected "
+                      f"make_image_sampler API: {e}") from None
 
 
 def _placeholder_argmax_sampler(tokens_to_logits: Callable, mask_id: int) -> Callable:

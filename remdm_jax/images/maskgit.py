@@ -346,6 +346,19 @@ def make_tokens_to_logits(graphdef: nnx.GraphDef, cfg: MaskGITConfig
   return tokens_to_logits
 
 
+def make_denoise_fn(graphdef: nnx.GraphDef, cfg: MaskGITConfig
+                    ) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
+  """The project's denoiser signature: denoise_fn(params, ids [B, L], t [B]) -> codebook logits
+  [B, L, codebook_size] float32. MaskGIT is not time-conditioned: t is ignored."""
+  tokens_to_logits = make_tokens_to_logits(graphdef, cfg)
+
+  def denoise_fn(params, ids, t):
+    del t
+    return tokens_to_logits(params, ids)
+
+  return denoise_fn
+
+
 def count_params(cfg: MaskGITConfig) -> int:
   """Number of parameters (imagenet256: 172,457,193)."""
   h, v, l, m = cfg.hidden_size, cfg.vocab_size, cfg.seq_len, cfg.intermediate_size

@@ -38,7 +38,8 @@ def test_frechet_general_closed_form():
   s1, s2 = x @ x.T + 0.1 * np.eye(d), y @ y.T + 0.1 * np.eye(d)
   mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
   r = _psd_sqrt(s1)
-  want = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(_psd_sqrt(r @ s2 @ r))
+  want = (np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2)
+          - 2 * np.trace(_psd_sqrt(r @ s2 @ r)))
   assert fid.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(want, rel=1e-8)
   # 1-D: (m1 - m2)^2 + (s1 - s2)^2 in standard deviations.
   assert fid.frechet_distance([1.0], [[4.0]], [3.0], [[9.0]]) == pytest.approx(4.0 + 1.0)

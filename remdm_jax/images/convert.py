@@ -8,20 +8,21 @@ them with `flax.serialization.msgpack_restore` (the same decoder). A directory w
 `flax.training.checkpoints.save_checkpoint` (files `checkpoint_<step>`, same msgpack encoding) is
 also accepted: its highest step is read. A tree without a top-level "params" is taken as the params.
 
-Transformer name table (linen path under `params/` -> our nnx path), i = 0 .. layers-1:
+Transformer name table (linen path under `params/` -> our nnx path), i = 0 .. layers-1,
+A = TransformerLayer_i/Attention_0, M = TransformerLayer_i/Mlp_0:
 
-| linen                                                          | ours                                   |
-|----------------------------------------------------------------|----------------------------------------|
-| Embed_0/word_embeddings/embedding            [V, H]            | embed/word_embeddings                  |
-| Embed_0/position_embeddings/embedding        [L, H]            | embed/position_embeddings              |
-| Embed_0/embeddings_ln/{scale,bias}           [H]               | embed/embeddings_ln/{scale,bias}       |
-| TransformerLayer_i/Attention_0/self_attention/{query,key,value}/kernel [H, N, D], bias [N, D] | layers/i/attention/{query,key,value}/{kernel,bias} |
-| TransformerLayer_i/Attention_0/self_attention/out/kernel [N, D, H], bias [H] | layers/i/attention/out/{kernel,bias} |
-| TransformerLayer_i/Attention_0/attention_output_ln/{scale,bias} | layers/i/attention/attention_output_ln/... |
-| TransformerLayer_i/Mlp_0/{intermediate_output,layer_output}/{kernel,bias} | layers/i/mlp/.../{kernel,bias} |
-| TransformerLayer_i/Mlp_0/layer_output_ln/{scale,bias}          | layers/i/mlp/layer_output_ln/...       |
-| MlmLayer_0/mlm_dense/{kernel,bias}, MlmLayer_0/mlm_ln/{scale,bias} | mlm/mlm_dense/..., mlm/mlm_ln/...  |
-| MlmLayer_0/mlm_bias/bias                     [V]               | mlm/mlm_bias                           |
+  Embed_0/word_embeddings/embedding [V, H]       -> embed/word_embeddings
+  Embed_0/position_embeddings/embedding [L, H]   -> embed/position_embeddings
+  Embed_0/embeddings_ln/{scale,bias} [H]         -> embed/embeddings_ln/{scale,bias}
+  A/self_attention/{query,key,value}/kernel [H, N, D], bias [N, D]
+                                                 -> layers/i/attention/{query,key,value}/...
+  A/self_attention/out/kernel [N, D, H], bias [H] -> layers/i/attention/out/...
+  A/attention_output_ln/{scale,bias}             -> layers/i/attention/attention_output_ln/...
+  M/{intermediate_output,layer_output}/{kernel,bias}, M/layer_output_ln/{scale,bias}
+                                                 -> layers/i/mlp/...
+  MlmLayer_0/mlm_dense/{kernel,bias}, MlmLayer_0/mlm_ln/{scale,bias}
+                                                 -> mlm/mlm_dense/..., mlm/mlm_ln/...
+  MlmLayer_0/mlm_bias/bias [V]                   -> mlm/mlm_bias
 
 VQGAN (tokenizer) table: `quantizer/codebook [K, E]` -> `codebook`; `decoder/Conv_j/{kernel,bias}`
 -> `decoder/convs/j/...`; `decoder/ResBlock_k/{GroupNorm_0,Conv_0,GroupNorm_1,Conv_1,Conv_2}/...`

@@ -188,7 +188,8 @@ def parse_class_labels(text: str | None) -> list[int] | None:
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m remdm_jax.images.imagenet",
                               description=__doc__.split("\n\n")[0])
-  p.add_argument("--transformer_ckpt", required=True, help="official maskgit_imagenet256_checkpoint")
+  p.add_argument("--transformer_ckpt", required=True,
+                 help="official maskgit_imagenet256_checkpoint")
   p.add_argument("--vqgan_ckpt", required=True, help="official tokenizer_imagenet256_checkpoint")
   p.add_argument("--decoding_strategy", default="maskgit",
                  help=f"one of {', '.join(STRATEGIES)}")

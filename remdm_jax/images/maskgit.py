@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from typing import Any, Callable
 
 import jax
@@ -185,7 +184,8 @@ class HeadsDense(nnx.Module):
 
 
 class OutDense(nnx.Module):
-  """Merge heads [B, L, N, D] -> [B, L, H] (linen `DenseGeneral` out: kernel [N, D, H], bias [H])."""
+  """Merge heads [B, L, N, D] -> [B, L, H] (linen `DenseGeneral` out: kernel [N, D, H],
+  bias [H])."""
 
   def __init__(self, heads: int, head_dim: int, hidden: int, *, rngs: nnx.Rngs):
     self.kernel = _param(_trunc_normal(rngs, (heads, head_dim, hidden)), ("heads", None, "embed"))

@@ -284,14 +284,17 @@ def vqgan_params_from_arrays(arrays: Mapping[str, np.ndarray], cfg: vq.VQGANConf
 
 
 def load_maskgit_transformer(path, cfg: mg.MaskGITConfig | None = None, *,
-                             codebook_size: int = 1024
+                             codebook_size: int = 1024, compute_dtype: str | None = None
                              ) -> tuple[mg.MaskGITConfig, nnx.GraphDef, nnx.State]:
   """Reads the official transformer checkpoint -> (config, graphdef, params).
 
   cfg: the expected architecture (e.g. `MaskGITConfig.preset("imagenet256")`); None infers it
-  from the shapes. Raises FileNotFoundError / ValueError (naming every bad key)."""
+  from the shapes. compute_dtype: overrides cfg.compute_dtype ("float32" / "bfloat16").
+  Raises FileNotFoundError / ValueError (naming every bad key)."""
   arrays = read_flax_checkpoint(path)
   cfg = infer_transformer_config(arrays, codebook_size=codebook_size) if cfg is None else cfg
+  if compute_dtype is not None:
+    cfg = mg.MaskGITConfig.from_dict({**cfg.to_dict(), "compute_dtype": compute_dtype})
   params = transformer_params_from_arrays(arrays, cfg)
   return cfg, mg.abstract_params(cfg)[0], params
 

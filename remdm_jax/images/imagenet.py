@@ -161,7 +161,7 @@ def write_npz_streaming(path: str, image_paths: list[str], labels: np.ndarray,
       with zf.open("arr_0.npy", "w", force_zip64=True) as member:
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
                   "fortran_order": False, "shape": (n,) + tuple(image_shape)}
-        np.lib.format.write_array_header_2_0(member, header)
+        np.lib.format.write_array_header_1_0(member, header)
         for p in image_paths:
           img = _read_png(p)
           if img.shape != tuple(image_shape):
@@ -210,6 +210,8 @@ def _parser() -> argparse.ArgumentParser:
                  help="comma-separated class ids cycled over the images (default: random per "
                       "image as the reference)")
   p.add_argument("--output_dir", required=True)
+  p.add_argument("--compute_dtype", default="float32", choices=("float32", "bfloat16"),
+                 help="transformer matmul dtype (float32 = the original numerics)")
   p.add_argument("--no_npz", action="store_true", help="write the PNGs only")
   return p
 
@@ -251,8 +253,8 @@ def generate(args, opts: DecodeOptions, log=print) -> dict[str, Any]:
   from remdm_jax.training import mesh as mesh_lib
 
   vcfg, vgraph, vparams = convert.load_vqgan_decoder(args.vqgan_ckpt)
-  tcfg, tgraph, tparams = convert.load_maskgit_transformer(args.transformer_ckpt,
-                                                           codebook_size=vcfg.codebook_size)
+  tcfg, tgraph, tparams = convert.load_maskgit_transformer(
+    args.transformer_ckpt, codebook_size=vcfg.codebook_size, compute_dtype=args.compute_dtype)
   side = int(round(tcfg.num_image_tokens ** 0.5))
   if side * side != tcfg.num_image_tokens:
     raise ValueError(f"transformer has {tcfg.num_image_tokens} image tokens, not a square grid")

@@ -6,6 +6,7 @@ test_images_ports (transformer argmax -> VQGAN -> the reference's uint8 writer).
 """
 import json
 import os
+import zipfile
 
 import jax
 import numpy as np
@@ -63,6 +64,10 @@ def test_generate_end_to_end_and_resume(ckpts, tmp_path, capsys):
   with np.load(out / "images.npz") as z:
     arr, labels = z["arr_0"], z["labels"]
   assert arr.shape == (10, 8, 8, 3) and arr.dtype == np.uint8
+  # The ADM evaluator streams arr_0.npy from the zip: a plain npy 1.0 header, C order, uint8.
+  with zipfile.ZipFile(out / "images.npz") as zf, zf.open("arr_0.npy") as member:
+    assert np.lib.format.read_magic(member) == (1, 0)
+    assert np.lib.format.read_array_header_1_0(member) == ((10, 8, 8, 3), False, np.dtype("uint8"))
   # Labels follow gen_imgs.py: key = PRNGKey(seed + start); per batch split -> randint, split.
   key, want = jax.random.PRNGKey(3), []
   for _ in range(2):

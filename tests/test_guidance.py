@@ -477,3 +477,20 @@ def test_cbg_cache_reuses_classifier_term():
   cls_steps, rem = divmod(int(out[True][1]["classifier_nfe"]), L3 * V5)
   assert rem == 0 and nfe_c < 65 and nfe_c - 1 <= cls_steps <= nfe_c  # final step: no classifier
   assert int(out[False][1]["classifier_nfe"]) == 64 * L3 * V5
+
+
+def test_no_noise_removal_option():
+  """noise_removal=False (the QM9 reference, §M.4) skips the final argmax: nfe = n_steps, and
+  with few steps some positions stay masked; the default removes them."""
+  p, py = _joint()
+  denoise_fn, _ = _exact_models(p, py)
+  cfg = SamplerConfig(strategy="mdlm", num_steps=2, eps=0.4)  # the grid ends at t = 0.4
+  out = {}
+  for nr in (True, False):
+    s = make_sampler(denoise_fn, cfg, seq_len=L3, mask_id=M3, noise_removal=nr)
+    z, info = s.sample_with_info(None, jax.random.PRNGKey(0), batch_size=256)
+    assert int(info["nfe"]) == s.nfe == (3 if nr else 2)
+    out[nr] = np.asarray(z)
+  assert not np.any(out[True] == M3) and np.any(out[False] == M3)
+  kept = out[False] != M3
+  np.testing.assert_array_equal(out[True][kept], out[False][kept])

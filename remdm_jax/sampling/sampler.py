@@ -324,8 +324,8 @@ class Sampler:
                     uniforms=uniforms)
 
   def __call__(self, params, key, batch_size=None, prompt=None, prompt_mask=None, uniforms=None):
-    """-> int32 [B, L] samples (never containing mask_id). uniforms: replay mode, see
-    `sample_with_info`."""
+    """-> int32 [B, L] samples (never containing mask_id, unless noise_removal=False). uniforms:
+    replay mode, see `sample_with_info`."""
     return self.sample_with_info(params, key, batch_size, prompt, prompt_mask, uniforms)[0]
 
   def _check_uniforms(self, uniforms, batch_size):
@@ -357,7 +357,8 @@ def make_sampler(denoise_fn: DenoiseFn, cfg: SamplerConfig, *, seq_len: int, mas
                  mesh: Optional[jax.sharding.Mesh] = None,
                  data_axes: Optional[Sequence[str]] = None, trajectory_every: int = 0,
                  grid: Optional[np.ndarray] = None, jit: bool = True,
-                 guidance: Optional[CBGGuidance] = None) -> Sampler:
+                 guidance: Optional[CBGGuidance] = None,
+                 noise_removal: bool = True) -> Sampler:
   """Builds the sampler of `cfg` for `denoise_fn(params, tokens [B, L] int32, t [B] float32) ->
   logits [B, L, V]`. t is the grid time of the step (min_t for the final step); a denoiser without
   time conditioning ignores it, one with it maps t to its own input (e.g. sigma(t)).
@@ -378,6 +379,10 @@ def make_sampler(denoise_fn: DenoiseFn, cfg: SamplerConfig, *, seq_len: int, mas
       cache_unchanged, C is cached with the logits (the classifier must then ignore t, which
       `time_independent=True` declares for both). D-CFG needs no argument here: wrap the
       denoiser with `guidance.cfg_denoise_fn`.
+    noise_removal: True (default) runs the final argmax step at min_t (SPEC §4.5); False returns
+      z after the last grid step, where a few positions may still hold mask_id, as the QM9
+      guidance reference does (SPEC_DOMAINS §M.4: no final noise-removal step); nfe is then
+      n_steps.
 
   Replay ("mixture" mode, SPEC §4.7): with precision "float64" (or "float32"), the returned
   sampler accepts `uniforms=` [n_steps, B, L, V] and reproduces another implementation's draws
@@ -505,8 +510,11 @@ def make_sampler(denoise_fn: DenoiseFn, cfg: SamplerConfig, *, seq_len: int, mas
 
     c, _ = lax.scan(body, carry, xs)
     # Final step at min_t (SPEC §4.5); key index n (unused: the argmax is deterministic).
-    logits, nfe = get_logits(c, jnp.float32(sched.min_t))
-    out = constrain(final_step(c["tokens"], logits, m))
+    if noise_removal:
+      logits, nfe = get_logits(c, jnp.float32(sched.min_t))
+      out = constrain(final_step(c["tokens"], logits, m))
+    else:
+      out, nfe = c["tokens"], c["nfe"]
     info = {"nfe": nfe}
     if guidance is not None:
       info["classifier_nfe"] = c["cls_nfe"]
@@ -514,5 +522,7 @@ def make_sampler(denoise_fn: DenoiseFn, cfg: SamplerConfig, *, seq_len: int, mas
       info["trajectory"] = c["traj"]
     return out, info
 
-  return Sampler(core, cfg, sched, seq_len, int(mask_id), spec.unmask_buffer, mesh, data_axes,
-                 jit)
+  smp = Sampler(core, cfg, sched, seq_len, int(mask_id), spec.unmask_buffer, mesh, data_axes, jit)
+  if not noise_removal:
+    smp.nfe = sched.n_steps
+  return smp

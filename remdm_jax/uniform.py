@@ -3,14 +3,15 @@ baseline: forward process, posterior, continuous-time NELBO and the guided poste
 
 Vocabulary of N tokens (all ids of the model output, no special role for a mask id), limiting
 distribution pi = 1/N, alpha_t = 1 - t (the reference's hard-coded log-linear schedule):
-  forward    q(z_t | x) = alpha_t x + (1 - alpha_t) / N                              (`forward_probs`)
-  posterior  q(z_s | z_t, x) = [alpha_t N x⊙z_t + (alpha_ts - alpha_t) z_t + (alpha_s - alpha_t) x
-                                + (1 - alpha_ts)(1 - alpha_s) / N] / [alpha_t N <x, z_t> + 1 - alpha_t],
-             alpha_ts = alpha_t / alpha_s (x one-hot or x_theta)                     (`posterior_probs`)
-  NELBO      per position, with x̄ = N alpha_t x + 1 - alpha_t, x̄_θ = N alpha_t x_theta + 1 - alpha_t
-             and alpha'_t = -1:
+  forward    q(z_t | x) = alpha_t x + (1 - alpha_t) / N                 (`forward_probs`)
+  posterior  q(z_s | z_t, x) = [alpha_t N x⊙z_t + (alpha_ts - alpha_t) z_t
+                                + (alpha_s - alpha_t) x + (1 - alpha_ts)(1 - alpha_s) / N]
+                               / [alpha_t N <x, z_t> + 1 - alpha_t],
+             alpha_ts = alpha_t / alpha_s, x one-hot or x_theta        (`posterior_probs`)
+  NELBO      per position, with x̄ = N alpha_t x + 1 - alpha_t, x̄_θ = N alpha_t x_theta
+             + 1 - alpha_t and alpha'_t = -1:
              (alpha'_t / (N alpha_t)) [N / x̄(z_t) - N / x̄_θ(z_t)
-               - sum_v (x̄_v / x̄(z_t)) (log x̄_θ(z_t) - log x̄_θ,v + log x̄_v - log x̄(z_t))]
+             - sum_v (x̄_v / x̄(z_t)) (log x̄_θ(z_t) - log x̄_θ,v + log x̄_v - log x̄(z_t))]
              (`nelbo_integrand`), plus the reconstruction term -log x_theta(x)[x] at t = 0.
 For a product distribution p the minimiser of the NELBO is x_theta = p (the marginal, not
 p(x | z_t): the posterior formula already conditions on z_t), and the NELBO is then exactly the
@@ -191,7 +192,8 @@ class UDLMSampler:
     self._fn = jax.jit(core, static_argnames=("batch_size",)) if jit else core
 
   def sample_with_info(self, params, key, batch_size: int):
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    bad = isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+    if bad or batch_size < 1:
       raise ValueError(f"batch_size={batch_size!r} must be an int >= 1")
     return self._fn(params, key, batch_size=int(batch_size))
 

@@ -369,10 +369,11 @@ def test_cbg_end_to_end_samples_conditional():
   p, py = _joint()
   denoise_fn, classifier_fn = _exact_models(p, py)
   target = p * py / np.sum(p * py)
-  cfg = SamplerConfig(strategy="mdlm", num_steps=256)
+  # exact as dt -> 0; at n = 3000, T = 128 passes and gamma = 0.8 is rejected (p ~ 1e-6)
+  cfg = SamplerConfig(strategy="mdlm", num_steps=128)
   g = CBGGuidance(classifier_fn, gamma=1.0, label=1)
   sampler = make_sampler(denoise_fn, cfg, seq_len=L3, mask_id=M3, guidance=g)
-  n = 4000
+  n = 3000
   z, info = sampler.sample_with_info({"model": None, "classifier": None}, jax.random.PRNGKey(0),
                                      batch_size=n)
   z = np.asarray(z)
@@ -494,3 +495,16 @@ def test_no_noise_removal_option():
   assert not np.any(out[True] == M3) and np.any(out[False] == M3)
   kept = out[False] != M3
   np.testing.assert_array_equal(out[True][kept], out[False][kept])
+
+
+def test_cbg_sampler_float64_race():
+  """The float64 race path of the kernel with log_weight inside make_sampler (x64 on)."""
+  p, py = _joint(1)
+  denoise_fn, classifier_fn = _exact_models(p, py)
+  with jax.enable_x64(True):
+    cfg = SamplerConfig(strategy="remdm_cap", num_steps=16, eta=0.05, precision="float64")
+    s = make_sampler(denoise_fn, cfg, seq_len=L3, mask_id=M3,
+                     guidance=CBGGuidance(classifier_fn, gamma=3.0))
+    mean, info = _mean_py(s, {"model": None, "classifier": None}, py, 256, 3)
+  assert int(info["classifier_nfe"]) == 16 * L3 * V5
+  assert mean > float(np.sum(p * py)) + 0.1

@@ -43,7 +43,8 @@ class LossConfig:
   Attributes:
     objective: "mdlm" (continuous-time NELBO, SPEC §3.1), "remdm" (discrete-time ReMDM NELBO,
       §3.2 [LIB]), "ar" (next-token cross-entropy) or "udlm" (uniform-noise NELBO,
-      SPEC_DOMAINS §M.7, `remdm_jax.uniform.udlm_loss`; uses t_eps and antithetic only).
+      SPEC_DOMAINS §M.7, `remdm_jax.uniform.udlm_loss`: alpha_t = 1 - t always; `schedule`
+      only gives the network's time input sigma(t)).
     schedule: `remdm_jax.schedules.NoiseSchedule` name used to mask and weight.
     schedule_eps: the schedule's eps (alpha_1 = eps for loglinear / cosine).
     t_eps: eps_train, the smallest training time (mdlm): t = t_eps + (1 - t_eps) u.
@@ -388,5 +389,6 @@ def loss_fn(cfg: LossConfig) -> Callable[[ApplyFn, jax.Array, jax.Array], tuple[
   if cfg.objective == "udlm":
     from remdm_jax.uniform import udlm_loss
     return lambda apply_fn, x, key: udlm_loss(apply_fn, x, key, t_eps=cfg.t_eps,
-                                              antithetic=cfg.antithetic)
+                                              antithetic=cfg.antithetic,
+                                              sigma_fn=cfg.noise_schedule.sigma)
   return lambda apply_fn, x, key: diffusion_loss(apply_fn, x, key, cfg)

@@ -38,6 +38,7 @@ from jax import lax
 from remdm_jax.sampling import draws
 from remdm_jax.sampling.guidance import CBGGuidance, _check_gamma, cfg_logits_pair
 from remdm_jax.sampling.schedule import uniform_grid
+from remdm_jax.schedules import NoiseSchedule
 from remdm_jax.subs import NEG_INF
 
 ApplyFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -122,7 +123,7 @@ def nelbo_integrand(x_theta: jax.Array, x: jax.Array, z_t: jax.Array, alpha_t) -
 
 def udlm_loss(apply_fn: ApplyFn, x: jax.Array, key: jax.Array, *, t_eps: float = 1e-3,
               antithetic: bool = True, reconstruction: bool = True,
-              times: Optional[jax.Array] = None):
+              times: Optional[jax.Array] = None, sigma_fn: Optional[Callable] = None):
   """UDLM NELBO estimate (nats/token), the training objective "udlm" (`losses.loss_fn`).
 
   t_b = t_eps + (1 - 2 t_eps) u_b (u stratified when antithetic; t <= 1 - t_eps keeps the
@@ -130,8 +131,11 @@ def udlm_loss(apply_fn: ApplyFn, x: jax.Array, key: jax.Array, *, t_eps: float =
   z_t^l = x^l w.p. alpha_t, else uniform over the N ids (which may again be x^l);
     loss = (1/(B L)) sum_{b,l} nelbo_integrand(softmax(apply_fn(z_t, sigma_t)), x, z_t, alpha_t)
            [+ (1/(B L)) sum -log softmax(apply_fn(x, 0))[x]  (reconstruction at t = 0)].
-  sigma_t = -log alpha_t is the network's time input (a model without time conditioning ignores
-  it). The reconstruction term costs a second forward pass (reconstruction=False skips it).
+  The network's time input is sigma_fn(t), by default the log-linear schedule's
+  sigma(t) = -log(1 - (1 - 1e-3) t) as in the reference (whose loss nevertheless uses
+  alpha_t = 1 - t; a model without time conditioning ignores it); sigma_fn(0) = 0 at the
+  reconstruction. The reconstruction term costs a second forward pass (reconstruction=False
+  skips it). The reference samples t in [t_eps, 1]; the clip to 1 - t_eps is ours.
 
   Args: apply_fn (z int32 [B, L], sigma float32 [B]) -> logits [B, L, N]; x int [B, L] in [0, N);
     key: split as (times, noise, token); times: optional fixed t [B].
@@ -155,12 +159,15 @@ def udlm_loss(apply_fn: ApplyFn, x: jax.Array, key: jax.Array, *, t_eps: float =
                      f"N={N}")
   x = x.astype(jnp.int32)
   z = jnp.where(keep, x, jax.random.randint(k_tok, (B, L), 0, N, jnp.int32))
-  logits = apply_fn(z, -jnp.log(a).astype(jnp.float32))
+  if sigma_fn is None:
+    sigma_fn = NoiseSchedule("loglinear", 1e-3).sigma
+  logits = apply_fn(z, jnp.asarray(sigma_fn(t), jnp.float32))
   diff = nelbo_integrand(jax.nn.softmax(logits.astype(jnp.float32), -1), x, z, a[:, None])
   diff = jnp.sum(diff) / (B * L)
   rec = jnp.zeros((), jnp.float32)
   if reconstruction:
-    lg0 = apply_fn(x, jnp.zeros((B,), jnp.float32)).astype(jnp.float32)
+    lg0 = apply_fn(x, jnp.asarray(sigma_fn(jnp.zeros((B,), jnp.float32)), jnp.float32))
+    lg0 = lg0.astype(jnp.float32)
     rec = -jnp.sum(jnp.take_along_axis(jax.nn.log_softmax(lg0, -1), x[..., None], -1)) / (B * L)
   loss = diff + rec
   return loss, _report(loss, t_mean=jnp.mean(t), diffusion=diff, reconstruction=rec)

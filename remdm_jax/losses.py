@@ -28,7 +28,7 @@ import numpy as np
 from remdm_jax.schedules import SCHEDULES, NoiseSchedule
 from remdm_jax.subs import NEG_INF
 
-OBJECTIVES = ("mdlm", "remdm", "ar")
+OBJECTIVES = ("mdlm", "remdm", "ar", "udlm")
 SIGMAS = ("none", "cap", "rescale", "fb", "switch")
 SWITCH_BASES = ("cap", "rescale")
 _LN2 = math.log(2.0)
@@ -42,7 +42,9 @@ class LossConfig:
 
   Attributes:
     objective: "mdlm" (continuous-time NELBO, SPEC §3.1), "remdm" (discrete-time ReMDM NELBO,
-      §3.2 [LIB]) or "ar" (next-token cross-entropy).
+      §3.2 [LIB]), "ar" (next-token cross-entropy) or "udlm" (uniform-noise NELBO,
+      SPEC_DOMAINS §M.7, `remdm_jax.uniform.udlm_loss`: alpha_t = 1 - t always; `schedule`
+      only gives the network's time input sigma(t)).
     schedule: `remdm_jax.schedules.NoiseSchedule` name used to mask and weight.
     schedule_eps: the schedule's eps (alpha_1 = eps for loglinear / cosine).
     t_eps: eps_train, the smallest training time (mdlm): t = t_eps + (1 - t_eps) u.
@@ -384,4 +386,9 @@ def loss_fn(cfg: LossConfig) -> Callable[[ApplyFn, jax.Array, jax.Array], tuple[
   """The objective as `(apply_fn, x, key) -> (loss, aux)` for a uniform trainer (key unused by ar)."""
   if cfg.objective == "ar":
     return lambda apply_fn, x, key: ar_loss(apply_fn, x, cfg)
+  if cfg.objective == "udlm":
+    from remdm_jax.uniform import udlm_loss
+    return lambda apply_fn, x, key: udlm_loss(apply_fn, x, key, t_eps=cfg.t_eps,
+                                              antithetic=cfg.antithetic,
+                                              sigma_fn=cfg.noise_schedule.sigma)
   return lambda apply_fn, x, key: diffusion_loss(apply_fn, x, key, cfg)

@@ -6,8 +6,11 @@ Public API:
   transition_probs, conf_sigma, conf_weights              (posteriors, the oracle)
   nucleus_filter                                          (top-p)
   make_sampler, Sampler, transition_sample, KernelSpec, final_step   (sampler)
+  CBGGuidance, cfg_denoise_fn, cfg_log_probs, cfg_model_calls, classifier_term   (guidance)
 """
 from remdm_jax.sampling.config import PRESETS, STRATEGIES, SamplerConfig
+from remdm_jax.sampling.guidance import (CBGGuidance, cfg_denoise_fn, cfg_log_probs,
+                                         cfg_model_calls, classifier_term)
 from remdm_jax.sampling.nucleus import nucleus_filter
 from remdm_jax.sampling.posteriors import conf_sigma, conf_weights, transition_probs
 from remdm_jax.sampling.sampler import (KernelSpec, Sampler, final_step, make_sampler,
@@ -19,5 +22,6 @@ __all__ = [
     "PRESETS", "STRATEGIES", "SamplerConfig", "nucleus_filter", "conf_sigma", "conf_weights",
     "transition_probs", "KernelSpec", "Sampler", "final_step", "make_sampler",
     "transition_sample", "StepSchedule", "dfm_grid", "expected_unmask_buffer", "step_schedule",
-    "uniform_grid",
+    "uniform_grid", "CBGGuidance", "cfg_denoise_fn", "cfg_log_probs", "cfg_model_calls",
+    "classifier_term",
 ]

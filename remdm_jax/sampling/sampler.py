@@ -42,6 +42,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from remdm_jax.sampling import draws
 from remdm_jax.sampling.config import SamplerConfig
+from remdm_jax.sampling.guidance import CBGGuidance
 from remdm_jax.sampling.nucleus import nucleus_filter
 from remdm_jax.sampling.posteriors import conf_weights
 from remdm_jax.sampling.schedule import StepSchedule, expected_unmask_buffer, step_schedule
@@ -126,8 +127,37 @@ def draw_unmasked(tok_key, logits, unmask, spec: KernelSpec):
   return lax.fori_loop(0, n_pass, one_pass, init)
 
 
+def _log_pos(x):
+  """log x with log 0 = NEG_INF (finite)."""
+  return jnp.where(x > 0, jnp.log(jnp.where(x > 0, x, 1.0)), NEG_INF)
+
+
+def _guided_row_draw(kt, tokens, logits, sig, p_unmask, log_weight, spec: KernelSpec):
+  """exact32 draw on the full guided row log q_guided = log q_sigma + log_weight (D-CBG,
+  `guidance`): masked rows log u + log x~ (mask column log(1 - u)), decoded rows log(1 - sigma^l)
+  at z_t and log sigma^l at the mask, NEG_INF elsewhere; one `draws.gumbel_argmax` per position
+  (keys fold_in(fold_in(kt, b), l)). Returns (z_s, x~(z_s))."""
+  B, L, V = logits.shape
+  m = spec.mask_id
+  ids = jnp.arange(V)
+  lg = jnp.where(ids == m, NEG_INF, logits.astype(jnp.float32))
+  logp = nucleus_filter(jax.nn.log_softmax(lg, axis=-1), spec.top_p, spec.nucleus_rule,
+                        method="bisect")
+  u = jnp.asarray(p_unmask, jnp.float32)
+  row_m = jnp.where(ids == m, _log_pos(1.0 - u), _log_pos(u) + logp)
+  sig = sig[..., None]
+  row_d = jnp.where(ids == tokens[..., None], _log_pos(1.0 - sig),
+                    jnp.where(ids == m, _log_pos(sig), NEG_INF))
+  logq = jnp.where((tokens == m)[..., None], row_m, row_d) + log_weight.astype(jnp.float32)
+  rows = jnp.broadcast_to(jnp.arange(B, dtype=jnp.int32)[:, None], (B, L))
+  pos = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
+  z = draws.gumbel_argmax(draws.position_keys(kt, rows, pos), logq)
+  psi = jnp.exp(jnp.take_along_axis(logp, z[..., None], axis=-1)[..., 0])
+  return z, psi
+
+
 def transition_sample(key, tokens, logits, coeffs, spec: KernelSpec, psi=None, frozen=None,
-                      uniforms=None):
+                      uniforms=None, log_weight=None):
   """One reverse step z_t -> z_s (SPEC §4.1, §4.3) for every strategy.
 
   Args:
@@ -140,6 +170,14 @@ def transition_sample(key, tokens, logits, coeffs, spec: KernelSpec, psi=None, f
     frozen: bool [B, L] positions never changed (prompt), or None.
     uniforms: optional [B, L, V] U[0, 1) values of the race (replay mode; float64/float32
       precision only): used instead of the token key's draws.
+    log_weight: optional float [B, L, V] added to log q before the draw (D-CBG:
+      gamma * C, `sampling.guidance`): z_s ~ q_guided ∝ q_sigma(. | z_t, x_theta) exp(log_weight)
+      per position, decoded positions included (stay / remask in the ratio
+      (1 - sigma^l) e^{w[z_t]} : sigma^l e^{w[m]}), frozen positions unchanged. exact32 then
+      draws each position from its full guided row with `draws.gumbel_argmax` (32-bit-integer
+      Gumbel noise) instead of Bernoulli + categorical: exact up to float32 rounding of log q
+      and the Gumbel tail bound (g <= 22.9, so an entry more than ~23 nats below a row's
+      largest cannot win; SPEC §4.6). float64 / float32 race the normalised guided row.
   Returns: (z_s int32 [B, L], new psi or None).
   """
   kb, kt = jax.random.split(key)
@@ -157,7 +195,17 @@ def transition_sample(key, tokens, logits, coeffs, spec: KernelSpec, psi=None, f
     if tuple(uniforms.shape) != (B, L, V):
       raise ValueError(f"transition_sample: uniforms shape {tuple(uniforms.shape)} != logits shape "
                        f"{(B, L, V)}")
-  if spec.precision == "exact32":
+  if log_weight is not None and tuple(log_weight.shape) != (B, L, V):
+    raise ValueError(f"transition_sample: log_weight shape {tuple(log_weight.shape)} != logits "
+                     f"shape {(B, L, V)}")
+  if spec.precision == "exact32" and log_weight is not None:
+    sig = token_sigma(tokens, psi, frozen, coeffs["sigma"], coeffs["conf"], spec)
+    z_s, psi_drawn = _guided_row_draw(kt, tokens, logits, sig, coeffs["p_unmask"], log_weight,
+                                      spec)
+    z_s = jnp.where(frozen, tokens, z_s)
+    unmask = masked & (z_s != m)
+    remask = ~masked & (z_s == m)
+  elif spec.precision == "exact32":
     sig = token_sigma(tokens, psi, frozen, coeffs["sigma"], coeffs["conf"], spec)
     p_fire = jnp.where(masked, jnp.asarray(coeffs["p_unmask"], jnp.float32), sig)
     p_fire = jnp.where(frozen, 0.0, p_fire)
@@ -178,6 +226,9 @@ def transition_sample(key, tokens, logits, coeffs, spec: KernelSpec, psi=None, f
     a = jnp.where(masked, jnp.asarray(coeffs["p_unmask"], dtype), 1.0 - sig)
     a = jnp.where(frozen, 1.0, a)[..., None]
     q = a * x + (1.0 - a) * jax.nn.one_hot(m, V, dtype=dtype)
+    if log_weight is not None:  # q_guided ∝ q exp(w), normalised (the race ignores the scale)
+      lq = jnp.where(q > 0, jnp.log(jnp.where(q > 0, q, 1.0)), -jnp.inf) + log_weight.astype(dtype)
+      q = jax.nn.softmax(lq, axis=-1)
     rows = jnp.broadcast_to(jnp.arange(B, dtype=jnp.int32)[:, None], (B, L))
     pos = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
     keys = None if uniforms is not None else draws.position_keys(kt, rows, pos)
@@ -273,8 +324,8 @@ class Sampler:
                     uniforms=uniforms)
 
   def __call__(self, params, key, batch_size=None, prompt=None, prompt_mask=None, uniforms=None):
-    """-> int32 [B, L] samples (never containing mask_id). uniforms: replay mode, see
-    `sample_with_info`."""
+    """-> int32 [B, L] samples (never containing mask_id, unless noise_removal=False). uniforms:
+    replay mode, see `sample_with_info`."""
     return self.sample_with_info(params, key, batch_size, prompt, prompt_mask, uniforms)[0]
 
   def _check_uniforms(self, uniforms, batch_size):
@@ -305,7 +356,9 @@ class Sampler:
 def make_sampler(denoise_fn: DenoiseFn, cfg: SamplerConfig, *, seq_len: int, mask_id: int,
                  mesh: Optional[jax.sharding.Mesh] = None,
                  data_axes: Optional[Sequence[str]] = None, trajectory_every: int = 0,
-                 grid: Optional[np.ndarray] = None, jit: bool = True) -> Sampler:
+                 grid: Optional[np.ndarray] = None, jit: bool = True,
+                 guidance: Optional[CBGGuidance] = None,
+                 noise_removal: bool = True) -> Sampler:
   """Builds the sampler of `cfg` for `denoise_fn(params, tokens [B, L] int32, t [B] float32) ->
   logits [B, L, V]`. t is the grid time of the step (min_t for the final step); a denoiser without
   time conditioning ignores it, one with it maps t to its own input (e.g. sigma(t)).
@@ -318,6 +371,18 @@ def make_sampler(denoise_fn: DenoiseFn, cfg: SamplerConfig, *, seq_len: int, mas
     grid: optional external time grid t_0..t_T (see `step_schedule`), e.g. the reference's float32
       `torch.linspace(1, eps, T + 1)` for replay.
     jit: False returns the un-jitted function (for tests / for composing under an outer jit).
+    guidance: optional `guidance.CBGGuidance` (D-CBG, SPEC_DOMAINS §M.4, §M.6). The sampler's
+      params are then {"model": <denoise_fn params>, "classifier": <classifier params>}; each
+      step scores z_t with the classifier (L * V rows exact, or 1 forward + backward approx),
+      passes gamma * C to the kernel as `log_weight`, and info["classifier_nfe"] counts the
+      classifier rows per sample. The final argmax step (SPEC §4.5) is unguided. With
+      cache_unchanged, C is cached with the logits (the classifier must then ignore t, which
+      `time_independent=True` declares for both). D-CFG needs no argument here: wrap the
+      denoiser with `guidance.cfg_denoise_fn`.
+    noise_removal: True (default) runs the final argmax step at min_t (SPEC §4.5); False returns
+      z after the last grid step, where a few positions may still hold mask_id, as the QM9
+      guidance reference does (SPEC_DOMAINS §M.4: no final noise-removal step); nfe is then
+      n_steps.
 
   Replay ("mixture" mode, SPEC §4.7): with precision "float64" (or "float32"), the returned
   sampler accepts `uniforms=` [n_steps, B, L, V] and reproduces another implementation's draws
@@ -330,6 +395,9 @@ def make_sampler(denoise_fn: DenoiseFn, cfg: SamplerConfig, *, seq_len: int, mas
     raise ValueError(f"mask_id={mask_id!r} must be an int >= 0")
   if not isinstance(trajectory_every, int) or trajectory_every < 0:
     raise ValueError(f"trajectory_every={trajectory_every!r} must be an int >= 0")
+  if guidance is not None and not isinstance(guidance, CBGGuidance):
+    raise ValueError(f"guidance={guidance!r} must be None or a CBGGuidance (D-CFG: wrap the "
+                     "denoiser with guidance.cfg_denoise_fn instead)")
   sched = step_schedule(cfg, grid)
   K = cfg.unmask_buffer or expected_unmask_buffer(sched, seq_len, cfg.uses_conf)
   spec = KernelSpec.from_config(cfg, int(mask_id), min(K, seq_len))
@@ -370,8 +438,20 @@ def make_sampler(denoise_fn: DenoiseFn, cfg: SamplerConfig, *, seq_len: int, mas
       tokens = jnp.where(frozen, prompt.astype(jnp.int32), m)
     tokens, frozen = constrain(tokens), constrain(frozen)
 
+    model_params = params
+    if guidance is not None:
+      if not isinstance(params, dict) or set(params) != {"model", "classifier"}:
+        got = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise ValueError("make_sampler(guidance=CBGGuidance): params must be a dict with keys "
+                         f"'model' and 'classifier', got {got}")
+      model_params = params["model"]
+
     def forward(tokens, t):
-      return denoise_fn(params, tokens, jnp.full((B,), t, jnp.float32))
+      return denoise_fn(model_params, tokens, jnp.full((B,), t, jnp.float32))
+
+    def classifier_weight(tokens, t, vocab):
+      return guidance.log_weight(params["classifier"], tokens, jnp.full((B,), t, jnp.float32),
+                                 vocab)
 
     carry = {"tokens": tokens, "nfe": jnp.zeros((), jnp.int32)}
     if spec.uses_conf:
@@ -380,6 +460,12 @@ def make_sampler(denoise_fn: DenoiseFn, cfg: SamplerConfig, *, seq_len: int, mas
       shp = jax.eval_shape(forward, tokens, jnp.float32(1.0))
       carry["logits"] = jnp.zeros(shp.shape, shp.dtype)
       carry["dirty"] = jnp.ones((), bool)
+    if guidance is not None:
+      vocab = jax.eval_shape(forward, tokens, jnp.float32(1.0)).shape[-1]
+      cls_per_step = guidance.classifier_calls_per_step(L, vocab)
+      carry["cls_nfe"] = jnp.zeros((), jnp.int32)
+      if cache:
+        carry["lw"] = jnp.zeros((B, L, vocab), jnp.float32)
     if k_traj:
       carry["traj"] = jnp.zeros((n_rec, B, L), jnp.int32)
 
@@ -398,9 +484,21 @@ def make_sampler(denoise_fn: DenoiseFn, cfg: SamplerConfig, *, seq_len: int, mas
         cur = lax.dynamic_index_in_dim(c["traj"], j, 0, keepdims=False)
         rec = jnp.where(i % k_traj == 0, c["tokens"], cur)
         c["traj"] = lax.dynamic_update_index_in_dim(c["traj"], rec, j, 0)
+      dirty = c.get("dirty")
       logits, c["nfe"] = get_logits(c, x["t"])
+      lw = None
+      if guidance is not None:
+        if cache:
+          lw = lax.cond(dirty, lambda: classifier_weight(c["tokens"], x["t"], vocab),
+                        lambda: c["lw"])
+          c["lw"] = lw
+          c["cls_nfe"] = c["cls_nfe"] + dirty.astype(jnp.int32) * cls_per_step
+        else:
+          lw = classifier_weight(c["tokens"], x["t"], vocab)
+          c["cls_nfe"] = c["cls_nfe"] + cls_per_step
       z_s, psi = transition_sample(jax.random.fold_in(key, i), c["tokens"], logits, x, spec,
-                                   psi=c.get("psi"), frozen=frozen, uniforms=x.get("uniforms"))
+                                   psi=c.get("psi"), frozen=frozen, uniforms=x.get("uniforms"),
+                                   log_weight=lw)
       z_s = constrain(z_s)
       if cache:
         c["logits"] = logits
@@ -412,12 +510,19 @@ def make_sampler(denoise_fn: DenoiseFn, cfg: SamplerConfig, *, seq_len: int, mas
 
     c, _ = lax.scan(body, carry, xs)
     # Final step at min_t (SPEC §4.5); key index n (unused: the argmax is deterministic).
-    logits, nfe = get_logits(c, jnp.float32(sched.min_t))
-    out = constrain(final_step(c["tokens"], logits, m))
+    if noise_removal:
+      logits, nfe = get_logits(c, jnp.float32(sched.min_t))
+      out = constrain(final_step(c["tokens"], logits, m))
+    else:
+      out, nfe = c["tokens"], c["nfe"]
     info = {"nfe": nfe}
+    if guidance is not None:
+      info["classifier_nfe"] = c["cls_nfe"]
     if k_traj:
       info["trajectory"] = c["traj"]
     return out, info
 
-  return Sampler(core, cfg, sched, seq_len, int(mask_id), spec.unmask_buffer, mesh, data_axes,
-                 jit)
+  smp = Sampler(core, cfg, sched, seq_len, int(mask_id), spec.unmask_buffer, mesh, data_axes, jit)
+  if not noise_removal:
+    smp.nfe = sched.n_steps
+  return smp

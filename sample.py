@@ -209,7 +209,8 @@ def main(argv):
   try:
     return run(argv)
   except (ValueError, FileNotFoundError, ImportError) as e:
-    print(f"sample.py: error: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}",
+    text = str(e).strip()
+    print(f"sample.py: error: {text.splitlines()[0] if text else type(e).__name__}",
           file=sys.stderr)
     return 2
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from typing import Any, Mapping
 
 import jax
@@ -350,6 +351,41 @@ def _first_line(e: BaseException) -> str:
   return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
+_QUIET_INSTALLED = False
+
+
+def _quiet_closed_loop_callbacks() -> None:
+  """Drops the 'Event loop is closed' RuntimeErrors that tensorstore callbacks raise into orbax's
+  already-closed asyncio loop after a failed read of a damaged checkpoint (they reach
+  `sys.unraisablehook` from a background thread, as tracebacks after our one-line error). Every
+  other unraisable exception goes to the previous hook."""
+  global _QUIET_INSTALLED
+  if _QUIET_INSTALLED:
+    return
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  sys.unraisablehook = hook
+  _QUIET_INSTALLED = True
+
+
+def _quietly(fn):
+  """fn() with absl logging at ERROR: orbax logs a damaged folder as a WARNING before our own
+  one-line error says the same."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  old = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    return fn()
+  finally:
+    absl_logging.set_verbosity(old)
+
+
 def _check_shapes(meta_tree, abstract, directory: str) -> None:
   """ValueError naming the first parameter whose stored shape differs from the model config's."""
   if abstract is None:
@@ -420,14 +456,15 @@ def load_params(directory, *, sharding=None):
     ppath = os.path.join(directory, "params")
     if not os.path.isdir(ppath):
       raise FileNotFoundError(f"params checkpoint {directory} has no params/ folder")
+    _quiet_closed_loop_callbacks()
     ckptr = ocp.StandardCheckpointer()
     try:
       try:
-        meta_tree = ckptr.metadata(ppath).item_metadata
+        meta_tree = _quietly(lambda: ckptr.metadata(ppath).item_metadata)
         if hasattr(meta_tree, "tree"):
           meta_tree = meta_tree.tree
         if not meta_tree:
-          raise ValueError("no arrays")
+          raise ValueError("no array metadata (missing _METADATA or manifest.ocdbt)")
       except Exception as e:  # orbax / tensorstore errors of a damaged folder
         raise ValueError(f"{directory}: unreadable or truncated params checkpoint "
                          f"({_first_line(e)})") from e

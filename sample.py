@@ -16,9 +16,9 @@ decodes with a Hugging Face tokenizer file; a checkpoint whose vocabulary matche
 defaults to ids.
 
 Output: `--output` (never silently overwritten: an existing file needs `--overwrite`); default
-`./samples/<preset>-<YYYYmmdd-HHMMSS>.jsonl` in the current directory, or, when the current
-directory is inside this source checkout, `~/remdm-jax-samples/<preset>-<timestamp>.jsonl` (or
-`$REMDM_SAMPLES_DIR/...` when set). The JSONL is written before any metric is computed.
+`./samples/<preset>-<YYYYmmdd-HHMMSS>.jsonl` under the current directory, or under `~/remdm-jax/`
+when the current directory is inside this source checkout (`$REMDM_OUTPUT_DIR` replaces either).
+The JSONL is written before any metric is computed.
 
 Presets: mdlm, remdm_cap, remdm_rescale, remdm_conf, remdm_switch, remdm_loop, fb, dfm (top-p 0.9
 and the SPEC §5 script defaults); any field can be overridden with the flags below. Bad input is
@@ -60,8 +60,8 @@ flags.DEFINE_integer("seed", 1, "Random seed in [0, 2^32) (batch b uses fold_in(
 flags.DEFINE_string("prompt", None, "Optional text prefix (with --tokenizer=ids: space-separated "
                     "ids); its tokens are kept fixed.")
 flags.DEFINE_string("output", None, "JSONL output (written atomically). Default: "
-                    "./samples/<preset>-<timestamp>.jsonl, or ~/remdm-jax-samples/... when run "
-                    "inside the source checkout ($REMDM_SAMPLES_DIR overrides the folder).")
+                    "./samples/<preset>-<timestamp>.jsonl, under ~/remdm-jax/ instead when run "
+                    "inside the source checkout ($REMDM_OUTPUT_DIR replaces the folder).")
 flags.DEFINE_boolean("overwrite", False, "Replace an existing --output file.")
 flags.DEFINE_boolean("progress", True, "Report denoiser steps within each batch on stderr.")
 flags.DEFINE_integer("show", 3, "How many samples to print.")
@@ -72,20 +72,14 @@ flags.DEFINE_boolean("mauve", False, "Also compute MAUVE against held-out text (
 
 _OVERRIDES = ("eta", "top_p", "nucleus_rule", "precision", "t_on", "t_off", "alpha_on",
               "t_switch", "switch_base")
-SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def default_output(preset: str, cwd: str | None = None) -> str:
-  """Default JSONL path: $REMDM_SAMPLES_DIR, else <cwd>/samples, else (cwd inside this source
-  checkout) ~/remdm-jax-samples; file <preset>-<YYYYmmdd-HHMMSS>[-k].jsonl (never an existing
-  file)."""
-  cwd = os.path.abspath(cwd or os.getcwd())
-  folder = os.environ.get("REMDM_SAMPLES_DIR")
-  if not folder:
-    inside = os.path.commonpath([cwd, SOURCE_DIR]) == SOURCE_DIR
-    folder = (os.path.join(os.path.expanduser("~"), "remdm-jax-samples") if inside
-              else os.path.join(cwd, "samples"))
-  stem = os.path.join(os.path.abspath(folder), f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+  """<generation.output_root(cwd)>/samples/<preset>-<YYYYmmdd-HHMMSS>[-k].jsonl, never an
+  existing file."""
+  from remdm_jax.generation import output_root  # pylint: disable=g-import-not-at-top
+  stem = os.path.join(output_root(cwd), "samples",
+                      f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
   path, k = stem + ".jsonl", 1
   while os.path.exists(path):
     path, k = f"{stem}-{k}.jsonl", k + 1

@@ -32,6 +32,22 @@ SHIPPED_MODELS = {
 _VOCAB_TO_TOKENIZER = {257: "byte", 50258: "gpt2"}
 
 
+SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUTPUT_ENV = "REMDM_OUTPUT_DIR"
+
+
+def output_root(cwd: Optional[str] = None) -> str:
+  """Folder for default outputs (sample.py's samples/, the sweep's runs/): `$REMDM_OUTPUT_DIR` if
+  set, else the current directory, unless that lies inside the source checkout (the folder holding
+  `remdm_jax/`), then `~/remdm-jax` so that outputs never land in the repository."""
+  if os.environ.get(OUTPUT_ENV):
+    return os.path.abspath(os.path.expanduser(os.environ[OUTPUT_ENV]))
+  cwd = os.path.abspath(cwd or os.getcwd())
+  if os.path.commonpath([cwd, SOURCE_ROOT]) == SOURCE_ROOT:
+    return os.path.join(os.path.expanduser("~"), "remdm-jax")
+  return cwd
+
+
 def shipped_model_path(name: str = "bible_byte_mdlm") -> str:
   """Path of a model that ships inside the package (`SHIPPED_MODELS`)."""
   if name not in SHIPPED_MODELS:

@@ -150,11 +150,15 @@ def test_any_vocabulary_ids_and_default_output(ckpts, tmp_path):
 def test_default_output_is_outside_the_source_checkout(tmp_path):
   code = ("import sys; sys.argv = ['x']; import sample; "
           "print(sample.default_output('mdlm', cwd=sys.argv[0] and {cwd!r}))")
-  for cwd, want in ((ROOT, str(tmp_path / "home" / "remdm-jax-samples")),
-                    (os.path.join(ROOT, "tests"), str(tmp_path / "home" / "remdm-jax-samples")),
-                    (str(tmp_path), str(tmp_path / "samples"))):
+  for cwd, want, env_dir in (
+      (ROOT, str(tmp_path / "home" / "remdm-jax" / "samples"), None),
+      (os.path.join(ROOT, "tests"), str(tmp_path / "home" / "remdm-jax" / "samples"), None),
+      (str(tmp_path), str(tmp_path / "samples"), None),
+      (ROOT, str(tmp_path / "elsewhere" / "samples"), str(tmp_path / "elsewhere"))):
     env = dict(os.environ, HOME=str(tmp_path / "home"), PYTHONPATH=ROOT)
-    env.pop("REMDM_SAMPLES_DIR", None)
+    env.pop("REMDM_OUTPUT_DIR", None)
+    if env_dir:
+      env["REMDM_OUTPUT_DIR"] = env_dir
     r = subprocess.run([sys.executable, "-c", code.format(cwd=cwd)], env=env, cwd=str(tmp_path),
                        capture_output=True, text=True, check=True)
     path = r.stdout.strip()
@@ -240,3 +244,21 @@ def test_atomic_open_replaces_only_on_success(tmp_path):
       raise ValueError("boom")
   assert target.read_text() == "first"
   assert os.listdir(target.parent) == ["out.txt"]
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--scorer=MDLM"], "is not an autoregressive (causal) model"),
+    (["--seed=-3"], "seed=-3 must be an int in [0, 2^32)"),
+])
+def test_sweep_checks_before_sampling(ckpts, tmp_path, extra, needle):
+  extra = [a.replace("=MDLM", "=" + ckpts["mdlm"]) for a in extra]
+  out = tmp_path / "sweep"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  r = subprocess.run([sys.executable, "-m", "remdm_jax.eval.sweep", f"--checkpoint={ckpts['mdlm']}",
+                      "--strategies=mdlm", "--steps=2", "--num_samples=2", "--batch_size=2",
+                      f"--output_dir={out}", *extra], env=env, cwd=tmp_path, capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 2, r.stderr
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("sweep: error: ") and needle in lines[0], r.stderr
+  assert not out.exists()

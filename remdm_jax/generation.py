@@ -179,16 +179,20 @@ def encode_prefix(tokenizer, text: str, seq_len: int,
 class StepProgress:
   """Host-side progress of a sampling run, fed by the denoiser through `jax.debug.callback`.
 
-  One line on `stream`, rewritten at most every `min_interval` s: batch b/nb, denoiser step
-  k/nfe within the batch, sample tokens per second (batch_size * L per completed batch, pro rata
-  within one) and the ETA. Seconds include compilation (the first step of the first batch).
+  One line on `stream`, rewritten at most every `min_interval` s (default 0.25 s on a terminal,
+  10 s otherwise, e.g. a log file) and at the end of each batch: batch b/nb, denoiser step k/nfe
+  within the batch, sample tokens per second (batch_size * L per completed batch, pro rata within
+  one) and the ETA. Seconds include compilation (the first step of the first batch).
   """
 
   def __init__(self, label: str, *, num_batches: int, batch_size: int, seq_len: int, nfe: int,
-               stream=None, min_interval: float = 0.25):
+               stream=None, min_interval: Optional[float] = None):
     self.label, self.num_batches, self.batch_size = label, num_batches, batch_size
     self.seq_len, self.nfe = seq_len, max(1, nfe)
     self.stream = sys.stderr if stream is None else stream
+    if min_interval is None:
+      tty = getattr(self.stream, "isatty", lambda: False)()
+      min_interval = 0.25 if tty else 10.0
     self.min_interval = min_interval
     self.batch, self.calls, self.lines = 0, 0, 0
     self.start = self.last = time.perf_counter()

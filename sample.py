@@ -106,25 +106,26 @@ def check_output(path: str, overwrite: bool) -> str:
 
 def run(argv) -> int:
   del argv
-  import jax
-
-  from remdm_jax import generation
-  from remdm_jax.eval import sample_metrics as metrics_lib
-  from remdm_jax.sampling import PRESETS, SamplerConfig
-
-  # 1. Flags alone.
-  if FLAGS.preset not in PRESETS:
-    raise ValueError(f"--preset={FLAGS.preset!r} is not one of {tuple(PRESETS)}")
+  # 1. Flags alone (before importing JAX).
   if FLAGS.num_samples < 1:
     raise ValueError(f"--num_samples={FLAGS.num_samples} must be >= 1")
   if FLAGS.batch_size < 1:
     raise ValueError(f"--batch_size={FLAGS.batch_size} must be >= 1")
   if FLAGS.steps is not None and FLAGS.steps < 1:
     raise ValueError(f"--steps={FLAGS.steps} must be >= 1 (omit it for T = the model length)")
-  try:
-    generation.check_seed(FLAGS.seed)
-  except ValueError:
-    raise ValueError(f"--seed={FLAGS.seed} must be in [0, 2^32)") from None
+  if not 0 <= FLAGS.seed < 2**32:
+    raise ValueError(f"--seed={FLAGS.seed} must be in [0, 2^32)")
+  if FLAGS.output is not None:
+    check_output(FLAGS.output, FLAGS.overwrite)
+
+  import jax
+
+  from remdm_jax import generation
+  from remdm_jax.eval import sample_metrics as metrics_lib
+  from remdm_jax.sampling import PRESETS, SamplerConfig
+
+  if FLAGS.preset not in PRESETS:
+    raise ValueError(f"--preset={FLAGS.preset!r} is not one of {tuple(PRESETS)}")
   if FLAGS.mauve:
     metrics_lib.check_mauve_available()
   out_path = check_output(FLAGS.output or default_output(FLAGS.preset), FLAGS.overwrite)

@@ -147,23 +147,18 @@ def test_any_vocabulary_ids_and_default_output(ckpts, tmp_path):
   assert "entropy:" in r.stdout
 
 
-def test_default_output_is_outside_the_source_checkout(tmp_path):
-  code = ("import sys; sys.argv = ['x']; import sample; "
-          "print(sample.default_output('mdlm', cwd=sys.argv[0] and {cwd!r}))")
-  for cwd, want, env_dir in (
-      (ROOT, str(tmp_path / "home" / "remdm-jax" / "samples"), None),
-      (os.path.join(ROOT, "tests"), str(tmp_path / "home" / "remdm-jax" / "samples"), None),
-      (str(tmp_path), str(tmp_path / "samples"), None),
-      (ROOT, str(tmp_path / "elsewhere" / "samples"), str(tmp_path / "elsewhere"))):
-    env = dict(os.environ, HOME=str(tmp_path / "home"), PYTHONPATH=ROOT)
-    env.pop("REMDM_OUTPUT_DIR", None)
-    if env_dir:
-      env["REMDM_OUTPUT_DIR"] = env_dir
-    r = subprocess.run([sys.executable, "-c", code.format(cwd=cwd)], env=env, cwd=str(tmp_path),
-                       capture_output=True, text=True, check=True)
-    path = r.stdout.strip()
-    assert os.path.dirname(path) == want and os.path.basename(path).startswith("mdlm-")
-    assert not path.startswith(ROOT + os.sep)
+def test_default_output_is_outside_the_source_checkout(tmp_path, monkeypatch):
+  """Default outputs (sample.py's samples/, the sweep's runs/) never land in the repository."""
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  monkeypatch.delenv("REMDM_OUTPUT_DIR", raising=False)
+  home_root = str(tmp_path / "home" / "remdm-jax")
+  assert generation.output_root(ROOT) == home_root
+  assert generation.output_root(os.path.join(ROOT, "tests")) == home_root
+  assert generation.output_root(str(tmp_path)) == str(tmp_path)
+  monkeypatch.chdir(ROOT)
+  assert generation.output_root() == home_root
+  monkeypatch.setenv("REMDM_OUTPUT_DIR", str(tmp_path / "elsewhere"))
+  assert generation.output_root(ROOT) == str(tmp_path / "elsewhere")
 
 
 def test_jsonl_is_written_before_metrics(ckpts, tmp_path):

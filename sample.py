@@ -12,7 +12,7 @@ Paper settings on a converted official MDLM OWT checkpoint (GPU):
       --num_samples=5000 --batch_size=16 --seed=1 --precision=float64 --output=remdm_loop.jsonl
 
 Any vocabulary: `--tokenizer=ids` writes token ids (no text), `--tokenizer=/path/tokenizer.json`
-decodes with a Hugging Face tokenizer file; a checkpoint whose vocabulary matches no known tokenizer
+decodes with a Hugging Face tokenizer file (`bpe` extra: the `tokenizers` package); a checkpoint whose vocabulary matches no known tokenizer
 defaults to ids.
 
 Output: `--output` (never silently overwritten: an existing file needs `--overwrite`); default

@@ -12,8 +12,8 @@ Paper settings on a converted official MDLM OWT checkpoint (GPU):
       --num_samples=5000 --batch_size=16 --seed=1 --precision=float64 --output=remdm_loop.jsonl
 
 Any vocabulary: `--tokenizer=ids` writes token ids (no text), `--tokenizer=/path/tokenizer.json`
-decodes with a Hugging Face tokenizer file (`bpe` extra: the `tokenizers` package); a checkpoint whose vocabulary matches no known tokenizer
-defaults to ids.
+decodes with a Hugging Face tokenizer file (`bpe` extra: the `tokenizers` package); a
+checkpoint whose vocabulary matches no known tokenizer defaults to ids.
 
 Output: `--output` (never silently overwritten: an existing file needs `--overwrite`); default
 `./samples/<preset>-<YYYYmmdd-HHMMSS>.jsonl` under the current directory, or under `~/remdm-jax/`
@@ -43,7 +43,7 @@ flags.DEFINE_integer("mask_id", None, "With --tokenizer=ids: the mask id (defaul
 flags.DEFINE_string("compute_dtype", None, "Override the model's compute dtype (bfloat16 | float32).")
 flags.DEFINE_string("attention_impl", None, "Override the attention kernel (xla | cudnn on GPU).")
 flags.DEFINE_string("preset", "remdm_loop", "Sampler preset (SPEC §5).")
-flags.DEFINE_integer("steps", None, "Number of sampling steps T >= 1 (default: the model length L).")
+flags.DEFINE_integer("steps", None, "Sampling steps T >= 1 (default: the model length L).")
 flags.DEFINE_float("eta", None, "ReMDM eta (cap / rescale / loop / switch).")
 flags.DEFINE_float("top_p", None, "Nucleus mass in (0, 1]; 1 disables (preset: 0.9).")
 flags.DEFINE_string("nucleus_rule", None, "reference | hf")
@@ -56,7 +56,7 @@ flags.DEFINE_string("switch_base", None, "Switch: cap | rescale | conf.")
 flags.DEFINE_boolean("cache_unchanged", False, "Skip the denoiser when no token changed.")
 flags.DEFINE_integer("num_samples", 8, "Number of samples.")
 flags.DEFINE_integer("batch_size", 8, "Samples per batch.")
-flags.DEFINE_integer("seed", 1, "Random seed in [0, 2^32) (batch b uses fold_in(PRNGKey(seed), b)).")
+flags.DEFINE_integer("seed", 1, "Seed in [0, 2^32) (batch b uses fold_in(PRNGKey(seed), b)).")
 flags.DEFINE_string("prompt", None, "Optional text prefix (with --tokenizer=ids: space-separated "
                     "ids); its tokens are kept fixed.")
 flags.DEFINE_string("output", None, "JSONL output (written atomically). Default: "

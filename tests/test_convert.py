@@ -2,6 +2,7 @@
 written from SPEC §6 (tests/torch_reference_dit.py), in the official names and layouts."""
 import json
 import os
+import subprocess
 import sys
 
 import jax
@@ -114,7 +115,7 @@ def test_lightning_ckpt_ema_and_state_dict(tmp_path):
   tokens, sigma = _inputs()
   for use_ema, model in ((True, ema_model), (False, raw_model)):
     cfg, named = convert.load_lightning_ckpt(path, use_ema=use_ema, num_heads=N, max_seq_len=L,
-                                             compute_dtype="float32")
+                                             time_conditioning=False, compute_dtype="float32")
     assert cfg == _cfg()
     assert "rotary_emb.inv_freq" not in named and len(named) == len(convert.official_param_names(NB))
     params = convert.torch_names_to_params(named, cfg)
@@ -130,12 +131,13 @@ def test_lightning_ckpt_wrong_ema_shape_and_length(tmp_path):
           "ema": {"shadow_params": [p.detach().clone() for p in bad.parameters()]}}
   ckpt["ema"]["shadow_params"][6] = torch.zeros(3, 3)  # blocks.0.attn_qkv.weight
   torch.save(ckpt, path)
+  kw = dict(num_heads=N, max_seq_len=L, time_conditioning=False)
   with pytest.raises(ValueError, match=r"blocks\.0\.attn_qkv\.weight.*\(192, 64\).*\(3, 3\)"):
-    convert.load_lightning_ckpt(path, num_heads=N)
+    convert.load_lightning_ckpt(path, **kw)
   ckpt["ema"]["shadow_params"] = ckpt["ema"]["shadow_params"][:-1]
   torch.save(ckpt, path)
   with pytest.raises(ValueError, match="shadow_params has 29 tensors, expected 30"):
-    convert.load_lightning_ckpt(path, num_heads=N)
+    convert.load_lightning_ckpt(path, **kw)
 
 
 def test_hf_safetensors_with_and_without_config(tmp_path):
@@ -147,10 +149,16 @@ def test_hf_safetensors_with_and_without_config(tmp_path):
   tokens, sigma = _inputs()
   ref = _reference_logits(model, tokens, sigma)
 
-  # Without config.json: sizes from shapes (heads = hidden / 64 -> 1 here, so pass it).
-  cfg, named = convert.load_hf_safetensors(str(folder), num_heads=N)
+  # Without config.json: sizes from shapes; heads / length / time conditioning are not in the
+  # shapes, so they must be given (never guessed from hidden / 64).
+  with pytest.raises(ValueError, match="num_heads.*--num-heads"):
+    convert.load_hf_safetensors(str(folder))
+  with pytest.raises(ValueError, match="time_conditioning"):
+    convert.load_hf_safetensors(str(folder), num_heads=N, max_seq_len=L)
+  cfg, named = convert.load_hf_safetensors(str(folder), num_heads=N, max_seq_len=L,
+                                           time_conditioning=False)
   assert (cfg.hidden_size, cfg.num_blocks, cfg.cond_dim, cfg.vocab_size) == (H, NB, C, V)
-  assert cfg.time_conditioning is False
+  assert cfg.time_conditioning is False and cfg.num_heads == N
 
   (folder / "config.json").write_text(json.dumps({
     "model_type": "mdlm", "hidden_dim": H, "n_heads": N, "n_blocks": NB, "cond_dim": C,
@@ -161,8 +169,10 @@ def test_hf_safetensors_with_and_without_config(tmp_path):
   params = convert.torch_names_to_params(named, cfg)
   np.testing.assert_allclose(_our_logits(cfg, params, tokens, sigma), ref, rtol=1e-5, atol=1e-5)
 
+  with pytest.raises(ValueError, match="--num-heads=2 disagrees with .*config.json n_heads=4"):
+    convert.load_hf_safetensors(str(folder), num_heads=2)
   (folder / "config.json").write_text(json.dumps({"hidden_dim": 2 * H, "n_heads": N}))
-  with pytest.raises(ValueError, match="hidden_size=128"):
+  with pytest.raises(ValueError, match="hidden_dim=128 disagrees with the weights"):
     convert.load_hf_safetensors(str(folder))
 
 
@@ -187,15 +197,15 @@ def test_missing_extra_and_misshaped_keys_are_named():
 def test_missing_file_and_cli(tmp_path):
   with pytest.raises(FileNotFoundError, match="nope.ckpt"):
     convert.load_lightning_ckpt(str(tmp_path / "nope.ckpt"))
-  with pytest.raises(FileNotFoundError, match="nothing_here"):
-    convert.main(["--input", str(tmp_path / "nothing_here"), "--output", str(tmp_path / "o")])
+  assert convert.main(["--input", str(tmp_path / "nothing_here"),
+                       "--output", str(tmp_path / "o")]) == 2
   checkpoint = pytest.importorskip("remdm_jax.checkpoint")
   model = _torch_model(seed=4)
   path = str(tmp_path / "mdlm.ckpt")
   _fake_lightning_ckpt(path, model, _torch_model(seed=5))
   out = tmp_path / "converted"
   assert convert.main(["--input", path, "--output", str(out), "--num-heads", str(N),
-                       "--max-seq-len", str(L)]) == 0
+                       "--max-seq-len", str(L), "--no-time-conditioning"]) == 0
   assert (out / "model_config.json").exists()
   config = json.loads((out / "model_config.json").read_text())
   assert DiTConfig.from_dict(config) == _cfg(compute_dtype="bfloat16")  # DiTConfig default
@@ -207,3 +217,187 @@ def test_missing_file_and_cli(tmp_path):
     tokens, sigma = _inputs()
     got = _our_logits(cfg, params, tokens, sigma)
     np.testing.assert_allclose(got, _reference_logits(model, tokens, sigma), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# The checkpoint's own config (Lightning hyper_parameters): plain dict or pickled omegaconf.
+
+def _mdlm_config(heads=N, time_conditioning=False, backbone="dit", drop=None):
+  """The parts of the official MDLM Hydra config (configs/config.yaml + configs/model/small.yaml)
+  that describe the network, at our tiny sizes."""
+  model = {"name": "tiny", "type": "ddit", "hidden_size": H, "cond_dim": C, "length": L,
+           "n_blocks": NB, "n_heads": heads, "scale_by_sigma": True, "dropout": 0.1,
+           "tie_word_embeddings": False}
+  config = {"mode": "train", "diffusion": "absorbing_state", "backbone": backbone,
+            "parameterization": "ar" if backbone == "ar" else "subs",
+            "time_conditioning": time_conditioning, "T": 0, "model": model,
+            "loader": {"global_batch_size": 512,
+                       "batch_size": "${div_up:${.global_batch_size}, 8}"}}
+  for key in drop or ():
+    node = config
+    *parents, last = key.split(".")
+    for p in parents:
+      node = node[p]
+    del node[last]
+  return config
+
+
+_FAKE_OMEGACONF = {  # the pickled state layout of omegaconf 2.x DictConfig / AnyNode
+  "__init__.py": "from .dictconfig import DictConfig\nfrom .nodes import AnyNode\n",
+  "base.py": '''
+import dataclasses, typing
+@dataclasses.dataclass
+class Metadata:
+  ref_type: typing.Any
+  object_type: typing.Any
+  optional: bool
+  key: typing.Any
+  flags: typing.Optional[dict] = None
+@dataclasses.dataclass
+class ContainerMetadata(Metadata):
+  key_type: typing.Any = None
+  element_type: typing.Any = None
+''',
+  "nodes.py": '''
+import typing
+from .base import Metadata
+class AnyNode:
+  def __init__(self, value, key, parent):
+    self.__dict__.update(_val=value, _parent=parent, _flags_cache=None,
+                         _metadata=Metadata(typing.Any, None, True, key, {}))
+  def __getstate__(self):
+    d = dict(self.__dict__); d.pop("_flags_cache"); return d
+''',
+  "dictconfig.py": '''
+import typing
+from .base import ContainerMetadata
+from .nodes import AnyNode
+class DictConfig:
+  def __init__(self, content, key=None, parent=None):
+    self.__dict__.update(_parent=parent, _flags_cache=None, _metadata=ContainerMetadata(
+        typing.Any, dict, True, key, {}, typing.Any, typing.Any))
+    self.__dict__["_content"] = {
+        k: DictConfig(v, k, self) if isinstance(v, dict) else AnyNode(v, k, self)
+        for k, v in content.items()}
+  def __getstate__(self):
+    d = dict(self.__dict__); d.pop("_flags_cache"); return d
+''',
+}
+
+
+def _omegaconf_like(tmp_path, config):
+  """A DictConfig pickled with omegaconf's state layout (omegaconf itself is not installed)."""
+  pkg = tmp_path / "fake_site" / "omegaconf"
+  pkg.mkdir(parents=True, exist_ok=True)
+  for name, text in _FAKE_OMEGACONF.items():
+    (pkg / name).write_text(text)
+  sys.path.insert(0, str(pkg.parent))
+  try:
+    import omegaconf  # noqa: F401  pylint: disable=g-import-not-at-top
+    return omegaconf.DictConfig(config)
+  finally:
+    sys.path.remove(str(pkg.parent))
+
+
+@pytest.fixture
+def no_omegaconf():
+  """The fake omegaconf package must not be importable when the checkpoint is read."""
+  yield
+  for name in [m for m in sys.modules if m == "omegaconf" or m.startswith("omegaconf.")]:
+    del sys.modules[name]
+
+
+@pytest.mark.parametrize("form", ["dict", "omegaconf"])
+def test_lightning_hyper_parameters_give_heads_and_time_conditioning(tmp_path, form,
+                                                                     no_omegaconf):
+  """A 4-head, time-conditioned model (hidden 64: the old hidden/64 guess says 1 head and no time
+  conditioning) converts to logits equal to the torch reference with no flags at all."""
+  assert H // 64 != N
+  ema_model, raw_model = (_torch_model(time_conditioning=True, seed=s) for s in (6, 7))
+  config = _mdlm_config(heads=N, time_conditioning=True)
+  if form == "omegaconf":
+    config = _omegaconf_like(tmp_path, config)
+  path = str(tmp_path / "mdlm.ckpt")
+  _fake_lightning_ckpt(path, ema_model, raw_model, extra={"hyper_parameters": {
+      "config": config, "tokenizer": HyperParams({"name_or_path": "gpt2"})}})
+  for m in [m for m in sys.modules if m.startswith("omegaconf")]:
+    del sys.modules[m]
+  cfg, named = convert.load_lightning_ckpt(path, compute_dtype="float32")
+  assert cfg == _cfg(time_conditioning=True)
+  assert cfg.num_heads == N and cfg.max_seq_len == L and cfg.time_conditioning
+  assert "omegaconf" not in sys.modules, "the pickled class must never be imported"
+  tokens, sigma = _inputs()
+  ref = _reference_logits(ema_model, tokens, sigma)
+  np.testing.assert_allclose(_our_logits(cfg, convert.torch_names_to_params(named, cfg), tokens,
+                                         sigma), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_lightning_ar_backbone_is_causal(tmp_path):
+  model = _torch_model(causal=True, seed=8)
+  path = str(tmp_path / "ar.ckpt")
+  _fake_lightning_ckpt(path, model, model, extra={"hyper_parameters": {
+      "config": _mdlm_config(backbone="ar")}})
+  cfg, params = convert.load_official(path, compute_dtype="float32")
+  assert cfg.causal and cfg == _cfg(causal=True)
+  tokens, sigma = _inputs()
+  np.testing.assert_allclose(_our_logits(cfg, params, tokens, sigma),
+                             _reference_logits(model, tokens, sigma), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("config,kwargs,needle", [
+    (_mdlm_config(drop=["model.n_heads"]), {}, r"model\.n_heads .*--num-heads"),
+    (_mdlm_config(drop=["time_conditioning"]), {}, r"config\.time_conditioning .*--time-cond"),
+    (_mdlm_config(drop=["model.length"]), {}, r"model\.length .*--max-seq-len"),
+    (None, {}, r"model\.n_heads"),  # no hyper_parameters at all
+    (_mdlm_config(), {"num_heads": 2}, r"--num-heads=2 disagrees with .*model\.n_heads=4"),
+    (_mdlm_config(), {"time_conditioning": True}, r"time_conditioning=False"),
+    (_mdlm_config(heads=3), {}, r"not divisible by num_heads=3"),
+    (_mdlm_config(backbone="dimamba"), {}, r"backbone='dimamba'"),
+    ({**_mdlm_config(), "parameterization": "sedd"}, {}, r"parameterization='sedd'"),
+    ({**_mdlm_config(), "model": {**_mdlm_config()["model"], "hidden_size": 96}}, {},
+     r"model\.hidden_size=96 disagrees with the weights \(hidden_size=64\)"),
+    ({**_mdlm_config(), "model": {**_mdlm_config()["model"], "n_heads": "${oc.env:H}"}}, {},
+     r"model\.n_heads \(unresolved '\$\{oc\.env:H\}'\) .*--num-heads"),
+])
+def test_lightning_config_missing_or_contradicting_fields_are_named(tmp_path, config, kwargs,
+                                                                    needle):
+  model = _torch_model(seed=9)
+  path = str(tmp_path / "m.ckpt")
+  _fake_lightning_ckpt(path, model, model,
+                       extra={"hyper_parameters": {"config": config}} if config else None)
+  with pytest.raises(ValueError, match=needle):
+    convert.load_lightning_ckpt(path, **kwargs)
+  if config is not None and "n_heads" in needle and "disagrees" not in needle:
+    cfg, _ = convert.load_lightning_ckpt(path, num_heads=N)  # the missing field, given
+    assert cfg.num_heads == N
+
+
+def _cli(args, cwd):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+  return subprocess.run([sys.executable, "-m", "remdm_jax.models.convert", *args], cwd=cwd,
+                        env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_bad_input_is_one_line_exit_2(tmp_path):
+  garbage = tmp_path / "garbage.ckpt"
+  garbage.write_bytes(b"\x00not a checkpoint at all" * 10)
+  bad_st = tmp_path / "bad.safetensors"
+  bad_st.write_bytes(b"\xff" * 64)
+  ours = tmp_path / "ours"
+  ours.mkdir()
+  (ours / "model_config.json").write_text("{}")
+  (ours / "params").mkdir()
+  cases = [(str(tmp_path / "missing.ckpt"), "checkpoint not found"),
+           (str(garbage), "garbage.ckpt: not a readable PyTorch checkpoint"),
+           (str(bad_st), "bad.safetensors: not a readable safetensors file"),
+           (str(ours), "is a remdm-jax checkpoint already"),
+           (str(tmp_path), "no model.safetensors")]
+  for src, needle in cases:
+    r = _cli(["--input", src, "--output", str(tmp_path / "out")], tmp_path)
+    assert r.returncode == 2, (src, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("convert: error: ") and needle in lines[0], (
+        src, r.stderr)
+    assert not (tmp_path / "out").exists()

@@ -107,3 +107,17 @@ def test_mauve_from_texts_records_featurizer():
       "char-histogram", "synthetic-60", 60, 50)
   with pytest.raises(ValueError, match="q_texts"):
     rm.mauve_from_texts(p_texts, [], feat)
+
+
+def test_small_sets_warn_below_the_stated_minimum():
+  """At N = 8 the 2-bucket clustering scores a set 0.75 against itself: warn below the minimum."""
+  import warnings
+  rng = np.random.RandomState(2)
+  p = rng.randn(8, 16)
+  with pytest.warns(UserWarning, match=f"fewer than {rm.MIN_RELIABLE_SAMPLES}"):
+    res = rm.compute_mauve(p, p)
+  assert res["mauve"] == pytest.approx(0.75, abs=0.05)  # the defect the warning is about
+  big = rng.randn(rm.MIN_RELIABLE_SAMPLES, 16)
+  with warnings.catch_warnings():
+    warnings.filterwarnings("error", message="MAUVE with")
+    assert rm.compute_mauve(big, big)["mauve"] > 0.99

@@ -1,7 +1,9 @@
 """sample.py, the generation library and the scaling sweep, end to end on tiny checkpoints."""
 import csv
+import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -17,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = dict(source="bible", tokenizer="byte", seq_len=16, val_fraction=0.01)
 
 
-def _tiny(tmp, name, causal=False, vocab=257, perturb=True):
+def _tiny(tmp, name, causal=False, vocab=257, perturb=True, tokenizer="byte"):
   cfg = dit.DiTConfig.preset("tiny", vocab_size=vocab, max_seq_len=16, causal=causal,
                              compute_dtype="float32")
   _, params = dit.init_params(cfg, jax.random.PRNGKey(1 + causal))
@@ -28,28 +30,40 @@ def _tiny(tmp, name, causal=False, vocab=257, perturb=True):
     params = jax.tree.unflatten(tree, leaves)
   path = os.path.join(tmp, name)
   checkpoint.save_params(path, params, model_config=cfg.to_dict(),
-                         extra_metadata={"tokenizer": "byte", "data": DATA})
+                         extra_metadata={"tokenizer": tokenizer, "data": DATA} if tokenizer else {})
   return path
 
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
   tmp = str(tmp_path_factory.mktemp("ckpts"))
-  return dict(mdlm=_tiny(tmp, "mdlm"), ar=_tiny(tmp, "ar", causal=True),
-              bad_vocab=_tiny(tmp, "bad_vocab", vocab=300, perturb=False))
+  damaged = os.path.join(tmp, "damaged")
+  ckpts = dict(mdlm=_tiny(tmp, "mdlm"), ar=_tiny(tmp, "ar", causal=True),
+               bad_vocab=_tiny(tmp, "bad_vocab", vocab=300, perturb=False),
+               v300=_tiny(tmp, "v300", vocab=300, tokenizer=None), damaged=damaged)
+  shutil.copytree(ckpts["mdlm"], damaged)
+  for f in glob.glob(damaged + "/params/**/d/*", recursive=True):
+    with open(f, "r+b") as fh:
+      fh.truncate(10)
+  return ckpts
 
 
-def _run(args, cwd):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-  return subprocess.run([sys.executable, os.path.join(ROOT, "sample.py"), *args], cwd=cwd,
-                        env=env, capture_output=True, text=True, timeout=300)
+def _run(args, cwd, env=None, script=None):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", **(env or {}))
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (env.pop("PREPEND_PATH", ""), ROOT,
+                                                  env.get("PYTHONPATH", "")) if p)
+  return subprocess.run([sys.executable, script or os.path.join(ROOT, "sample.py"), *args],
+                        cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_sample_py_end_to_end(ckpts, tmp_path):
   out = tmp_path / "s.jsonl"
+  out.write_text("old\n")
   r = _run([f"--checkpoint={ckpts['mdlm']}", f"--scorer={ckpts['ar']}", "--num_samples=5",
-            "--batch_size=2", "--steps=8", f"--output={out}", "--preset=remdm_loop"], tmp_path)
+            "--batch_size=2", "--steps=8", f"--output={out}", "--preset=remdm_loop",
+            "--overwrite"], tmp_path)
   assert r.returncode == 0, r.stderr
+  assert "batch 3/3  step 9/9" in r.stderr  # progress within a batch
   recs = [json.loads(line) for line in out.read_text().splitlines()]
   assert len(recs) == 5
   for i, rec in enumerate(recs):
@@ -65,19 +79,114 @@ def test_sample_py_end_to_end(ckpts, tmp_path):
     (["--checkpoint=/nonexistent/ckpt"], "/nonexistent/ckpt"),
     (["--num_samples=0"], "num_samples"),
     (["--preset=bogus"], "bogus"),
-    (["BAD_VOCAB"], "vocab mismatch"),
+    (["--checkpoint=BAD_VOCAB"], "vocab mismatch"),
+    (["--steps=0"], "--steps=0 must be >= 1"),
+    (["--seed=-1"], "--seed=-1 must be in [0, 2^32)"),
+    (["--seed=4294967296"], "--seed=4294967296 must be in [0, 2^32)"),
+    (["--output=TMP"], "is a directory"),
+    (["--output=TMP/exists.jsonl"], "exists; pass --overwrite"),
+    (["--output=TMP/a_file/x.jsonl"], "cannot write to"),
+    (["--checkpoint=AR"], "autoregressive model (causal=True)"),
+    (["--checkpoint=DAMAGED"], "unreadable or truncated params checkpoint"),
+    (["--checkpoint=V300", "--tokenizer=ids", "--prompt=1 999"], "prompt token id 999 is outside"),
+    (["--checkpoint=V300", "--tokenizer=ids", "--mask_id=300"], "mask_id=300 is outside"),
+    (["--scorer=MDLM"], "is not an autoregressive (causal) model"),
+    (["--tokenizer=TMP/missing.json"], "tokenizer file not found"),
 ])
 def test_sample_py_bad_input_is_one_clear_line(ckpts, tmp_path, args, needle):
-  args = [f"--checkpoint={ckpts['bad_vocab']}" if a == "BAD_VOCAB" else a for a in args]
+  """Each bad input: exit 2, one `sample.py: error:` line naming it, before any sampling."""
+  (tmp_path / "exists.jsonl").write_text("keep\n")
+  (tmp_path / "a_file").write_text("")
+  names = dict(BAD_VOCAB=ckpts["bad_vocab"], AR=ckpts["ar"], DAMAGED=ckpts["damaged"],
+               V300=ckpts["v300"], MDLM=ckpts["mdlm"], TMP=str(tmp_path))
+  for k, v in names.items():
+    args = [a.replace("=" + k, "=" + v) for a in args]
   if not any(a.startswith("--checkpoint") for a in args):
     args.append(f"--checkpoint={ckpts['mdlm']}")
   out = tmp_path / "never.jsonl"
-  r = _run(args + [f"--output={out}", "--scorer=none", "--steps=4"], tmp_path)
-  assert r.returncode != 0
-  assert needle in r.stderr
-  assert "Traceback" not in r.stderr
-  assert not out.exists()
-  assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")], "no partial output"
+  if not any(a.startswith("--output") for a in args):
+    args.append(f"--output={out}")
+  if not any(a.startswith("--scorer") for a in args):
+    args.append("--scorer=none")
+  before = sorted(os.listdir(tmp_path))
+  r = _run(args + ["--steps=4" if "--steps=0" not in args else "--show=1"], tmp_path)
+  assert r.returncode == 2, r.stderr
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("sample.py: error: "), r.stderr
+  assert needle in lines[0], r.stderr
+  assert "Traceback" not in r.stderr and " step " not in r.stderr, "failed before sampling"
+  assert sorted(os.listdir(tmp_path)) == before, "nothing written, no partial output"
+  assert (tmp_path / "exists.jsonl").read_text() == "keep\n"
+
+
+def test_mauve_extras_are_checked_before_sampling(ckpts, tmp_path):
+  blocked = tmp_path / "blocked" / "mauve"
+  blocked.mkdir(parents=True)
+  (blocked / "__init__.py").write_text("raise ImportError('blocked for the test')\n")
+  out = tmp_path / "never.jsonl"
+  r = _run([f"--checkpoint={ckpts['mdlm']}", "--mauve", "--steps=4", f"--output={out}"],
+           tmp_path, env={"PREPEND_PATH": str(blocked.parent)})
+  assert r.returncode == 2
+  assert r.stderr.strip().splitlines()[-1] == (
+      "sample.py: error: MAUVE needs mauve-text: pip install 'remdm-jax[eval]'")
+  assert not out.exists() and " step " not in r.stderr
+
+
+def test_any_vocabulary_ids_and_default_output(ckpts, tmp_path):
+  """V = 300 (neither bytes nor GPT-2): token-id records; default output under ./samples/."""
+  r = _run([f"--checkpoint={ckpts['v300']}", "--steps=4", "--num_samples=3", "--batch_size=3",
+            "--scorer=none", "--preset=mdlm"], tmp_path)
+  assert r.returncode == 0, r.stderr
+  files = glob.glob(str(tmp_path / "samples" / "mdlm-*.jsonl"))
+  assert len(files) == 1, os.listdir(tmp_path)
+  recs = [json.loads(line) for line in open(files[0])]
+  assert len(recs) == 3
+  for rec in recs:
+    assert "text" not in rec and rec["tokenizer"] == "ids"
+    assert len(rec["tokens"]) == 16 and 0 <= min(rec["tokens"]) and max(rec["tokens"]) < 299
+  assert "entropy:" in r.stdout
+
+
+def test_default_output_is_outside_the_source_checkout(tmp_path, monkeypatch):
+  """Default outputs (sample.py's samples/, the sweep's runs/) never land in the repository."""
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  monkeypatch.delenv("REMDM_OUTPUT_DIR", raising=False)
+  home_root = str(tmp_path / "home" / "remdm-jax")
+  assert generation.output_root(ROOT) == home_root
+  assert generation.output_root(os.path.join(ROOT, "tests")) == home_root
+  assert generation.output_root(str(tmp_path)) == str(tmp_path)
+  monkeypatch.chdir(ROOT)
+  assert generation.output_root() == home_root
+  monkeypatch.setenv("REMDM_OUTPUT_DIR", str(tmp_path / "elsewhere"))
+  assert generation.output_root(ROOT) == str(tmp_path / "elsewhere")
+
+
+def test_jsonl_is_written_before_metrics(ckpts, tmp_path):
+  """Metrics that fail after sampling must not lose the samples (tokenizer.json decoding)."""
+  tokenizers = pytest.importorskip("tokenizers")
+  from tokenizers.models import WordLevel
+  from tokenizers.pre_tokenizers import Whitespace
+  words = ["[UNK]"] + [f"w{i}" for i in range(298)]
+  tok = tokenizers.Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+  tok.pre_tokenizer = Whitespace()
+  tok.save(str(tmp_path / "tokenizer.json"))
+  runner = tmp_path / "runner.py"
+  runner.write_text(
+      "import runpy, sys\n"
+      "from remdm_jax.eval import sample_metrics\n"
+      "def boom(*a, **k):\n  raise RuntimeError('metrics failed')\n"
+      "sample_metrics.sample_metrics = boom\n"
+      f"sys.argv = [{os.path.join(ROOT, 'sample.py')!r}] + sys.argv[1:]\n"
+      f"runpy.run_path({os.path.join(ROOT, 'sample.py')!r}, run_name='__main__')\n")
+  out = tmp_path / "kept.jsonl"
+  r = _run([f"--checkpoint={ckpts['v300']}", f"--tokenizer={tmp_path / 'tokenizer.json'}",
+            "--steps=4", "--num_samples=2", "--batch_size=2", "--scorer=none", "--prompt=w3 w4",
+            f"--output={out}"], tmp_path, script=str(runner))
+  assert r.returncode != 0 and "metrics failed" in r.stderr
+  recs = [json.loads(line) for line in out.read_text().splitlines()]
+  assert len(recs) == 2
+  assert all(rec["text"].split()[:2] == ["w3", "w4"] and rec["tokens"][:2] == [4, 5]
+             for rec in recs)
 
 
 def test_generate_is_deterministic_and_prompt_is_kept(ckpts):
@@ -130,3 +239,21 @@ def test_atomic_open_replaces_only_on_success(tmp_path):
       raise ValueError("boom")
   assert target.read_text() == "first"
   assert os.listdir(target.parent) == ["out.txt"]
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--scorer=MDLM"], "is not an autoregressive (causal) model"),
+    (["--seed=-3"], "seed=-3 must be an int in [0, 2^32)"),
+])
+def test_sweep_checks_before_sampling(ckpts, tmp_path, extra, needle):
+  extra = [a.replace("=MDLM", "=" + ckpts["mdlm"]) for a in extra]
+  out = tmp_path / "sweep"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  r = subprocess.run([sys.executable, "-m", "remdm_jax.eval.sweep", f"--checkpoint={ckpts['mdlm']}",
+                      "--strategies=mdlm", "--steps=2", "--num_samples=2", "--batch_size=2",
+                      f"--output_dir={out}", *extra], env=env, cwd=tmp_path, capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 2, r.stderr
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("sweep: error: ") and needle in lines[0], r.stderr
+  assert not out.exists()

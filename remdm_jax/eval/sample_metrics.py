@@ -8,12 +8,40 @@ featuriser.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Optional, Sequence
 
 import numpy as np
 
 from remdm_jax.eval.entropy import mean_entropy
 from remdm_jax.eval.gen_ppl import gen_ppl
+
+
+# import name -> pip name of what MAUVE with the default MiniLM featuriser needs (extra `eval`).
+MAUVE_REQUIREMENTS = {"mauve": "mauve-text", "faiss": "faiss-cpu", "sklearn": "scikit-learn",
+                      "safetensors": "safetensors", "tokenizers": "tokenizers"}
+
+
+def check_mauve_available(featurizer: bool = True) -> None:
+  """Raises ImportError (one line, naming the missing packages) unless MAUVE can run: mauve-text,
+  faiss, scikit-learn and (with `featurizer`) the all-MiniLM-L6-v2 weights package plus
+  safetensors and tokenizers. Call it BEFORE sampling so no samples are computed and then lost."""
+  missing = []
+  for module, pip_name in MAUVE_REQUIREMENTS.items():
+    if not featurizer and module in ("safetensors", "tokenizers"):
+      continue
+    try:
+      importlib.import_module(module)
+    except ImportError:
+      missing.append(pip_name)
+  if missing:
+    raise ImportError(f"MAUVE needs {', '.join(missing)}: pip install 'remdm-jax[eval]'")
+  if featurizer:
+    from remdm_jax.eval.minilm import default_model_dir
+    try:
+      default_model_dir()
+    except FileNotFoundError as e:
+      raise ImportError(str(e)) from e
 
 
 def heldout_texts(data_config: dict, num: int, seed: int = 1) -> tuple[list[str], str]:

@@ -3,9 +3,13 @@
 Runs each strategy at each T, then scores every sample set (MAUVE against held-out text, gen-PPL
 under an AR scorer, unigram entropy) and writes `scaling.csv` and `scaling.png`:
 
-  python -m remdm_jax.eval.sweep --output_dir=runs/sweep            # shipped bible_byte model
+  python -m remdm_jax.eval.sweep                                     # shipped bible_byte model
   python -m remdm_jax.eval.sweep --stage=sample --output_dir=...     # sampling only (e.g. on a GPU)
   python -m remdm_jax.eval.sweep --stage=eval --output_dir=...       # scoring only (e.g. on a CPU)
+
+Default output_dir: `./runs/sweep`, or `~/remdm-jax/runs/sweep` when run inside the source checkout
+(`$REMDM_OUTPUT_DIR` replaces the folder; `generation.output_root`). With --stage=all the scorer,
+MAUVE's packages and matplotlib are checked before any sampling.
 
 Defaults: strategies mdlm, fb, dfm, remdm_cap, remdm_loop; T in {L/4, L/2, L, 2L, 4L}; top-p 0.9;
 the SPEC §5 script defaults of eta. `nfe` is the number of denoiser calls actually made per batch
@@ -135,18 +139,32 @@ def main(argv) -> int:
         generation.shipped_model_path("bible_byte_ar") if F.scorer == "shipped" else F.scorer)
     if F.num_samples < 2:
       raise ValueError(f"--num_samples={F.num_samples} must be >= 2")
+    generation.check_seed(F.seed)
+    output_dir = F.output_dir or os.path.join(generation.output_root(), "runs", "sweep")
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+      raise ValueError(f"--output_dir={output_dir} is a file")
+    if F.stage == "all":  # whatever the eval stage needs, before sampling
+      if F.mauve:
+        from remdm_jax.eval.sample_metrics import check_mauve_available
+        check_mauve_available()
+      try:
+        import matplotlib  # noqa: F401  pylint: disable=unused-import
+      except ImportError as e:
+        raise ImportError("the sweep's plot needs matplotlib: pip install 'remdm-jax[eval]'") from e
+      if scorer is not None and not generation.load_model(scorer).config.causal:
+        raise ValueError(f"--scorer={scorer} is not an autoregressive (causal) model")
     for s in F.strategies:
       from remdm_jax.sampling import PRESETS
       if s not in PRESETS:
         raise ValueError(f"--strategies entry {s!r} is not one of {tuple(PRESETS)}")
     top_p = None if F.top_p >= 1.0 else F.top_p
     if F.stage in ("sample", "all"):
-      sample_stage(ckpt, F.output_dir, strategies=F.strategies,
+      sample_stage(ckpt, output_dir, strategies=F.strategies,
                    steps=[int(s) for s in F.steps] if F.steps else None,
                    num_samples=F.num_samples, batch_size=F.batch_size, seed=F.seed, top_p=top_p,
                    precision=F.precision)
     if F.stage in ("eval", "all"):
-      eval_stage(ckpt, F.output_dir, scorer=scorer, mauve=F.mauve)
+      eval_stage(ckpt, output_dir, scorer=scorer, mauve=F.mauve)
   except (ValueError, FileNotFoundError, ImportError) as e:
     print(f"sweep: error: {e}", file=sys.stderr)
     return 2
@@ -166,7 +184,8 @@ def _define_flags():
   flags.DEFINE_string("precision", "exact32", "exact32 | float64 | float32")
   flags.DEFINE_boolean("mauve", True, "Compute MAUVE (eval stage).")
   flags.DEFINE_enum("stage", "all", ["sample", "eval", "all"], "Which stage to run.")
-  flags.DEFINE_string("output_dir", "runs/sweep", "Where samples, CSV and PNG go.")
+  flags.DEFINE_string("output_dir", None, "Where samples, CSV and PNG go (default ./runs/sweep, "
+                      "or ~/remdm-jax/runs/sweep inside the source checkout).")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from remdm_jax.sampling import (KernelSpec, SamplerConfig, conf_sigma, nucleus_filter,
-                                step_schedule, transition_probs, transition_sample)
+                                step_schedule, transition_sample)
+from remdm_jax.sampling.reference import transition_probs
 from remdm_jax.sampling import draws
 
 STRATS = ["mdlm", "remdm_cap", "remdm_rescale", "remdm_conf", "remdm_switch", "remdm_loop", "fb",

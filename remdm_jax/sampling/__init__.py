@@ -3,13 +3,14 @@
 Public API:
   SamplerConfig, PRESETS, STRATEGIES                      (config)
   StepSchedule, step_schedule, dfm_grid, uniform_grid     (schedule)
-  transition_probs, conf_sigma, conf_weights              (posteriors, the oracle)
+  conf_sigma, conf_weights                                (conf: remdm_conf's weights)
   nucleus_filter                                          (top-p)
   make_sampler, Sampler, transition_sample, KernelSpec, final_step   (sampler)
+The float64 test oracle `transition_probs` lives in `remdm_jax.sampling.reference` (not exported).
 """
+from remdm_jax.sampling.conf import conf_sigma, conf_weights
 from remdm_jax.sampling.config import PRESETS, STRATEGIES, SamplerConfig
 from remdm_jax.sampling.nucleus import nucleus_filter
-from remdm_jax.sampling.posteriors import conf_sigma, conf_weights, transition_probs
 from remdm_jax.sampling.sampler import (KernelSpec, Sampler, final_step, make_sampler,
                                         transition_sample)
 from remdm_jax.sampling.schedule import (StepSchedule, dfm_grid, expected_unmask_buffer,
@@ -17,7 +18,6 @@ from remdm_jax.sampling.schedule import (StepSchedule, dfm_grid, expected_unmask
 
 __all__ = [
     "PRESETS", "STRATEGIES", "SamplerConfig", "nucleus_filter", "conf_sigma", "conf_weights",
-    "transition_probs", "KernelSpec", "Sampler", "final_step", "make_sampler",
-    "transition_sample", "StepSchedule", "dfm_grid", "expected_unmask_buffer", "step_schedule",
-    "uniform_grid",
+    "KernelSpec", "Sampler", "final_step", "make_sampler", "transition_sample", "StepSchedule",
+    "dfm_grid", "expected_unmask_buffer", "step_schedule", "uniform_grid",
 ]

@@ -344,12 +344,12 @@ def test_temperature_equals_scaled_logits_bitwise(precision, tau):
     coeffs = {"sigma": jnp.asarray(0.1, dt), "conf": jnp.asarray(0.0, dt),
               "p_unmask": jnp.asarray(0.7, dt)}
     scaled = jax.jit(lambda lg: lg / jnp.asarray(tau, dt))(logits)
+    fns = {t: jax.jit(lambda k, lg, spec=KernelSpec(
+        mask_id=m, precision=precision, top_p=0.8, uses_conf=True, unmask_buffer=5,
+        temperature=t): transition_sample(k, z, lg, coeffs, spec, psi=psi)) for t in (tau, 1.0)}
     outs = []
     for t, lg in ((tau, logits), (1.0, scaled), (1.0, logits)):
-      spec = KernelSpec(mask_id=m, precision=precision, top_p=0.8, uses_conf=True,
-                        unmask_buffer=5, temperature=t)
-      zs, ps = jax.jit(lambda k, lg, spec=spec: transition_sample(k, z, lg, coeffs, spec,
-                                                                  psi=psi))(jax.random.key(11), lg)
+      zs, ps = fns[t](jax.random.key(11), lg)
       outs.append((np.asarray(zs), np.asarray(ps)))
   np.testing.assert_array_equal(outs[0][0], outs[1][0])
   # psi = x~(token): XLA may fuse the division into the softmax differently (1 ulp in float32)
@@ -414,9 +414,8 @@ def test_sampler_temperature_equals_scaled_denoiser(precision):
     tab = jnp.asarray(tab_np, dt)
     a = make_sampler(den, base.replace(temperature=tau), seq_len=L, mask_id=V - 1)(
         jnp.asarray(1.0, dt), jax.random.key(4), batch_size=8)
-    b = make_sampler(den, base, seq_len=L, mask_id=V - 1)(jnp.asarray(tau, dt), jax.random.key(4),
-                                                           batch_size=8)
-    c = make_sampler(den, base, seq_len=L, mask_id=V - 1)(jnp.asarray(1.0, dt), jax.random.key(4),
-                                                           batch_size=8)
+    plain = make_sampler(den, base, seq_len=L, mask_id=V - 1)
+    b = plain(jnp.asarray(tau, dt), jax.random.key(4), batch_size=8)
+    c = plain(jnp.asarray(1.0, dt), jax.random.key(4), batch_size=8)
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert not np.array_equal(np.asarray(a), np.asarray(c))

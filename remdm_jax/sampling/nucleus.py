@@ -18,14 +18,18 @@ Three implementations of the keep mask:
     value below, v* = max{pi_u < tau}, keeps its j-th tie (index order) iff
     F(tau) + j v* <= p ("reference") / F(tau) + (j - 1) v* < p ("hf"). Values below v* are dropped.
     The sums are reductions instead of a sequential cumsum, so only a C_k within rounding
-    (~1e-16 relative in float64) of p could be decided differently. Cost O(62 V) per row, no sort:
-    several times faster than "sort" on CPU at V = 50k (benchmarks/float64_nucleus_bench.py).
+    (~1e-16 relative in float64) of p could be decided differently. Cost O(62 V) per row, no sort;
+    on CPU the rows go through in ~2 MB blocks that stay in cache (`row_block`): ~25x faster
+    than "sort" at B L = 256, V = 50258 (benchmarks/float64_nucleus_bench.py).
   `method="bisect"`: the float32 threshold form of the exact32 kernel: keep v iff
     sum_{u: pi_u >= pi_v} pi_u <= p ("hf": sum_{u: pi_u > pi_v} pi_u < p), or v is the argmax.
     Ties are kept or dropped together (the reference leaves their order unspecified), otherwise it
     equals the sorted rule.
 """
 from __future__ import annotations
+
+import math
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -92,9 +96,36 @@ def _argmax_mask(p):
   return jnp.arange(p.shape[-1]) == jnp.argmax(p, axis=-1)[..., None]
 
 
-def keep_mask_select(probs: jax.Array, top_p: float, rule: str = "reference") -> jax.Array:
+_CPU_BLOCK_BYTES = 1 << 21  # ~2 MB of rows per block: the bisection's 62 passes stay in cache
+
+
+def keep_mask_select(probs: jax.Array, top_p: float, rule: str = "reference",
+                     row_block: Optional[int] = None) -> jax.Array:
   """Boolean [..., V] of kept entries: exactly the stable sorted rule's set (ties included),
-  without sorting, in probs' dtype (float32 or float64). See the module docstring."""
+  without sorting, in probs' dtype (float32 or float64). See the module docstring.
+
+  row_block: rows per block of a sequential `lax.map` (the ~62 bisection passes then run over a
+    block that stays in cache: ~7x faster on CPU at B L = 256, V = 50258). None = automatic:
+    blocks of ~2 MB on the CPU backend, one block (fully parallel) elsewhere. Results never
+    depend on it."""
+  vocab = probs.shape[-1]
+  lead = probs.shape[:-1]
+  n_rows = math.prod(lead)
+  if row_block is None:
+    itemsize = 8 if probs.dtype == jnp.float64 else 4
+    row_block = (max(1, _CPU_BLOCK_BYTES // (vocab * itemsize))
+                 if jax.default_backend() == "cpu" else n_rows)
+  if 0 < row_block < n_rows:
+    flat = probs.reshape(n_rows, vocab)
+    n_blocks = -(-n_rows // row_block)
+    flat = jnp.pad(flat, ((0, n_blocks * row_block - n_rows), (0, 0)))
+    out = lax.map(lambda blk: _keep_select_rows(blk, top_p, rule),
+                  flat.reshape(n_blocks, row_block, vocab))
+    return out.reshape(n_blocks * row_block, vocab)[:n_rows].reshape(probs.shape)
+  return _keep_select_rows(probs, top_p, rule)
+
+
+def _keep_select_rows(probs, top_p, rule):
   if probs.dtype == jnp.float64:
     ity, one = jnp.int64, np.float64(1.0).view(np.int64)
   else:

@@ -80,7 +80,6 @@ class SamplerConfig:
   loop_sigma: str = "const"
   conf_dtype: str = "float32"
   top_p: Optional[float] = None
-  temperature: float = 1.0
   nucleus_rule: str = "reference"
   precision: str = "exact32"
   eps: float = 1e-5
@@ -88,6 +87,7 @@ class SamplerConfig:
   cache_unchanged: bool = False
   time_independent: bool = False
   unmask_buffer: Optional[int] = None
+  temperature: float = 1.0  # last, so that positional construction stays backward compatible
 
   def __post_init__(self):
     def bad(field, why):

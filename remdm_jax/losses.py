@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from remdm_jax.schedules import SCHEDULES, NoiseSchedule
+from remdm_jax.sigmas import remask_sigma, switch_sigma, unmask_rate
 from remdm_jax.subs import NEG_INF
 
 OBJECTIVES = ("mdlm", "remdm", "ar", "udlm")
@@ -138,7 +139,8 @@ def sample_times(key: jax.Array, batch: int, cfg: LossConfig) -> jax.Array:
 
 
 def remdm_sigma(alpha_t: jax.Array, alpha_s: jax.Array, t: jax.Array, cfg: LossConfig) -> jax.Array:
-  """sigma_t of the ReMDM objective (SPEC §3.2 table, formulas of §4.4).
+  """sigma_t of the ReMDM objective (SPEC §3.2 table, formulas of §4.4; `remdm_jax.sigmas`, shared
+  with the sampler).
 
   sigma_max = min(1, (1 - alpha_s)/alpha_t) (1 where alpha_t = 0); none: 0; cap: min(eta, sigma_max);
   rescale: eta * sigma_max; fb: (alpha_s - alpha_t)/alpha_t (1 where alpha_t = 0);
@@ -149,24 +151,9 @@ def remdm_sigma(alpha_t: jax.Array, alpha_s: jax.Array, t: jax.Array, cfg: LossC
   first step i = 1, where the weight is 2T); the loss uses the §3.2 formula as is, unclipped (the
   sampler clips its unmask probability instead, SPEC §4.4), so there it is not a valid bound.
   """
-  pos = alpha_t > 0
-  safe_at = jnp.where(pos, alpha_t, 1.0)
-  sigma_max = jnp.where(pos, jnp.minimum(1.0, (1.0 - alpha_s) / safe_at), 1.0)
-
-  def of(name):
-    if name == "none":
-      return jnp.zeros_like(alpha_t)
-    if name == "cap":
-      return jnp.where(pos, jnp.minimum(cfg.eta, sigma_max), cfg.eta)
-    if name == "rescale":
-      return jnp.where(pos, cfg.eta * sigma_max, cfg.eta)
-    if name == "fb":
-      return jnp.where(pos, (alpha_s - alpha_t) / safe_at, 1.0)
-    raise AssertionError(name)
-
   if cfg.sigma == "switch":
-    return jnp.where(t < cfg.t_switch, of(cfg.switch_base), 0.0)
-  return of(cfg.sigma)
+    return switch_sigma(remask_sigma(cfg.switch_base, alpha_t, alpha_s, cfg.eta), t, cfg.t_switch)
+  return remask_sigma(cfg.sigma, alpha_t, alpha_s, cfg.eta)
 
 
 def _lse_and_target(logits: jax.Array, x: jax.Array, exclude_id: int | None):
@@ -349,7 +336,7 @@ def diffusion_loss(apply_fn: ApplyFn, x: jax.Array, key: jax.Array, cfg: LossCon
     s = (i - 1).astype(jnp.float32) / T
     alpha_t, alpha_s = sched.alpha(t), sched.alpha(s)
     sig = remdm_sigma(alpha_t, alpha_s, t, cfg)
-    weight = T * (alpha_s - (1.0 - sig) * alpha_t) / (1.0 - alpha_t)
+    weight = T * unmask_rate(alpha_t, alpha_s, sig, clip=False)  # SPEC §3.2: T u, unclipped
     extra = {"sigma_mean": jnp.mean(sig)}
 
   move = jax.random.uniform(key_mask, (batch, length), dtype=jnp.float32) < (1.0 - alpha_t)[:, None]

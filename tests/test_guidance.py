@@ -11,8 +11,8 @@ from scipy import stats
 
 from remdm_jax.sampling import SamplerConfig, make_sampler, transition_sample
 from remdm_jax.sampling.guidance import (CBGGuidance, cfg_denoise_fn, cfg_log_probs,
-                                         cfg_model_calls, classifier_term,
-                                         guided_transition_probs)
+                                         cfg_model_calls, classifier_term)
+from remdm_jax.sampling.reference import guided_transition_probs
 from remdm_jax.sampling.sampler import KernelSpec
 from remdm_jax.subs import subs_log_probs
 

@@ -381,3 +381,30 @@ class SubsTargetNllTest(chex.TestCase):
     g = jax.grad(lambda lg: jnp.sum(w * f(lg, x)))(logits)
     g_ref = np.asarray(w)[..., None] * (np.exp(_np_log_softmax(ln)) - np.eye(9)[np.asarray(x)])
     np.testing.assert_allclose(np.asarray(g), g_ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind,eta,t_switch", [("cap", 0.05, 0.0), ("rescale", 0.3, 0.0),
+                                               ("fb", 0.0, 0.0), ("switch", 0.05, 0.5)])
+def test_remdm_sigma_shared_with_sampler_schedule(kind, eta, t_switch):
+  """One home (remdm_jax.sigmas): the loss's sigma (jax, float32) and the sampler schedule's
+  (numpy, float64) on the same linear-alpha grid agree, and both match an inline numpy table."""
+  from remdm_jax.sampling import SamplerConfig, step_schedule
+  T = 16
+  sc = SamplerConfig(strategy={"cap": "remdm_cap", "rescale": "remdm_rescale", "fb": "fb",
+                               "switch": "remdm_switch"}[kind], num_steps=T, eta=eta,
+                     t_switch=t_switch or 0.5, switch_base="cap", eps=1e-5)
+  s = step_schedule(sc)
+  a_t, a_s, t = s.alpha_t, s.alpha_s, s.t
+  cfg = LossConfig(objective="remdm", schedule="linear", num_train_steps_T=T, sigma=kind,
+                   eta=eta, t_switch=t_switch, switch_base="cap", mask_id=0)
+  got = np.asarray(losses.remdm_sigma(jnp.asarray(a_t, jnp.float32), jnp.asarray(a_s, jnp.float32),
+                                      jnp.asarray(t, jnp.float32), cfg))
+  smax = np.where(a_t > 0, np.minimum(1, (1 - a_s) / np.where(a_t > 0, a_t, 1)), 1.0)
+  base = "cap" if kind == "switch" else kind
+  want = {"cap": np.where(a_t > 0, np.minimum(eta, smax), eta),
+          "rescale": np.where(a_t > 0, eta * smax, eta),
+          "fb": np.where(a_t > 0, (a_s - a_t) / np.where(a_t > 0, a_t, 1), 1.0)}[base]
+  if kind == "switch":
+    want = np.where(t < t_switch, want, 0.0)
+  np.testing.assert_allclose(s.sigma, want, rtol=1e-12)
+  np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-7)  # float32 alphas

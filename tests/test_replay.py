@@ -221,10 +221,24 @@ CASES = {  # strategy: (T, config overrides)
 def test_replay_reproduces_reference_bitwise(strategy, top_p):
   T, over = CASES[strategy]
   seed = 100 + list(CASES).index(strategy) + (0 if top_p is None else 50)
+  _check_replay(strategy, T, top_p, seed, over,
+                strategy in ("remdm_cap", "remdm_rescale", "remdm_loop", "fb", "remdm_conf"))
+
+
+@pytest.mark.parametrize("T", [1, 2, 3, 5])
+def test_replay_loop_small_T(T):
+  """remdm_loop at small T at the script settings (t_on 0.55, t_off 0.05, alpha_on 0.9): at T = 1, 3,
+  5 the last phase-1 step overshoots to alpha_s > 1, where the reference's mask weight
+  1 - alpha_s is negative and its race unmasks every masked position; ours clips u to 1 there.
+  Same draws, bitwise (before the fix T = 3 and 5 raised)."""
+  _check_replay("remdm_loop", T, 0.9, 300 + T, dict(eta=0.1), False)
+
+
+def _check_replay(strategy, T, top_p, seed, over, needs_remask):
   ref_x, ref_traj, us, grid, remasks = reference_sample(strategy, T, top_p, seed, **over)
   assert us.dtype == np.float64 and us.shape[1:] == (B, L, V)
   assert not np.any(ref_x == M)
-  if strategy in ("remdm_cap", "remdm_rescale", "remdm_loop", "fb", "remdm_conf"):
+  if needs_remask:
     assert remasks > 0, "the reference never remasked: the test would not exercise sigma"
   cfg = SamplerConfig(strategy=strategy, num_steps=T, precision="float64", top_p=top_p, **over)
   with jax.enable_x64(True):

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from remdm_jax.sampling import (KernelSpec, SamplerConfig, conf_sigma, nucleus_filter,
-                                step_schedule, transition_probs, transition_sample)
+                                step_schedule, transition_sample)
+from remdm_jax.sampling.reference import transition_probs
 from remdm_jax.sampling import draws
 
 STRATS = ["mdlm", "remdm_cap", "remdm_rescale", "remdm_conf", "remdm_switch", "remdm_loop", "fb",
@@ -180,6 +181,34 @@ def test_kernel_frequencies_match_posterior(precision):
                                       mask_id=m))[0]
     tol = 5 * np.sqrt(q * (1 - q) / N) + 2e-4
     assert np.all(np.abs(freqs - q) <= tol), (strategy, (np.abs(freqs - q) - tol).max())
+
+
+@pytest.mark.parametrize("precision", ["exact32", "float64"])
+def test_kernel_frequencies_with_temperature(precision):
+  """Temperature tau = 0.5: the kernel's transition probabilities are those of logits / tau, i.e.
+  x~ = nucleus(x0^(1/tau) / Z) in the float64 numpy posterior (N = 40000 draws, 5 sigma)."""
+  rng = np.random.default_rng(2)
+  V, L, m, tau, top_p = 6, 8, 5, 0.5, 0.8
+  x0 = np.concatenate([rng.dirichlet(np.ones(V - 1), size=L), np.zeros((L, 1))], -1)
+  z = np.array([m, 0, m, 3, m, m, 1, 4])
+  psi = np.where(z != m, 0.5, np.inf)
+  spec = KernelSpec(mask_id=m, precision=precision, top_p=top_p, unmask_buffer=3,
+                    temperature=tau)
+  cfg, s, i = step_coeffs("remdm_cap", 0.5)
+  s = step_schedule(cfg.replace(eta=0.1))
+  N = 40000
+  with jax.enable_x64(precision == "float64"):
+    dt = np.float64 if precision == "float64" else np.float32
+    coeffs = {k: jnp.asarray(v[i], dt) for k, v in s.xs(np.float64).items() if k != "t"}
+    freqs = _kernel_freqs(spec, coeffs, z, x0, psi, N, jax.random.key(8))
+  xt = x0 ** (1 / tau)
+  xt = np_nucleus(xt / xt.sum(-1, keepdims=True), top_p, "reference")
+  q = np_posterior(z[None], xt[None], s.alpha_t[i], s.alpha_s[i], s.sigma[i], m)[0]
+  tol = 5 * np.sqrt(q * (1 - q) / N) + 2e-4
+  assert np.all(np.abs(freqs - q) <= tol), (np.abs(freqs - q) - tol).max()
+  q1 = np_posterior(z[None], np_nucleus(x0, top_p, "reference")[None], s.alpha_t[i],
+                    s.alpha_s[i], s.sigma[i], m)[0]
+  assert np.any(np.abs(freqs - q1) > 5 * tol)  # the untempered posterior is rejected
 
 
 def test_exact32_draw_independent_of_buffer_size():

@@ -3,16 +3,19 @@
 Public API:
   SamplerConfig, PRESETS, STRATEGIES                      (config)
   StepSchedule, step_schedule, dfm_grid, uniform_grid     (schedule)
-  transition_probs, conf_sigma, conf_weights              (posteriors, the oracle)
+  conf_sigma, conf_weights                                (conf: remdm_conf's weights)
   nucleus_filter                                          (top-p)
   make_sampler, Sampler, transition_sample, KernelSpec, final_step   (sampler)
   CBGGuidance, cfg_denoise_fn, cfg_log_probs, cfg_model_calls, classifier_term   (guidance)
+  select_top_n, ranked_commit                             (ranked: confidence-ranked commits)
+The float64 test oracle `transition_probs` lives in `remdm_jax.sampling.reference` (not exported).
 """
+from remdm_jax.sampling.conf import conf_sigma, conf_weights
 from remdm_jax.sampling.config import PRESETS, STRATEGIES, SamplerConfig
 from remdm_jax.sampling.guidance import (CBGGuidance, cfg_denoise_fn, cfg_log_probs,
                                          cfg_model_calls, classifier_term)
 from remdm_jax.sampling.nucleus import nucleus_filter
-from remdm_jax.sampling.posteriors import conf_sigma, conf_weights, transition_probs
+from remdm_jax.sampling.ranked import ranked_commit, select_top_n
 from remdm_jax.sampling.sampler import (KernelSpec, Sampler, final_step, make_sampler,
                                         transition_sample)
 from remdm_jax.sampling.schedule import (StepSchedule, dfm_grid, expected_unmask_buffer,
@@ -20,8 +23,8 @@ from remdm_jax.sampling.schedule import (StepSchedule, dfm_grid, expected_unmask
 
 __all__ = [
     "PRESETS", "STRATEGIES", "SamplerConfig", "nucleus_filter", "conf_sigma", "conf_weights",
-    "transition_probs", "KernelSpec", "Sampler", "final_step", "make_sampler",
-    "transition_sample", "StepSchedule", "dfm_grid", "expected_unmask_buffer", "step_schedule",
-    "uniform_grid", "CBGGuidance", "cfg_denoise_fn", "cfg_log_probs", "cfg_model_calls",
-    "classifier_term",
+    "KernelSpec", "Sampler", "final_step", "make_sampler", "transition_sample", "StepSchedule",
+    "dfm_grid", "expected_unmask_buffer", "step_schedule", "uniform_grid", "CBGGuidance",
+    "cfg_denoise_fn", "cfg_log_probs", "cfg_model_calls", "classifier_term", "select_top_n",
+    "ranked_commit",
 ]

@@ -6,6 +6,7 @@ kernel is shared. Invalid values raise `ValueError` naming the field and the val
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Optional
 
 STRATEGIES = ("mdlm", "remdm_cap", "remdm_rescale", "remdm_conf", "remdm_switch", "remdm_loop",
@@ -14,7 +15,7 @@ PRECISIONS = ("exact32", "float64", "float32")
 NUCLEUS_RULES = ("reference", "hf")
 CONF_BASES = ("max", "cap", "rescale")
 SWITCH_BASES = ("cap", "rescale", "conf")
-LOOP_SIGMAS = ("const", "cap", "rescale", "conf")
+LOOP_SIGMAS = ("const", "cap", "rescale")
 CONF_DTYPES = ("float32", "bfloat16")
 ALPHA_SCHEDULES = ("linear", "cosine", "poly")
 
@@ -37,12 +38,20 @@ class SamplerConfig:
     switch_base: "cap" | "rescale" | "conf".
     conf_base: sigma scaled by the confidence weights in conf: "max" (sigma_max, [REF]), "cap",
       "rescale" (project page variants).
-    loop_sigma: sigma in loop phase 2: "const" (= eta, [REF]), "cap", "rescale", "conf", with
-      sigma_max = min(1, (1 - alpha_on) / alpha_on).
+    loop_sigma: sigma in loop phase 2: "const" (= eta, [REF]), "cap", "rescale", with
+      sigma_max = min(1, (1 - alpha_on) / alpha_on). "conf" is rejected: conf gives masked
+      positions sigma = 0 (SPEC §4.4), and with alpha_t = alpha_s = alpha_on in phase 2 their
+      unmask rate u = (alpha_s - alpha_t) / (1 - alpha_t) is then 0, so phase 2 would only remask.
     conf_dtype: "float32" or "bfloat16" (emulates the reference's bf16 confidence softmax).
     top_p: nucleus mass in (0, 1]; None (or 1.0) = no filtering.
-    nucleus_rule: "reference" (keep k iff C_k <= p, always the top token; SPEC §4.3) or "hf"
-      (smallest set with mass >= p).
+    temperature: tau > 0 (default 1.0), every strategy and precision: x_theta = SUBS(logits / tau),
+      i.e. the logits are divided by tau before the log-softmax over the non-mask vocabulary and
+      hence before top-p; x~ (and the conf state psi) are the tempered probabilities. The final
+      argmax step (SPEC §4.5) is unaffected (argmax is invariant to tau > 0). tau = 1.0 skips the
+      division (bitwise the untempered sampler).
+    nucleus_rule: "reference" (keep k iff C_k <= p; SPEC §4.3) or "hf" (keep k iff C_{k-1} < p,
+      the smallest set with mass >= p). Both always keep the most likely token (the first one on
+      ties), also when p rounds to 0 in float32.
     precision: categorical draw. "exact32" (default): two-stage sampling with 32-bit integers only
       (SPEC §4.6 item 2, TPU-safe). "float64": the reference's exponential race over the whole
       row in float64 (needs x64; reproduction / oracle). "float32": the same race in float32
@@ -78,6 +87,7 @@ class SamplerConfig:
   cache_unchanged: bool = False
   time_independent: bool = False
   unmask_buffer: Optional[int] = None
+  temperature: float = 1.0  # last, so that positional construction stays backward compatible
 
   def __post_init__(self):
     def bad(field, why):
@@ -92,6 +102,10 @@ class SamplerConfig:
     choice("nucleus_rule", NUCLEUS_RULES)
     choice("conf_base", CONF_BASES)
     choice("switch_base", SWITCH_BASES)
+    if self.loop_sigma == "conf":
+      bad("loop_sigma", "conf is not supported in the loop: conf gives masked positions sigma = 0 "
+          "and phase 2 has alpha_t = alpha_s, so nothing would ever unmask there; use 'const', "
+          "'cap' or 'rescale'")
     choice("loop_sigma", LOOP_SIGMAS)
     choice("conf_dtype", CONF_DTYPES)
     choice("alpha_schedule", ALPHA_SCHEDULES)
@@ -101,6 +115,11 @@ class SamplerConfig:
       bad("eps", "must lie in (0, 1)")
     if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
       bad("top_p", "must lie in (0, 1] (or be None for no filtering)")
+    tau = self.temperature
+    if (isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau)
+        or tau <= 0):
+      bad("temperature", "must be a finite number > 0")
+    object.__setattr__(self, "temperature", float(tau))
     if not 0.0 < self.alpha_on < 1.0:
       bad("alpha_on", "must lie in (0, 1)")
     if not 0.0 <= self.t_off < self.t_on <= 1.0:
@@ -149,8 +168,7 @@ class SamplerConfig:
   def uses_conf(self) -> bool:
     """Whether the carry holds the per-token confidence state psi."""
     return (self.strategy == "remdm_conf"
-            or (self.strategy == "remdm_switch" and self.switch_base == "conf")
-            or (self.strategy == "remdm_loop" and self.loop_sigma == "conf"))
+            or (self.strategy == "remdm_switch" and self.switch_base == "conf"))
 
   def replace(self, **changes: Any) -> "SamplerConfig":
     return dataclasses.replace(self, **changes)

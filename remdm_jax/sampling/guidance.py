@@ -44,7 +44,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from remdm_jax.sampling.posteriors import transition_probs
 from remdm_jax.subs import NEG_INF, subs_log_probs
 
 CondDenoiseFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
@@ -241,16 +240,3 @@ class CBGGuidance:
   def classifier_calls_per_step(self, seq_len: int, vocab: int) -> int:
     """Classifier rows per sample per step: L * V exact; 1 (forward, plus a backward) approx."""
     return 1 if self.approx else int(seq_len) * int(vocab)
-
-
-def guided_transition_probs(z_t: jax.Array, x0_probs: jax.Array, log_weight: Optional[jax.Array],
-                            *, alpha_t, alpha_s, sigma, mask_id: int) -> jax.Array:
-  """Oracle of the guided row: q_guided ∝ q_sigma(z_s | z_t, x_theta) exp(log_weight), [B, L, V]
-  (float64 under x64), rows normalised; q_sigma = `posteriors.transition_probs`. log_weight None
-  gives q_sigma itself. Used by tests; the sampler never builds it in exact32 unless guided."""
-  q = transition_probs(z_t, x0_probs, alpha_t=alpha_t, alpha_s=alpha_s, sigma=sigma,
-                       mask_id=mask_id)
-  if log_weight is None:
-    return q
-  lq = jnp.where(q > 0, jnp.log(jnp.where(q > 0, q, 1.0)), -jnp.inf) + log_weight.astype(q.dtype)
-  return jax.nn.softmax(lq, axis=-1)

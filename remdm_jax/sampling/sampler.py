@@ -18,7 +18,10 @@ non-mask vocabulary of the gathered logits, the nucleus filter (float32 bisectio
 draw. Unmasking positions are processed K = `unmask_buffer` per row at a time in a while loop
 (usually one pass), so no [B, L, V] float array beyond the logits is built.
 Kernel, float64/float32: the reference's race over the full row q = a x~ + (1 - a) onehot(m),
-a = u (masked) or 1 - sigma^l (decoded).
+a = u (masked) or 1 - sigma^l (decoded); x~ is filtered by the sort-free `method="select"` nucleus
+(exactly the sorted rule's kept set, ties included, in the row's dtype; no argsort).
+Temperature (every path): x_theta = SUBS(logits / temperature) before top-p (`remdm_jax.subs`).
+Degenerate denoiser outputs (every non-mask logit -inf) never produce the mask (`remdm_jax.subs`).
 
 Replay ("mixture" mode, SPEC §4.7; float64/float32 only): `sampler(..., uniforms=U)` with U of
 shape [n_steps, B, L, V] (V = the denoiser's output vocabulary, mask column included) runs the race
@@ -42,11 +45,11 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from remdm_jax.sampling import draws
 from remdm_jax.sampling.config import SamplerConfig
+from remdm_jax.sampling.conf import conf_sigma
 from remdm_jax.sampling.guidance import CBGGuidance
 from remdm_jax.sampling.nucleus import nucleus_filter
-from remdm_jax.sampling.posteriors import conf_weights
 from remdm_jax.sampling.schedule import StepSchedule, expected_unmask_buffer, step_schedule
-from remdm_jax.subs import NEG_INF, subs_log_probs
+from remdm_jax.subs import NEG_INF, masked_log_probs, subs_log_probs
 
 DenoiseFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
@@ -62,12 +65,13 @@ class KernelSpec:
   uses_conf: bool = False
   conf_dtype: str = "float32"
   unmask_buffer: int = 16
+  temperature: float = 1.0
 
   @classmethod
   def from_config(cls, cfg: SamplerConfig, mask_id: int, unmask_buffer: int) -> "KernelSpec":
     return cls(mask_id=mask_id, precision=cfg.precision, top_p=cfg.top_p,
                nucleus_rule=cfg.nucleus_rule, uses_conf=cfg.uses_conf, conf_dtype=cfg.conf_dtype,
-               unmask_buffer=unmask_buffer)
+               unmask_buffer=unmask_buffer, temperature=cfg.temperature)
 
 
 def token_sigma(tokens, psi, frozen, sigma, conf, spec: KernelSpec, dtype=jnp.float32):
@@ -76,20 +80,16 @@ def token_sigma(tokens, psi, frozen, sigma, conf, spec: KernelSpec, dtype=jnp.fl
   masked = tokens == spec.mask_id
   sig = jnp.broadcast_to(jnp.asarray(sigma, dtype), tokens.shape)
   if spec.uses_conf:
-    w = conf_weights(psi, jnp.isfinite(psi), spec.conf_dtype)
-    sc = w * jnp.asarray(sigma, jnp.float32)
-    if spec.conf_dtype == "bfloat16":
-      sc = sc.astype(jnp.bfloat16).astype(jnp.float32)
+    sc = conf_sigma(psi, jnp.isfinite(psi), sigma, spec.conf_dtype)
     sig = jnp.where(conf > 0, sc.astype(dtype), sig)
   return jnp.where(masked | frozen, jnp.zeros((), dtype), sig)
 
 
 def _draw_rows(keys, logits_rows, spec: KernelSpec):
-  """exact32 token draw on rows [..., V] of raw logits at masked positions: SUBS log-softmax
-  (mask excluded), nucleus filter (bisection), Gumbel-max. Returns (token, x~(token))."""
-  vocab = logits_rows.shape[-1]
-  lg = jnp.where(jnp.arange(vocab) == spec.mask_id, NEG_INF, logits_rows.astype(jnp.float32))
-  logp = jax.nn.log_softmax(lg, axis=-1)
+  """exact32 token draw on rows [..., V] of raw logits at masked positions: SUBS log-softmax of
+  logits / temperature (mask excluded, `masked_log_probs`), nucleus filter (bisection),
+  Gumbel-max. Returns (token, x~(token)); the token is never the mask."""
+  logp = masked_log_probs(logits_rows.astype(jnp.float32), spec.mask_id, spec.temperature)
   logp = nucleus_filter(logp, spec.top_p, spec.nucleus_rule, method="bisect")
   tok = draws.gumbel_argmax(keys, logp)
   psi = jnp.exp(jnp.take_along_axis(logp, tok[..., None], axis=-1)[..., 0])
@@ -140,9 +140,8 @@ def _guided_row_draw(kt, tokens, logits, sig, p_unmask, log_weight, spec: Kernel
   B, L, V = logits.shape
   m = spec.mask_id
   ids = jnp.arange(V)
-  lg = jnp.where(ids == m, NEG_INF, logits.astype(jnp.float32))
-  logp = nucleus_filter(jax.nn.log_softmax(lg, axis=-1), spec.top_p, spec.nucleus_rule,
-                        method="bisect")
+  logp = nucleus_filter(masked_log_probs(logits.astype(jnp.float32), m, spec.temperature),
+                        spec.top_p, spec.nucleus_rule, method="bisect")
   u = jnp.asarray(p_unmask, jnp.float32)
   row_m = jnp.where(ids == m, _log_pos(1.0 - u), _log_pos(u) + logp)
   sig = sig[..., None]
@@ -220,8 +219,8 @@ def transition_sample(key, tokens, logits, coeffs, spec: KernelSpec, psi=None, f
       raise ValueError("SamplerConfig.precision='float64' needs jax_enable_x64 "
                        "(use `with jax.enable_x64(True):`)")
     sig = token_sigma(tokens, psi, frozen, coeffs["sigma"], coeffs["conf"], spec, dtype)
-    logp = subs_log_probs(logits.astype(dtype), tokens, m)
-    logp = nucleus_filter(logp, spec.top_p, spec.nucleus_rule, method="sort")
+    logp = subs_log_probs(logits.astype(dtype), tokens, m, spec.temperature)
+    logp = nucleus_filter(logp, spec.top_p, spec.nucleus_rule, method="select")
     x = jnp.exp(logp)
     a = jnp.where(masked, jnp.asarray(coeffs["p_unmask"], dtype), 1.0 - sig)
     a = jnp.where(frozen, 1.0, a)[..., None]
@@ -244,7 +243,9 @@ def transition_sample(key, tokens, logits, coeffs, spec: KernelSpec, psi=None, f
 
 
 def final_step(tokens, logits, mask_id):
-  """SPEC §4.5: still-masked positions take argmax of SUBS x_theta (never the mask)."""
+  """SPEC §4.5: still-masked positions take argmax of SUBS x_theta (never the mask: with every
+  non-mask logit -inf it is the first non-mask id, see `remdm_jax.subs`). No nucleus and no
+  temperature (argmax is invariant to tau > 0)."""
   logp = subs_log_probs(logits, tokens, mask_id)
   best = jnp.argmax(logp, axis=-1).astype(jnp.int32)
   return jnp.where(tokens == mask_id, best, tokens)

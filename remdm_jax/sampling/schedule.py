@@ -19,6 +19,8 @@ import numpy as np
 
 from remdm_jax.sampling.config import SamplerConfig
 from remdm_jax.schedules import NoiseSchedule
+from remdm_jax.sigmas import remask_sigma, switch_sigma, unmask_rate
+from remdm_jax.sigmas import sigma_max  # noqa: F401  (re-exported, formerly defined here)
 
 _TOL = 1e-12  # float64 slack of the validity checks (equality cases, e.g. rescale with eta = 1)
 
@@ -52,13 +54,6 @@ class StepSchedule:
     return {k: np.asarray(getattr(self, k), dtype) for k in ("t", "sigma", "conf", "p_unmask")}
 
 
-def sigma_max(alpha_t, alpha_s):
-  """min(1, (1 - alpha_s) / alpha_t), and 1 where alpha_t = 0 (SPEC §4.1)."""
-  alpha_t = np.asarray(alpha_t, np.float64)
-  safe = np.where(alpha_t > 0, alpha_t, 1.0)
-  return np.where(alpha_t > 0, np.minimum(1.0, (1.0 - alpha_s) / safe), 1.0)
-
-
 def uniform_grid(num_steps: int, eps: float = 1e-5):
   """t_i = 1 - i dt, dt = (1 - eps) / T, i = 0..T (float64, SPEC §4.2)."""
   dt = (1.0 - eps) / num_steps
@@ -88,17 +83,6 @@ def loop_phase_counts(cfg: SamplerConfig, t: np.ndarray):
   return p1, ~p1 & ~p3, p3
 
 
-def _base_sigma(kind: str, eta: float, alpha_t, alpha_s):
-  """cap: min(eta, sigma_max) (eta at alpha_t = 0); rescale: eta sigma_max (eta at alpha_t = 0);
-  max: sigma_max."""
-  smax = sigma_max(alpha_t, alpha_s)
-  if kind == "cap":
-    return np.where(alpha_t > 0, np.minimum(eta, smax), eta)
-  if kind == "rescale":
-    return np.where(alpha_t > 0, eta * smax, eta)
-  return smax  # "max"
-
-
 def step_schedule(cfg: SamplerConfig, grid: Optional[np.ndarray] = None) -> StepSchedule:
   """Builds and validates the per-step arrays of `cfg` (float64).
 
@@ -112,8 +96,10 @@ def step_schedule(cfg: SamplerConfig, grid: Optional[np.ndarray] = None) -> Step
   Raises:
     ValueError naming the strategy, the step and the value when a step is invalid, i.e. not
     (1 - sigma) alpha_t <= alpha_s and sigma alpha_t <= 1 - alpha_s (SPEC §4.1); FB may violate
-    it on its last step only, where u is clipped to 1 (every masked position unmasks, which is
-    what the reference's race does with the negative stay weight, SPEC §4.4).
+    it on its last step only, and `remdm_loop` on its last phase-1 step when that step overshoots
+    to alpha_s > 1 (small T, e.g. T = 1, 3, 5, 7 at the script settings); u is clipped to 1
+    there (every masked position unmasks, which is what the reference's race does with the negative
+    stay weight, SPEC §4.4). So every num_steps >= 1 runs, as the reference does.
   """
   T = cfg.num_steps
   phases = None
@@ -122,8 +108,7 @@ def step_schedule(cfg: SamplerConfig, grid: Optional[np.ndarray] = None) -> Step
       raise ValueError("step_schedule(grid=...) is not supported for strategy='dfm' (own grid)")
     t, s, b, min_t = dfm_grid(T, cfg.eps)
     alpha_t, alpha_s = 1.0 - t, 1.0 - s
-    safe = np.where(alpha_t > 0, alpha_t, 1.0)
-    sigma = np.where(alpha_t > 0, b * (alpha_s - alpha_t) / safe, 0.0)
+    sigma = np.where(alpha_t > 0, b * remask_sigma("fb", alpha_t, alpha_s), 0.0)
     conf = np.zeros_like(t)
   else:
     if grid is None:
@@ -146,12 +131,10 @@ def step_schedule(cfg: SamplerConfig, grid: Optional[np.ndarray] = None) -> Step
 
       alpha_t = alpha(t, p1, p3)
       alpha_s = alpha(s, p1, p3)
-      smax_on = min(1.0, (1.0 - a_on) / a_on)
-      ls = cfg.loop_sigma
-      sig2 = {"const": cfg.eta, "cap": min(cfg.eta, smax_on), "rescale": cfg.eta * smax_on,
-              "conf": smax_on}[ls]
+      ls = cfg.loop_sigma  # "conf" is rejected by SamplerConfig (it would never unmask here)
+      sig2 = cfg.eta if ls == "const" else float(remask_sigma(ls, a_on, a_on, cfg.eta))
       sigma = np.where(p2, sig2, 0.0)
-      conf = np.where(p2, 1.0 if ls == "conf" else 0.0, 0.0)
+      conf = np.zeros_like(t)
     else:
       sched = NoiseSchedule(cfg.alpha_schedule)
       alpha_t, alpha_s = sched.alpha(t), sched.alpha(s)
@@ -159,41 +142,45 @@ def step_schedule(cfg: SamplerConfig, grid: Optional[np.ndarray] = None) -> Step
       if st == "mdlm":
         sigma, conf = np.zeros_like(t), np.zeros_like(t)
       elif st in ("remdm_cap", "remdm_rescale"):
-        sigma = _base_sigma(st[6:], cfg.eta, alpha_t, alpha_s)
+        sigma = remask_sigma(st[6:], alpha_t, alpha_s, cfg.eta)
         conf = np.zeros_like(t)
       elif st == "remdm_conf":
-        sigma = _base_sigma(cfg.conf_base, cfg.eta, alpha_t, alpha_s)
+        sigma = remask_sigma(cfg.conf_base, alpha_t, alpha_s, cfg.eta)
         conf = np.ones_like(t)
       elif st == "fb":
-        safe = np.where(alpha_t > 0, alpha_t, 1.0)
-        sigma = np.where(alpha_t > 0, (alpha_s - alpha_t) / safe, 1.0)
+        sigma = remask_sigma("fb", alpha_t, alpha_s)
         conf = np.zeros_like(t)
       elif st == "remdm_switch":
-        on = t < cfg.t_switch
         base = cfg.conf_base if cfg.switch_base == "conf" else cfg.switch_base
-        sigma = np.where(on, _base_sigma(base, cfg.eta, alpha_t, alpha_s), 0.0)
-        conf = np.where(on, 1.0 if cfg.switch_base == "conf" else 0.0, 0.0)
+        sigma = switch_sigma(remask_sigma(base, alpha_t, alpha_s, cfg.eta), t, cfg.t_switch)
+        conf = switch_sigma(np.full_like(t, 1.0 if cfg.switch_base == "conf" else 0.0), t,
+                            cfg.t_switch)
       else:  # pragma: no cover - config validation rejects it first
         raise ValueError(f"strategy={st!r}")
   sigma = np.asarray(sigma, np.float64)
   conf = np.asarray(conf, np.float64)
   sigma_m = sigma * (1.0 - conf)
   _validate(cfg.strategy, alpha_t, alpha_s, sigma, sigma_m)
-  denom = 1.0 - alpha_t
-  safe = np.where(denom > 0, denom, 1.0)
-  p_unmask = np.clip(np.where(denom > 0, (alpha_s - (1.0 - sigma_m) * alpha_t) / safe, 0.0), 0, 1)
+  p_unmask = unmask_rate(np.asarray(alpha_t, np.float64), np.asarray(alpha_s, np.float64), sigma_m)
   return StepSchedule(cfg.strategy, t, s, np.asarray(alpha_t, np.float64),
                       np.asarray(alpha_s, np.float64), sigma, conf, p_unmask, min_t, phases)
 
 
 def _validate(strategy, alpha_t, alpha_s, sigma, sigma_m):
+  """Raises on the first invalid step. Allowed exceptions, where u is clipped to 1 (the reference's
+  stay-masked weight 1 - alpha_s - sigma alpha_t is negative there and its race never picks it, so
+  every masked position unmasks, SPEC §4.4): FB's last step, and the loop's phase-1 overshoot
+  (alpha_s > 1 on the last phase-1 step, at small T, e.g. T = 1, 3, 5, 7 at the script settings)."""
   n = len(alpha_t)
   for name, sig in (("sigma", sigma), ("sigma(masked)", sigma_m)):
     c1 = (1.0 - sig) * alpha_t - alpha_s          # <= 0 : u >= 0
     c2 = sig * alpha_t - (1.0 - alpha_s)          # <= 0 : u <= 1
     bad = (c1 > _TOL) | (c2 > _TOL) | (sig < -_TOL) | (sig > 1 + _TOL) | ~np.isfinite(sig)
+    clipped = (sig <= 1 + _TOL) & (sig >= -_TOL) & (c1 <= _TOL) & np.isfinite(sig)
     if strategy == "fb" and n > 0:
-      bad[n - 1] = bad[n - 1] and not ((sig[n - 1] <= 1 + _TOL) and c1[n - 1] <= _TOL)
+      bad[n - 1] = bad[n - 1] and not clipped[n - 1]
+    if strategy == "remdm_loop":
+      bad = bad & ~(clipped & (alpha_s > 1.0) & (alpha_t <= 1.0))
     if bad.any():
       i = int(np.argmax(bad))
       raise ValueError(

@@ -348,3 +348,33 @@ def test_truncate_and_left_pad():
   np.testing.assert_array_equal(m, [[1, 1], [0, 1]])
   n = G.num_transfer_tokens(jnp.array([5, 8, 0]), 3)
   np.testing.assert_array_equal(np.asarray(n), [[2, 2, 1], [3, 3, 2], [0, 0, 0]])
+
+
+def test_tiny_llada_mesh_and_padding():
+  """The real model: fsdp x tensor sharded parameters (8 fake devices) give the same tokens as one
+  device; with positions='from_first_token' each left-padded row equals its prompt alone."""
+  from remdm_jax.llm import model as M
+  from remdm_jax.training import mesh as mesh_lib
+  mcfg = M.LLaDAConfig.tiny(positions="from_first_token", vocab_size=64, mask_token_id=63,
+                            eos_token_id=62, eot_token_id=61)
+  key = jax.random.key(3)
+  gd, params = M.init_model(mcfg, key)
+  mesh = mesh_lib.make_mesh((1, 4, 2))
+  _, sharded = M.init_sharded(mcfg, key, mesh)
+  q = sharded["blocks"][0]["q_proj"]["kernel"][...]
+  assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+  np.testing.assert_array_equal(np.asarray(q), np.asarray(params["blocks"][0]["q_proj"]["kernel"][...]))
+  fn = M.make_logits_fn(gd)
+  prompt = np.array([[0, 0, 5, 9], [4, 8, 15, 16]], np.int32)
+  am = np.array([[0, 0, 1, 1], [1, 1, 1, 1]], np.int32)
+  keys = jax.random.split(jax.random.key(0), 2)
+  for rule, kw in (("llada", dict(temperature=1.0, steps=8)),):
+    cfg = G.GenConfig(rule=rule, gen_length=16, block_length=8, mask_id=63, eos_id=62, eot_id=61,
+                      pad_id=0, **kw)
+    gen = G.make_generate(fn, cfg)
+    one = np.asarray(gen(params, prompt, am, keys)[0])
+    eight = np.asarray(gen(sharded, prompt, am, keys)[0])
+    np.testing.assert_array_equal(one, eight)
+    alone = np.asarray(gen(params, prompt[:1, 2:], None, keys[:1])[0])
+    np.testing.assert_array_equal(one[0], alone[0])
+    assert not np.any(one == 63)

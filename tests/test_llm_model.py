@@ -178,3 +178,14 @@ def test_config_validation():
   assert M.count_params(M.LLaDAConfig.llada_8b()) == 8_015_581_184
   gd, st = M.init_model(M.LLaDAConfig.tiny(), jax.random.key(0))
   assert np.all(np.asarray(st["ln_f"]["weight"][...]) == 1.0)  # RMSNorm init = ones
+
+
+def test_hf_config_unsupported_options_and_real_keys(tmp_path):
+  real = dict(HF, block_type="llama", layer_norm_type="rms", activation_type="silu",
+              weight_tying=False, alibi=False, rope=True, model_type="llada", init_std=0.02)
+  cfg = M.LLaDAConfig.from_hf_dict(real)
+  assert cfg.d_model == 32 and cfg.rope_theta == 500000.0 and cfg.include_qkv_bias
+  with pytest.raises(ValueError, match="weight_tying=True"):
+    M.LLaDAConfig.from_hf_dict(dict(real, weight_tying=True))
+  with pytest.raises(ValueError, match="config.json not found"):
+    M.LLaDAConfig.from_hf_config(str(tmp_path))

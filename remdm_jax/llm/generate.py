@@ -30,7 +30,9 @@ blocks, each decoded with S = steps / nb steps (the prompt and pads are never ma
 * a `SamplerConfig` strategy (mdlm, remdm_cap, remdm_rescale, remdm_conf, remdm_switch,
   remdm_loop, fb, dfm): per block, the existing sampler core (`sampling.make_sampler`, S grid
   steps + its final argmax step = S + 1 NFE per block) runs with everything outside the current
-  block frozen; the attention mask rides inside params.
+  block frozen; the attention mask rides inside params. This path uses ONE key for the batch
+  (`key`, or `key[0]` when per-row keys are given) and the sampler's own per-(row, position)
+  draws, so it is batch-size invariant but not invariant to a row's index in the batch.
 
 Both LLaDA reference samplers draw over the full vocabulary, mask token included (x0 may be MASK,
 which then stays masked); this port keeps that. Only the current block's logits are used: the
@@ -243,16 +245,15 @@ def make_generate(logits_fn: LogitsFn, cfg: GenConfig, *, jit: bool = True):
   `gen` validates on the host (`check_prompt`, noise shapes, x64 for float64) and then calls ONE
   jitted program per (shapes, cfg): blocks are a `lax.scan`, steps an inner `lax.scan`.
   """
-  if cfg.precision == "float64" or cfg.rule == "strategy" and cfg.sampler.precision == "float64":
-    pass  # checked per call (x64 can be switched on later)
   core = functools.partial(_generate_core, logits_fn, cfg)
   fn = jax.jit(core) if jit else core
 
   def gen(params, prompt, attention_mask=None, key=None, noise=None):
     prompt, am = check_prompt(prompt, attention_mask, cfg)
     B = prompt.shape[0]
-    if cfg.precision == "float64" and not jax.config.jax_enable_x64:
-      raise ValueError("GenConfig.precision='float64' needs jax_enable_x64 "
+    if (cfg.precision == "float64" or cfg.rule == "strategy" and cfg.sampler.precision
+        == "float64") and not jax.config.jax_enable_x64:
+      raise ValueError("precision 'float64' needs jax_enable_x64 "
                        "(use `with jax.enable_x64(True):`)")
     if key is None:
       raise ValueError("key is required")
@@ -282,6 +283,8 @@ def _generate_core(logits_fn, cfg: GenConfig, params, prompt, am, key, noise):
   L = P + G
   m = cfg.mask_id
   fdt = jnp.float64 if cfg.precision == "float64" else jnp.float32
+  if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.wrap_key_data(key)
   rows = _row_keys(key, B)
   x = jnp.concatenate([prompt, jnp.full((B, G), m, jnp.int32)], axis=1)
   am_full = jnp.concatenate([am, jnp.ones((B, G), jnp.int32)], axis=1)
@@ -442,7 +445,7 @@ def _strategy_block(model_logits, cfg: GenConfig, params, x, start, done, key, b
     return model_logits(p, tokens)
 
   s = make_sampler(denoise, cfg.sampler, seq_len=L, mask_id=cfg.mask_id, jit=False)
-  kb = jax.random.fold_in(key if key.ndim == 0 else key[0], b)
+  kb = jax.random.fold_in(key if key.ndim == 0 else key[0], b)  # one key for the whole batch
   out, info = s.core(params, kb, B, prompt=x, prompt_mask=frozen)
   x = jnp.where(frozen, x, out).astype(jnp.int32)
   return x, info["nfe"]

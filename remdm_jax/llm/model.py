@@ -54,6 +54,12 @@ _HF_KEYS = ("d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_hidden_size", "
             "embedding_size", "rope_theta", "rms_norm_eps", "include_qkv_bias",
             "max_sequence_length", "mask_token_id", "eos_token_id", "pad_token_id")
 
+# config.json options whose other values change the architecture (and are not implemented).
+_HF_SUPPORTED = {"block_type": "llama", "layer_norm_type": "rms", "activation_type": "silu",
+                 "weight_tying": False, "alibi": False, "include_bias": False, "rope": True,
+                 "scale_logits": False, "layer_norm_with_affine": True,
+                 "attention_layer_norm": False, "input_emb_norm": False, "block_group_size": 1}
+
 
 @dataclasses.dataclass(frozen=True)
 class LLaDAConfig:
@@ -138,6 +144,11 @@ class LLaDAConfig:
   @classmethod
   def from_hf_dict(cls, d: dict, **overrides) -> "LLaDAConfig":
     """From the dict of a LLaDA `config.json` (unknown keys ignored; `overrides` win)."""
+    unsupported = [f"{k}={d[k]!r}" for k, ok in _HF_SUPPORTED.items()
+                   if k in d and d[k] is not None and d[k] != ok]
+    if unsupported:
+      raise ValueError(f"LLaDA config.json options not supported by this port: {unsupported} "
+                       f"(supported: {_HF_SUPPORTED})")
     kw = {k: d[k] for k in _HF_KEYS if k in d and d[k] is not None}
     if "eot_token_id" not in overrides and "eot_token_id" in d:
       kw["eot_token_id"] = d["eot_token_id"]

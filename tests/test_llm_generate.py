@@ -377,3 +377,27 @@ def test_tiny_llada_mesh_and_padding():
     np.testing.assert_array_equal(one, eight)
     alone = np.asarray(gen(params, prompt[:1, 2:], None, keys[:1])[0])
     np.testing.assert_array_equal(one[0], alone[0])
+
+
+def test_cfg_is_one_batched_call_with_the_prompt_masked():
+  A, Q = toy_tables(8)
+  prompt, am = _prompts()
+  seen = []
+
+  def logits_fn(params, x, m):
+    jax.debug.callback(lambda xx, mm: seen.append((np.asarray(xx), np.asarray(mm))), x, m)
+    return toy_jax(A, Q)(params, x, m)
+
+  cfg = G.GenConfig(rule="llada", gen_length=8, block_length=8, steps=4, cfg_scale=2.0,
+                    mask_id=MASK, eos_id=EOS, eot_id=EOT, pad_id=PAD)
+  G.make_generate(logits_fn, cfg)(None, prompt, am, jax.random.key(0))
+  assert len(seen) == 4
+  for x, m in seen:
+    assert x.shape == (6, P + 8)                      # one call of 2B rows
+    cond, un = x[:3], x[3:]
+    np.testing.assert_array_equal(m[:3], m[3:])
+    real = am.astype(bool)
+    assert np.all(un[:, :P][real] == MASK)            # prompt masked in the unconditional half
+    np.testing.assert_array_equal(un[:, :P][~real], prompt[~real])  # pads untouched
+    np.testing.assert_array_equal(cond[:, :P], prompt)
+    np.testing.assert_array_equal(un[:, P:], cond[:, P:])

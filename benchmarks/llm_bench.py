@@ -80,8 +80,12 @@ def run(args):
       keys = jax.random.split(jax.random.key(1), B)
       gen = G.make_generate(logits_fn, cfg)
       fn = jax.jit(gen.core)
+      bs = jax.sharding.NamedSharding(
+          mesh, jax.sharding.PartitionSpec(("data", "fsdp")) if B % jax.device_count() == 0
+          else jax.sharding.PartitionSpec())
+      prompt, am, keys = (jax.device_put(jnp.asarray(a), bs) for a in (prompt, am, keys))
       t0 = time.perf_counter()
-      compiled = fn.lower(params, jnp.asarray(prompt), jnp.asarray(am), keys, None).compile()
+      compiled = fn.lower(params, prompt, am, keys, None).compile()
       compile_s = time.perf_counter() - t0
       if args.abstract:
         mem = compiled.memory_analysis()
@@ -96,7 +100,7 @@ def run(args):
       times = []
       for _ in range(args.iters):
         t0 = time.perf_counter()
-        out, info = compiled(params, jnp.asarray(prompt), jnp.asarray(am), keys, None)
+        out, info = compiled(params, prompt, am, keys, None)
         jax.block_until_ready(out)
         times.append(time.perf_counter() - t0)
       t = min(times)

@@ -375,6 +375,11 @@ def test_tiny_llada_mesh_and_padding():
     one = np.asarray(gen(params, prompt, am, keys)[0])
     eight = np.asarray(gen(sharded, prompt, am, keys)[0])
     np.testing.assert_array_equal(one, eight)
+    # batch split over the fsdp axis too (B = 4 rows: the two prompts twice, new keys)
+    p4, a4, k4 = np.tile(prompt, (2, 1)), np.tile(am, (2, 1)), jax.random.split(key, 4)
+    ref4 = np.asarray(gen(params, p4, a4, k4)[0])
+    split = np.asarray(G.make_generate(fn, cfg, mesh=mesh)(sharded, p4, a4, k4)[0])
+    np.testing.assert_array_equal(ref4, split)
     alone = np.asarray(gen(params, prompt[:1, 2:], None, keys[:1])[0])
     np.testing.assert_array_equal(one[0], alone[0])
 

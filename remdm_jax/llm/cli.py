@@ -118,7 +118,7 @@ def _generate_main(args):
   cfg = gen_config_from_args(args, mcfg)
   prompts = [tok.encode(p) for p in args.prompt]
   x, am = G.left_pad(prompts, cfg.pad_id)
-  gen = G.make_generate(make_logits_fn(gd), cfg)
+  gen = G.make_generate(make_logits_fn(gd), cfg, mesh=mesh)
   keys = jax.random.split(jax.random.key(args.seed), len(prompts))
   out, info = gen(params, x, am, keys)
   texts = G.decode_outputs(np.asarray(out), tok, stops=args.stop or (),

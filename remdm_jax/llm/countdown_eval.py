@@ -100,9 +100,9 @@ def _main(args):
     problems = cd.generate_problems(args.num_problems, args.problem_seed)
   if not args.out_dir:
     raise ValueError("--out_dir is required")
-  mcfg, gd, params, tok, _ = cli.load_for_generation(args)
+  mcfg, gd, params, tok, mesh = cli.load_for_generation(args)
   cfg = cli.gen_config_from_args(args, mcfg)
-  gen = G.make_generate(make_logits_fn(gd), cfg)
+  gen = G.make_generate(make_logits_fn(gd), cfg, mesh=mesh)
   t0 = time.time()
   records, summary = evaluate(
       gen, params, tok, cfg, problems, repeats=args.repeats, batch_size=args.batch_size,

@@ -238,9 +238,14 @@ def check_prompt(prompt, attention_mask, cfg: GenConfig):
   return prompt.astype(np.int32), am.astype(np.int32)
 
 
-def make_generate(logits_fn: LogitsFn, cfg: GenConfig, *, jit: bool = True):
+def make_generate(logits_fn: LogitsFn, cfg: GenConfig, *, jit: bool = True, mesh=None,
+                  data_axes: Sequence[str] = ("data", "fsdp")):
   """-> gen(params, prompt int32 [B, P], attention_mask [B, P], key, noise=None)
   -> (tokens int32 [B, G], info {"nfe": int32, "done": bool [B]}).
+
+  mesh: optional; the batch (prompt, mask, per-row keys) is placed split over `data_axes` when B
+  is divisible by their size (else replicated), so fsdp devices do not all compute every row.
+  Parameters keep their own (e.g. fsdp x tensor) shardings. Results do not depend on the mesh.
 
   `gen` validates on the host (`check_prompt`, noise shapes, x64 for float64) and then calls ONE
   jitted program per (shapes, cfg): blocks are a `lax.scan`, steps an inner `lax.scan`.
@@ -270,7 +275,18 @@ def make_generate(logits_fn: LogitsFn, cfg: GenConfig, *, jit: bool = True):
         raise ValueError(f"unknown noise entries {sorted(unknown)}")
       if cfg.rule == "strategy":
         raise ValueError("injected noise is not supported for rule 'strategy'")
-    return fn(params, jnp.asarray(prompt), jnp.asarray(am), key, noise)
+    prompt, am = jnp.asarray(prompt), jnp.asarray(am)
+    if mesh is not None:
+      from jax.sharding import NamedSharding, PartitionSpec as PS
+      n = int(np.prod([mesh.shape[a] for a in data_axes]))
+      spec = PS(tuple(data_axes)) if B % n == 0 else PS()
+      put = lambda a: jax.device_put(a, NamedSharding(mesh, spec))
+      prompt, am = put(prompt), put(am)
+      key = jnp.asarray(key)
+      if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)
+      key = put(key) if key.ndim == 1 else key
+    return fn(params, prompt, am, key, noise)
 
   gen.core = core
   gen.cfg = cfg

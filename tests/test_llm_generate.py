@@ -406,3 +406,23 @@ def test_cfg_is_one_batched_call_with_the_prompt_masked():
     np.testing.assert_array_equal(un[:, :P][~real], prompt[~real])  # pads untouched
     np.testing.assert_array_equal(cond[:, :P], prompt)
     np.testing.assert_array_equal(un[:, P:], cond[:, P:])
+
+
+@pytest.mark.slow
+def test_block_generation_drives_the_text_dit():
+  """The strategy path works for any Flax-free denoiser, e.g. the MDLM DiT (time-independent,
+  no padding mask): prompt kept, two blocks of a ReMDM strategy, no mask left."""
+  from remdm_jax.models import dit
+  dcfg = dit.DiTConfig.preset("tiny", max_seq_len=32, compute_dtype="float32")
+  gd, params = dit.init_params(dcfg, jax.random.key(0))
+  denoise = dit.make_denoise_fn(gd)
+  logits_fn = lambda p, x, am: denoise(p, x, jnp.zeros((x.shape[0],), jnp.float32))
+  m = dcfg.vocab_size - 1
+  cfg = G.GenConfig(rule="strategy", gen_length=16, block_length=8, steps=8, mask_id=m,
+                    eos_id=m - 1, eot_id=m - 1, pad_id=0, stop_at_eos=False,
+                    sampler=SamplerConfig(strategy="remdm_cap", num_steps=4, eta=0.02))
+  prompt = np.array([[5, 6, 7, 8], [0, 0, 9, 10]], np.int32)
+  am = (prompt != 0).astype(np.int32)
+  out, info = G.make_generate(logits_fn, cfg)(params, prompt, am, jax.random.key(1))
+  out = np.asarray(out)
+  assert out.shape == (2, 16) and not np.any(out == m) and int(info["nfe"]) == 10

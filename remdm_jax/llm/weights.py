@@ -262,8 +262,13 @@ def save_hf_checkpoint(model_dir: str, cfg: LLaDAConfig, params, *, shards: int 
                        dtype=np.float32) -> None:
   """Writes `params` (our layout) as HF-layout safetensors + config.json (test / export helper).
   shards > 1 writes `model-0000i-of-0000n.safetensors` and the index."""
-  from safetensors.numpy import save_file
+  from safetensors.numpy import save as st_bytes
   from remdm_jax.fileio import atomic_open
+
+  def save_file(t, path):
+    with atomic_open(path, "wb") as f:
+      f.write(st_bytes(t))
+
   tensors = {}
   for p, v in nnx.to_flat_state(params):
     tpath = _path_key(p)

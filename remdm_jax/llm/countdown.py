@@ -1,0 +1,196 @@
+"""Countdown with 3 numbers (the `countdown3` task of the authors' lm-eval fork, SPEC_DOMAINS §L.2):
+an offline problem generator, the reference few-shot prompt, the reference scorer and pass@k.
+
+Records are {"input": "a,b,c,target", "output": "a*b=x,x-c=target"} (the cd3 / d1 format).
+
+Scorer (fork `utils.process_results`), per candidate answer string:
+  1. int(answer.split("=")[-1]) == target (ValueError -> wrong);
+  2. the integers (regex \\d+) before the last "=" are exactly 5, include a, b and c, and any
+     other number appears at least twice (the intermediate result);
+  3. every comma-separated "lhs=rhs" has exactly one "=" and value(lhs) == int(rhs).
+The reference evaluates lhs with Python `eval` on model output; here a restricted evaluator
+(`safe_eval`: int/float literals, + - * / // % **, unary +/-, parentheses; anything else counts as
+an exception, i.e. wrong) gives the same value for every arithmetic expression and never runs
+code. pass@1 = 1 - prod_{i=n-c+1}^{n} (1 - 1/i) = c/n (the unbiased estimator), pass@n = [c > 0].
+"""
+from __future__ import annotations
+
+import ast
+import operator
+import re
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+FEW_SHOT = (
+    {"input": "44,2,54,64", "output": "2*54=108,108-44=64"},
+    {"input": "22,11,44,26", "output": "44/11=4,22+4=26"},
+    {"input": "2,62,96,79", "output": "62+96=158,158/2=79"},
+    {"input": "52,20,21,53", "output": "52-20=32,21+32=53"},
+)
+STOP = ("Question:",)
+FEWSHOT_DELIMITER = "\n\n"   # lm-eval 0.4.x defaults (UNVERIFIED against the fork's run logs)
+TARGET_DELIMITER = " "
+
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+        ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
+        ast.Pow: operator.pow}
+
+
+def doc_to_text(doc: dict) -> str:
+  """'Question: Using the numbers [a, b, c], create an equation that equals t.\\nAnswer: '."""
+  a, b, c, t = _split_input(doc)
+  return (f"Question: Using the numbers [{a}, {b}, {c}], create an equation that equals {t}."
+          "\nAnswer: ")
+
+
+def _split_input(doc: dict) -> list[str]:
+  parts = str(doc["input"]).split(",")
+  if len(parts) != 4:
+    raise ValueError(f"countdown input {doc['input']!r} must be 'a,b,c,target'")
+  return parts
+
+
+def build_prompt(doc: dict, few_shot: Sequence[dict] = FEW_SHOT) -> str:
+  """The 4-shot context as lm-eval concatenates it: each shot is doc_to_text + " " + output,
+  shots joined by "\\n\\n", then "\\n\\n" + doc_to_text(doc)."""
+  shots = [doc_to_text(s) + TARGET_DELIMITER + s["output"] for s in few_shot]
+  return FEWSHOT_DELIMITER.join(shots + [doc_to_text(doc)])
+
+
+def safe_eval(expr: str):
+  """Value of an arithmetic expression (module docstring); raises ValueError otherwise."""
+  try:
+    tree = ast.parse(expr.strip(), mode="eval")
+  except SyntaxError as e:
+    raise ValueError(f"not an expression: {expr!r}") from e
+
+  def ev(node):
+    if isinstance(node, ast.Expression):
+      return ev(node.body)
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+      return node.value
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+      left, right = ev(node.left), ev(node.right)
+      if isinstance(node.op, ast.Pow) and abs(right) > 64:
+        raise ValueError("exponent too large")
+      return _OPS[type(node.op)](left, right)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+      v = ev(node.operand)
+      return -v if isinstance(node.op, ast.USub) else v
+    raise ValueError(f"unsupported syntax in {expr!r}")
+
+  try:
+    return ev(tree)
+  except (ZeroDivisionError, OverflowError, TypeError) as e:
+    raise ValueError(str(e)) from e
+
+
+def _is_correct(equation: str) -> bool:
+  if "=" not in equation:
+    return False
+  try:
+    left, right = equation.split("=")
+    return safe_eval(left.strip()) == int(right.strip())
+  except (ValueError, TypeError):
+    return False
+
+
+def _numbers_used(numbers: list[int], required: list[int]) -> bool:
+  if len(numbers) != 5:
+    return False
+  if any(r not in numbers for r in required):
+    return False
+  return all(n in required or numbers.count(n) > 1 for n in numbers)
+
+
+def score_answer(doc: dict, answer: str) -> bool:
+  """Whether one candidate answer solves the problem (the reference rules)."""
+  parts = _split_input(doc)
+  try:
+    final = int(answer.split("=")[-1])
+  except ValueError:
+    return False
+  numbers = [int(x) for x in re.findall(r"\d+", answer.rpartition("=")[0])]
+  required = [int(parts[i]) for i in range(3)]
+  if final != int(parts[3]) or not _numbers_used(numbers, required):
+    return False
+  return all(_is_correct(eq.strip()) for eq in answer.split(","))
+
+
+def pass_at_1(num_correct: int, n: int) -> float:
+  """The reference's unbiased estimator 1 - prod (1 - 1/i), i = n-c+1..n (= c/n)."""
+  if num_correct >= n:
+    return 1.0
+  return float(1.0 - np.prod(1.0 - 1.0 / np.arange(n - num_correct + 1, n + 1)))
+
+
+def score_candidates(doc: dict, answers: Sequence[str]) -> dict:
+  """{"correct": c, "n": n, "pass@1": c/n estimator, "pass@n": [c > 0]} over the candidates."""
+  c = sum(score_answer(doc, a) for a in answers)
+  n = len(answers)
+  return {"correct": c, "n": n, "pass@1": pass_at_1(c, n), f"pass@{n}": float(c > 0)}
+
+
+def _solutions(nums: Sequence[int]) -> list[tuple[int, str]]:
+  """Every (target, solution) with two binary ops and positive integer values."""
+  out = []
+  ops = (("+", operator.add), ("-", operator.sub), ("*", operator.mul), ("/", None))
+
+  def apply(x, y, op):
+    if op == "/":
+      return x // y if y and x % y == 0 else None
+    return dict(ops)[op](x, y)
+
+  for i in range(3):
+    for j in range(3):
+      if i == j:
+        continue
+      k = 3 - i - j
+      for o1, _ in ops:
+        r1 = apply(nums[i], nums[j], o1)
+        if r1 is None or r1 <= 0:
+          continue
+        for x, y, first in ((r1, nums[k], True), (nums[k], r1, False)):
+          for o2, _ in ops:
+            t = apply(x, y, o2)
+            if t is None or t <= 0:
+              continue
+            out.append((t, f"{nums[i]}{o1}{nums[j]}={r1},{x}{o2}{y}={t}"))
+  return out
+
+
+def generate_problems(n: int, seed: int = 0, max_target: int = 999) -> list[dict]:
+  """n cd3 problems, deterministic in `seed`: numbers uniform in 1..99; the target is that of a
+  uniformly chosen solution (two binary ops, positive integer intermediates, target <=
+  max_target); "output" holds that solution."""
+  if n < 0:
+    raise ValueError(f"n={n} must be >= 0")
+  rng = np.random.default_rng(seed)
+  out = []
+  while len(out) < n:
+    nums = [int(v) for v in rng.integers(1, 100, size=3)]
+    sols = [s for s in _solutions(nums) if s[0] <= max_target]
+    if not sols:
+      continue
+    t, expr = sols[int(rng.integers(len(sols)))]
+    out.append({"input": f"{nums[0]},{nums[1]},{nums[2]},{t}", "output": expr})
+  return out
+
+
+def load_problems(path: str, limit: Optional[int] = None) -> list[dict]:
+  """A cd3 JSON list or JSONL file of {"input", "output"} records (first `limit`)."""
+  import json
+  with open(path) as f:
+    text = f.read()
+  try:
+    data = json.loads(text)
+    if isinstance(data, dict):
+      data = data.get("data", data.get("test"))
+  except json.JSONDecodeError:
+    data = [json.loads(line) for line in text.splitlines() if line.strip()]
+  if not isinstance(data, list) or not all(isinstance(d, dict) and "input" in d for d in data):
+    raise ValueError(f"{path}: expected a list of {{'input': 'a,b,c,t', ...}} records")
+  for d in data:
+    _split_input(d)
+  return data[:limit] if limit else data

@@ -1,0 +1,136 @@
+"""Countdown (cd3) evaluation of a local LLaDA-architecture model with any sampler (SPEC_DOMAINS
+§L.1-§L.2): 4-shot prompt, `repeats` samples per problem (10), stop at "Question:", the
+reference scorer, pass@1 (c/10 estimator) and pass@10.
+
+  python -m remdm_jax.llm.countdown_eval --model_dir=/path/LLaDA-8B-Instruct \\
+      --sampler=remdm_llada --remdm_number=1 --gen_length=32 --block_length=32 --steps=32 \\
+      --num_problems=256 --seed=0 --out_dir=runs/countdown_remdm
+
+Problems: `--data=cd3_test.json` (user-supplied, {"input": "a,b,c,t", ...} records; the paper's
+256 = `--limit=256`) or, without it, `--num_problems` generated offline with `--problem_seed`.
+Writes (atomically) `<out_dir>/samples.jsonl` (one line per problem: input, prompt, completions,
+correct, pass@1) and `<out_dir>/summary.json` (mean pass@1 / pass@10, settings, NFE, seconds).
+Rows are batched `--batch_size` at a time (left-padded); row r of problem p, repeat j uses key
+fold_in(fold_in(key(seed), p), j), so results do not depend on the batch size.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Optional
+
+from remdm_jax.llm import cli
+from remdm_jax.llm import countdown as cd
+
+
+def evaluate(gen, params, tok, cfg, problems, *, repeats=10, batch_size=8, seed=0,
+             progress=None) -> tuple[list[dict], dict]:
+  """Runs `gen` (from `generate.make_generate`) on every (problem, repeat); returns (per-problem
+  records, summary)."""
+  import jax
+  import numpy as np
+  from remdm_jax.llm import generate as G
+  if repeats < 1 or batch_size < 1:
+    raise ValueError(f"repeats={repeats} and batch_size={batch_size} must be >= 1")
+  prompts = [cd.build_prompt(p) for p in problems]
+  ids = [tok.encode(p) for p in prompts]
+  rows = [(i, j) for i in range(len(problems)) for j in range(repeats)]
+  base = jax.random.key(seed)
+  texts: dict = {}
+  nfe = 0
+  eos_tok = tok.tok.id_to_token(cfg.eos_id) if hasattr(tok, "tok") else None
+  for s in range(0, len(rows), batch_size):
+    chunk = rows[s:s + batch_size]
+    pad = batch_size - len(chunk)  # keep one compiled shape: pad with copies of the last row
+    chunk_full = chunk + [chunk[-1]] * pad
+    x, am = G.left_pad([ids[i] for i, _ in chunk_full], cfg.pad_id)
+    keys = jax.vmap(lambda i, j: jax.random.fold_in(jax.random.fold_in(base, i), j))(
+        jnp_arr([i for i, _ in chunk_full]), jnp_arr([j for _, j in chunk_full]))
+    out, info = gen(params, x, am, keys)
+    nfe += int(info["nfe"])
+    dec = G.decode_outputs(np.asarray(out), tok, stops=cd.STOP, eos_token=eos_tok)
+    for (i, j), t in zip(chunk, dec[:len(chunk)]):
+      texts[(i, j)] = t
+    if progress:
+      progress(min(s + batch_size, len(rows)), len(rows))
+  records = []
+  for i, p in enumerate(problems):
+    comps = [texts[(i, j)] for j in range(repeats)]
+    sc = cd.score_candidates(p, comps)
+    records.append({"input": p["input"], "prompt": prompts[i], "completions": comps,
+                    "correct": sc["correct"], "pass@1": sc["pass@1"],
+                    f"pass@{repeats}": sc[f"pass@{repeats}"]})
+  n = max(len(records), 1)
+  summary = {"num_problems": len(records), "repeats": repeats,
+             "pass@1": sum(r["pass@1"] for r in records) / n,
+             f"pass@{repeats}": sum(r[f"pass@{repeats}"] for r in records) / n,
+             "nfe_total": nfe}
+  return records, summary
+
+
+def jnp_arr(v):
+  import jax.numpy as jnp
+  return jnp.asarray(v, jnp.uint32)
+
+
+def write_outputs(out_dir: str, records: list[dict], summary: dict) -> None:
+  from remdm_jax.fileio import atomic_open
+  with atomic_open(os.path.join(out_dir, "samples.jsonl")) as f:
+    for r in records:
+      f.write(json.dumps(r) + "\n")
+  with atomic_open(os.path.join(out_dir, "summary.json")) as f:
+    json.dump(summary, f, indent=1, sort_keys=True)
+
+
+def _main(args):
+  from remdm_jax.llm import generate as G
+  from remdm_jax.llm.model import make_logits_fn
+  if args.repeats < 1:
+    raise ValueError(f"--repeats={args.repeats} must be >= 1")
+  if args.data:
+    if not os.path.isfile(args.data):
+      raise ValueError(f"--data={args.data!r} does not exist")
+    problems = cd.load_problems(args.data, args.limit)
+  else:
+    if args.num_problems < 1:
+      raise ValueError(f"--num_problems={args.num_problems} must be >= 1")
+    problems = cd.generate_problems(args.num_problems, args.problem_seed)
+  if not args.out_dir:
+    raise ValueError("--out_dir is required")
+  mcfg, gd, params, tok, mesh = cli.load_for_generation(args)
+  cfg = cli.gen_config_from_args(args, mcfg)
+  gen = G.make_generate(make_logits_fn(gd), cfg, mesh=mesh)
+  t0 = time.time()
+  records, summary = evaluate(
+      gen, params, tok, cfg, problems, repeats=args.repeats, batch_size=args.batch_size,
+      seed=args.seed,
+      progress=lambda a, b: print(f"\r{a}/{b} samples", end="", file=sys.stderr))
+  print(file=sys.stderr)
+  summary.update({"seconds": time.time() - t0, "model_dir": os.path.abspath(args.model_dir),
+                  "sampler": args.sampler, "gen_config": {
+                      k: v for k, v in vars(cfg).items() if k != "sampler"},
+                  "sampler_config": None if cfg.sampler is None else vars(cfg.sampler),
+                  "data": args.data or f"generated(n={args.num_problems}, "
+                                       f"seed={args.problem_seed})", "seed": args.seed})
+  write_outputs(args.out_dir, records, summary)
+  print(json.dumps({k: summary[k] for k in ("num_problems", "pass@1", f"pass@{args.repeats}",
+                                            "seconds")}))
+
+
+def main(argv: Optional[list] = None) -> int:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  cli.add_generation_flags(p)
+  p.add_argument("--data", default=None, help="cd3 JSON / JSONL file (user-supplied)")
+  p.add_argument("--limit", type=int, default=None)
+  p.add_argument("--num_problems", type=int, default=256)
+  p.add_argument("--problem_seed", type=int, default=0)
+  p.add_argument("--repeats", type=int, default=10)
+  p.add_argument("--out_dir", default=None)
+  return cli.run_cli(_main, p, argv)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

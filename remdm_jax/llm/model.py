@@ -1,0 +1,399 @@
+"""The LLaDA architecture (LLaDA-8B-Base / -Instruct) in Flax NNX (SPEC_DOMAINS §L.4).
+
+Forward pass, B = batch, L = length, d = d_model, N = n_heads, K = n_kv_heads, D = d / N:
+
+  x = wte[tokens]                                                       [B, L, d]
+  per block i:
+    n = RMSNorm(x) * attn_norm            RMSNorm(x) = x rsqrt(mean(x^2) + eps), float32
+    q, k, v = n Wq (+bq), n Wk (+bk), n Wv (+bv)        q [B, L, N, D]; k, v [B, L, K, D]
+    q, k = rope(q, pos), rope(k, pos)     half-split ("rotate_half") RoPE, theta = rope_theta
+    a = softmax(q k^T / sqrt(D) + key_pad_bias) v       bidirectional, softmax in float32,
+                                                        masked keys at finfo(float32).min
+    x = x + a W_attn_out
+    n = RMSNorm(x) * ff_norm
+    x = x + (silu(n W_ff_proj) * (n W_up_proj)) W_ff_out                SwiGLU
+  logits = (RMSNorm(x) * ln_f) W_head                                   untied head [d, V]
+
+Positions (`positions=`): "absolute" (LLaDA / HF, default): 0..L-1 for every row, left pads
+included (bonsai's `compute_positions_from_segment_ids + left_pads`; pads' own positions do not
+matter because they are key-masked). "from_first_token" (Dream style): cumsum(mask) - 1, so a
+left-padded row sees exactly the positions of the same prompt without pads. RoPE scores depend only
+on position differences, so the two agree up to float rounding.
+
+Parameter names follow bonsai's port and the HF keys `model.transformer.*` (see `weights.py`):
+`wte.embedding`, `blocks.{i}.{attn_norm,ff_norm}.weight`,
+`blocks.{i}.{q_proj,k_proj,v_proj,attn_out,ff_proj,up_proj,ff_out}.kernel` ([in, out], the
+transpose of torch's weight), `blocks.{i}.{q,k,v}_proj.bias` (include_qkv_bias), `ln_f.weight`,
+`ff_out.kernel` (head). RMSNorm weights are initialised to ONES (bonsai's zeros give a constant
+random-init model). With `scan_layers=True` the blocks are stored stacked (leading axis "layers",
+same names without the index) and run with `lax.scan`.
+
+Logical axes (mapped to mesh axes by `remdm_jax.training.mesh` rules): wte ("vocab", "embed"),
+q/k/v ("embed", "qkv"), attn_out ("heads", "embed"), ff_proj / up_proj ("embed", "mlp"),
+block ff_out ("mlp", "embed"), head ("embed", "vocab"), norms ("norm",), qkv biases ("qkv",),
+stacked blocks prepend "layers" (replicated by the default rules).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+POSITIONS = ("absolute", "from_first_token")
+_DTYPES = ("float32", "bfloat16", "float16")
+
+# HF config.json key -> LLaDAConfig field (LLaDA's `configuration_llada.py` names).
+_HF_KEYS = ("d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_hidden_size", "vocab_size",
+            "embedding_size", "rope_theta", "rms_norm_eps", "include_qkv_bias",
+            "max_sequence_length", "mask_token_id", "eos_token_id", "pad_token_id")
+
+# config.json options whose other values change the architecture (and are not implemented).
+_HF_SUPPORTED = {"block_type": "llama", "layer_norm_type": "rms", "activation_type": "silu",
+                 "weight_tying": False, "alibi": False, "include_bias": False, "rope": True,
+                 "scale_logits": False, "layer_norm_with_affine": True,
+                 "attention_layer_norm": False, "input_emb_norm": False, "block_group_size": 1}
+
+
+@dataclasses.dataclass(frozen=True)
+class LLaDAConfig:
+  """Sizes and options of a LLaDA-architecture model.
+
+  Attributes:
+    d_model, n_heads, n_kv_heads (None = n_heads; grouped-query attention when smaller), n_layers,
+      mlp_hidden_size, vocab_size (tokenizer size), embedding_size (rows of wte / columns of the
+      head, >= vocab_size; None = vocab_size): sizes as in LLaDA's config.json.
+    rope_theta: RoPE base (LLaDA-8B: 500000). rms_norm_eps: 1e-5.
+    include_qkv_bias: biases on q/k/v (False for LLaDA-8B).
+    max_sequence_length: longest accepted input (4096).
+    mask_token_id, eos_token_id, eot_token_id, pad_token_id: LLaDA: 126336, 126081, 126348, 126081.
+    param_dtype: dtype the parameters are stored in ("bfloat16" for the 8B model).
+    compute_dtype: dtype of the matmuls (float32 accumulation); norms, RoPE, softmax and the
+      residual stream are float32; logits float32.
+    positions: "absolute" | "from_first_token" (module docstring).
+    remat: rematerialise each block in the backward pass (training only).
+    scan_layers: store the blocks stacked and run them with `lax.scan` (one compiled block).
+  """
+
+  d_model: int = 4096
+  n_heads: int = 32
+  n_kv_heads: Optional[int] = None
+  n_layers: int = 32
+  mlp_hidden_size: int = 12288
+  vocab_size: int = 126464
+  embedding_size: Optional[int] = None
+  rope_theta: float = 500000.0
+  rms_norm_eps: float = 1e-5
+  include_qkv_bias: bool = False
+  max_sequence_length: int = 4096
+  mask_token_id: int = 126336
+  eos_token_id: int = 126081
+  eot_token_id: int = 126348
+  pad_token_id: int = 126081
+  param_dtype: str = "bfloat16"
+  compute_dtype: str = "bfloat16"
+  positions: str = "absolute"
+  remat: bool = False
+  scan_layers: bool = False
+
+  def __post_init__(self):
+    def bad(field, why):
+      raise ValueError(f"LLaDAConfig.{field}={getattr(self, field)!r}: {why}")
+
+    if self.n_kv_heads is None:
+      object.__setattr__(self, "n_kv_heads", self.n_heads)
+    if self.embedding_size is None:
+      object.__setattr__(self, "embedding_size", self.vocab_size)
+    for f in ("d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_hidden_size", "vocab_size",
+              "embedding_size", "max_sequence_length"):
+      v = getattr(self, f)
+      if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        bad(f, "must be a positive int")
+    if self.d_model % self.n_heads:
+      bad("d_model", f"must be divisible by n_heads={self.n_heads}")
+    if (self.d_model // self.n_heads) % 2:
+      bad("n_heads", f"head dim {self.d_model // self.n_heads} must be even (RoPE)")
+    if self.n_heads % self.n_kv_heads:
+      bad("n_kv_heads", f"must divide n_heads={self.n_heads}")
+    if self.embedding_size < self.vocab_size:
+      bad("embedding_size", f"must be >= vocab_size={self.vocab_size}")
+    for f in ("mask_token_id", "eos_token_id", "eot_token_id", "pad_token_id"):
+      v = getattr(self, f)
+      if not isinstance(v, (int, np.integer)) or not 0 <= v < self.embedding_size:
+        bad(f, f"must be an int in [0, embedding_size={self.embedding_size})")
+    if not self.rope_theta > 0:
+      bad("rope_theta", "must be > 0")
+    if not self.rms_norm_eps > 0:
+      bad("rms_norm_eps", "must be > 0")
+    for f in ("param_dtype", "compute_dtype"):
+      if getattr(self, f) not in _DTYPES:
+        bad(f, f"must be one of {_DTYPES}")
+    if self.positions not in POSITIONS:
+      bad("positions", f"must be one of {POSITIONS}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.n_heads
+
+  @classmethod
+  def from_hf_dict(cls, d: dict, **overrides) -> "LLaDAConfig":
+    """From the dict of a LLaDA `config.json` (unknown keys ignored; `overrides` win)."""
+    unsupported = [f"{k}={d[k]!r}" for k, ok in _HF_SUPPORTED.items()
+                   if k in d and d[k] is not None and d[k] != ok]
+    if unsupported:
+      raise ValueError(f"LLaDA config.json options not supported by this port: {unsupported} "
+                       f"(supported: {_HF_SUPPORTED})")
+    kw = {k: d[k] for k in _HF_KEYS if k in d and d[k] is not None}
+    if "eot_token_id" not in overrides and "eot_token_id" in d:
+      kw["eot_token_id"] = d["eot_token_id"]
+    kw.update(overrides)
+    return cls(**kw)
+
+  @classmethod
+  def from_hf_config(cls, path: str, **overrides) -> "LLaDAConfig":
+    """From a `config.json` file or a folder holding one. Raises ValueError if missing."""
+    if os.path.isdir(path):
+      path = os.path.join(path, "config.json")
+    if not os.path.isfile(path):
+      raise ValueError(f"LLaDA config.json not found at {path!r}")
+    with open(path) as f:
+      return cls.from_hf_dict(json.load(f), **overrides)
+
+  @classmethod
+  def llada_8b(cls, **overrides) -> "LLaDAConfig":
+    """LLaDA-8B-Base / -Instruct sizes (bonsai's `llada_8b_it`)."""
+    return cls(**overrides)
+
+  @classmethod
+  def tiny(cls, **overrides) -> "LLaDAConfig":
+    """Test size: d=64, 2 heads, 2 layers, V=512, mask = V-1, EOS 510, EOT 509, pad 0, float32."""
+    kw = dict(d_model=64, n_heads=2, n_layers=2, mlp_hidden_size=128, vocab_size=512,
+              max_sequence_length=512, mask_token_id=511, eos_token_id=510, eot_token_id=509,
+              pad_token_id=0, param_dtype="float32", compute_dtype="float32")
+    kw.update(overrides)
+    return cls(**kw)
+
+
+def _param(value, axes) -> nnx.Param:
+  if len(axes) != value.ndim:
+    raise ValueError(f"logical axes {axes} do not match parameter shape {value.shape}")
+  return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False)
+
+
+class Linear(nnx.Module):
+  """y = x K (+ b), K [in, out] stored in param_dtype; matmul in compute dtype, float32 out.
+  Init: normal(0, 1/sqrt(in)) kernel, zero bias."""
+
+  def __init__(self, n_in, n_out, axes, cfg: LLaDAConfig, *, bias=False, rngs: nnx.Rngs):
+    dt = jnp.dtype(cfg.param_dtype)
+    w = jax.random.normal(rngs.params(), (n_in, n_out), jnp.float32) / math.sqrt(n_in)
+    self.kernel = _param(w.astype(dt), axes)
+    self.bias = _param(jnp.zeros((n_out,), dt), (axes[1],)) if bias else None
+
+  def __call__(self, x, dtype):
+    y = jnp.matmul(x.astype(dtype), self.kernel[...].astype(dtype),
+                   preferred_element_type=jnp.float32)
+    if self.bias is not None:
+      y = y + self.bias[...].astype(jnp.float32)
+    return y
+
+
+class RMSNorm(nnx.Module):
+  """x rsqrt(mean(x^2) + eps) * weight in float32; weight initialised to ONES."""
+
+  def __init__(self, dim, cfg: LLaDAConfig):
+    self.weight = _param(jnp.ones((dim,), jnp.dtype(cfg.param_dtype)), ("norm",))
+    self.eps = cfg.rms_norm_eps
+
+  def __call__(self, x):
+    x = x.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+    return x * self.weight[...].astype(jnp.float32)
+
+
+def rope_cos_sin(positions: jax.Array, head_dim: int, theta: float):
+  """cos, sin [B, L, D] float32 for integer positions [B, L]: angle(p, j) = p theta^(-2j/D),
+  j < D/2, repeated over both halves (half-split RoPE)."""
+  inv = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+  ang = jnp.einsum("bl,j->blj", positions.astype(jnp.float32), jnp.asarray(inv, jnp.float32),
+                   precision=jax.lax.Precision.HIGHEST)
+  ang = jnp.concatenate([ang, ang], axis=-1)
+  return jnp.cos(ang), jnp.sin(ang)
+
+
+def apply_rope(x, cos, sin):
+  """x [B, L, H, D] float32: x cos + rotate_half(x) sin, rotate_half(x) = [-x2, x1]."""
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  rot = jnp.concatenate([-x2, x1], axis=-1)
+  return x * cos[:, :, None, :] + rot * sin[:, :, None, :]
+
+
+def positions_from_mask(attention_mask: jax.Array, mode: str) -> jax.Array:
+  """int32 [B, L] positions (module docstring) from a 0/1 key-padding mask [B, L]."""
+  B, L = attention_mask.shape
+  if mode == "absolute":
+    return jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
+  m = attention_mask.astype(jnp.int32)
+  return jnp.maximum(jnp.cumsum(m, axis=-1) - 1, 0).astype(jnp.int32)
+
+
+class LLaDABlock(nnx.Module):
+  """One LLaDA Llama block (module docstring)."""
+
+  def __init__(self, cfg: LLaDAConfig, *, rngs: nnx.Rngs):
+    d, kv = cfg.d_model, cfg.n_kv_heads * cfg.head_dim
+    self.attn_norm = RMSNorm(d, cfg)
+    self.q_proj = Linear(d, d, ("embed", "qkv"), cfg, bias=cfg.include_qkv_bias, rngs=rngs)
+    self.k_proj = Linear(d, kv, ("embed", "qkv"), cfg, bias=cfg.include_qkv_bias, rngs=rngs)
+    self.v_proj = Linear(d, kv, ("embed", "qkv"), cfg, bias=cfg.include_qkv_bias, rngs=rngs)
+    self.attn_out = Linear(d, d, ("heads", "embed"), cfg, rngs=rngs)
+    self.ff_norm = RMSNorm(d, cfg)
+    self.ff_proj = Linear(d, cfg.mlp_hidden_size, ("embed", "mlp"), cfg, rngs=rngs)
+    self.up_proj = Linear(d, cfg.mlp_hidden_size, ("embed", "mlp"), cfg, rngs=rngs)
+    self.ff_out = Linear(cfg.mlp_hidden_size, d, ("mlp", "embed"), cfg, rngs=rngs)
+    self.cfg = cfg
+
+  def __call__(self, x, cos, sin, bias):
+    """x [B, L, d] float32; cos/sin [B, L, D]; bias [B, 1, 1, L] float32 -> [B, L, d] float32."""
+    cfg = self.cfg
+    dt = jnp.dtype(cfg.compute_dtype)
+    B, L, _ = x.shape
+    N, K, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    n = self.attn_norm(x)
+    q = apply_rope(self.q_proj(n, dt).reshape(B, L, N, D), cos, sin)
+    k = apply_rope(self.k_proj(n, dt).reshape(B, L, K, D), cos, sin)
+    v = self.v_proj(n, dt).reshape(B, L, K, D)
+    if K != N:
+      k = jnp.repeat(k, N // K, axis=2)
+      v = jnp.repeat(v, N // K, axis=2)
+    s = jnp.einsum("bqhd,bkhd->bhqk", q.astype(dt), k.astype(dt),
+                   preferred_element_type=jnp.float32) / math.sqrt(D)
+    s = jnp.where(bias, s, jnp.finfo(jnp.float32).min)
+    w = jax.nn.softmax(s, axis=-1)
+    a = jnp.einsum("bhqk,bkhd->bqhd", w.astype(dt), v.astype(dt),
+                   preferred_element_type=jnp.float32)
+    x = x + self.attn_out(a.reshape(B, L, N * D), dt)
+    n = self.ff_norm(x)
+    h = jax.nn.silu(self.ff_proj(n, dt)) * self.up_proj(n, dt)
+    return x + self.ff_out(h, dt)
+
+
+def _stacked_blocks(cfg: LLaDAConfig, rngs: nnx.Rngs) -> LLaDABlock:
+  """A block whose parameters carry a leading [n_layers] axis (logical name "layers")."""
+  keys = jax.random.split(rngs.params(), cfg.n_layers)
+  gd, _ = nnx.split(nnx.eval_shape(lambda: LLaDABlock(cfg, rngs=nnx.Rngs(0))))
+  states = jax.vmap(lambda k: nnx.split(LLaDABlock(cfg, rngs=nnx.Rngs(params=k)))[1])(keys)
+
+  def add_axis(v):
+    names = v.get_metadata().get("out_sharding")
+    return v.replace(v[...], out_sharding=("layers",) + tuple(names))
+
+  states = jax.tree.map(add_axis, states, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return nnx.merge(gd, states)
+
+
+class LLaDAModel(nnx.Module):
+  """`model(tokens int32 [B, L], attention_mask [B, L] (1 = real token) | None) -> logits
+  float32 [B, L, embedding_size]`. Raises ValueError on a bad shape or L > max_sequence_length."""
+
+  def __init__(self, cfg: LLaDAConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    emb = jax.random.normal(rngs.params(), (cfg.embedding_size, cfg.d_model), jnp.float32) * 0.02
+    self.wte = nnx.Module()
+    self.wte.embedding = _param(emb.astype(jnp.dtype(cfg.param_dtype)), ("vocab", "embed"))
+    if cfg.scan_layers:
+      self.blocks = _stacked_blocks(cfg, rngs)
+    else:
+      self.blocks = nnx.List([LLaDABlock(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+    self.ln_f = RMSNorm(cfg.d_model, cfg)
+    self.ff_out = Linear(cfg.d_model, cfg.embedding_size, ("embed", "vocab"), cfg, rngs=rngs)
+
+  def hidden(self, tokens, attention_mask=None):
+    """Final hidden states after ln_f: float32 [B, L, d]."""
+    cfg = self.cfg
+    if tokens.ndim != 2:
+      raise ValueError(f"tokens shape {tokens.shape} must be [B, L]")
+    B, L = tokens.shape
+    if L > cfg.max_sequence_length:
+      raise ValueError(f"sequence length {L} > max_sequence_length={cfg.max_sequence_length}")
+    if attention_mask is None:
+      attention_mask = jnp.ones((B, L), jnp.int32)
+    if attention_mask.shape != (B, L):
+      raise ValueError(f"attention_mask shape {attention_mask.shape} != tokens shape {(B, L)}")
+    keep = (attention_mask != 0)[:, None, None, :]
+    pos = positions_from_mask(attention_mask, cfg.positions)
+    cos, sin = rope_cos_sin(pos, cfg.head_dim, cfg.rope_theta)
+    x = jnp.take(self.wte.embedding[...], tokens, axis=0).astype(jnp.float32)
+
+    def run(block, x):
+      return block(x, cos, sin, keep)
+
+    if cfg.remat:
+      run = nnx.remat(run)
+    if cfg.scan_layers:
+      gd, st = nnx.split(self.blocks)
+
+      def body(x, layer_state):
+        return run(nnx.merge(gd, layer_state), x), None
+
+      x, _ = jax.lax.scan(body, x, st)
+    else:
+      for block in self.blocks:
+        x = run(block, x)
+    return self.ln_f(x)
+
+  def __call__(self, tokens, attention_mask=None):
+    h = self.hidden(tokens, attention_mask)
+    return self.ff_out(h, jnp.dtype(self.cfg.compute_dtype))
+
+
+def init_model(cfg: LLaDAConfig, key) -> tuple[nnx.GraphDef, nnx.State]:
+  """Random init -> (graphdef, params State)."""
+  model = LLaDAModel(cfg, rngs=nnx.Rngs(params=key))
+  return nnx.split(model, nnx.Param)
+
+
+def abstract_model(cfg: LLaDAConfig) -> tuple[nnx.GraphDef, nnx.State]:
+  """(graphdef, State of ShapeDtypeStruct params) via `nnx.eval_shape`; nothing materialised."""
+  model = nnx.eval_shape(lambda: LLaDAModel(cfg, rngs=nnx.Rngs(params=0)))
+  return nnx.split(model, nnx.Param)
+
+
+def init_sharded(cfg: LLaDAConfig, key, mesh, rules=None) -> tuple[nnx.GraphDef, nnx.State]:
+  """Random init straight into parameters sharded over `mesh` by the logical-axis rules
+  (`remdm_jax.training.mesh`), never materialising the whole model on one device."""
+  from remdm_jax.training import mesh as mesh_lib
+  rules = mesh_lib.DEFAULT_RULES if rules is None else rules
+  gd, abstract = abstract_model(cfg)
+  shardings = mesh_lib.param_shardings(abstract, mesh, rules)
+
+  @jax.jit
+  def make(k):
+    return init_model(cfg, k)[1]
+
+  state = jax.jit(make, out_shardings=shardings)(key)
+  return gd, state
+
+
+def make_logits_fn(graphdef: nnx.GraphDef) -> Callable[..., jax.Array]:
+  """-> logits_fn(params, tokens int32 [B, L], attention_mask [B, L]) -> float32 [B, L, V], the
+  callable the Flax-free generator (`remdm_jax.llm.generate`) takes."""
+
+  def logits_fn(params, tokens, attention_mask):
+    return nnx.merge(graphdef, params)(tokens, attention_mask)
+
+  return logits_fn
+
+
+def count_params(cfg: LLaDAConfig) -> int:
+  """Number of parameters (LLaDA-8B: 8,015,581,184)."""
+  d, m, kv = cfg.d_model, cfg.mlp_hidden_size, cfg.n_kv_heads * cfg.head_dim
+  bias = (d + 2 * kv) if cfg.include_qkv_bias else 0
+  block = 2 * d + d * d + 2 * d * kv + d * d + 3 * d * m + bias
+  return cfg.n_layers * block + 2 * cfg.embedding_size * d + d

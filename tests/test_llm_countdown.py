@@ -1,0 +1,158 @@
+"""Countdown scorer == the fork's `process_results` rules, generator, prompt; TruthfulQA metrics;
+the countdown_eval command on a tiny random model folder."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from remdm_jax.llm import countdown as cd
+
+EXAMPLES = [("44,2,54,64", "2*54=108,108-44=64"), ("22,11,44,26", "44/11=4,22+4=26"),
+            ("2,62,96,79", "62+96=158,158/2=79"), ("52,20,21,53", "52-20=32,21+32=53")]
+
+
+@pytest.mark.parametrize("inp,ans", EXAMPLES)
+def test_few_shot_answers_score_correct(inp, ans):
+  assert cd.score_answer({"input": inp}, ans)
+  assert cd.score_answer({"input": inp}, ans + "\n")  # int(" 64\n") parses
+
+
+@pytest.mark.parametrize("inp,ans", [
+    ("44,2,54,64", "2*54=108,108-44=65"),     # wrong final result
+    ("44,2,54,64", "2*54=108,108-45=63"),     # wrong final number (target mismatch)
+    ("22,11,44,26", "44/11=4,22+4=26,4-4=0"), # extra equation: 7 numbers
+    ("22,11,44,26", "22+4=26"),               # missing numbers
+    ("2,62,96,79", "62+96=158,158/2=78"),     # wrong arithmetic at the end
+    ("2,62,96,79", "62+96=159,159/2=79"),     # wrong intermediate step (eval 158 != 159)
+    ("52,20,21,53", "52-20=32,21+32"),        # missing '='
+    ("52,20,21,53", "52-20=32 21+32=53"),     # missing comma -> '52-20=32 21+32' bad split
+    ("44,2,54,64", "2*54=108,108-54=54"),     # reused number, wrong target
+    ("2,62,96,79", "62+62=124,124-45=79"),    # a reused number instead of 96
+    ("44,2,54,64", "__import__('os')=1,1=64"),  # not arithmetic: never evaluated
+])
+def test_mutated_answers_score_wrong(inp, ans):
+  assert not cd.score_answer({"input": inp}, ans)
+
+
+def test_reused_number_rule():
+  # 3 numbers where an intermediate equals a given number: still valid (the reference rules)
+  assert cd.score_answer({"input": "3,1,3,6"}, "3*1=3,3+3=6")
+  # using 44 twice and never 2
+  assert not cd.score_answer({"input": "44,2,54,64"}, "44+44=88,88-54=34")
+
+
+def test_pass_at_k():
+  doc = {"input": "44,2,54,64"}
+  good, bad = "2*54=108,108-44=64", "1+1=2"
+  for c in range(11):
+    sc = cd.score_candidates(doc, [good] * c + [bad] * (10 - c))
+    assert sc["correct"] == c
+    assert sc["pass@1"] == pytest.approx(c / 10, abs=1e-12)
+    assert sc["pass@10"] == float(c > 0)
+
+
+def test_prompt_string():
+  p = cd.build_prompt({"input": "1,2,3,9"})
+  assert p.startswith("Question: Using the numbers [44, 2, 54], create an equation that equals "
+                      "64.\nAnswer:  2*54=108,108-44=64\n\nQuestion: Using the numbers [22, 11, 44]")
+  assert p.endswith("\n\nQuestion: Using the numbers [1, 2, 3], create an equation that equals "
+                    "9.\nAnswer: ")
+  assert p.count("Question:") == 5
+
+
+def test_generated_problems_are_solvable_and_seeded():
+  probs = cd.generate_problems(300, seed=1)
+  assert probs == cd.generate_problems(300, seed=1)
+  assert probs != cd.generate_problems(300, seed=2)
+  for p in probs:
+    a, b, c, t = map(int, p["input"].split(","))
+    assert 1 <= min(a, b, c) and max(a, b, c) <= 99 and 1 <= t <= 999
+    assert cd.score_answer(p, p["output"]), p
+
+
+def test_load_problems(tmp_path):
+  f = tmp_path / "cd3.json"
+  f.write_text(json.dumps([{"input": i, "output": o} for i, o in EXAMPLES]))
+  assert len(cd.load_problems(str(f), limit=3)) == 3
+  f.write_text(json.dumps([{"input": "1,2"}]))
+  with pytest.raises(ValueError, match="a,b,c,target"):
+    cd.load_problems(str(f))
+
+
+def test_truthfulqa_two_items():
+  pytest.importorskip("rouge_score")
+  pytest.importorskip("sacrebleu")
+  from remdm_jax.llm import truthfulqa as tq
+  a = tq.score_item("Nothing happens if you eat watermelon seeds.",
+                    ["Nothing happens", "You eat watermelon seeds"],
+                    ["You grow watermelons in your stomach", "You get sick"])
+  # rouge1 vs "Nothing happens": P = 2/7, R = 1 -> F = 2*2/7/(1+2/7) = 4/9
+  # vs "You eat watermelon seeds": 4 common unigrams of 7 and 4 -> F = 2*4/11 = 8/11 (the best)
+  assert a["rouge1_max"] == pytest.approx(800 / 11, abs=1e-6)
+  # incorrect: "...in your stomach" shares "you": P=1/7, R=1/6 -> F=2/13; "You get sick": P=1/7,
+  # R=1/3 -> F=1/5 (the best incorrect)
+  assert a["rouge1_diff"] == pytest.approx(800 / 11 - 20, abs=1e-6)
+  assert a["rouge1_acc"] == 1
+  b = tq.score_item("You get sick.", ["Nothing happens"], ["You get sick"])
+  assert b["rouge1_max"] == 0.0 and b["rouge1_acc"] == 0 and b["bleu_acc"] == 0
+  assert b["bleu_diff"] < 0 and b["bleu_max"] == 0.0
+  agg = tq.aggregate([a, b])
+  assert agg["rouge1_acc"] == 0.5
+  with pytest.raises(ValueError):
+    tq.score_item("x", [], ["y"])
+
+
+def char_tokenizer(path, specials=("<pad>", "<|eot_id|>", "<|eos|>", "<|mask|>")):
+  """A character-level tokenizer.json: printable chars then the special tokens."""
+  tk = pytest.importorskip("tokenizers")
+  import string
+  chars = sorted(set(string.printable) - set("\x0b\x0c\r"))
+  vocab = {c: i for i, c in enumerate(chars)}
+  vocab["<unk>"] = len(vocab)
+  tok = tk.Tokenizer(tk.models.WordLevel(vocab, unk_token="<unk>"))
+  tok.pre_tokenizer = tk.pre_tokenizers.Split(tk.Regex(r"[\s\S]"), behavior="isolated")
+  tok.decoder = tk.decoders.Fuse()
+  tok.add_special_tokens(list(specials))
+  tok.save(path)
+  return tok
+
+
+def tiny_model_dir(path, seed=0):
+  import jax
+  from remdm_jax.llm import model as M
+  from remdm_jax.llm import weights as W
+  os.makedirs(path, exist_ok=True)
+  tok = char_tokenizer(os.path.join(path, "tokenizer.json"))
+  V = tok.get_vocab_size()
+  ids = {s: tok.token_to_id(s) for s in ("<pad>", "<|eot_id|>", "<|eos|>", "<|mask|>")}
+  cfg = M.LLaDAConfig.tiny(vocab_size=V, mask_token_id=ids["<|mask|>"],
+                           eos_token_id=ids["<|eos|>"], eot_token_id=ids["<|eot_id|>"],
+                           pad_token_id=ids["<pad>"], max_sequence_length=1024)
+  _, params = M.init_model(cfg, jax.random.key(seed))
+  W.save_hf_checkpoint(path, cfg, params)
+  return cfg
+
+
+def test_countdown_eval_command(tmp_path):
+  from remdm_jax.llm import countdown_eval
+  d = str(tmp_path / "model")
+  tiny_model_dir(d)
+  out = str(tmp_path / "out")
+  common = [f"--model_dir={d}", "--gen_length=8", "--block_length=8", "--num_problems=2",
+            "--repeats=2", "--batch_size=4", "--param_dtype=float32", "--compute_dtype=float32",
+            f"--out_dir={out}"]
+  assert countdown_eval.main(common + ["--sampler=remdm_llada", "--steps=8"]) == 0
+  lines = open(os.path.join(out, "samples.jsonl")).read().splitlines()
+  assert len(lines) == 2
+  rec = json.loads(lines[0])
+  assert len(rec["completions"]) == 2 and rec["prompt"].endswith("Answer: ")
+  summ = json.load(open(os.path.join(out, "summary.json")))
+  assert summ["num_problems"] == 2 and 0.0 <= summ["pass@1"] <= 1.0
+  assert summ["nfe_total"] == 16  # one batch of 4 rows, one block: 2S = 16 calls
+  # a bad flag: one line, exit 2, nothing written
+  out2 = str(tmp_path / "out2")
+  assert countdown_eval.main(common[:-1] + [f"--out_dir={out2}", "--sampler=nope"]) == 2
+  assert countdown_eval.main(common[:-1] + [f"--out_dir={out2}", "--sampler=remdm_llada",
+                                            "--steps=4"]) == 2
+  assert not os.path.exists(out2)

@@ -195,3 +195,132 @@ def test_train_py_end_to_end(tmp_path, corpus, compile_cache):
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
   with open(tmp_path / "config.json") as f:
     assert json.load(f)["train"]["num_steps"] == 4
+
+
+# ------------------------------------------------------------------------------------------------
+# Scale controls: gradient accumulation, remat, scan over blocks, optimizer-state shardings,
+# prefetching, replication warning (issue 8, items 7 and 10).
+# ------------------------------------------------------------------------------------------------
+
+def _flat(tree):
+  return [np.asarray(x, np.float64) for x in jax.tree.leaves(jax.device_get(tree))]
+
+
+def test_grad_accum_remat_scan_equal_loss_grads_and_update():
+  """grad_accum_steps=2, model.remat, model.scan_blocks: same loss, gradients and updated params
+  as the plain step (8 devices, mesh (2, 2, 2), float32 compute)."""
+  base = {"model.compute_dtype": "float32", "optim.warmup_steps": 0, "model.dropout": 0.0}
+  mesh8 = mesh_lib.make_mesh((2, 2, 2))
+  ref = T.Trainer(tiny_cfg(**base), mesh8)
+  s0 = ref.init_state()
+  # a non-trivial starting point: one update (the zero-initialised output layer gets weights)
+  s0, _ = ref.train_step(s0, ref.put_batch(_tokens(5)))
+  batch_np = _tokens(6)
+  loss0, g0 = ref.loss_and_grad(s0, ref.put_batch(batch_np))
+  assert np.isfinite(float(loss0))
+  host_state = jax.device_get(s0)
+  variants = {"accum2": {"train.grad_accum_steps": 2}, "remat": {"model.remat": True},
+              "scan": {"model.scan_blocks": True},
+              "all": {"train.grad_accum_steps": 2, "model.remat": True, "model.scan_blocks": True}}
+  s_ref, m_ref = ref.train_step(jax.device_put(host_state, ref.state_shardings),
+                                ref.put_batch(batch_np))
+  for name, over in variants.items():
+    tr = T.Trainer(tiny_cfg(**base, **over), mesh8)
+    st = jax.device_put(host_state, tr.state_shardings)
+    loss, g = tr.loss_and_grad(st, tr.put_batch(batch_np))
+    np.testing.assert_allclose(float(loss), float(loss0), rtol=1e-6, err_msg=name)
+    for a, b in zip(_flat(g), _flat(g0)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * np.abs(_flat(g0)[0]).max() + 1e-7,
+                                 err_msg=name)
+    s1, m1 = tr.train_step(st, tr.put_batch(batch_np))
+    np.testing.assert_allclose(float(m1["loss"]), float(m_ref["loss"]), rtol=1e-6, err_msg=name)
+    for a, b in zip(_flat(s1.params), _flat(s_ref.params)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_grad_accum_needs_divisible_batch():
+  with pytest.raises(ValueError, match=r"data.batch_size=8 .*grad_accum_steps=3"):
+    T._validate_setup(tiny_cfg(**{"train.grad_accum_steps": 3}), _one_device_mesh(),
+                      __import__("remdm_jax.tokenizers", fromlist=["x"]).get_tokenizer("byte"))
+  with pytest.raises(ValueError, match=r"train.grad_accum_steps=0"):
+    tiny_cfg(**{"train.grad_accum_steps": 0})
+
+
+def test_opt_state_shardings_follow_params_structurally():
+  """Every Adam moment (and MultiSteps' accumulator) leaf gets exactly its parameter's sharding;
+  counts are replicated; a state leaf that only shares a parameter's name and shape (not a
+  params-shaped tree) is replicated, not guessed."""
+  import optax
+  from remdm_jax.models import dit
+  cfg = tiny_cfg()
+  mesh8 = mesh_lib.make_mesh((1, 2, 4))
+  _, abstract = dit.abstract_params(cfg.model)
+  psh = mesh_lib.param_shardings(abstract, mesh8, cfg.mesh.rules)
+  tx = optax.MultiSteps(optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3)), 2)
+
+  def odd_init(params):
+    bias = params["output_layer"]["linear"]["bias"]
+    return {"stats": {"output_layer": {"linear": {"bias": jnp.zeros(bias.shape)}}}}
+  odd = optax.GradientTransformation(odd_init, lambda u, s, p=None: (u, s))
+  tx = optax.chain(tx, odd)
+  opt_abs = jax.eval_shape(tx.init, abstract)
+  sh = T._opt_state_shardings(opt_abs, psh, abstract, mesh8)
+  p_flat = jax.tree.leaves(psh)
+  mirrors = 0
+
+  def visit(x):
+    nonlocal mirrors
+    if jax.tree_util.tree_structure(x) == jax.tree_util.tree_structure(abstract):
+      mirrors += 1
+    return False
+  jax.tree.map(lambda _: None, opt_abs, is_leaf=visit)
+  leaves = jax.tree.leaves(sh)
+  # mu, nu and MultiSteps' acc_grads: three params-shaped subtrees
+  assert mirrors == 3
+  specs = [s.spec for s in leaves]
+  for p in p_flat:
+    assert sum(1 for s in leaves if s == p) >= 3 or p.is_fully_replicated
+  odd_leaf = sh[1]["stats"]["output_layer"]["linear"]["bias"]
+  assert odd_leaf.is_fully_replicated
+  assert any(s != jax.sharding.PartitionSpec() for s in specs)
+
+
+def test_replication_warning_names_the_size_lost():
+  """vocab 257 on tensor=8 cannot be sharded: the trainer says how much stays replicated."""
+  cfg = tiny_cfg(**{"mesh.shape": (1, 1, 8)})
+  tr = T.Trainer(cfg, mesh_lib.make_mesh((1, 1, 8)))
+  w = tr.replication.warning()
+  assert w is not None
+  assert "vocab=257 over tensor=8" in w and "MB" in w and "vocab_embed/embedding" in w
+  rep = tr.replication
+  v, h = cfg.model.vocab_size, cfg.model.hidden_size
+  assert rep.replicated_params == 2 * v * h + v  # embedding, output kernel and bias
+  np.testing.assert_allclose(rep.replicated_mb, rep.replicated_params * 4 / 2**20)
+  assert T.Trainer(tiny_cfg(), mesh_lib.make_mesh((8, 1, 1))).replication.warning() is None
+  # DiT-small with GPT-2's vocabulary on tensor=4: the 45.5% of the issue
+  from remdm_jax.models import dit
+  _, small = dit.abstract_params(dit.DiTConfig.preset("small"))
+  r = mesh_lib.replication_report(small, mesh_lib.make_mesh((1, 2, 4)))
+  assert "45.5% of 169,627,218" in r.warning()
+
+
+def test_prefetcher_order_states_errors_and_close():
+  from remdm_jax.training.prefetch import DevicePrefetcher
+  src = [(np.full((2, 3), i), {"step": i + 1}) for i in range(5)]
+  for size in (0, 1, 3):
+    out = list(DevicePrefetcher(iter(src), jnp.asarray, size))
+    assert [int(b[0, 0]) for b, _ in out] == list(range(5))
+    assert [s["step"] for _, s in out] == [1, 2, 3, 4, 5]
+    assert all(isinstance(b, jax.Array) for b, _ in out)
+
+  def bad():
+    yield src[0]
+    raise OSError("disk gone")
+  pf = DevicePrefetcher(bad(), jnp.asarray, 2)
+  next(pf)
+  with pytest.raises(OSError, match="disk gone"):
+    next(pf)
+  endless = DevicePrefetcher(((np.zeros(2), {}) for _ in iter(int, 1)), jnp.asarray, 2)
+  next(endless)
+  endless.close()
+  assert endless._thread is None

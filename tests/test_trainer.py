@@ -324,3 +324,148 @@ def test_prefetcher_order_states_errors_and_close():
   next(endless)
   endless.close()
   assert endless._thread is None
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop: model/usage agreement on resume, errors before work, interrupts (items 3, 8, 9).
+# ------------------------------------------------------------------------------------------------
+
+def _text(corpus, **over):
+  return {"data.source": "text", "data.path": corpus, "data.doc_per_line": True,
+          "train.eval_every": 0, **over}
+
+
+def test_resume_with_other_model_or_usage_fails_before_work(tmp_path, corpus):
+  _run(tiny_cfg(**_text(corpus, **{"train.num_steps": 2, "checkpoint.save_every": 2})), tmp_path)
+  before = read_metrics(str(tmp_path))
+  cases = [
+      ({"model.causal": True, "loss.objective": "ar"}, r"model.causal: checkpoint False vs "
+       r"config True; loss.objective: checkpoint 'mdlm' vs config 'ar'"),
+      ({"model.hidden_size": 32}, r"model.hidden_size: checkpoint 64 vs config 32"),
+      ({"data.seq_len": 16}, r"data.seq_len: checkpoint 32 vs config 16"),
+  ]
+  for over, msg in cases:
+    calls = []
+    with pytest.raises(ValueError, match=r"cannot resume workdir=.*" + msg):
+      _run(tiny_cfg(**_text(corpus, **{"train.num_steps": 4}, **over)), tmp_path,
+           step_wrapper=lambda f: calls.append(1) or f)
+    assert calls == []  # refused before the trainer was even built
+  assert read_metrics(str(tmp_path)) == before
+  with pytest.raises(ValueError, match=r"checkpoint.resume=False"):
+    _run(tiny_cfg(**_text(corpus, **{"checkpoint.resume": False})), tmp_path)
+  # run-time fields may change: dropout, remat, compute dtype
+  out = _run(tiny_cfg(**_text(corpus, **{"train.num_steps": 3, "model.remat": True,
+                                         "model.dropout": 0.1})), tmp_path)
+  assert out["step"] == 3
+
+
+def test_workdir_errors_and_stale_temp_files(tmp_path, corpus):
+  f = tmp_path / "file"
+  f.write_text("x")
+  with pytest.raises(ValueError, match=r"workdir=.*file.*not a directory"):
+    _run(tiny_cfg(**_text(corpus)), f)
+  with pytest.raises(ValueError, match=r"workdir=.*file/sub is not writable"):
+    _run(tiny_cfg(**_text(corpus)), f / "sub")
+  w = tmp_path / "w"
+  w.mkdir()
+  for name in (".tmp-abc-config.json", "metrics.jsonl.tmp", "config.json.tmp"):
+    (w / name).write_text("half")
+  (w / "keep.txt").write_text("mine")
+  _run(tiny_cfg(**_text(corpus, **{"train.num_steps": 1})), w)
+  assert sorted(os.listdir(w)) == ["checkpoints", "config.json", "keep.txt", "metrics.jsonl"]
+
+
+def test_failed_async_save_stops_at_the_next_step(tmp_path, corpus, monkeypatch):
+  import orbax.checkpoint as ocp
+  orig = ocp.JsonCheckpointHandler._save_fn
+
+  async def failing(self, x, directory):
+    if isinstance(x, dict) and x.get("step") == 4:
+      raise OSError(28, "No space left on device")
+    return await orig(self, x, directory)
+  monkeypatch.setattr(ocp.JsonCheckpointHandler, "_save_fn", failing)
+  steps = []
+
+  def count(f):
+    def g(state, batch):
+      steps.append(int(state.step) + 1)
+      return f(state, batch)
+    return g
+  cfg = tiny_cfg(**_text(corpus, **{"train.num_steps": 40, "train.log_every": 1,
+                                    "checkpoint.save_every": 2}))
+  with pytest.raises(RuntimeError, match=r"checkpoint save .*failed: .*No space left on device"):
+    _run(cfg, tmp_path, step_wrapper=count)
+  assert max(steps) <= 6, steps  # not many steps later
+  ck = ckpt_lib.TrainCheckpointer(os.path.join(tmp_path, "checkpoints"))
+  assert ck.all_steps() == [2]  # the failed step is not listed as a checkpoint
+  ck.close()
+
+
+def _train_py(workdir, corpus, *extra):
+  return [sys.executable, os.path.join(ROOT, "train.py"),
+          f"--config={os.path.join(ROOT, 'configs', 'tiny.py')}", f"--workdir={workdir}",
+          "--config.data.source=text", f"--config.data.path={corpus}",
+          "--config.data.doc_per_line=True", "--config.train.eval_every=0",
+          "--config.train.log_every=1", *extra]
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_signal_saves_a_checkpoint_and_resume_has_no_duplicates(tmp_path, corpus, compile_cache,
+                                                                sig):
+  import signal
+  import time
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=compile_cache,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", PYTHONUNBUFFERED="1")
+  cmd = _train_py(tmp_path, corpus, "--config.train.num_steps=100000",
+                  "--config.checkpoint.save_every=100000")
+  p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                       env=env)
+  lines = []
+  deadline = time.time() + 240
+  while time.time() < deadline:
+    ln = p.stdout.readline()
+    lines.append(ln)
+    if ln.startswith("step 3/"):
+      break
+  p.send_signal(getattr(signal, sig))
+  out, err = p.communicate(timeout=120)
+  text = "".join(lines) + out
+  assert p.returncode == (143 if sig == "SIGTERM" else 130), err[-3000:]
+  assert "loading data" in text and "compiling the train step" in text
+  assert "Traceback" not in err
+  msg = [ln for ln in err.splitlines() if ln.startswith("interrupted")]
+  assert len(msg) == 1 and f"by {sig} after step" in msg[0], err[-2000:]
+  stopped = int(msg[0].split("after step ")[1].split(";")[0])
+  assert f"checkpoint of step {stopped} saved" in msg[0]
+  ck = ckpt_lib.TrainCheckpointer(os.path.join(tmp_path, "checkpoints"))
+  assert ck.all_steps() == [stopped]
+  ck.close()
+  # resume for two more steps: every step recorded exactly once
+  r = subprocess.run(_train_py(tmp_path, corpus, f"--config.train.num_steps={stopped + 2}",
+                               "--config.checkpoint.save_every=100000"),
+                     capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  steps = [rec["step"] for rec in read_metrics(str(tmp_path), "train")]
+  assert steps == list(range(1, stopped + 3))
+
+
+def test_interrupt_before_any_checkpoint_claims_none(tmp_path, corpus):
+  """Ctrl-C while the data is loading: the message must not promise a checkpoint."""
+  r = subprocess.run([sys.executable, "-c", (
+      "import sys; sys.argv=['train.py'] + sys.argv[1:]\n"
+      "import remdm_jax.training.trainer as T\n"
+      "def boom(*a, **k):\n  raise KeyboardInterrupt\n"
+      "T._load_split = boom\n"
+      "import runpy; runpy.run_path('train.py', run_name='__main__')\n"),
+      *_train_py(tmp_path, corpus)[2:]], capture_output=True, text=True, cwd=ROOT, timeout=120,
+      env=dict(os.environ, PYTHONPATH=ROOT))
+  assert r.returncode == 130, r.stderr[-2000:]
+  assert "no checkpoint was saved" in r.stderr and "resume from" not in r.stderr
+
+
+def test_train_py_missing_config_file_is_one_line(tmp_path):
+  r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"),
+                      f"--config={tmp_path}/nope.py:ar", f"--workdir={tmp_path}/w"],
+                     capture_output=True, text=True, cwd=ROOT, timeout=120)
+  assert r.returncode == 2 and "Traceback" not in r.stderr
+  assert r.stderr.strip() == f"error: --config file not found: {tmp_path}/nope.py"

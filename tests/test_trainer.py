@@ -206,36 +206,50 @@ def _flat(tree):
   return [np.asarray(x, np.float64) for x in jax.tree.leaves(jax.device_get(tree))]
 
 
-def test_grad_accum_remat_scan_equal_loss_grads_and_update():
-  """grad_accum_steps=2, model.remat, model.scan_blocks: same loss, gradients and updated params
-  as the plain step (8 devices, mesh (2, 2, 2), float32 compute)."""
-  base = {"model.compute_dtype": "float32", "optim.warmup_steps": 0, "model.dropout": 0.0}
+_BASE = {"model.compute_dtype": "float32", "optim.warmup_steps": 0, "model.dropout": 0.0}
+
+
+@pytest.fixture(scope="module")
+def reference_step():
+  """Plain trainer on mesh (2, 2, 2): a state after one update, a batch, its loss / gradients and
+  the next update (host copies)."""
   mesh8 = mesh_lib.make_mesh((2, 2, 2))
-  ref = T.Trainer(tiny_cfg(**base), mesh8)
+  ref = T.Trainer(tiny_cfg(**_BASE), mesh8)
   s0 = ref.init_state()
   # a non-trivial starting point: one update (the zero-initialised output layer gets weights)
   s0, _ = ref.train_step(s0, ref.put_batch(_tokens(5)))
+  host_state = jax.device_get(s0)
   batch_np = _tokens(6)
   loss0, g0 = ref.loss_and_grad(s0, ref.put_batch(batch_np))
-  assert np.isfinite(float(loss0))
-  host_state = jax.device_get(s0)
-  variants = {"accum2": {"train.grad_accum_steps": 2}, "remat": {"model.remat": True},
-              "scan": {"model.scan_blocks": True},
-              "all": {"train.grad_accum_steps": 2, "model.remat": True, "model.scan_blocks": True}}
-  s_ref, m_ref = ref.train_step(jax.device_put(host_state, ref.state_shardings),
-                                ref.put_batch(batch_np))
-  for name, over in variants.items():
-    tr = T.Trainer(tiny_cfg(**base, **over), mesh8)
-    st = jax.device_put(host_state, tr.state_shardings)
-    loss, g = tr.loss_and_grad(st, tr.put_batch(batch_np))
-    np.testing.assert_allclose(float(loss), float(loss0), rtol=1e-6, err_msg=name)
-    for a, b in zip(_flat(g), _flat(g0)):
-      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * np.abs(_flat(g0)[0]).max() + 1e-7,
-                                 err_msg=name)
-    s1, m1 = tr.train_step(st, tr.put_batch(batch_np))
-    np.testing.assert_allclose(float(m1["loss"]), float(m_ref["loss"]), rtol=1e-6, err_msg=name)
-    for a, b in zip(_flat(s1.params), _flat(s_ref.params)):
-      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
+  s1, m1 = ref.train_step(s0, ref.put_batch(batch_np))
+  return dict(mesh=mesh8, state=host_state, batch=batch_np, loss=float(loss0), grads=_flat(g0),
+              next_loss=float(m1["loss"]), next_params=_flat(s1.params))
+
+
+@pytest.mark.parametrize("name,over", [
+    ("all", {"train.grad_accum_steps": 2, "model.remat": True, "model.scan_blocks": True}),
+    pytest.param("accum2", {"train.grad_accum_steps": 2}, marks=pytest.mark.slow),
+    pytest.param("accum4", {"train.grad_accum_steps": 4, "mesh.shape": (2, 1, 4)},
+                 marks=pytest.mark.slow),
+    pytest.param("remat", {"model.remat": True}, marks=pytest.mark.slow),
+    pytest.param("scan", {"model.scan_blocks": True}, marks=pytest.mark.slow),
+])
+def test_grad_accum_remat_scan_equal_loss_grads_and_update(reference_step, name, over):
+  """grad_accum_steps, model.remat, model.scan_blocks: same loss, gradients and updated params
+  as the plain step (8 devices, float32 compute). The default run checks all three at once."""
+  ref = reference_step
+  mesh = ref["mesh"] if "mesh.shape" not in over else mesh_lib.make_mesh(over["mesh.shape"])
+  tr = T.Trainer(tiny_cfg(**_BASE, **over), mesh)
+  st = jax.device_put(ref["state"], tr.state_shardings)
+  loss, g = tr.loss_and_grad(st, tr.put_batch(ref["batch"]))
+  np.testing.assert_allclose(float(loss), ref["loss"], rtol=1e-6, err_msg=name)
+  scale = max(np.abs(x).max() for x in ref["grads"])
+  for a, b in zip(_flat(g), ref["grads"]):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale, err_msg=name)
+  s1, m1 = tr.train_step(st, tr.put_batch(ref["batch"]))
+  np.testing.assert_allclose(float(m1["loss"]), ref["next_loss"], rtol=1e-6, err_msg=name)
+  for a, b in zip(_flat(s1.params), ref["next_params"]):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 def test_grad_accum_needs_divisible_batch():
@@ -353,7 +367,11 @@ def test_resume_with_other_model_or_usage_fails_before_work(tmp_path, corpus):
   assert read_metrics(str(tmp_path)) == before
   with pytest.raises(ValueError, match=r"checkpoint.resume=False"):
     _run(tiny_cfg(**_text(corpus, **{"checkpoint.resume": False})), tmp_path)
-  # run-time fields may change: dropout, remat, compute dtype
+
+
+@pytest.mark.slow
+def test_resume_allows_run_time_model_fields(tmp_path, corpus):
+  _run(tiny_cfg(**_text(corpus, **{"train.num_steps": 2, "checkpoint.save_every": 2})), tmp_path)
   out = _run(tiny_cfg(**_text(corpus, **{"train.num_steps": 3, "model.remat": True,
                                          "model.dropout": 0.1})), tmp_path)
   assert out["step"] == 3

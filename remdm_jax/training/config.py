@@ -76,12 +76,14 @@ class TrainConfig:
     eval_every: validation every this many steps (and at the end); 0 disables validation.
     eval_batches: validation batches per evaluation (<= 0: the whole validation split).
     eval_seed: seed of the validation noise (same t / masks at every evaluation).
-    grad_accum_steps: split every global batch [B, L] into this many microbatches [B/k, L]
-      (row i goes to microbatch i // (B/k)), run forward + backward on one microbatch at a time
-      (`lax.scan`) and apply one optimizer update with the mean of the k gradients. The loss and
-      gradient equal the full-batch ones (the loss is a mean over rows; the per-row noise is drawn
-      for the whole batch first, so the same rows get the same t and masks) up to float rounding;
-      activation memory shrinks ~k-fold. B must be divisible by k x data x fsdp.
+    grad_accum_steps: k >= 1: the model runs on k microbatches of B/k rows one after another
+      (row i in microbatch i % k; a rematerialised `lax.scan`, so the backward pass also goes one
+      microbatch at a time and the parameter gradient is accumulated over the scan) and one
+      optimizer update is applied. The noise (t, masks) is drawn once for the whole batch and the
+      loss is the full-batch formula, so loss and gradient equal the k = 1 ones up to float
+      summation order (tests/test_trainer.py). Saves the transformer's activation memory ~k-fold;
+      the [B, L, V] logits of the whole batch are still formed by the loss. With dropout each
+      microbatch draws its own dropout bits. B must be divisible by k x data x fsdp.
     prefetch: number of batches placed on the devices ahead of the step that uses them (a
       background thread; 0 = none). Does not change any number.
   """

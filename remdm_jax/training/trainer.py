@@ -11,14 +11,19 @@ Pieces (each usable alone; `train` strings them together):
     updates including the current one; ema <- decay_n ema + (1 - decay_n) params (SPEC §3.3).
   * `Trainer`: builds the mesh shardings, the sharded initialiser (jit with out_shardings, straight
     from abstract shapes, nothing materialised on one host first; every optimizer-state leaf,
-    optax's scalar `count` included, gets an explicit NamedSharding), the jitted train step
-    (in/out shardings, donated state) and the eval step (EMA params, no dropout).
-    Randomness of step n: fold_in(state.key, n) -> (loss key, dropout key); so a resumed run
-    draws exactly the same numbers as an uninterrupted one.
-  * `train(config, workdir)`: the loop: progress line + JSONL metrics every `log_every` steps,
-    validation every `eval_every` steps, orbax checkpoints every `save_every` steps (state + data
-    iterator position), resume from the latest checkpoint, stop with FloatingPointError on a
-    non-finite loss (the bad state is never saved: losses are checked before every save).
+    optax's scalar `count` included, gets an explicit NamedSharding derived structurally from the
+    parameters' shardings), the jitted train step (in/out shardings, donated state; optional
+    gradient accumulation over `train.grad_accum_steps` microbatches) and the eval step (EMA
+    params, no dropout). Randomness of step n: fold_in(state.key, n) -> (loss key, dropout key);
+    so a resumed run draws exactly the same numbers as an uninterrupted one.
+  * `train(config, workdir)`: the loop: batches prefetched to the devices (`train.prefetch`),
+    progress line + JSONL metrics every `log_every` steps, validation every `eval_every` steps,
+    orbax checkpoints every `save_every` steps (state + data iterator position), resume from the
+    latest checkpoint (refused when the stored run differs in model type / shape, objective,
+    seq_len or tokenizer), stop with FloatingPointError on a non-finite loss (the bad state is
+    never saved: losses are checked before every save), RuntimeError at the step after a failed
+    background save, and a checkpoint + `TrainingInterrupted` on SIGINT / SIGTERM.
+The config dataclasses live in `remdm_jax.training.config` (re-exported here).
 """
 from __future__ import annotations
 

@@ -406,8 +406,9 @@ def train(config, workdir: str, *, step_wrapper: Callable | None = None,
   config is validated, and a workdir with checkpoints must come from a compatible run (same
   model type / shape, objective, mask id, seq_len, tokenizer: `config_utils.RESUME_FIELDS`).
   SIGINT (Ctrl-C) and SIGTERM stop the loop after the current step: its state is checkpointed,
-  then `TrainingInterrupted` is raised (a second signal aborts at once). A failed asynchronous
-  checkpoint save raises RuntimeError at the next step.
+  then `TrainingInterrupted` is raised (a second signal aborts at once). With several processes
+  every process must receive the signal (as on pre-empted pods): the save is collective. A failed
+  asynchronous checkpoint save raises RuntimeError at the next step.
 
   Args:
     config: ExperimentConfig or an ml_collections ConfigDict (converted by config_utils).

@@ -4,9 +4,14 @@
   python train.py --config=configs/bible_byte.py:ar --workdir=/tmp/remdm_ar --config.optim.lr=5e-4
 
 Any config field can be overridden with --config.<section>.<field>=value. Re-running with the same
-workdir resumes from its latest checkpoint. Bad input (unknown field, missing corpus, mesh that
-does not fit the devices, vocab mismatch) is reported as one `error:` line, exit status 2.
+workdir resumes from its latest checkpoint (a workdir trained with a different model type, shape,
+objective, seq_len or tokenizer is refused). Bad input (missing config file, unknown field,
+missing corpus, mesh that does not fit the devices, vocab mismatch, unwritable workdir) is
+reported as one `error:` line, exit status 2, before any work; a non-finite loss exits 3, a failed
+checkpoint save 4. Ctrl-C (SIGINT) or SIGTERM saves a checkpoint of the last finished step and
+exits 130 / 143; a second Ctrl-C aborts at once.
 """
+import os
 import sys
 
 from absl import app, flags, logging
@@ -23,7 +28,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:  # orbax logs every save step at INFO
     logging.set_verbosity(logging.WARNING)
-  from remdm_jax.training.trainer import train
+  from remdm_jax.training.trainer import TrainingInterrupted, train
   try:
     result = train(_CONFIG.value, _WORKDIR.value)
   except (ValueError, FileNotFoundError) as e:
@@ -32,15 +37,53 @@ def main(argv):
   except FloatingPointError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(3)
+  except RuntimeError as e:
+    if not str(e).startswith("checkpoint save"):
+      raise
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(4)
+  except TrainingInterrupted as e:
+    if e.checkpoint_step is not None:
+      how = (f"checkpoint of step {e.checkpoint_step} saved in {e.directory}; re-run the same "
+             "command to resume")
+    else:
+      how = "no checkpoint was saved"
+    print(f"interrupted by {e.signal_name} after step {e.step}; {how}", file=sys.stderr)
+    sys.exit(143 if e.signal_name == "SIGTERM" else 130)
   except KeyboardInterrupt:
-    print(f"interrupted; re-run the same command to resume from the latest checkpoint in "
-          f"{_WORKDIR.value}", file=sys.stderr)
+    print(f"interrupted; {_checkpoint_note(_WORKDIR.value)}", file=sys.stderr)
     sys.exit(130)
   print(f"done: step {result['step']}, workdir {result['workdir']}")
 
 
+def _checkpoint_note(workdir) -> str:
+  """What a re-run would resume from (never claims a checkpoint that does not exist)."""
+  ckdir = os.path.join(os.path.abspath(workdir), "checkpoints")
+  steps = sorted(int(n) for n in (os.listdir(ckdir) if os.path.isdir(ckdir) else [])
+                 if n.isdigit())
+  if not steps:
+    return "no checkpoint was saved (a re-run starts from step 0)"
+  return f"re-run the same command to resume from step {steps[-1]} ({ckdir})"
+
+
+def _check_config_file(argv) -> None:
+  """A missing --config file is one line (absl would print a traceback much later)."""
+  for i, a in enumerate(argv[1:], 1):
+    value = None
+    if a.startswith("--config="):
+      value = a.split("=", 1)[1]
+    elif a == "--config" and i + 1 < len(argv):
+      value = argv[i + 1]
+    if value is not None:
+      path = value.split(":", 1)[0]
+      if not os.path.isfile(path):
+        print(f"error: --config file not found: {path}", file=sys.stderr)
+        sys.exit(2)
+
+
 def _parse_flags(argv):
   """absl flag parsing with bad input (unknown --config.x.y field, bad value) as one line."""
+  _check_config_file(argv)
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # flags.Error, AttributeError / KeyError from config_flags overrides

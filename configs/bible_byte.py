@@ -26,7 +26,8 @@ def get_config(preset=None):
   c.model = ml_collections.ConfigDict(dict(
       preset="bible_byte", vocab_size=config_dict.placeholder(int), max_seq_len=128,
       hidden_size=256, num_heads=4, num_blocks=4, cond_dim=128, mlp_ratio=4, dropout=0.0,
-      time_conditioning=False, causal=False, compute_dtype="float32"))
+      time_conditioning=False, causal=False, compute_dtype="float32",
+      remat=False, scan_blocks=False))
   c.data = ml_collections.ConfigDict(dict(
       source="bible", path=config_dict.placeholder(str), tokenizer="byte", seq_len=128,
       batch_size=16, seed=0, val_fraction=0.02, val_docs=config_dict.placeholder(int), wrap=True, wrap_group=1000,
@@ -39,7 +40,8 @@ def get_config(preset=None):
       lr=1e-3, warmup_steps=100, schedule="cosine", min_lr=1e-4, b1=0.9, b2=0.999, eps=1e-8,
       weight_decay=0.0, grad_clip=1.0, ema_decay=0.999))
   c.train = ml_collections.ConfigDict(dict(num_steps=2000, seed=0, log_every=25, eval_every=500,
-                                           eval_batches=16))
+                                           eval_batches=16, grad_accum_steps=1,
+                                           prefetch=2))
   c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))
   c.checkpoint = ml_collections.ConfigDict(dict(save_every=500, keep=3, async_save=True,
                                                 resume=True))

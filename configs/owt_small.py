@@ -18,6 +18,11 @@ On GPUs add --config.model.attention_impl=cudnn (1.35x faster steps on an H100; 
 output vocabulary padded to 50304 columns at compute time, vocab_pad_multiple=128, one H100 reaches
 45% of its measured bf16 matmul peak at batch 32 per GPU: benchmarks/train_bench.py).
 Presets: `:fsdp` shards parameters and optimizer state over all devices (mesh (1, -1, 1)).
+Memory / scale controls (same losses, tests/test_trainer.py): --config.train.grad_accum_steps=k
+(k microbatches per step), --config.model.remat=True (recompute blocks in the backward pass),
+--config.model.scan_blocks=True (one compiled block, lax.scan over the stacked block parameters),
+--config.train.prefetch=n (batches put on the devices ahead). With a tensor axis that does not
+divide the vocabulary (50258 on tensor=4) the trainer prints how many parameters stay replicated.
 """
 import ml_collections
 from ml_collections import config_dict
@@ -29,7 +34,7 @@ def get_config(preset=None):
       preset="small", vocab_size=50258, max_seq_len=1024, hidden_size=768, num_heads=12,
       num_blocks=12, cond_dim=128, mlp_ratio=4, dropout=0.1, time_conditioning=False,
       causal=False, compute_dtype="bfloat16", attention_impl=config_dict.placeholder(str),
-      vocab_pad_multiple=128))
+      vocab_pad_multiple=128, remat=False, scan_blocks=False))
   c.data = ml_collections.ConfigDict(dict(
       source="hf_disk", path=config_dict.placeholder(str), tokenizer="gpt2", seq_len=1024,
       batch_size=512, seed=0, val_docs=100_000, wrap=True, wrap_group=1000, text_column="text",
@@ -40,7 +45,8 @@ def get_config(preset=None):
       lr=3e-4, warmup_steps=2500, schedule="constant", b1=0.9, b2=0.999, eps=1e-8,
       weight_decay=0.0, grad_clip=1.0, ema_decay=0.9999))
   c.train = ml_collections.ConfigDict(dict(num_steps=1_000_000, seed=0, log_every=100,
-                                           eval_every=10_000, eval_batches=64))
+                                           eval_every=10_000, eval_batches=64,
+                                           grad_accum_steps=1, prefetch=2))
   c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))
   c.checkpoint = ml_collections.ConfigDict(dict(save_every=10_000, keep=3, async_save=True,
                                                 resume=True))

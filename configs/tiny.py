@@ -16,7 +16,7 @@ def get_config(preset=None):
   c.model = ml_collections.ConfigDict(dict(
       preset="tiny", vocab_size=config_dict.placeholder(int), max_seq_len=32, hidden_size=64,
       num_heads=4, num_blocks=2, cond_dim=32, dropout=0.0, compute_dtype="float32",
-      causal=False))
+      causal=False, remat=False, scan_blocks=False))
   c.data = ml_collections.ConfigDict(dict(
       source="bible", path=config_dict.placeholder(str), tokenizer="byte", seq_len=32,
       batch_size=8, seed=0, val_fraction=0.01, val_docs=config_dict.placeholder(int), wrap=True, wrap_group=1000,
@@ -27,7 +27,7 @@ def get_config(preset=None):
   c.optim = ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=2, schedule="constant",
                                            grad_clip=1.0, ema_decay=0.999))
   c.train = ml_collections.ConfigDict(dict(num_steps=8, seed=0, log_every=2, eval_every=4,
-                                           eval_batches=2))
+                                           eval_batches=2, grad_accum_steps=1, prefetch=2))
   c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))
   c.checkpoint = ml_collections.ConfigDict(dict(save_every=4, keep=2, async_save=True,
                                                 resume=True))

@@ -33,7 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from remdm_jax.fileio import atomic_open
-from remdm_jax.training.mesh import _path_str, param_shardings
+from remdm_jax.training.mesh import param_shardings, path_str
 
 PARAMS_FORMAT = "remdm-jax-params"
 PARAMS_VERSION = 1
@@ -52,7 +52,7 @@ def tree_to_nested(tree) -> dict:
   """
   out: dict = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    parts = _path_str(path).split("/") if path else ["_"]
+    parts = path_str(path).split("/") if path else ["_"]
     node = out
     for p in parts[:-1]:
       node = node.setdefault(p, {})
@@ -71,7 +71,7 @@ def nested_to_tree(nested: Mapping, target):
   """
   def pick(path, _):
     node = nested
-    key = _path_str(path) if path else "_"
+    key = path_str(path) if path else "_"
     for p in key.split("/"):
       if not isinstance(node, Mapping) or p not in node:
         raise ValueError(f"checkpoint has no entry for parameter {key!r}")
@@ -95,7 +95,7 @@ def _abstract_from_metadata(meta_tree, sharding_for) -> dict:
   """Orbax array metadata tree -> ShapeDtypeStruct tree (sharding_for(path, shape) gives placement)."""
   def conv(path, m):
     shape = tuple(m.shape)
-    return jax.ShapeDtypeStruct(shape, m.dtype, sharding=sharding_for(_path_str(path), shape))
+    return jax.ShapeDtypeStruct(shape, m.dtype, sharding=sharding_for(path_str(path), shape))
   return jax.tree_util.tree_map_with_path(
       conv, meta_tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
 
@@ -106,11 +106,12 @@ def _single_device_sharding():
 
 def _write_json(path: str, obj) -> None:
   with atomic_open(path) as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+    json.dump(obj, f, indent=2, sort_keys=True, default=json_default)
     f.write("\n")
 
 
-def _json_default(o):
+def json_default(o):
+  """`json.dump(default=...)` for numpy scalars, tuples and sets (other objects: str(o))."""
   if isinstance(o, (np.integer,)):
     return int(o)
   if isinstance(o, (np.floating,)):
@@ -189,7 +190,7 @@ class TrainCheckpointer:
         state=ocp.args.StandardSave(tree_to_nested(state)),
         data=ocp.args.JsonSave(dict(data_state or {})),
         meta=ocp.args.JsonSave(json.loads(json.dumps(
-            {"step": int(step), **dict(meta or {})}, default=_json_default))))
+            {"step": int(step), **dict(meta or {})}, default=json_default))))
     try:
       saved = self._mngr.save(int(step), args=args, force=True)
     except ocp.checkpoint_manager.StepAlreadyExistsError:
@@ -199,7 +200,36 @@ class TrainCheckpointer:
                          "(a checkpoint for this step already exists?)")
 
   def wait_until_finished(self) -> None:
-    self._mngr.wait_until_finished()
+    """Blocks until pending saves are written; raises RuntimeError if one failed."""
+    try:
+      self._mngr.wait_until_finished()
+    except Exception as e:
+      raise self._save_error(e) from e
+
+  def check_for_errors(self) -> None:
+    """Raises RuntimeError (one line naming the step and folder) if a background save has
+    failed; cheap, meant to be called after every training step."""
+    try:
+      self._mngr.check_for_errors()
+    except Exception as e:
+      raise self._save_error(e) from e
+    ref = getattr(self._mngr, "_finalize_thread", None)
+    thread = ref.get() if hasattr(ref, "get") else None
+    if thread is not None and not thread.is_alive() and getattr(thread, "exception", None):
+      exc = thread.exception
+      try:
+        self._mngr.wait_until_finished()  # lets orbax drop the failed step
+      except Exception:
+        pass
+      raise self._save_error(exc, getattr(thread, "step", lambda: None)()) from exc
+
+  def _save_error(self, e: BaseException, step=None) -> RuntimeError:
+    if isinstance(e, RuntimeError) and str(e).startswith("checkpoint save"):
+      return e
+    what = f"of step {step} " if step is not None else ""
+    msg = " ".join(str(e).split()) or type(e).__name__
+    return RuntimeError(f"checkpoint save {what}to {self.directory} failed: "
+                        f"{type(e).__name__}: {msg[:300]}")
 
   def restore(self, abstract_state, step: int | None = None):
     """Restores (state, data_state, meta) at `step` (default: latest finished).
@@ -257,8 +287,15 @@ class TrainCheckpointer:
     return dict(self._mngr.restore(
         step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"] or {})
 
-  def close(self) -> None:
-    self._mngr.wait_until_finished()
+  def close(self, *, raise_errors: bool = True) -> None:
+    """Waits for pending saves and releases the manager; a failed save raises RuntimeError
+    (or is ignored with raise_errors=False, for cleanup while another error propagates)."""
+    try:
+      self.wait_until_finished()
+    except RuntimeError:
+      if raise_errors:
+        self._mngr.close()
+        raise
     self._mngr.close()
 
   def __enter__(self):
@@ -390,10 +427,10 @@ def _check_shapes(meta_tree, abstract, directory: str) -> None:
   """ValueError naming the first parameter whose stored shape differs from the model config's."""
   if abstract is None:
     return
-  stored = {_path_str(p): tuple(m.shape) for p, m in jax.tree_util.tree_flatten_with_path(
+  stored = {path_str(p): tuple(m.shape) for p, m in jax.tree_util.tree_flatten_with_path(
       meta_tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))[0]}
   for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
-    key = _path_str(path)
+    key = path_str(path)
     if key not in stored:
       raise ValueError(f"{directory}: the stored weights have no parameter {key!r} that its "
                        "model_config.json describes")
@@ -420,7 +457,7 @@ def _restore_structured(nested_fn, meta_tree, model_config, sharding, directory=
     if abstract is None:
       raise ValueError("load_params: sharding=Mesh needs a DiT model_config (logical axis names)")
     flat = jax.tree_util.tree_flatten_with_path(param_shardings(abstract, sharding))[0]
-    by_path = {_path_str(p): s for p, s in flat}
+    by_path = {path_str(p): s for p, s in flat}
     sharding_for = lambda path, shape: by_path[path]
   else:
     sharding_for = _sharding_fn(sharding)
@@ -510,7 +547,7 @@ def _data_metadata(meta: Mapping) -> dict:
 
 
 def _leafwise_from_target(target):
-  by_path = {_path_str(p): s.sharding for p, s in jax.tree_util.tree_flatten_with_path(target)[0]}
+  by_path = {path_str(p): s.sharding for p, s in jax.tree_util.tree_flatten_with_path(target)[0]}
   return lambda path, shape: by_path[path]
 
 

@@ -13,6 +13,12 @@ Validation, each error one line naming the field path:
     annotations (ints are accepted for floats, lists for tuples);
   * ranges: the dataclasses' own __post_init__ checks, prefixed with the section;
   * cross-section: objective "ar" needs a causal model (and vice versa), model vocab vs tokenizer.
+
+One home for the model/usage checks shared by the trainer, the data pipeline and the samplers:
+`check_objective_model`, `check_vocab`, `check_mask_id`, `check_seq_len`, `check_data_ids`
+(each raises one ValueError naming the fields), and `validate_experiment` which runs them all
+for an ExperimentConfig. `resume_mismatch` compares a run config with the one stored in a
+checkpoint (used before resuming).
 """
 from __future__ import annotations
 
@@ -20,6 +26,9 @@ import dataclasses
 import types
 import typing
 from typing import Any, Mapping
+
+from remdm_jax.training.config import (CheckpointConfig, ExperimentConfig, OptimConfig,
+                                       TrainConfig)
 
 _NONE = type(None)
 
@@ -98,7 +107,7 @@ def dataclass_from_dict(cls, values: Mapping | None, path: str, *, factory=None)
 SECTIONS = ("model", "data", "loss", "optim", "train", "mesh", "checkpoint", "distributed")
 
 
-def experiment_from_config(config) -> "ExperimentConfig":
+def experiment_from_config(config) -> ExperimentConfig:
   """ConfigDict / nested dict -> ExperimentConfig (see the module docstring)."""
   from remdm_jax.data import DataConfig
   from remdm_jax.distributed import DistributedConfig
@@ -106,8 +115,6 @@ def experiment_from_config(config) -> "ExperimentConfig":
   from remdm_jax.models.dit import DiTConfig
   from remdm_jax.tokenizers import get_tokenizer
   from remdm_jax.training.mesh import MeshConfig
-  from remdm_jax.training.trainer import (CheckpointConfig, ExperimentConfig, OptimConfig,
-                                          TrainConfig)
 
   raw = dict(_to_plain(config) or {})
   unknown = sorted(set(raw) - set(SECTIONS))
@@ -146,18 +153,73 @@ def experiment_from_config(config) -> "ExperimentConfig":
   return out
 
 
-def validate_experiment(cfg, tokenizer) -> None:
-  """Cross-section checks (one-line ValueErrors)."""
-  if (cfg.loss.objective == "ar") != bool(cfg.model.causal):
-    raise ValueError(f"loss.objective={cfg.loss.objective!r} needs model.causal="
-                     f"{cfg.loss.objective == 'ar'} (got model.causal={cfg.model.causal})")
-  if cfg.model.vocab_size < tokenizer.vocab_size:
+def check_objective_model(objective: str, causal: bool) -> None:
+  """Objective "ar" needs a causal model and the diffusion objectives a bidirectional one."""
+  if (objective == "ar") != bool(causal):
+    raise ValueError(f"loss.objective={objective!r} needs model.causal={objective == 'ar'} "
+                     f"(got model.causal={causal})")
+
+
+def check_vocab(model_vocab_size: int, tokenizer_vocab_size: int, tokenizer_name: str) -> None:
+  """The model vocabulary must hold every tokenizer id (mask included)."""
+  if int(model_vocab_size) < int(tokenizer_vocab_size):
     raise ValueError(f"vocab mismatch between data and model: model.vocab_size="
-                     f"{cfg.model.vocab_size} < vocab_size {tokenizer.vocab_size} of tokenizer "
-                     f"{cfg.data.tokenizer!r} (mask included)")
-  if cfg.loss.objective != "ar" and cfg.loss.mask_id >= cfg.model.vocab_size:
-    raise ValueError(f"loss.mask_id={cfg.loss.mask_id} must be < model.vocab_size="
-                     f"{cfg.model.vocab_size}")
-  if cfg.data.seq_len > cfg.model.max_seq_len:
-    raise ValueError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len="
-                     f"{cfg.model.max_seq_len}")
+                     f"{model_vocab_size} < vocab_size {tokenizer_vocab_size} of tokenizer "
+                     f"{tokenizer_name!r} (mask included)")
+
+
+def check_mask_id(mask_id: int | None, vocab_size: int, field: str = "loss.mask_id") -> None:
+  """mask_id (None = no mask, e.g. objective "ar") must lie in [0, vocab_size)."""
+  if mask_id is not None and not 0 <= int(mask_id) < int(vocab_size):
+    raise ValueError(f"{field}={mask_id} must lie in [0, model.vocab_size={vocab_size})")
+
+
+def check_seq_len(seq_len: int, max_seq_len: int, field: str = "data.seq_len") -> None:
+  """A sequence length must not exceed the model's max_seq_len."""
+  if int(seq_len) > int(max_seq_len):
+    raise ValueError(f"{field}={seq_len} exceeds model.max_seq_len={max_seq_len}")
+
+
+def check_data_ids(max_id: int, vocab_size: int, mask_id: int | None = None) -> None:
+  """The largest token id of the data must fit the model vocabulary and (when a mask id is
+  given) never reach the mask id m (the data must not contain masks; m = V - 1 usually)."""
+  max_id, vocab_size = int(max_id), int(vocab_size)
+  if max_id >= vocab_size:
+    raise ValueError(f"vocab mismatch between data and model: data token id {max_id} "
+                     f"does not fit model vocab_size={vocab_size}")
+  if mask_id is not None and max_id >= int(mask_id):
+    raise ValueError(f"vocab mismatch between data and model: data token id {max_id} "
+                     f"reaches the mask id {mask_id} (model vocab_size={vocab_size})")
+
+
+def validate_experiment(cfg, tokenizer) -> None:
+  """Cross-section checks of an ExperimentConfig (one-line ValueErrors)."""
+  check_objective_model(cfg.loss.objective, cfg.model.causal)
+  check_vocab(cfg.model.vocab_size, tokenizer.vocab_size, cfg.data.tokenizer)
+  if cfg.loss.objective != "ar":
+    check_mask_id(cfg.loss.mask_id, cfg.model.vocab_size)
+  check_seq_len(cfg.data.seq_len, cfg.model.max_seq_len)
+
+
+# Fields that must agree between a workdir's checkpoint and the config resuming it. Run-time model
+# fields (dropout, compute_dtype, attention_impl, vocab_pad_multiple, remat, scan_blocks, ...) may
+# change between runs: they do not change the parameters or what they mean.
+RESUME_FIELDS = (
+    "model.causal", "model.time_conditioning", "model.vocab_size", "model.hidden_size",
+    "model.num_heads", "model.num_blocks", "model.cond_dim", "model.mlp_ratio",
+    "loss.objective", "loss.mask_id", "data.seq_len", "data.tokenizer")
+
+
+def resume_mismatch(new: Mapping, stored: Mapping) -> list[str]:
+  """The RESUME_FIELDS on which two `ExperimentConfig.to_dict()`s differ, as
+  "field: stored -> new" strings (empty when resuming is safe). Fields absent from `stored`
+  (older checkpoints) are not compared."""
+  out = []
+  for f in RESUME_FIELDS:
+    sec, name = f.split(".")
+    old_sec, new_sec = stored.get(sec) or {}, new.get(sec) or {}
+    if name not in old_sec:
+      continue
+    if old_sec.get(name) != new_sec.get(name):
+      out.append(f"{f}: checkpoint {old_sec.get(name)!r} vs config {new_sec.get(name)!r}")
+  return out

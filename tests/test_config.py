@@ -144,3 +144,65 @@ def test_train_py_bad_input_is_one_line(tmp_path, args, expect):
   assert "Traceback" not in r.stderr
   err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
   assert len(err) == 1 and expect in err[0], r.stderr[-2000:]
+
+
+def test_config_module_has_one_home_and_no_cycle():
+  """Config dataclasses live in training.config (re-exported by the trainer); importing
+  config_utils or checkpoint pulls in no trainer code; checkpoint uses only public mesh names."""
+  from remdm_jax.training import config as C
+  assert T.OptimConfig is C.OptimConfig and T.ExperimentConfig is C.ExperimentConfig
+  assert config_utils.TrainConfig is C.TrainConfig
+  code = ("import sys, remdm_jax.config_utils, remdm_jax.checkpoint\n"
+          "print('remdm_jax.training.trainer' in sys.modules)")
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                     timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+  assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr[-2000:]
+  with open(os.path.join(ROOT, "remdm_jax", "checkpoint.py")) as f:
+    src = f.read()
+  assert "import _" not in src and "mesh import param_shardings, path_str" in src
+
+
+def test_shared_checks_name_the_fields():
+  with pytest.raises(ValueError, match=r"^loss.objective='ar' needs model.causal=True"):
+    config_utils.check_objective_model("ar", False)
+  with pytest.raises(ValueError, match=r"model.vocab_size=100 < vocab_size 257 of tokenizer"):
+    config_utils.check_vocab(100, 257, "byte")
+  with pytest.raises(ValueError, match=r"loss.mask_id=300 must lie in \[0, model.vocab_size=257\)"):
+    config_utils.check_mask_id(300, 257)
+  with pytest.raises(ValueError, match=r"mask_id=-1"):
+    config_utils.check_mask_id(-1, 257)
+  with pytest.raises(ValueError, match=r"data.seq_len=64 exceeds model.max_seq_len=32"):
+    config_utils.check_seq_len(64, 32)
+  with pytest.raises(ValueError, match=r"data token id 256 reaches the mask id 256"):
+    config_utils.check_data_ids(256, 257, 256)
+  config_utils.check_data_ids(255, 257, 256)
+  c = tiny.get_config()
+  c.data.seq_len = 64
+  with pytest.raises(ValueError, match=r"data.seq_len=64 exceeds model.max_seq_len=32"):
+    config_utils.experiment_from_config(c)
+
+
+def test_resume_mismatch_lists_every_differing_field():
+  a = config_utils.experiment_from_config(tiny.get_config()).to_dict()
+  b = config_utils.experiment_from_config(tiny.get_config("ar")).to_dict()
+  diffs = config_utils.resume_mismatch(b, a)
+  assert [d.split(":")[0] for d in diffs] == ["model.causal", "loss.objective", "loss.mask_id"]
+  assert config_utils.resume_mismatch(a, a) == []
+  c = tiny.get_config()
+  c.model.dropout = 0.3
+  c.model.remat = True
+  assert config_utils.resume_mismatch(config_utils.experiment_from_config(c).to_dict(), a) == []
+
+
+def test_new_train_and_model_fields_convert():
+  c = tiny.get_config()
+  c.train.grad_accum_steps = 2
+  c.train.prefetch = 0
+  c.model.remat = True
+  c.model.scan_blocks = True
+  cfg = config_utils.experiment_from_config(c)
+  assert (cfg.train.grad_accum_steps, cfg.train.prefetch) == (2, 0)
+  assert cfg.model.remat and cfg.model.scan_blocks
+  c.train.prefetch = -1
+  with pytest.raises(ValueError, match=r"train.prefetch=-1"):
+    config_utils.experiment_from_config(c)

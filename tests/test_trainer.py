@@ -195,3 +195,295 @@ def test_train_py_end_to_end(tmp_path, corpus, compile_cache):
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
   with open(tmp_path / "config.json") as f:
     assert json.load(f)["train"]["num_steps"] == 4
+
+
+# ------------------------------------------------------------------------------------------------
+# Scale controls: gradient accumulation, remat, scan over blocks, optimizer-state shardings,
+# prefetching, replication warning (issue 8, items 7 and 10).
+# ------------------------------------------------------------------------------------------------
+
+def _flat(tree):
+  return [np.asarray(x, np.float64) for x in jax.tree.leaves(jax.device_get(tree))]
+
+
+_BASE = {"model.compute_dtype": "float32", "optim.warmup_steps": 0, "model.dropout": 0.0}
+
+
+@pytest.fixture(scope="module")
+def reference_step():
+  """Plain trainer on mesh (2, 2, 2): a state after one update, a batch, its loss / gradients and
+  the next update (host copies)."""
+  mesh8 = mesh_lib.make_mesh((2, 2, 2))
+  ref = T.Trainer(tiny_cfg(**_BASE), mesh8)
+  s0 = ref.init_state()
+  # a non-trivial starting point: one update (the zero-initialised output layer gets weights)
+  s0, _ = ref.train_step(s0, ref.put_batch(_tokens(5)))
+  host_state = jax.device_get(s0)
+  batch_np = _tokens(6)
+  loss0, g0 = ref.loss_and_grad(s0, ref.put_batch(batch_np))
+  s1, m1 = ref.train_step(s0, ref.put_batch(batch_np))
+  return dict(mesh=mesh8, state=host_state, batch=batch_np, loss=float(loss0), grads=_flat(g0),
+              next_loss=float(m1["loss"]), next_params=_flat(s1.params))
+
+
+@pytest.mark.parametrize("name,over", [
+    ("all", {"train.grad_accum_steps": 2, "model.remat": True, "model.scan_blocks": True}),
+    pytest.param("accum2", {"train.grad_accum_steps": 2}, marks=pytest.mark.slow),
+    pytest.param("accum4", {"train.grad_accum_steps": 4, "mesh.shape": (2, 1, 4)},
+                 marks=pytest.mark.slow),
+    pytest.param("remat", {"model.remat": True}, marks=pytest.mark.slow),
+    pytest.param("scan", {"model.scan_blocks": True}, marks=pytest.mark.slow),
+])
+def test_grad_accum_remat_scan_equal_loss_grads_and_update(reference_step, name, over):
+  """grad_accum_steps, model.remat, model.scan_blocks: same loss, gradients and updated params
+  as the plain step (8 devices, float32 compute). The default run checks all three at once."""
+  ref = reference_step
+  mesh = ref["mesh"] if "mesh.shape" not in over else mesh_lib.make_mesh(over["mesh.shape"])
+  tr = T.Trainer(tiny_cfg(**_BASE, **over), mesh)
+  st = jax.device_put(ref["state"], tr.state_shardings)
+  loss, g = tr.loss_and_grad(st, tr.put_batch(ref["batch"]))
+  np.testing.assert_allclose(float(loss), ref["loss"], rtol=1e-6, err_msg=name)
+  scale = max(np.abs(x).max() for x in ref["grads"])
+  for a, b in zip(_flat(g), ref["grads"]):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale, err_msg=name)
+  s1, m1 = tr.train_step(st, tr.put_batch(ref["batch"]))
+  np.testing.assert_allclose(float(m1["loss"]), ref["next_loss"], rtol=1e-6, err_msg=name)
+  for a, b in zip(_flat(s1.params), ref["next_params"]):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_grad_accum_needs_divisible_batch():
+  with pytest.raises(ValueError, match=r"data.batch_size=8 .*grad_accum_steps=3"):
+    T._validate_setup(tiny_cfg(**{"train.grad_accum_steps": 3}), _one_device_mesh(),
+                      __import__("remdm_jax.tokenizers", fromlist=["x"]).get_tokenizer("byte"))
+  with pytest.raises(ValueError, match=r"train.grad_accum_steps=0"):
+    tiny_cfg(**{"train.grad_accum_steps": 0})
+
+
+def test_opt_state_shardings_follow_params_structurally():
+  """Every Adam moment (and MultiSteps' accumulator) leaf gets exactly its parameter's sharding;
+  counts are replicated; a state leaf that only shares a parameter's name and shape (not a
+  params-shaped tree) is replicated, not guessed."""
+  import optax
+  from remdm_jax.models import dit
+  cfg = tiny_cfg()
+  mesh8 = mesh_lib.make_mesh((1, 2, 4))
+  _, abstract = dit.abstract_params(cfg.model)
+  psh = mesh_lib.param_shardings(abstract, mesh8, cfg.mesh.rules)
+  tx = optax.MultiSteps(optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3)), 2)
+
+  def odd_init(params):
+    bias = params["output_layer"]["linear"]["bias"]
+    return {"stats": {"output_layer": {"linear": {"bias": jnp.zeros(bias.shape)}}}}
+  odd = optax.GradientTransformation(odd_init, lambda u, s, p=None: (u, s))
+  tx = optax.chain(tx, odd)
+  opt_abs = jax.eval_shape(tx.init, abstract)
+  sh = T._opt_state_shardings(opt_abs, psh, abstract, mesh8)
+  p_flat = jax.tree.leaves(psh)
+  mirrors = 0
+
+  def visit(x):
+    nonlocal mirrors
+    if jax.tree_util.tree_structure(x) == jax.tree_util.tree_structure(abstract):
+      mirrors += 1
+    return False
+  jax.tree.map(lambda _: None, opt_abs, is_leaf=visit)
+  leaves = jax.tree.leaves(sh)
+  # mu, nu and MultiSteps' acc_grads: three params-shaped subtrees
+  assert mirrors == 3
+  specs = [s.spec for s in leaves]
+  for p in p_flat:
+    assert sum(1 for s in leaves if s == p) >= 3 or p.is_fully_replicated
+  odd_leaf = sh[1]["stats"]["output_layer"]["linear"]["bias"]
+  assert odd_leaf.is_fully_replicated
+  assert any(s != jax.sharding.PartitionSpec() for s in specs)
+
+
+def test_replication_warning_names_the_size_lost():
+  """vocab 257 on tensor=8 cannot be sharded: the trainer says how much stays replicated."""
+  cfg = tiny_cfg(**{"mesh.shape": (1, 1, 8)})
+  tr = T.Trainer(cfg, mesh_lib.make_mesh((1, 1, 8)))
+  w = tr.replication.warning()
+  assert w is not None
+  assert "vocab=257 over tensor=8" in w and "MB" in w and "vocab_embed/embedding" in w
+  rep = tr.replication
+  v, h = cfg.model.vocab_size, cfg.model.hidden_size
+  assert rep.replicated_params == 2 * v * h + v  # embedding, output kernel and bias
+  np.testing.assert_allclose(rep.replicated_mb, rep.replicated_params * 4 / 2**20)
+  assert T.Trainer(tiny_cfg(), mesh_lib.make_mesh((8, 1, 1))).replication.warning() is None
+  # DiT-small with GPT-2's vocabulary on tensor=4: the 45.5% of the issue
+  from remdm_jax.models import dit
+  _, small = dit.abstract_params(dit.DiTConfig.preset("small"))
+  r = mesh_lib.replication_report(small, mesh_lib.make_mesh((1, 2, 4)))
+  assert "45.5% of 169,627,218" in r.warning()
+
+
+def test_prefetcher_order_states_errors_and_close():
+  from remdm_jax.training.prefetch import DevicePrefetcher
+  src = [(np.full((2, 3), i), {"step": i + 1}) for i in range(5)]
+  for size in (0, 1, 3):
+    out = list(DevicePrefetcher(iter(src), jnp.asarray, size))
+    assert [int(b[0, 0]) for b, _ in out] == list(range(5))
+    assert [s["step"] for _, s in out] == [1, 2, 3, 4, 5]
+    assert all(isinstance(b, jax.Array) for b, _ in out)
+
+  def bad():
+    yield src[0]
+    raise OSError("disk gone")
+  pf = DevicePrefetcher(bad(), jnp.asarray, 2)
+  next(pf)
+  with pytest.raises(OSError, match="disk gone"):
+    next(pf)
+  endless = DevicePrefetcher(((np.zeros(2), {}) for _ in iter(int, 1)), jnp.asarray, 2)
+  next(endless)
+  endless.close()
+  assert endless._thread is None
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop: model/usage agreement on resume, errors before work, interrupts (items 3, 8, 9).
+# ------------------------------------------------------------------------------------------------
+
+def _text(corpus, **over):
+  return {"data.source": "text", "data.path": corpus, "data.doc_per_line": True,
+          "train.eval_every": 0, **over}
+
+
+def test_resume_with_other_model_or_usage_fails_before_work(tmp_path, corpus):
+  _run(tiny_cfg(**_text(corpus, **{"train.num_steps": 2, "checkpoint.save_every": 2})), tmp_path)
+  before = read_metrics(str(tmp_path))
+  cases = [
+      ({"model.causal": True, "loss.objective": "ar"}, r"model.causal: checkpoint False vs "
+       r"config True; loss.objective: checkpoint 'mdlm' vs config 'ar'"),
+      ({"model.hidden_size": 32}, r"model.hidden_size: checkpoint 64 vs config 32"),
+      ({"data.seq_len": 16}, r"data.seq_len: checkpoint 32 vs config 16"),
+  ]
+  for over, msg in cases:
+    calls = []
+    with pytest.raises(ValueError, match=r"cannot resume workdir=.*" + msg):
+      _run(tiny_cfg(**_text(corpus, **{"train.num_steps": 4}, **over)), tmp_path,
+           step_wrapper=lambda f: calls.append(1) or f)
+    assert calls == []  # refused before the trainer was even built
+  assert read_metrics(str(tmp_path)) == before
+  with pytest.raises(ValueError, match=r"checkpoint.resume=False"):
+    _run(tiny_cfg(**_text(corpus, **{"checkpoint.resume": False})), tmp_path)
+
+
+@pytest.mark.slow
+def test_resume_allows_run_time_model_fields(tmp_path, corpus):
+  _run(tiny_cfg(**_text(corpus, **{"train.num_steps": 2, "checkpoint.save_every": 2})), tmp_path)
+  out = _run(tiny_cfg(**_text(corpus, **{"train.num_steps": 3, "model.remat": True,
+                                         "model.dropout": 0.1})), tmp_path)
+  assert out["step"] == 3
+
+
+def test_workdir_errors_and_stale_temp_files(tmp_path, corpus):
+  f = tmp_path / "file"
+  f.write_text("x")
+  with pytest.raises(ValueError, match=r"workdir=.*file.*not a directory"):
+    _run(tiny_cfg(**_text(corpus)), f)
+  with pytest.raises(ValueError, match=r"workdir=.*file/sub is not writable"):
+    _run(tiny_cfg(**_text(corpus)), f / "sub")
+  w = tmp_path / "w"
+  w.mkdir()
+  for name in (".tmp-abc-config.json", "metrics.jsonl.tmp", "config.json.tmp"):
+    (w / name).write_text("half")
+  (w / "keep.txt").write_text("mine")
+  _run(tiny_cfg(**_text(corpus, **{"train.num_steps": 1})), w)
+  assert sorted(os.listdir(w)) == ["checkpoints", "config.json", "keep.txt", "metrics.jsonl"]
+
+
+def test_failed_async_save_stops_at_the_next_step(tmp_path, corpus, monkeypatch):
+  import orbax.checkpoint as ocp
+  orig = ocp.JsonCheckpointHandler._save_fn
+
+  async def failing(self, x, directory):
+    if isinstance(x, dict) and x.get("step") == 4:
+      raise OSError(28, "No space left on device")
+    return await orig(self, x, directory)
+  monkeypatch.setattr(ocp.JsonCheckpointHandler, "_save_fn", failing)
+  steps = []
+
+  def count(f):
+    def g(state, batch):
+      steps.append(int(state.step) + 1)
+      return f(state, batch)
+    return g
+  cfg = tiny_cfg(**_text(corpus, **{"train.num_steps": 40, "train.log_every": 1,
+                                    "checkpoint.save_every": 2}))
+  with pytest.raises(RuntimeError, match=r"checkpoint save .*failed: .*No space left on device"):
+    _run(cfg, tmp_path, step_wrapper=count)
+  assert max(steps) <= 6, steps  # not many steps later
+  ck = ckpt_lib.TrainCheckpointer(os.path.join(tmp_path, "checkpoints"))
+  assert ck.all_steps() == [2]  # the failed step is not listed as a checkpoint
+  ck.close()
+
+
+def _train_py(workdir, corpus, *extra):
+  return [sys.executable, os.path.join(ROOT, "train.py"),
+          f"--config={os.path.join(ROOT, 'configs', 'tiny.py')}", f"--workdir={workdir}",
+          "--config.data.source=text", f"--config.data.path={corpus}",
+          "--config.data.doc_per_line=True", "--config.train.eval_every=0",
+          "--config.train.log_every=1", *extra]
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_signal_saves_a_checkpoint_and_resume_has_no_duplicates(tmp_path, corpus, compile_cache,
+                                                                sig):
+  import signal
+  import time
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=compile_cache,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", PYTHONUNBUFFERED="1")
+  cmd = _train_py(tmp_path, corpus, "--config.train.num_steps=100000",
+                  "--config.checkpoint.save_every=100000")
+  p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                       env=env)
+  lines = []
+  deadline = time.time() + 240
+  while time.time() < deadline:
+    ln = p.stdout.readline()
+    lines.append(ln)
+    if ln.startswith("step 3/"):
+      break
+  p.send_signal(getattr(signal, sig))
+  out, err = p.communicate(timeout=120)
+  text = "".join(lines) + out
+  assert p.returncode == (143 if sig == "SIGTERM" else 130), err[-3000:]
+  assert "loading data" in text and "compiling the train step" in text
+  assert "Traceback" not in err
+  msg = [ln for ln in err.splitlines() if ln.startswith("interrupted")]
+  assert len(msg) == 1 and f"by {sig} after step" in msg[0], err[-2000:]
+  stopped = int(msg[0].split("after step ")[1].split(";")[0])
+  assert f"checkpoint of step {stopped} saved" in msg[0]
+  ck = ckpt_lib.TrainCheckpointer(os.path.join(tmp_path, "checkpoints"))
+  assert ck.all_steps() == [stopped]
+  ck.close()
+  # resume for two more steps: every step recorded exactly once
+  r = subprocess.run(_train_py(tmp_path, corpus, f"--config.train.num_steps={stopped + 2}",
+                               "--config.checkpoint.save_every=100000"),
+                     capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  steps = [rec["step"] for rec in read_metrics(str(tmp_path), "train")]
+  assert steps == list(range(1, stopped + 3))
+
+
+def test_interrupt_before_any_checkpoint_claims_none(tmp_path, corpus):
+  """Ctrl-C while the data is loading: the message must not promise a checkpoint."""
+  r = subprocess.run([sys.executable, "-c", (
+      "import sys; sys.argv=['train.py'] + sys.argv[1:]\n"
+      "import remdm_jax.training.trainer as T\n"
+      "def boom(*a, **k):\n  raise KeyboardInterrupt\n"
+      "T._load_split = boom\n"
+      "import runpy; runpy.run_path('train.py', run_name='__main__')\n"),
+      *_train_py(tmp_path, corpus)[2:]], capture_output=True, text=True, cwd=ROOT, timeout=120,
+      env=dict(os.environ, PYTHONPATH=ROOT))
+  assert r.returncode == 130, r.stderr[-2000:]
+  assert "no checkpoint was saved" in r.stderr and "resume from" not in r.stderr
+
+
+def test_train_py_missing_config_file_is_one_line(tmp_path):
+  r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"),
+                      f"--config={tmp_path}/nope.py:ar", f"--workdir={tmp_path}/w"],
+                     capture_output=True, text=True, cwd=ROOT, timeout=120)
+  assert r.returncode == 2 and "Traceback" not in r.stderr
+  assert r.stderr.strip() == f"error: --config file not found: {tmp_path}/nope.py"

@@ -102,6 +102,13 @@ class DiTConfig:
       in it with float32 accumulation (kernel gradients float32). False: JAX's default transpose,
       which upcasts the bf16 operand and runs the backward matmuls in float32 (slow on GPUs).
       No effect when compute_dtype is float32 or on the forward pass.
+    remat: rematerialise every block in the backward pass (`jax.checkpoint` / `nnx.remat`): only
+      the block inputs are kept, activations are recomputed (less memory, ~1/3 more compute).
+      Same values and gradients.
+    scan_blocks: run the blocks as one `lax.scan` over their parameters stacked inside the forward
+      pass (one compiled block instead of num_blocks copies: faster compiles for deep models). The
+      stored parameters keep their per-block layout (`blocks/{i}/...`); same values (float
+      rounding aside) and gradients.
   """
 
   vocab_size: int
@@ -118,6 +125,8 @@ class DiTConfig:
   attention_impl: str | None = None
   vocab_pad_multiple: int | None = None
   backward_in_compute_dtype: bool = True
+  remat: bool = False
+  scan_blocks: bool = False
 
   def __post_init__(self):
     for name in ("vocab_size", "max_seq_len", "hidden_size", "num_heads", "num_blocks", "cond_dim",
@@ -144,9 +153,9 @@ class DiTConfig:
     p = self.vocab_pad_multiple
     if p is not None and (not isinstance(p, (int, np.integer)) or isinstance(p, bool) or p <= 0):
       raise ValueError(f"DiTConfig.vocab_pad_multiple={p!r} must be None or a positive int")
-    if not isinstance(self.backward_in_compute_dtype, bool):
-      raise ValueError(f"DiTConfig.backward_in_compute_dtype={self.backward_in_compute_dtype!r} "
-                       "must be a bool")
+    for name in ("backward_in_compute_dtype", "remat", "scan_blocks"):
+      if not isinstance(getattr(self, name), bool):
+        raise ValueError(f"DiTConfig.{name}={getattr(self, name)!r} must be a bool")
     if self.attention_impl == "cudnn" and self.compute_dtype == "float32":
       raise ValueError("DiTConfig.attention_impl='cudnn' needs compute_dtype bfloat16/float16, "
                        f"got compute_dtype={self.compute_dtype!r}")
@@ -229,7 +238,9 @@ class Linear(nnx.Module):
     bias = None if self.bias is None else self.bias[...].astype(jnp.float32)
     out = kernel.shape[-1]
     if pad_to is not None and pad_to > out:
-      kernel = jnp.pad(kernel.astype(dtype), ((0, 0), (0, pad_to - out)))
+      # Pad in the stored dtype (float32): padding a compute-dtype copy would make the kernel's
+      # gradient pass through that dtype (bf16-rounded gradients). The cast happens in the matmul.
+      kernel = jnp.pad(kernel, ((0, 0), (0, pad_to - out)))
       bias = None if bias is None else jnp.pad(bias, (0, pad_to - out))
     if mixed_backward and jnp.dtype(dtype) != jnp.float32:
       y = mixed_matmul(x.astype(dtype), kernel)
@@ -415,6 +426,11 @@ class DDiTBlock(nnx.Module):
     return x + gate_mlp[:, None, :] * _dropout(h, cfg.dropout, bits, 1)
 
 
+@nnx.remat
+def _remat_block(block, x, c, cos, sin, key):
+  return block(x, c, cos, sin, key)
+
+
 class DDitFinalLayer(nnx.Module):
   """logits = (LN(x) w (1 + scale) + shift) W_lin + b_lin, (shift, scale) = adaLN(c), shift first."""
 
@@ -484,10 +500,37 @@ class DiT(nnx.Module):
     x = self.vocab_embed(tokens).astype(jnp.float32)
     c = self.sigma_map(sigma)
     cos, sin = rotary_cos_sin(seq_len, cfg.head_dim)
-    for i, block in enumerate(self.blocks):
-      key_i = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
-      x = block(x, c, cos, sin, key_i)
+    if cfg.scan_blocks:
+      x = self._scan_blocks(x, c, cos, sin, dropout_key)
+    else:
+      for i, block in enumerate(self.blocks):
+        key_i = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
+        if cfg.remat:
+          x = _remat_block(block, x, c, cos, sin, key_i)
+        else:
+          x = block(x, c, cos, sin, key_i)
     return self.output_layer(x, c, dtype)
+
+  def _scan_blocks(self, x, c, cos, sin, dropout_key):
+    """The blocks as one lax.scan over their stacked parameters (stacked here, not stored)."""
+    cfg = self.cfg
+    graphdef, first = nnx.split(self.blocks[0])
+    states = [first] + [nnx.split(b)[1] for b in list(self.blocks)[1:]]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+    n = cfg.num_blocks
+    if dropout_key is None:
+      keys = jnp.zeros((n,), jnp.int32)  # unused placeholder
+    else:
+      keys = jax.vmap(lambda i: jax.random.fold_in(dropout_key, i))(jnp.arange(n))
+
+    def body(h, xs):
+      state, key_i = xs
+      block = nnx.merge(graphdef, state)
+      return block(h, c, cos, sin, None if dropout_key is None else key_i), None
+    if cfg.remat:
+      body = jax.checkpoint(body)
+    x, _ = jax.lax.scan(body, x, (stacked, keys))
+    return x
 
 
 # ---------------------------------------------------------------------------------------------

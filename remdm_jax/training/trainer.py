@@ -11,20 +11,26 @@ Pieces (each usable alone; `train` strings them together):
     updates including the current one; ema <- decay_n ema + (1 - decay_n) params (SPEC §3.3).
   * `Trainer`: builds the mesh shardings, the sharded initialiser (jit with out_shardings, straight
     from abstract shapes, nothing materialised on one host first; every optimizer-state leaf,
-    optax's scalar `count` included, gets an explicit NamedSharding), the jitted train step
-    (in/out shardings, donated state) and the eval step (EMA params, no dropout).
-    Randomness of step n: fold_in(state.key, n) -> (loss key, dropout key); so a resumed run
-    draws exactly the same numbers as an uninterrupted one.
-  * `train(config, workdir)`: the loop: progress line + JSONL metrics every `log_every` steps,
-    validation every `eval_every` steps, orbax checkpoints every `save_every` steps (state + data
-    iterator position), resume from the latest checkpoint, stop with FloatingPointError on a
-    non-finite loss (the bad state is never saved: losses are checked before every save).
+    optax's scalar `count` included, gets an explicit NamedSharding derived structurally from the
+    parameters' shardings), the jitted train step (in/out shardings, donated state; optional
+    gradient accumulation over `train.grad_accum_steps` microbatches) and the eval step (EMA
+    params, no dropout). Randomness of step n: fold_in(state.key, n) -> (loss key, dropout key);
+    so a resumed run draws exactly the same numbers as an uninterrupted one.
+  * `train(config, workdir)`: the loop: batches prefetched to the devices (`train.prefetch`),
+    progress line + JSONL metrics every `log_every` steps, validation every `eval_every` steps,
+    orbax checkpoints every `save_every` steps (state + data iterator position), resume from the
+    latest checkpoint (refused when the stored run differs in model type / shape, objective,
+    seq_len or tokenizer), stop with FloatingPointError on a non-finite loss (the bad state is
+    never saved: losses are checked before every save), RuntimeError at the step after a failed
+    background save, and a checkpoint + `TrainingInterrupted` on SIGINT / SIGTERM.
+The config dataclasses live in `remdm_jax.training.config` (re-exported here).
 """
 from __future__ import annotations
 
-import dataclasses
+import json
 import math
 import os
+import threading
 import time
 from typing import Any, Callable
 
@@ -35,127 +41,12 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 
+from remdm_jax import config_utils
 from remdm_jax.training import mesh as mesh_lib
 
-LR_SCHEDULES = ("constant", "cosine")
-
-
-# ----------------------------------------------------------------------------------------------
-# configs
-# ----------------------------------------------------------------------------------------------
-
-def _check(cond: bool, section: str, field: str, value, why: str):
-  if not cond:
-    raise ValueError(f"{section}.{field}={value!r}: {why}")
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimConfig:
-  """AdamW + schedule + clipping + EMA (defaults: SPEC §3.3).
-
-  Attributes:
-    lr: peak learning rate.
-    warmup_steps: linear warm-up from 0 to lr over this many updates.
-    schedule: "constant" (after warm-up) or "cosine" (decay to min_lr at decay_steps).
-    min_lr: final lr of the cosine schedule.
-    decay_steps: end of the cosine decay (counted from step 0); None = train.num_steps.
-    b1, b2, eps, weight_decay: AdamW.
-    grad_clip: max global gradient norm; <= 0 disables clipping.
-    ema_decay: decay_max of the EMA; 0 disables it (ema = params).
-  """
-
-  lr: float = 3e-4
-  warmup_steps: int = 2500
-  schedule: str = "constant"
-  min_lr: float = 0.0
-  decay_steps: int | None = None
-  b1: float = 0.9
-  b2: float = 0.999
-  eps: float = 1e-8
-  weight_decay: float = 0.0
-  grad_clip: float = 1.0
-  ema_decay: float = 0.9999
-
-  def __post_init__(self):
-    s = "optim"
-    _check(self.lr > 0 and math.isfinite(self.lr), s, "lr", self.lr, "must be a finite number > 0")
-    _check(self.warmup_steps >= 0, s, "warmup_steps", self.warmup_steps, "must be >= 0")
-    _check(self.schedule in LR_SCHEDULES, s, "schedule", self.schedule,
-           f"must be one of {LR_SCHEDULES}")
-    _check(0 <= self.min_lr <= self.lr, s, "min_lr", self.min_lr, "must lie in [0, lr]")
-    _check(self.decay_steps is None or self.decay_steps > self.warmup_steps, s, "decay_steps",
-           self.decay_steps, "must be None or > warmup_steps")
-    _check(0 <= self.b1 < 1, s, "b1", self.b1, "must lie in [0, 1)")
-    _check(0 <= self.b2 < 1, s, "b2", self.b2, "must lie in [0, 1)")
-    _check(self.eps > 0, s, "eps", self.eps, "must be > 0")
-    _check(self.weight_decay >= 0, s, "weight_decay", self.weight_decay, "must be >= 0")
-    _check(0 <= self.ema_decay < 1, s, "ema_decay", self.ema_decay, "must lie in [0, 1)")
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-  """Loop settings.
-
-  Attributes:
-    num_steps: total optimizer steps.
-    seed: seeds the parameter init and the training randomness (masking, times, dropout).
-    log_every: progress line + train metrics every this many steps (also the NaN-check period).
-    eval_every: validation every this many steps (and at the end); 0 disables validation.
-    eval_batches: validation batches per evaluation (<= 0: the whole validation split).
-    eval_seed: seed of the validation noise (same t / masks at every evaluation).
-  """
-
-  num_steps: int = 1000
-  seed: int = 0
-  log_every: int = 50
-  eval_every: int = 1000
-  eval_batches: int = 16
-  eval_seed: int = 1234
-
-  def __post_init__(self):
-    s = "train"
-    _check(self.num_steps >= 1, s, "num_steps", self.num_steps, "must be >= 1")
-    _check(self.log_every >= 1, s, "log_every", self.log_every, "must be >= 1")
-    _check(self.eval_every >= 0, s, "eval_every", self.eval_every, "must be >= 0")
-    _check(0 <= self.seed < 2**32, s, "seed", self.seed, "must lie in [0, 2**32)")
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckpointConfig:
-  """Checkpointing.
-
-  Attributes:
-    save_every: save every this many steps (and at the end).
-    keep: keep the newest `keep` checkpoints.
-    async_save: write checkpoints in the background.
-    resume: continue from the latest checkpoint in `<workdir>/checkpoints` if there is one.
-  """
-
-  save_every: int = 1000
-  keep: int = 3
-  async_save: bool = True
-  resume: bool = True
-
-  def __post_init__(self):
-    _check(self.save_every >= 1, "checkpoint", "save_every", self.save_every, "must be >= 1")
-    _check(self.keep >= 1, "checkpoint", "keep", self.keep, "must be >= 1")
-
-
-@dataclasses.dataclass(frozen=True)
-class ExperimentConfig:
-  """Everything `train` needs (built from an ml_collections config by `config_utils`)."""
-
-  model: Any  # remdm_jax.models.dit.DiTConfig
-  data: Any  # remdm_jax.data.DataConfig
-  loss: Any  # remdm_jax.losses.LossConfig
-  optim: OptimConfig = OptimConfig()
-  train: TrainConfig = TrainConfig()
-  mesh: mesh_lib.MeshConfig = mesh_lib.MeshConfig()
-  checkpoint: CheckpointConfig = CheckpointConfig()
-  distributed: Any = None  # remdm_jax.distributed.DistributedConfig
-
-  def to_dict(self) -> dict:
-    return dataclasses.asdict(self)
+# The config dataclasses live in `training.config`; re-exported here for compatibility.
+from remdm_jax.training.config import (LR_SCHEDULES, CheckpointConfig,  # noqa: E402,F401
+                                       ExperimentConfig, OptimConfig, TrainConfig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,22 +95,35 @@ class TrainState:
 
 
 def _opt_state_shardings(abstract_opt_state, params_shardings, params_abstract, mesh: Mesh):
-  """NamedSharding for every optimizer-state leaf: a leaf whose path ends with a parameter's path
-  and has its shape gets that parameter's sharding; everything else (counts, ...) is replicated."""
-  by_path = {}
-  for (p, sh), (_, a) in zip(jax.tree_util.tree_flatten_with_path(params_shardings)[0],
-                             jax.tree_util.tree_flatten_with_path(params_abstract)[0]):
-    by_path[mesh_lib._path_str(p)] = (sh, tuple(a.shape))
+  """NamedSharding for every optimizer-state leaf, derived structurally from the parameters.
+
+  Every subtree of the optimizer state that has the parameters' exact tree structure and leaf
+  shapes (Adam's mu / nu, momentum buffers, ...) gets the parameters' shardings leaf by leaf;
+  every other leaf (optax's scalar `count`, schedule state, ...) is replicated. Nothing is matched
+  by name or by shape alone.
+  """
+  p_def = jax.tree_util.tree_structure(params_abstract)
+  p_shapes = [tuple(np.shape(a)) for a in jax.tree_util.tree_leaves(params_abstract)]
   rep = mesh_lib.replicated(mesh)
 
-  def pick(path, leaf):
-    parts = mesh_lib._path_str(path).split("/")
-    for i in range(len(parts)):
-      hit = by_path.get("/".join(parts[i:]))
-      if hit is not None and hit[1] == tuple(np.shape(leaf)):
-        return hit[0]
-    return rep
-  return jax.tree_util.tree_map_with_path(pick, abstract_opt_state)
+  def mirrors_params(x) -> bool:
+    try:
+      if jax.tree_util.tree_structure(x) != p_def:
+        return False
+    except Exception:  # pragma: no cover
+      return False
+    return [tuple(np.shape(a)) for a in jax.tree_util.tree_leaves(x)] == p_shapes
+
+  def pick(x):
+    if mirrors_params(x):
+      return params_shardings
+    return jax.tree.map(lambda _: rep, x)
+  if p_def.num_leaves == 1:  # a single-leaf "tree" would match every scalar leaf
+    flat_p = jax.tree_util.tree_leaves(params_shardings)[0]
+    shape = p_shapes[0]
+    return jax.tree.map(lambda a: flat_p if tuple(np.shape(a)) == shape else rep,
+                        abstract_opt_state)
+  return jax.tree.map(pick, abstract_opt_state, is_leaf=mirrors_params)
 
 
 class Trainer:
@@ -230,7 +134,10 @@ class Trainer:
     mesh: a ("data", "fsdp", "tensor") mesh (`mesh_lib.make_mesh`).
   Attributes:
     state_shardings: TrainState of NamedShardings; abstract_state: TrainState of ShapeDtypeStructs
-    (with .sharding) -- the restore target; param_shardings; batch_sharding.
+    (with .sharding) -- the restore target; param_shardings; batch_sharding;
+    replication: `mesh_lib.ReplicationReport` of the parameter dims that could not be sharded
+    (their size does not divide the mesh axes); `replication.warning()` is None when nothing was
+    lost.
   """
 
   def __init__(self, cfg: ExperimentConfig, mesh: Mesh):
@@ -243,9 +150,11 @@ class Trainer:
     self.loss = losses.loss_fn(cfg.loss)
     rules = cfg.mesh.rules
     self.param_shardings = mesh_lib.param_shardings(abstract_params, mesh, rules)
+    self.replication = mesh_lib.replication_report(abstract_params, mesh, rules)
     self.batch_sharding = mesh_lib.batch_sharding(mesh)
     rep = mesh_lib.replicated(mesh)
     self.replicated = rep
+    self.accum = int(cfg.train.grad_accum_steps)
 
     model_cfg, tx = cfg.model, self.tx
 
@@ -272,17 +181,53 @@ class Trainer:
                              out_shardings=rep)
 
   # -- pure functions ----------------------------------------------------------------------------
+  def _microbatched_apply(self, params, drop_key):
+    """apply_fn(z [B, L], sigma [B]) -> logits [B, L, V] run as `grad_accum_steps` microbatches.
+
+    Microbatch j holds rows i with i % k == j (so every device's rows are spread over all
+    microbatches and each microbatch is sharded like the batch). The microbatches run one after
+    another in a `lax.scan` whose body is rematerialised, so the backward pass recomputes one
+    microbatch's forward at a time and accumulates the parameter gradient over the scan: the
+    transformer's activation memory is that of B/k rows; the loss and its gradient are exactly
+    those of the full batch (same noise, same formula), up to float summation order. The logits
+    of the whole batch are still formed (the loss needs them). With dropout the k microbatches
+    draw their own dropout bits (fold_in(dropout key, j)): same distribution, other masks.
+    """
+    k = self.accum
+    spec = jax.sharding.PartitionSpec(None, mesh_lib.BATCH_AXES, None)
+    micro_sh = NamedSharding(self.mesh, spec)
+
+    @jax.checkpoint
+    def one(z_j, sigma_j, j):
+      key_j = None if drop_key is None else jax.random.fold_in(drop_key, j)
+      return self.apply(params, z_j, sigma_j, dropout_key=key_j)
+
+    def apply_fn(z, sigma):
+      b, length = z.shape
+      zs = jnp.swapaxes(z.reshape(b // k, k, length), 0, 1)  # [k, B/k, L]
+      zs = jax.lax.with_sharding_constraint(zs, micro_sh)
+      ss = jnp.swapaxes(sigma.reshape(b // k, k), 0, 1)
+      _, logits = jax.lax.scan(lambda c, xs: (c, one(*xs)), None,
+                               (zs, ss, jnp.arange(k, dtype=jnp.int32)))
+      v = logits.shape[-1]
+      return jnp.swapaxes(logits, 0, 1).reshape(b, length, v)
+    return apply_fn
+
+  def _objective(self, params, batch: jax.Array, step_key: jax.Array):
+    """(loss, aux) of a global batch with the randomness of `step_key` (-> loss key, dropout key)."""
+    loss_key, drop_key = jax.random.split(step_key)
+    drop_key = drop_key if self.cfg.model.dropout > 0 else None
+    if self.accum > 1:
+      apply_fn = self._microbatched_apply(params, drop_key)
+    else:
+      apply_fn = lambda z, sigma: self.apply(params, z, sigma, dropout_key=drop_key)
+    return self.loss(apply_fn, batch, loss_key)
+
   def _train_step(self, state: TrainState, batch: jax.Array):
     """One AdamW update + EMA. batch: int32 [B, L] global. Returns (state, metrics)."""
     step_key = jax.random.fold_in(state.key, state.step)
-    loss_key, drop_key = jax.random.split(step_key)
-    drop_key = drop_key if self.cfg.model.dropout > 0 else None
-
-    def objective(params):
-      apply_fn = lambda z, sigma: self.apply(params, z, sigma, dropout_key=drop_key)
-      return self.loss(apply_fn, batch, loss_key)
-
-    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    (loss, aux), grads = jax.value_and_grad(self._objective, has_aux=True)(state.params, batch,
+                                                                          step_key)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     n = state.step + 1
@@ -293,6 +238,13 @@ class Trainer:
                    ema_decay=d)
     return TrainState(step=n, params=params, opt_state=opt_state, ema_params=ema,
                       key=state.key), metrics
+
+  def loss_and_grad(self, state: TrainState, batch: jax.Array):
+    """(loss, grads) that train step `state.step` computes for `batch` (same randomness; jitted;
+    tests and diagnostics)."""
+    fn = jax.jit(lambda p, b, k: jax.value_and_grad(self._objective, has_aux=True)(p, b, k))
+    (loss, _), grads = fn(state.params, batch, jax.random.fold_in(state.key, state.step))
+    return loss, grads
 
   def _eval_step(self, params, batch: jax.Array, key: jax.Array):
     """NELBO of a batch under `params` (the EMA params), no dropout. Returns aux + loss."""
@@ -334,19 +286,93 @@ class Trainer:
 # the loop
 # ----------------------------------------------------------------------------------------------
 
+class TrainingInterrupted(KeyboardInterrupt):
+  """Raised by `train` after SIGINT (Ctrl-C) or SIGTERM (pre-emption) once the state of the last
+  finished step has been checkpointed.
+
+  Attributes: signal_name ("SIGINT" / "SIGTERM"), step (last finished step), checkpoint_step
+  (latest finished checkpoint, None if none), directory (the checkpoints folder).
+  """
+
+  def __init__(self, signal_name: str, step: int, checkpoint_step: int | None, directory: str):
+    self.signal_name, self.step = signal_name, step
+    self.checkpoint_step, self.directory = checkpoint_step, directory
+    where = (f"checkpoint of step {checkpoint_step} in {directory}" if checkpoint_step is not None
+             else "no checkpoint was saved")
+    super().__init__(f"{signal_name} at step {step}; {where}")
+
+
+class _StopRequest:
+  """Turns SIGINT / SIGTERM into a flag checked between steps (main thread only). A second
+  signal raises KeyboardInterrupt at once (abort without saving)."""
+
+  def __init__(self, log):
+    import signal
+    self.name: str | None = None
+    self._old = {}
+    self._log = log
+    if threading.current_thread() is not threading.main_thread():
+      return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+      self._old[sig] = signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):
+    import signal
+    if self.name is not None:
+      raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: aborted")
+    self.name = signal.Signals(signum).name
+    self._log(f"{self.name} received: saving a checkpoint after the current step, then stopping "
+              "(send it again to abort without saving)")
+
+  def restore(self):
+    import signal
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+    self._old = {}
+
+
+STALE_PATTERNS = (".tmp-*", "*.tmp")
+
+
+def prepare_workdir(workdir: str, *, primary: bool = True) -> str:
+  """Creates `workdir`, checks that files can be written in it and removes stale temp files of
+  interrupted writes (`.tmp-*` from `fileio.atomic_open`, `*.tmp`). Returns the absolute path.
+
+  Raises:
+    ValueError (one line naming the path) when the workdir cannot be created or written.
+  """
+  import glob
+  workdir = os.path.abspath(os.fspath(workdir))
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"workdir={workdir} exists and is not a directory")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    if primary:
+      probe = os.path.join(workdir, f".tmp-write-probe-{os.getpid()}")
+      with open(probe, "w") as f:
+        f.write("ok")
+      os.remove(probe)
+  except OSError as e:
+    raise ValueError(f"workdir={workdir} is not writable: {e.strerror or e}") from None
+  if primary:
+    for pattern in STALE_PATTERNS:
+      for path in glob.glob(os.path.join(workdir, pattern)):
+        if os.path.isfile(path):
+          os.remove(path)
+  return workdir
+
+
 def _validate_setup(cfg: ExperimentConfig, mesh: Mesh, tokenizer) -> None:
   div = mesh_lib.batch_divisor(mesh)
-  if cfg.data.batch_size % div:
-    raise ValueError(f"data.batch_size={cfg.data.batch_size} is not divisible by the mesh's "
-                     f"data x fsdp = {div} (mesh.shape={tuple(mesh.shape.values())})")
+  k = cfg.train.grad_accum_steps
+  if cfg.data.batch_size % (div * k):
+    raise ValueError(f"data.batch_size={cfg.data.batch_size} is not divisible by "
+                     f"train.grad_accum_steps={k} x the mesh's data x fsdp = {div} "
+                     f"(mesh.shape={tuple(mesh.shape.values())})")
   if cfg.data.batch_size % jax.process_count():
     raise ValueError(f"data.batch_size={cfg.data.batch_size} is not divisible by the "
                      f"{jax.process_count()} processes")
-  from remdm_jax.config_utils import validate_experiment  # objective/causal, vocab, mask id
-  validate_experiment(cfg, tokenizer)
-  if cfg.data.seq_len > cfg.model.max_seq_len:
-    raise ValueError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len="
-                     f"{cfg.model.max_seq_len}")
+  config_utils.validate_experiment(cfg, tokenizer)  # objective/causal, vocab, mask id, seq_len
 
 
 def _load_split(cfg: ExperimentConfig, split: str, tokenizer) -> np.ndarray:
@@ -354,14 +380,35 @@ def _load_split(cfg: ExperimentConfig, split: str, tokenizer) -> np.ndarray:
   packed = data_lib.packed_split(cfg.data, split, tokenizer)
   if len(packed):
     head = np.asarray(packed[: min(len(packed), 4096)])
-    data_lib.validate_vocab(int(head.max()), cfg.model.vocab_size,
-                            cfg.loss.mask_id if cfg.loss.objective != "ar" else None)
+    config_utils.check_data_ids(int(head.max()), cfg.model.vocab_size,
+                                cfg.loss.mask_id if cfg.loss.objective != "ar" else None)
   return packed
+
+
+def _check_resume(cfg: ExperimentConfig, ckptr, latest: int, workdir: str) -> None:
+  """Before any work: the workdir's checkpoint must come from a compatible run."""
+  if not cfg.checkpoint.resume:
+    raise ValueError(f"workdir={workdir} already holds checkpoints (latest step {latest}) but "
+                     "checkpoint.resume=False; use a new workdir or delete "
+                     f"{ckptr.directory}")
+  stored = ckptr.restore_meta(latest).get("config") or {}
+  diffs = config_utils.resume_mismatch(cfg.to_dict(), stored)
+  if diffs:
+    raise ValueError(f"cannot resume workdir={workdir} (checkpoint step {latest}): the config "
+                     f"differs in {'; '.join(diffs)}; use a new workdir")
 
 
 def train(config, workdir: str, *, step_wrapper: Callable | None = None,
           log: Callable[[str], None] = print) -> dict:
   """Trains (or resumes) the experiment described by `config` in `workdir`.
+
+  Before any work: the workdir is created and checked writable (stale temp files removed), the
+  config is validated, and a workdir with checkpoints must come from a compatible run (same
+  model type / shape, objective, mask id, seq_len, tokenizer: `config_utils.RESUME_FIELDS`).
+  SIGINT (Ctrl-C) and SIGTERM stop the loop after the current step: its state is checkpointed,
+  then `TrainingInterrupted` is raised (a second signal aborts at once). With several processes
+  every process must receive the signal (as on pre-empted pods): the save is collective. A failed
+  asynchronous checkpoint save raises RuntimeError at the next step.
 
   Args:
     config: ExperimentConfig or an ml_collections ConfigDict (converted by config_utils).
@@ -369,111 +416,142 @@ def train(config, workdir: str, *, step_wrapper: Callable | None = None,
     step_wrapper: optional f(train_step) -> train_step (instrumentation / fault-injection tests).
     log: where progress lines go (process 0 only).
   Returns:
-    {"step": final step, "train": last train metrics, "validation": last eval metrics}.
+    {"step": final step, "train": last train metrics, "validation": last eval metrics,
+     "checkpoint_step": latest saved step, "workdir": absolute path}.
   Raises:
-    FloatingPointError naming the step when a loss is not finite (the last good checkpoint stays).
+    ValueError (one line) for bad config / workdir / incompatible resume; FloatingPointError
+    naming the step when a loss is not finite (the last good checkpoint stays); RuntimeError when
+    a checkpoint save fails; TrainingInterrupted after SIGINT / SIGTERM.
   """
   from remdm_jax import checkpoint as ckpt_lib
-  from remdm_jax import config_utils
   from remdm_jax import data as data_lib
   from remdm_jax import distributed
+  from remdm_jax.fileio import atomic_open
   from remdm_jax.tokenizers import get_tokenizer
   from remdm_jax.training.metrics import MetricsWriter, format_progress
+  from remdm_jax.training.prefetch import DevicePrefetcher, with_states
 
   cfg = config if isinstance(config, ExperimentConfig) else config_utils.experiment_from_config(
       config)
   distributed.maybe_initialize(cfg.distributed)
   primary = jax.process_index() == 0
   log = log if primary else (lambda _: None)
+  workdir = prepare_workdir(workdir, primary=primary)
   mesh = mesh_lib.make_mesh(cfg.mesh.shape)
   tokenizer = get_tokenizer(cfg.data.tokenizer)
   _validate_setup(cfg, mesh, tokenizer)
 
-  workdir = os.path.abspath(os.fspath(workdir))
-  os.makedirs(workdir, exist_ok=True)
-  if primary:
-    ckpt_lib._write_json(os.path.join(workdir, "config.json"), cfg.to_dict())
-
-  pi, pc = jax.process_index(), jax.process_count()
-  train_packed = _load_split(cfg, "train", tokenizer)
-  train_it = data_lib.make_dataset(cfg.data, "train", packed=train_packed, process_index=pi,
-                                   process_count=pc)
-  val_packed = None
-  if cfg.train.eval_every > 0:
-    val_packed = _load_split(cfg, "validation", tokenizer)
-    if len(val_packed) < cfg.data.batch_size:
-      log(f"warning: validation split has {len(val_packed)} sequences < batch "
-          f"{cfg.data.batch_size}; validation disabled")
-      val_packed = None
-
-  trainer = Trainer(cfg, mesh)
-  step_fn = trainer.train_step if step_wrapper is None else step_wrapper(trainer.train_step)
-  writer = MetricsWriter(workdir, enabled=primary)
   ckptr = ckpt_lib.TrainCheckpointer(
-      os.path.join(workdir, ckpt_lib.CHECKPOINTS_SUBDIR), save_every=cfg.checkpoint.save_every, keep=cfg.checkpoint.keep,
-      async_save=cfg.checkpoint.async_save)
-  meta = {"model_config": cfg.model.to_dict(), "config": cfg.to_dict()}
-
-  latest = ckptr.latest_step() if cfg.checkpoint.resume else None
-  if latest is not None:
-    state, data_state, _ = ckptr.restore(trainer.abstract_state, latest)
-    train_it.set_state(data_state)
-    writer.truncate_after(latest)
-    log(f"resumed from step {latest} ({ckptr.directory})")
-  else:
-    state = trainer.init_state()
-  start = int(jax.device_get(state.step))
-  num_steps = cfg.train.num_steps
-  tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
-
-  def run_eval(step):
-    it = data_lib.make_dataset(cfg.data, "validation", packed=val_packed, process_index=pi,
-                               process_count=pc)
-    n = len(it) if cfg.train.eval_batches <= 0 else min(len(it), cfg.train.eval_batches)
-    res = trainer.evaluate(state, (next(it) for _ in range(n)))
-    writer.write(step, "validation", res)
-    log(f"step {step}/{num_steps} | validation nats/tok {res['nats']:.4f} | bits/tok "
-        f"{res['bits']:.4f} | ppl bound {res['ppl_bound']:.2f}")
-    return res
-
-  pending: list[tuple[int, dict]] = []
-  last_train, last_val = {}, {}
-  t_mark, step_mark, paused = time.perf_counter(), start, 0.0
-
-  def flush(step):
-    """Fetches pending metrics, raises on a non-finite loss, logs the newest ones."""
-    nonlocal pending, last_train, t_mark, step_mark, paused
-    if not pending:
-      return
-    fetched = jax.device_get([m for _, m in pending])
-    steps = [s for s, _ in pending]
-    pending = []
-    for s, m in zip(steps, fetched):
-      if not np.isfinite(m["loss"]):
-        ckptr.wait_until_finished()
-        good = ckptr.latest_step()
-        where = (f"last good checkpoint: step {good} in {ckptr.directory}" if good is not None
-                 else "no checkpoint was saved")
-        raise FloatingPointError(f"training stopped: loss is {float(m['loss'])} at step {s} "
-                                 f"(update {s - 1} -> {s}); {where}")
-    now = time.perf_counter()
-    rate = ((step - step_mark) * tokens_per_step / max(now - t_mark - paused, 1e-9)
-            if step > step_mark else float("nan"))
-    t_mark, step_mark, paused = now, step, 0.0
-    eta = (num_steps - step) * tokens_per_step / max(rate, 1e-9)
-    last_train = {k: float(v) for k, v in fetched[-1].items()}
-    writer.write(step, "train", dict(last_train, tokens_per_s=rate))
-    log(format_progress(step, num_steps, last_train, tokens_per_s=rate, eta_s=eta))
-
-  saved_step = latest
+      os.path.join(workdir, ckpt_lib.CHECKPOINTS_SUBDIR), save_every=cfg.checkpoint.save_every,
+      keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
+  writer = prefetcher = stop = None
   try:
+    latest = ckptr.latest_step()
+    if latest is not None:
+      _check_resume(cfg, ckptr, latest, workdir)
+    if primary:
+      with atomic_open(os.path.join(workdir, "config.json")) as f:
+        json.dump(cfg.to_dict(), f, indent=2, sort_keys=True, default=ckpt_lib.json_default)
+        f.write("\n")
+
+    pi, pc = jax.process_index(), jax.process_count()
+    t0 = time.perf_counter()
+    log(f"loading data: {cfg.data.source} ({cfg.data.tokenizer} tokens, seq_len "
+        f"{cfg.data.seq_len}) ...")
+    train_packed = _load_split(cfg, "train", tokenizer)
+    train_it = data_lib.make_dataset(cfg.data, "train", packed=train_packed, process_index=pi,
+                                     process_count=pc)
+    val_packed = None
+    if cfg.train.eval_every > 0:
+      val_packed = _load_split(cfg, "validation", tokenizer)
+      if len(val_packed) < cfg.data.batch_size:
+        log(f"warning: validation split has {len(val_packed)} sequences < batch "
+            f"{cfg.data.batch_size}; validation disabled")
+        val_packed = None
+    log(f"data ready: {len(train_packed):,} training sequences ({time.perf_counter() - t0:.1f} s)")
+
+    trainer = Trainer(cfg, mesh)
+    warning = trainer.replication.warning()
+    if warning:
+      log(f"warning: {warning}")
+    step_fn = trainer.train_step if step_wrapper is None else step_wrapper(trainer.train_step)
+    writer = MetricsWriter(workdir, enabled=primary)
+    meta = {"model_config": cfg.model.to_dict(), "config": cfg.to_dict()}
+
+    if latest is not None:
+      state, data_state, _ = ckptr.restore(trainer.abstract_state, latest)
+      train_it.set_state(data_state)
+      log(f"resumed from step {latest} ({ckptr.directory})")
+    else:
+      state = trainer.init_state()
+    writer.truncate_after(latest or 0)  # records past the restored step are dropped
+    start = int(jax.device_get(state.step))
+    num_steps = cfg.train.num_steps
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+
+    def run_eval(step):
+      it = data_lib.make_dataset(cfg.data, "validation", packed=val_packed, process_index=pi,
+                                 process_count=pc)
+      n = len(it) if cfg.train.eval_batches <= 0 else min(len(it), cfg.train.eval_batches)
+      res = trainer.evaluate(state, (next(it) for _ in range(n)))
+      writer.write(step, "validation", res)
+      log(f"step {step}/{num_steps} | validation nats/tok {res['nats']:.4f} | bits/tok "
+          f"{res['bits']:.4f} | ppl bound {res['ppl_bound']:.2f}")
+      return res
+
+    pending: list[tuple[int, dict]] = []
+    last_train, last_val = {}, {}
+    t_mark, step_mark, paused = time.perf_counter(), start, 0.0
+
+    def flush(step):
+      """Fetches pending metrics, raises on a non-finite loss, logs the newest ones."""
+      nonlocal pending, last_train, t_mark, step_mark, paused
+      if not pending:
+        return
+      fetched = jax.device_get([m for _, m in pending])
+      steps = [s for s, _ in pending]
+      pending = []
+      for s, m in zip(steps, fetched):
+        if not np.isfinite(m["loss"]):
+          ckptr.wait_until_finished()
+          good = ckptr.latest_step()
+          where = (f"last good checkpoint: step {good} in {ckptr.directory}" if good is not None
+                   else "no checkpoint was saved")
+          raise FloatingPointError(f"training stopped: loss is {float(m['loss'])} at step {s} "
+                                   f"(update {s - 1} -> {s}); {where}")
+      now = time.perf_counter()
+      rate = ((step - step_mark) * tokens_per_step / max(now - t_mark - paused, 1e-9)
+              if step > step_mark else float("nan"))
+      t_mark, step_mark, paused = now, step, 0.0
+      eta = (num_steps - step) * tokens_per_step / max(rate, 1e-9)
+      last_train = {k: float(v) for k, v in fetched[-1].items()}
+      writer.write(step, "train", dict(last_train, tokens_per_s=rate))
+      log(format_progress(step, num_steps, last_train, tokens_per_s=rate, eta_s=eta))
+
+    saved_step = latest
+
+    def save(step, data_state):
+      nonlocal paused, saved_step
+      flush(step)  # never save a state whose loss history is not finite
+      t0 = time.perf_counter()
+      ckptr.save(step, state, data_state=data_state, meta=meta)
+      paused += time.perf_counter() - t0
+      saved_step = step
+
+    if start < num_steps:
+      prefetcher = DevicePrefetcher(with_states(train_it), trainer.put_batch,
+                                    cfg.train.prefetch)
+      stop = _StopRequest(log)
+      log(f"compiling the train step (step {start + 1}) ...")
     for step in range(start + 1, num_steps + 1):
-      batch = trainer.put_batch(next(train_it))
+      batch, data_state = next(prefetcher)
       state, metrics = step_fn(state, batch)
       pending.append((step, metrics))
       if step == start + 1:  # exclude compilation from the throughput
         jax.block_until_ready(metrics)
+        log(f"compiled and ran step {step} in {time.perf_counter() - t_mark:.1f} s")
         t_mark, step_mark = time.perf_counter(), step
+      ckptr.check_for_errors()  # a failed background save stops the run here
       last = step == num_steps
       if step % cfg.train.log_every == 0 or last:
         flush(step)
@@ -483,14 +561,26 @@ def train(config, workdir: str, *, step_wrapper: Callable | None = None,
         last_val = run_eval(step)
         paused += time.perf_counter() - t0
       if ckptr.should_save(step) or last:
-        flush(step)  # never save a state whose loss history is not finite
-        t0 = time.perf_counter()
-        ckptr.save(step, state, data_state=train_it.get_state(), meta=meta)
-        paused += time.perf_counter() - t0
-        saved_step = step
+        save(step, data_state)
+      if stop.name is not None:
+        if saved_step != step:
+          save(step, data_state)
+        ckptr.wait_until_finished()
+        ckptr.check_for_errors()
+        raise TrainingInterrupted(stop.name, step, ckptr.latest_step(), ckptr.directory)
     ckptr.wait_until_finished()
+    ckptr.check_for_errors()
+    failed = False
+  except BaseException:
+    failed = True
+    raise
   finally:
-    ckptr.close()
-    writer.close()
+    if stop is not None:
+      stop.restore()
+    if prefetcher is not None:
+      prefetcher.close()
+    if writer is not None:
+      writer.close()
+    ckptr.close(raise_errors=not failed)
   return {"step": num_steps, "train": last_train, "validation": last_val,
           "checkpoint_step": saved_step, "workdir": workdir}

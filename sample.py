@@ -47,6 +47,8 @@ flags.DEFINE_integer("steps", None, "Sampling steps T >= 1 (default: the model l
 flags.DEFINE_float("eta", None, "ReMDM eta (cap / rescale / loop / switch).")
 flags.DEFINE_float("top_p", None, "Nucleus mass in (0, 1]; 1 disables (preset: 0.9).")
 flags.DEFINE_string("nucleus_rule", None, "reference | hf")
+flags.DEFINE_float("temperature", None, "Sampling temperature tau > 0 (logits / tau before top-p; "
+                   "default 1).")
 flags.DEFINE_string("precision", None, "Categorical draw: exact32 | float64 | float32.")
 flags.DEFINE_float("t_on", None, "Loop: start of the remasking phase.")
 flags.DEFINE_float("t_off", None, "Loop: end of the remasking phase.")
@@ -70,8 +72,8 @@ flags.DEFINE_string("scorer", "shipped", "AR checkpoint for gen-PPL: 'shipped' (
 flags.DEFINE_boolean("mauve", False, "Also compute MAUVE against held-out text (needs the eval "
                      "extras and the training data config in the checkpoint metadata).")
 
-_OVERRIDES = ("eta", "top_p", "nucleus_rule", "precision", "t_on", "t_off", "alpha_on",
-              "t_switch", "switch_base")
+_OVERRIDES = ("eta", "top_p", "temperature", "nucleus_rule", "precision", "t_on", "t_off",
+              "alpha_on", "t_switch", "switch_base")
 
 
 def default_output(preset: str, cwd: str | None = None) -> str:

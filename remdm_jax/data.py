@@ -386,19 +386,6 @@ class PackProgress:
           file=sys.stderr, flush=True)
 
 
-def validate_vocab(tokens_max_id: int, model_vocab_size: int, mask_id: int | None = None) -> None:
-  """Raises ValueError ("vocab mismatch between data and model") if the largest data token id does
-  not fit the model vocabulary (>= model_vocab_size), or, when `mask_id` is given, reaches it
-  (the mask id m = V - 1 must never occur in data)."""
-  tokens_max_id, model_vocab_size = int(tokens_max_id), int(model_vocab_size)
-  if tokens_max_id >= model_vocab_size:
-    raise ValueError(f"vocab mismatch between data and model: data token id {tokens_max_id} "
-                     f"does not fit model vocab_size={model_vocab_size}")
-  if mask_id is not None and tokens_max_id >= int(mask_id):
-    raise ValueError(f"vocab mismatch between data and model: data token id {tokens_max_id} "
-                     f"reaches the mask id {mask_id} (model vocab_size={model_vocab_size})")
-
-
 # ----------------------------------------------------------------------------------------------
 # Cache
 

@@ -8,6 +8,8 @@ import types
 import numpy as np
 import pytest
 
+from remdm_jax.config_utils import check_data_ids
+
 from remdm_jax import data
 from remdm_jax.data import DataConfig
 from remdm_jax.tokenizers import ByteTokenizer, GPT2Tokenizer
@@ -195,11 +197,11 @@ def test_write_packed_is_atomic(tmp_path):
 
 
 def test_validate_vocab():
-  data.validate_vocab(255, 257, mask_id=256)
+  check_data_ids(255, 257, mask_id=256)
   with pytest.raises(ValueError, match="vocab mismatch.*50256.*vocab_size=257"):
-    data.validate_vocab(50256, 257)
+    check_data_ids(50256, 257)
   with pytest.raises(ValueError, match="vocab mismatch.*256.*mask id 256"):
-    data.validate_vocab(256, 257, mask_id=256)
+    check_data_ids(256, 257, mask_id=256)
 
 
 def test_cache_roundtrip(tmp_path):
@@ -288,7 +290,7 @@ def test_bible_byte_pipeline_end_to_end():
   b = next(it)
   assert b.shape == (8, 128) and b.dtype == np.int32
   assert 0 <= b.min() and b.max() < 256
-  data.validate_vocab(int(b.max()), ByteTokenizer.vocab_size, ByteTokenizer.mask_id)
+  check_data_ids(int(b.max()), ByteTokenizer.vocab_size, ByteTokenizer.mask_id)
   total = it.get_state()["num_examples"]
   train_docs = data.load_bible()[:-1000]
   stream = sum(len(d) + 1 for d in train_docs)  # ASCII bytes + one "\n" per verse

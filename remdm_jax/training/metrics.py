@@ -15,6 +15,8 @@ import math
 import os
 from typing import Mapping
 
+from remdm_jax.fileio import atomic_open
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -97,10 +99,8 @@ class MetricsWriter:
           keep.append(ln)
       except (ValueError, AttributeError):
         continue  # a torn last line of a killed run
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_open(self.path) as f:
       f.writelines(keep)
-    os.replace(tmp, self.path)
 
   def close(self) -> None:
     if self._tb is not None:

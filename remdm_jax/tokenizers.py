@@ -166,15 +166,19 @@ class GPT2Tokenizer:
     return "GPT2Tokenizer()"
 
 
-TOKENIZERS = ("byte", "gpt2")
+TOKENIZERS = ("byte", "gpt2", "smiles")
 
 
 def get_tokenizer(name: str, **kwargs):
-  """"byte" -> ByteTokenizer(), "gpt2" -> GPT2Tokenizer(**kwargs); anything else: ValueError."""
+  """"byte" -> ByteTokenizer(), "gpt2" -> GPT2Tokenizer(**kwargs), "smiles" ->
+  `remdm_jax.molecules.tokenizer.SmilesTokenizer(**kwargs)`; anything else: ValueError."""
   if name == "byte":
     if kwargs:
       raise ValueError(f"get_tokenizer('byte') takes no options, got {sorted(kwargs)}")
     return ByteTokenizer()
   if name == "gpt2":
     return GPT2Tokenizer(**kwargs)
+  if name == "smiles":  # QM9 SMILES, 35 ids, mask 2 (SPEC_DOMAINS §M.2)
+    from remdm_jax.molecules.tokenizer import SmilesTokenizer
+    return SmilesTokenizer(**kwargs)
   raise ValueError(f"tokenizer name={name!r} is not one of {TOKENIZERS}")

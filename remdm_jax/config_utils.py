@@ -161,3 +161,15 @@ def validate_experiment(cfg, tokenizer) -> None:
   if cfg.data.seq_len > cfg.model.max_seq_len:
     raise ValueError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len="
                      f"{cfg.model.max_seq_len}")
+  # class labels (SPEC_DOMAINS §M.3): model, loss and data must agree.
+  head = getattr(cfg.model, "head", "lm")
+  if (cfg.loss.objective == "classifier") != (head == "classifier"):
+    raise ValueError(f"loss.objective={cfg.loss.objective!r} and model.head={head!r} do not match"
+                     " (the classifier objective needs head='classifier' and vice versa)")
+  if cfg.loss.num_classes != getattr(cfg.model, "num_classes", 0):
+    raise ValueError(f"loss.num_classes={cfg.loss.num_classes} must equal model.num_classes="
+                     f"{getattr(cfg.model, 'num_classes', 0)}")
+  label = getattr(cfg.data, "label", None)
+  if (label is not None) != (cfg.loss.num_classes > 0):
+    raise ValueError(f"data.label={label!r} and loss.num_classes={cfg.loss.num_classes}: labelled "
+                     "data needs a class-conditional model / classifier and vice versa")

@@ -273,13 +273,15 @@ class Trainer:
 
   # -- pure functions ----------------------------------------------------------------------------
   def _train_step(self, state: TrainState, batch: jax.Array):
-    """One AdamW update + EMA. batch: int32 [B, L] global. Returns (state, metrics)."""
+    """One AdamW update + EMA. batch: int32 [B, L] global ([B, L + 1] with the class label in the
+    last column when loss.num_classes > 0; the loss splits it and passes `labels=` to the model).
+    Returns (state, metrics)."""
     step_key = jax.random.fold_in(state.key, state.step)
     loss_key, drop_key = jax.random.split(step_key)
     drop_key = drop_key if self.cfg.model.dropout > 0 else None
 
     def objective(params):
-      apply_fn = lambda z, sigma: self.apply(params, z, sigma, dropout_key=drop_key)
+      apply_fn = lambda z, sigma, **kw: self.apply(params, z, sigma, dropout_key=drop_key, **kw)
       return self.loss(apply_fn, batch, loss_key)
 
     (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
@@ -296,7 +298,7 @@ class Trainer:
 
   def _eval_step(self, params, batch: jax.Array, key: jax.Array):
     """NELBO of a batch under `params` (the EMA params), no dropout. Returns aux + loss."""
-    loss, aux = self.loss(lambda z, sigma: self.apply(params, z, sigma), batch, key)
+    loss, aux = self.loss(lambda z, sigma, **kw: self.apply(params, z, sigma, **kw), batch, key)
     return dict(aux, loss=loss)
 
   # -- helpers -----------------------------------------------------------------------------------

@@ -3,7 +3,8 @@ sample (SPEC_DOMAINS §M.8 slow test). Run with: python -m pytest -q -m slow tes
 
 Floors come from the first run (configs/qm9.py:cpu, checkpoint at step 400 of the 800-step run,
 256 samples at T = 32, seed 1): validity 0.035 with label 1 and 0.121 with the null class,
-uniqueness 0.89 / 0.90, mean ring count over valid samples 1.22 (label 1) vs 0.58 (null class).
+uniqueness 0.89 / 0.90, mean ring count over valid samples 1.22 (label 1) vs 0.58 (null class),
+ring-closure digit tokens per sample (all samples) 5.81 (label 1) vs 2.87 (null class).
 """
 import os
 import sys
@@ -49,5 +50,5 @@ def test_train_then_conditional_sampling(tmp_path):
   assert m0["valid_frac"] >= 0.02 and m1["valid_frac"] >= 0.02
   assert m0["unique_frac"] > 0.8
   # label 1 (ring count above the 90th percentile) vs the null class (D-CFG gamma = 0), same seeds
-  assert _ring_closures(toks1) > _ring_closures(toks0) + 0.3
+  assert _ring_closures(toks1) > _ring_closures(toks0) + 1.0
   assert m1["ring_count_valid_mean"] > m0["ring_count_valid_mean"]

@@ -49,16 +49,25 @@ class Unavailable(Exception):
   """A grid point this tree cannot run (missing model / guidance kernels)."""
 
 
+def unavailable_reason(method: str, guidance: str, gamma: float) -> Optional[str]:
+  """Why this tree cannot run a grid point, or None if it can."""
+  from remdm_jax.molecules.sample import guidance_available
+  if method in ("UDLM", "AR"):
+    return f"{method} model / sampler is not in this tree"
+  if not (guidance == "D-CFG" and gamma == 1) and not guidance_available():
+    return "needs remdm_jax.sampling.guidance (D-CFG / D-CBG kernels)"
+  return None
+
+
 def run_point(ctx: dict, method: str, guidance: str, gamma: float, T: int) -> dict:
   """Samples and scores one grid point; raises `Unavailable` with the reason."""
   from remdm_jax.molecules import metrics
-  from remdm_jax.molecules.sample import CBG, CFG, guidance_available, sample_molecules
-  if method in ("UDLM", "AR"):
-    raise Unavailable(f"{method} model / sampler is not in this tree")
+  from remdm_jax.molecules.sample import CBG, CFG, sample_molecules
+  reason = unavailable_reason(method, guidance, gamma)
+  if reason:
+    raise Unavailable(reason)
   if guidance == "D-CFG" and gamma == 1:
     g = None  # gamma = 1: the conditional model alone (one call per step)
-  elif not guidance_available():
-    raise Unavailable("needs remdm_jax.sampling.guidance (D-CFG / D-CBG kernels)")
   else:
     g = CFG(gamma) if guidance == "D-CFG" else CBG(gamma, approx=ctx["approx"])
   if method == "MDLM":
@@ -188,7 +197,8 @@ def main(argv=None) -> int:
     rows.append(row)
     write_csv(csv_path, rows)
     el = time.perf_counter() - start
-    eta = el / max(ran, 1) * sum(1 for g in grid[i + 1:] if g[0] in ("MDLM", "ReMDM"))
+    left = sum(1 for g in grid[i + 1:] if unavailable_reason(g[0], g[1], g[2]) is None)
+    eta = el / max(ran, 1) * left
     print(f"[{i + 1}/{len(grid)}] {method} {guidance} gamma={gamma:g} T={T}: {msg} | "
           f"{el:.0f}s elapsed, ETA {eta:.0f}s", file=sys.stderr, flush=True)
   if any(r.get("kept") for r in rows):

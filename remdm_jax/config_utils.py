@@ -182,12 +182,13 @@ def check_seq_len(seq_len: int, max_seq_len: int, field: str = "data.seq_len") -
 
 def check_data_ids(max_id: int, vocab_size: int, mask_id: int | None = None) -> None:
   """The largest token id of the data must fit the model vocabulary and (when a mask id is
-  given) never reach the mask id m (the data must not contain masks; m = V - 1 usually)."""
+  given as m = V - 1) never reach it (the data must not contain masks). A mask id below V - 1,
+  as the SMILES tokenizer's 2, cannot be checked from the largest id and is not."""
   max_id, vocab_size = int(max_id), int(vocab_size)
   if max_id >= vocab_size:
     raise ValueError(f"vocab mismatch between data and model: data token id {max_id} "
                      f"does not fit model vocab_size={vocab_size}")
-  if mask_id is not None and max_id >= int(mask_id):
+  if mask_id is not None and int(mask_id) == vocab_size - 1 and max_id >= int(mask_id):
     raise ValueError(f"vocab mismatch between data and model: data token id {max_id} "
                      f"reaches the mask id {mask_id} (model vocab_size={vocab_size})")
 
@@ -199,6 +200,18 @@ def validate_experiment(cfg, tokenizer) -> None:
   if cfg.loss.objective != "ar":
     check_mask_id(cfg.loss.mask_id, cfg.model.vocab_size)
   check_seq_len(cfg.data.seq_len, cfg.model.max_seq_len)
+  # class labels (SPEC_DOMAINS §M.3): model, loss and data must agree.
+  head = getattr(cfg.model, "head", "lm")
+  if (cfg.loss.objective == "classifier") != (head == "classifier"):
+    raise ValueError(f"loss.objective={cfg.loss.objective!r} and model.head={head!r} do not match"
+                     " (the classifier objective needs head='classifier' and vice versa)")
+  if cfg.loss.num_classes != getattr(cfg.model, "num_classes", 0):
+    raise ValueError(f"loss.num_classes={cfg.loss.num_classes} must equal model.num_classes="
+                     f"{getattr(cfg.model, 'num_classes', 0)}")
+  label = getattr(cfg.data, "label", None)
+  if (label is not None) != (cfg.loss.num_classes > 0):
+    raise ValueError(f"data.label={label!r} and loss.num_classes={cfg.loss.num_classes}: labelled "
+                     "data needs a class-conditional model / classifier and vice versa")
 
 
 # Fields that must agree between a workdir's checkpoint and the config resuming it. Run-time model
@@ -207,7 +220,8 @@ def validate_experiment(cfg, tokenizer) -> None:
 RESUME_FIELDS = (
     "model.causal", "model.time_conditioning", "model.vocab_size", "model.hidden_size",
     "model.num_heads", "model.num_blocks", "model.cond_dim", "model.mlp_ratio",
-    "loss.objective", "loss.mask_id", "data.seq_len", "data.tokenizer")
+    "model.num_classes", "model.head", "loss.objective", "loss.mask_id", "data.seq_len",
+    "data.tokenizer", "data.label")
 
 
 def resume_mismatch(new: Mapping, stored: Mapping) -> list[str]:

@@ -8,6 +8,11 @@ Sources (`DataConfig.source`):
            in sorted order; one document per file, or per non-empty line (`doc_per_line=True`).
   hf_disk  a Hugging Face dataset saved with `save_to_disk` (e.g. OpenWebText), read with
            `datasets.load_from_disk` (optional dependency), column `text_column`.
+  qm9      QM9 SMILES (`remdm_jax.molecules.data`, optional extra `chem`): one molecule per row,
+           tokenizer "smiles", L = 32, the molecules module's fixed 5% held-out split (not
+           val_fraction / wrap); with `label` = "ring_count" | "qed" each row gets the binary
+           property label (SPEC_DOMAINS §M.1) as an extra LAST column: int32 [N, L + 1] (the
+           labelled-batch layout the losses split with `LossConfig.num_classes > 0`).
 
 Split (deterministic, no shuffling): the LAST documents are the validation split, `val_docs` of
 them when set (OWT: 100,000, SPEC §3.3), else round(val_fraction * N), at least one when
@@ -50,7 +55,8 @@ import numpy as np
 from remdm_jax.fileio import atomic_open
 from remdm_jax.tokenizers import get_tokenizer
 
-SOURCES = ("bible", "text", "hf_disk")
+SOURCES = ("bible", "text", "hf_disk", "qm9")
+TOKENIZERS = ("byte", "gpt2", "smiles")
 SPLITS = ("train", "validation")
 _CACHE_VERSION = 1
 
@@ -77,7 +83,10 @@ class DataConfig:
     doc_per_line: "text" source: one document per non-empty line instead of per file.
     text_column: "hf_disk" source: the text column.
     hf_split: "hf_disk" source: split to take when the saved object is a DatasetDict.
-    cache_dir: when set, packed arrays are cached there as .npy (written atomically).
+    cache_dir: when set, packed arrays are cached there as .npy (written atomically); for "qm9"
+      the processed-QM9 .npz cache folder.
+    label: "qm9" source only: None, or the property ("ring_count" | "qed") whose binary label is
+      appended as the last column of every row.
   """
 
   source: str = "bible"
@@ -94,6 +103,7 @@ class DataConfig:
   text_column: str = "text"
   hf_split: str | None = "train"
   cache_dir: str | None = None
+  label: str | None = None
 
   def __post_init__(self):
     def bad(field, why):
@@ -108,8 +118,15 @@ class DataConfig:
       bad("source", f"must be one of {SOURCES}")
     if self.source in ("text", "hf_disk") and not self.path:
       bad("path", f"source={self.source!r} needs a path")
-    if self.tokenizer not in ("byte", "gpt2"):
-      bad("tokenizer", "must be 'byte' or 'gpt2'")
+    if self.tokenizer not in TOKENIZERS:
+      bad("tokenizer", f"must be one of {TOKENIZERS}")
+    if (self.source == "qm9") != (self.tokenizer == "smiles"):
+      bad("tokenizer", "source 'qm9' and tokenizer 'smiles' go together "
+          f"(source={self.source!r})")
+    if self.source == "qm9" and self.seq_len != 32:
+      bad("seq_len", "source 'qm9' uses L = 32 (SPEC_DOMAINS §M.2)")
+    if self.label is not None and (self.source != "qm9" or self.label not in ("ring_count", "qed")):
+      bad("label", "must be None, or 'ring_count' / 'qed' with source 'qm9'")
     pos_int("seq_len")
     pos_int("batch_size")
     if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not (
@@ -427,6 +444,9 @@ def packed_split(cfg: DataConfig, split: str, tokenizer=None) -> np.ndarray:
   memory."""
   if split not in SPLITS:
     raise ValueError(f"split={split!r} is not one of {SPLITS}")
+  if cfg.source == "qm9":  # fixed-length molecule rows (+ label column), see the module docstring
+    from remdm_jax.molecules.data import load_qm9
+    return load_qm9(cfg.cache_dir).rows(split, cfg.label)
   path = cache_file(cfg, split)
   if path and os.path.isfile(path):
     arr = np.load(path, mmap_mode="r")

@@ -9,6 +9,13 @@ scalar (nats per token, the denominator counts ALL B*L tokens) and `aux` a dict 
   nats, bits (= nats / ln 2), ppl_bound (= exp(nats)), mask_fraction, t_mean,
   masked_nll (unweighted mean -log x_theta[x] over masked tokens), and sigma_mean for "remdm".
 
+Class labels (SPEC_DOMAINS §M.3, QM9): with `LossConfig.num_classes = C > 0` the batch is int32
+[B, L + 1] with the label in the last column; the loss splits it, replaces each label by the null
+class C with probability `cond_dropout` (key `fold_in(key, 2)`, training-time condition dropout
+of D-CFG) and calls `apply_fn(z, sigma, labels=labels)`. Objective "classifier" trains the noisy
+classifier of D-CBG on such batches: z_t from the same absorbing process and time sampling as
+"mdlm", loss = cross-entropy of the class logits apply_fn(z_t, sigma) [B, C] (no dropout of labels).
+
 Everything is traceable (no host sync); `cfg` is a hashable frozen dataclass, so it can be closed
 over or passed as a static argument to `jax.jit`. Batch statistics (the antithetic time grid) are
 over the batch the function sees: call it on the GLOBAL batch (a sharded array under jit) to get
@@ -29,7 +36,7 @@ from remdm_jax.schedules import SCHEDULES, NoiseSchedule
 from remdm_jax.sigmas import remask_sigma, switch_sigma, unmask_rate
 from remdm_jax.subs import NEG_INF
 
-OBJECTIVES = ("mdlm", "remdm", "ar", "udlm")
+OBJECTIVES = ("mdlm", "remdm", "ar", "udlm", "classifier")
 SIGMAS = ("none", "cap", "rescale", "fb", "switch")
 SWITCH_BASES = ("cap", "rescale")
 _LN2 = math.log(2.0)
@@ -56,7 +63,11 @@ class LossConfig:
     eta: eta of cap (sigma = min(eta, sigma_max)) and rescale (sigma = eta * sigma_max).
     t_switch: switch uses the base sigma where t < t_switch and 0 elsewhere.
     switch_base: "cap" or "rescale".
-    mask_id: the mask id m; required for "mdlm" / "remdm".
+    mask_id: the mask id m; required for "mdlm" / "remdm" / "classifier".
+    num_classes: C; > 0 means labelled batches [B, L + 1] (module docstring); "classifier" needs
+      C >= 2. Must equal the model's num_classes.
+    cond_dropout: probability of replacing a label by the null class C in the conditional
+      mdlm / remdm / ar losses (the reference: 0.1).
   """
 
   objective: str = "mdlm"
@@ -70,6 +81,8 @@ class LossConfig:
   t_switch: float = 0.0
   switch_base: str = "cap"
   mask_id: int | None = None
+  num_classes: int = 0
+  cond_dropout: float = 0.0
 
   def __post_init__(self):
     def bad(field, why):
@@ -111,11 +124,20 @@ class LossConfig:
       bad("switch_base", f"must be one of {SWITCH_BASES}")
     if not (isinstance(self.t_switch, (int, float)) and 0.0 <= self.t_switch <= 1.0):
       bad("t_switch", "must lie in [0, 1]")
-    if self.objective in ("mdlm", "remdm"):
+    nc = self.num_classes
+    if isinstance(nc, bool) or not isinstance(nc, (int, np.integer)) or nc < 0:
+      bad("num_classes", "must be an integer >= 0")
+    if self.objective == "classifier" and nc < 2:
+      bad("num_classes", "objective='classifier' needs num_classes >= 2")
+    if not (isinstance(self.cond_dropout, (int, float)) and 0.0 <= self.cond_dropout < 1.0):
+      bad("cond_dropout", "must lie in [0, 1)")
+    if self.cond_dropout > 0 and (nc == 0 or self.objective == "classifier"):
+      bad("cond_dropout", "needs a class-conditional objective (num_classes > 0, not 'classifier')")
+    if self.objective in ("mdlm", "remdm", "classifier"):
       m = self.mask_id
       if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 0:
         bad("mask_id", f"objective={self.objective!r} needs an integer mask id >= 0")
-    for field in ("mask_id", "num_train_steps_T"):  # normalise numpy ints to Python ints
+    for field in ("mask_id", "num_train_steps_T", "num_classes"):  # normalise numpy ints to Python ints
       if getattr(self, field) is not None:
         object.__setattr__(self, field, int(getattr(self, field)))
 
@@ -285,6 +307,26 @@ def _report(nats: jax.Array, **extra) -> dict[str, jax.Array]:
   return aux
 
 
+def split_labels(batch: jax.Array, key: jax.Array | None, cfg: LossConfig):
+  """(tokens int32 [B, L], {"labels": int32 [B]} or {}) from a batch (module docstring).
+
+  num_classes = 0: the batch is the tokens, no labels. Otherwise the last column holds labels in
+  [0, C); with cond_dropout > 0 each label becomes the null class C with that probability,
+  drawn with `jax.random.fold_in(key, 2)` (condition dropout, SPEC_DOMAINS §M.3)."""
+  batch = batch.astype(jnp.int32)
+  if cfg.num_classes == 0:
+    return batch, {}
+  if batch.shape[1] < 2:
+    raise ValueError(f"labelled batch must be [B, L + 1], got shape {batch.shape}")
+  x, labels = batch[:, :-1], batch[:, -1]
+  if cfg.cond_dropout > 0:
+    if key is None:
+      raise ValueError("cond_dropout > 0 needs a PRNG key")
+    drop = jax.random.uniform(jax.random.fold_in(key, 2), labels.shape) < cfg.cond_dropout
+    labels = jnp.where(drop, jnp.int32(cfg.num_classes), labels)
+  return x, {"labels": labels}
+
+
 def diffusion_loss(apply_fn: ApplyFn, x: jax.Array, key: jax.Array, cfg: LossConfig,
                    times: jax.Array | None = None):
   """Masked-diffusion NELBO estimate (nats/token) for objective "mdlm" or "remdm".
@@ -301,7 +343,8 @@ def diffusion_loss(apply_fn: ApplyFn, x: jax.Array, key: jax.Array, cfg: LossCon
 
   Args:
     apply_fn: (z_t int32 [B, L], sigma float32 [B]) -> logits [B, L, V].
-    x: int [B, L] clean tokens (must not contain mask_id).
+    x: int [B, L] clean tokens (must not contain mask_id); [B, L + 1] with labels in the last
+      column when cfg.num_classes > 0.
     key: PRNG key, split as (key_times, key_mask) = jax.random.split(key).
     cfg: LossConfig with objective "mdlm" or "remdm".
     times: optional fixed times instead of random ones (tests, NELBO-vs-t curves): float t [B] in
@@ -313,7 +356,9 @@ def diffusion_loss(apply_fn: ApplyFn, x: jax.Array, key: jax.Array, cfg: LossCon
     raise ValueError(f"diffusion_loss: LossConfig.objective={cfg.objective!r} is not a diffusion "
                      "objective; use ar_loss or loss_fn(cfg)")
   _check_tokens(x)
-  x = x.astype(jnp.int32)
+  x, label_kw = split_labels(x, key, cfg)
+  if label_kw:
+    apply_fn = functools.partial(apply_fn, **label_kw)
   batch, length = x.shape
   sched = cfg.noise_schedule
   key_t, key_mask = jax.random.split(key)
@@ -349,14 +394,18 @@ def diffusion_loss(apply_fn: ApplyFn, x: jax.Array, key: jax.Array, cfg: LossCon
                        masked_nll=masked_nll, **extra)
 
 
-def ar_loss(apply_fn: ApplyFn, x: jax.Array, cfg: LossConfig | None = None):
+def ar_loss(apply_fn: ApplyFn, x: jax.Array, cfg: LossConfig | None = None,
+            key: jax.Array | None = None):
   """Next-token cross-entropy: (1/(B (L-1))) sum_b sum_{l<L-1} -log softmax(f(x)_l)[x_{l+1}].
 
-  `apply_fn(x, zeros[B])` must be a causal model (position l sees x_{<=l}). `cfg` is accepted for a
-  uniform interface and not used. Returns (loss, aux) with nats/bits/ppl_bound.
+  `apply_fn(x, zeros[B])` must be a causal model (position l sees x_{<=l}). `cfg` is only used for
+  class labels (cfg.num_classes > 0: labelled batch [B, L + 1], condition dropout with `key`, the
+  class-conditional AR baseline of SPEC_DOMAINS §M). Returns (loss, aux) with nats/bits/ppl_bound.
   """
-  del cfg
   _check_tokens(x)
+  if cfg is not None and cfg.num_classes > 0:
+    x, label_kw = split_labels(x, key, cfg)
+    apply_fn = functools.partial(apply_fn, **label_kw)
   x = x.astype(jnp.int32)
   batch, length = x.shape
   if length < 2:
@@ -369,10 +418,52 @@ def ar_loss(apply_fn: ApplyFn, x: jax.Array, cfg: LossConfig | None = None):
   return loss, _report(loss)
 
 
+def classifier_loss(apply_fn: ApplyFn, batch: jax.Array, key: jax.Array, cfg: LossConfig,
+                    times: jax.Array | None = None):
+  """Noisy-classifier cross-entropy for D-CBG (SPEC_DOMAINS §M.3).
+
+  t_b from `sample_times` (as "mdlm"); z_t^l = m with probability 1 - alpha(t_b) (the same
+  absorbing process and schedule, keys split as in `diffusion_loss`);
+    loss = (1/B) sum_b -log softmax(apply_fn(z_t, sigma(t)))_b[y_b].
+
+  Args:
+    apply_fn: (z_t int32 [B, L], sigma float32 [B]) -> class logits [B, C].
+    batch: int [B, L + 1], labels in [0, C) in the last column.
+    key: PRNG key. cfg: LossConfig with objective "classifier". times: optional fixed t [B].
+  Returns:
+    (loss float32 scalar (nats per example), aux: nats, bits, ppl_bound, accuracy, mask_fraction,
+    t_mean).
+  """
+  if cfg.objective != "classifier":
+    raise ValueError(f"classifier_loss: LossConfig.objective={cfg.objective!r} is not 'classifier'")
+  _check_tokens(batch)
+  x, label_kw = split_labels(batch, None, cfg)
+  labels = label_kw["labels"]
+  bsz, length = x.shape
+  sched = cfg.noise_schedule
+  key_t, key_mask = jax.random.split(key)
+  t = sample_times(key_t, bsz, cfg) if times is None else jnp.asarray(times, jnp.float32)
+  alpha_t = sched.alpha(t)
+  move = jax.random.uniform(key_mask, (bsz, length), dtype=jnp.float32) < (1.0 - alpha_t)[:, None]
+  z = jnp.where(move, jnp.int32(cfg.mask_id), x)
+  logits = apply_fn(z, sched.sigma(t).astype(jnp.float32))
+  if logits.shape != (bsz, cfg.num_classes):
+    raise ValueError(f"apply_fn returned class logits of shape {logits.shape}; expected "
+                     f"({bsz}, {cfg.num_classes}) (model.head='classifier')")
+  nll = target_nll(logits, labels).astype(jnp.float32)
+  loss = jnp.mean(nll)
+  acc = jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
+  return loss, _report(loss, accuracy=acc, mask_fraction=jnp.mean(move.astype(jnp.float32)),
+                       t_mean=jnp.mean(t))
+
+
 def loss_fn(cfg: LossConfig) -> Callable[[ApplyFn, jax.Array, jax.Array], tuple[jax.Array, Any]]:
-  """The objective as `(apply_fn, x, key) -> (loss, aux)` for a uniform trainer (key unused by ar)."""
+  """The objective as `(apply_fn, x, key) -> (loss, aux)` for a uniform trainer (key unused by an
+  unconditional ar)."""
   if cfg.objective == "ar":
-    return lambda apply_fn, x, key: ar_loss(apply_fn, x, cfg)
+    return lambda apply_fn, x, key: ar_loss(apply_fn, x, cfg, key)
+  if cfg.objective == "classifier":
+    return lambda apply_fn, x, key: classifier_loss(apply_fn, x, key, cfg)
   if cfg.objective == "udlm":
     from remdm_jax.uniform import udlm_loss
     return lambda apply_fn, x, key: udlm_loss(apply_fn, x, key, t_eps=cfg.t_eps,

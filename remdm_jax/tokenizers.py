@@ -282,14 +282,15 @@ class TokenizerFile:
     return f"TokenizerFile({self.name!r})"
 
 
-TOKENIZERS = ("byte", "gpt2")
-ALL_TOKENIZERS = ("byte", "gpt2", "ids", "<path>/tokenizer.json")
+TOKENIZERS = ("byte", "gpt2", "smiles")
+ALL_TOKENIZERS = ("byte", "gpt2", "smiles", "ids", "<path>/tokenizer.json")
 
 
 def get_tokenizer(name: str, **kwargs):
   """A tokenizer by name.
 
-  "byte" (alias "bytes") -> ByteTokenizer(); "gpt2" -> GPT2Tokenizer(**kwargs);
+  "byte" (alias "bytes") -> ByteTokenizer(); "gpt2" -> GPT2Tokenizer(**kwargs); "smiles" ->
+  `remdm_jax.molecules.tokenizer.SmilesTokenizer(**kwargs)` (QM9, SPEC_DOMAINS §M.2);
   "ids" -> IdTokenizer(vocab_size=..., mask_id=None); a path ending in ".json" (or an existing
   file) -> TokenizerFile(path, model_vocab_size=...). Anything else: ValueError naming it.
   """
@@ -299,6 +300,9 @@ def get_tokenizer(name: str, **kwargs):
     return ByteTokenizer()
   if name == "gpt2":
     return GPT2Tokenizer(**kwargs)
+  if name == "smiles":  # QM9 SMILES, 35 ids, mask 2 (SPEC_DOMAINS §M.2)
+    from remdm_jax.molecules.tokenizer import SmilesTokenizer
+    return SmilesTokenizer(**kwargs)
   if name == "ids":
     if "vocab_size" not in kwargs:
       raise ValueError("get_tokenizer('ids') needs vocab_size= (the model vocabulary)")

@@ -25,6 +25,15 @@ linear) run in `compute_dtype` with float32 accumulation and float32 outputs; th
 LayerNorm, rotary, softmax (inside `jax.nn.dot_product_attention`), GELU and the per-example
 conditioning path (sigma map, adaLN) run in float32; logits are float32.
 
+Options (SPEC_DOMAINS §M.3, QM9; both default off, and then the model is bit-for-bit the one above):
+  * class conditioning, `num_classes = C > 0` with `head="lm"`: a label table E_y [C + 1, cond_dim]
+    (row C = the null class, used for unconditional / CFG calls) and c <- c + SiLU(E_y[y]) before
+    the blocks (the reference's `LabelEmbedder(num_classes + 1)`). The same option on the causal
+    variant gives the class-conditional AR baseline.
+  * `head="classifier"` (noisy classifier for D-CBG): the same trunk (embedding, sigma map, blocks;
+    not class-conditioned), then `norm_final` (LN times weight), mean over the L positions and a
+    linear class head [H, C] -> class logits [B, C]. [LIB] pooling after the final norm.
+
 Sharding: every `nnx.Param` carries logical axis names (metadata `out_sharding`, with
 `eager_sharding=False` so models can be built outside a mesh); see `LOGICAL_AXES` and
 `logical_partition_specs`.
@@ -58,7 +67,8 @@ from remdm_jax.schedules import NoiseSchedule
 #   norm   - 1-d LayerNorm weights (normally replicated)
 # `None` is used for the output dim of sigma_map.mlp.2 (its [C, C] kernel is ("cond", None): one
 # PartitionSpec cannot name an axis twice); its bias is ("cond",).
-LOGICAL_AXES = ("vocab", "embed", "mlp", "qkv", "heads", "cond", "adaln", "freq", "norm")
+#   classes - class labels (label-embedding rows, classifier-head outputs; normally replicated)
+LOGICAL_AXES = ("vocab", "embed", "mlp", "qkv", "heads", "cond", "adaln", "freq", "norm", "classes")
 
 FREQ_DIM = 256  # size of the sinusoidal time embedding (SPEC §6.2 step 2)
 MAX_PERIOD = 10000.0  # time embedding and rotary base
@@ -66,6 +76,7 @@ LN_EPS = 1e-5
 
 _COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 _ATTENTION_IMPLS = (None, "xla", "cudnn")
+HEADS = ("lm", "classifier")
 
 _PRESETS: dict[str, dict[str, Any]] = {
   # Unit tests: ~0.1 M parameters at byte vocab.
@@ -109,6 +120,9 @@ class DiTConfig:
       pass (one compiled block instead of num_blocks copies: faster compiles for deep models). The
       stored parameters keep their per-block layout (`blocks/{i}/...`); same values (float
       rounding aside) and gradients.
+    num_classes: C. head "lm": 0 = unconditional, C > 0 = class-conditional with a null class C
+      (SPEC_DOMAINS §M.3). head "classifier": the number of output classes (>= 2).
+    head: "lm" (token logits [B, L, V]) or "classifier" (class logits [B, C], mean pooling).
   """
 
   vocab_size: int
@@ -127,6 +141,8 @@ class DiTConfig:
   backward_in_compute_dtype: bool = True
   remat: bool = False
   scan_blocks: bool = False
+  num_classes: int = 0
+  head: str = "lm"
 
   def __post_init__(self):
     for name in ("vocab_size", "max_seq_len", "hidden_size", "num_heads", "num_blocks", "cond_dim",
@@ -156,6 +172,14 @@ class DiTConfig:
     for name in ("backward_in_compute_dtype", "remat", "scan_blocks"):
       if not isinstance(getattr(self, name), bool):
         raise ValueError(f"DiTConfig.{name}={getattr(self, name)!r} must be a bool")
+    nc = self.num_classes
+    if isinstance(nc, bool) or not isinstance(nc, (int, np.integer)) or nc < 0:
+      raise ValueError(f"DiTConfig.num_classes={nc!r} must be an int >= 0")
+    if self.head not in HEADS:
+      raise ValueError(f"DiTConfig.head={self.head!r} is not one of {HEADS}")
+    if self.head == "classifier" and (nc < 2 or self.causal):
+      raise ValueError(f"DiTConfig.head='classifier' needs num_classes >= 2 (got {nc}) and "
+                       f"causal=False (got {self.causal})")
     if self.attention_impl == "cudnn" and self.compute_dtype == "float32":
       raise ValueError("DiTConfig.attention_impl='cudnn' needs compute_dtype bfloat16/float16, "
                        f"got compute_dtype={self.compute_dtype!r}")
@@ -452,9 +476,34 @@ class DDitFinalLayer(nnx.Module):
                        cfg.backward_in_compute_dtype, pad_to)
 
 
+class LabelEmbedder(nnx.Module):
+  """E_y [num_classes + 1, cond_dim] ~ N(0, 1) (torch nn.Embedding init); row num_classes is the
+  null class (SPEC_DOMAINS §M.3); torch name `label_embed.embedding_table`."""
+
+  def __init__(self, num_classes: int, cond_dim: int, *, rngs: nnx.Rngs):
+    self.embedding_table = _param(
+        jax.random.normal(rngs.params(), (num_classes + 1, cond_dim), jnp.float32),
+        ("classes", "cond"))
+
+  def __call__(self, labels: jax.Array) -> jax.Array:
+    return jnp.take(self.embedding_table[...], labels, axis=0)
+
+
+class ClassifierHead(nnx.Module):
+  """logits [B, C] = mean_l(LN(x)_l w) W + b (mean pooling over positions, SPEC_DOMAINS §M.3)."""
+
+  def __init__(self, cfg: "DiTConfig", *, rngs: nnx.Rngs):
+    self.norm_final = LayerNorm(cfg.hidden_size)
+    self.linear = Linear(cfg.hidden_size, cfg.num_classes, ("embed", "classes"), rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.linear(jnp.mean(self.norm_final(x), axis=1))
+
+
 class DiT(nnx.Module):
   """The MDLM DiT: tokens [B, L] int, sigma [B] -> raw logits [B, L, V] float32 (SPEC §6.2).
 
+  Options (module docstring): class conditioning (`num_classes > 0`) and the classifier head.
   Holds only `nnx.Param` variables; dropout randomness comes from the explicit `dropout_key`.
   """
 
@@ -463,10 +512,16 @@ class DiT(nnx.Module):
     self.vocab_embed = EmbeddingLayer(cfg.vocab_size, cfg.hidden_size, rngs=rngs)
     self.sigma_map = TimestepEmbedder(cfg.cond_dim, rngs=rngs)
     self.blocks = nnx.List([DDiTBlock(cfg, rngs=rngs) for _ in range(cfg.num_blocks)])
-    self.output_layer = DDitFinalLayer(cfg, rngs=rngs)
+    if cfg.head == "classifier":
+      self.classifier_head = ClassifierHead(cfg, rngs=rngs)
+    else:
+      if cfg.num_classes > 0:
+        self.label_embed = LabelEmbedder(cfg.num_classes, cfg.cond_dim, rngs=rngs)
+      self.output_layer = DDitFinalLayer(cfg, rngs=rngs)
 
   def __call__(self, tokens: jax.Array, sigma: jax.Array, *,
-               dropout_key: jax.Array | None = None) -> jax.Array:
+               dropout_key: jax.Array | None = None,
+               labels: jax.Array | None = None) -> jax.Array:
     """Raw logits (SUBS is applied by callers, `remdm_jax.subs`).
 
     Args:
@@ -475,9 +530,11 @@ class DiT(nnx.Module):
         False or `causal` is True, so c is then the constant embedding of sigma = 0.
       dropout_key: None = deterministic; a PRNG key = dropout `cfg.dropout` on both residual
         branches of every block.
+      labels: class-conditional models only (num_classes = C > 0, head "lm"): int [B] in [0, C],
+        C = the null class; None = the null class for every row. Must be None otherwise.
 
     Returns:
-      float32 [B, L, V].
+      float32 [B, L, V]; head "classifier": class logits float32 [B, C].
     """
     cfg = self.cfg
     tokens = jnp.asarray(tokens)
@@ -496,9 +553,20 @@ class DiT(nnx.Module):
     if not cfg.time_conditioning or cfg.causal:
       sigma = jnp.zeros_like(sigma)  # SPEC §6.2 / §10.4: sigma computed, then zeroed.
     dtype = jnp.dtype(cfg.compute_dtype)
+    conditional = cfg.head == "lm" and cfg.num_classes > 0
+    if labels is not None and not conditional:
+      raise ValueError(f"DiT labels were given but the model is not class-conditional "
+                       f"(num_classes={cfg.num_classes}, head={cfg.head!r})")
 
     x = self.vocab_embed(tokens).astype(jnp.float32)
     c = self.sigma_map(sigma)
+    if conditional:
+      if labels is None:
+        labels = jnp.full((bsz,), cfg.num_classes, jnp.int32)
+      labels = jnp.asarray(labels)
+      if labels.shape != (bsz,) or not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"DiT labels must be int [B]=({bsz},), got {labels.dtype} {labels.shape}")
+      c = c + jax.nn.silu(self.label_embed(labels))
     cos, sin = rotary_cos_sin(seq_len, cfg.head_dim)
     if cfg.scan_blocks:
       x = self._scan_blocks(x, c, cos, sin, dropout_key)
@@ -509,6 +577,8 @@ class DiT(nnx.Module):
           x = _remat_block(block, x, c, cos, sin, key_i)
         else:
           x = block(x, c, cos, sin, key_i)
+    if cfg.head == "classifier":
+      return self.classifier_head(x)
     return self.output_layer(x, c, dtype)
 
   def _scan_blocks(self, x, c, cos, sin, dropout_key):
@@ -552,11 +622,15 @@ def abstract_params(cfg: DiTConfig) -> tuple[nnx.GraphDef, nnx.State]:
 
 
 def make_apply_fn(graphdef: nnx.GraphDef) -> Callable[..., jax.Array]:
-  """-> apply(params, tokens [B, L], sigma [B], dropout_key=None) -> logits [B, L, V] float32."""
+  """-> apply(params, tokens [B, L], sigma [B], dropout_key=None, labels=None) -> logits
+  [B, L, V] float32 (class logits [B, C] for the classifier head; `labels` int [B] only for
+  class-conditional models)."""
 
-  def apply(params, tokens, sigma, dropout_key=None):
+  def apply(params, tokens, sigma, dropout_key=None, labels=None):
     model = nnx.merge(graphdef, params)
-    return model(tokens, sigma, dropout_key=dropout_key)
+    if labels is None:
+      return model(tokens, sigma, dropout_key=dropout_key)
+    return model(tokens, sigma, dropout_key=dropout_key, labels=labels)
 
   return apply
 
@@ -576,6 +650,39 @@ def make_denoise_fn(graphdef: nnx.GraphDef,
     return apply(params, tokens, sigma)
 
   return denoise_fn
+
+
+def make_cond_denoise_fn(graphdef: nnx.GraphDef,
+                         schedule: NoiseSchedule | None = None) -> Callable[..., jax.Array]:
+  """Class-conditional denoiser (SPEC_DOMAINS §M.3):
+  -> fn(params, tokens int [B, L], t float [B], labels int [B]) -> raw logits [B, L, V] float32.
+
+  labels in [0, C]; C (= num_classes) is the null class (the unconditional model of D-CFG).
+  sigma = schedule.sigma(t) as in `make_denoise_fn`.
+  """
+  schedule = NoiseSchedule("loglinear") if schedule is None else schedule
+  apply = make_apply_fn(graphdef)
+
+  def cond_denoise_fn(params, tokens, t, labels):
+    sigma = schedule.sigma(jnp.asarray(t, jnp.float32))
+    return apply(params, tokens, sigma, labels=jnp.asarray(labels, jnp.int32))
+
+  return cond_denoise_fn
+
+
+def make_classifier_fn(graphdef: nnx.GraphDef) -> Callable[..., jax.Array]:
+  """Noisy classifier of D-CBG (head "classifier", SPEC_DOMAINS §M.3):
+  -> fn(params, tokens int [B, L], t float [B]) -> log p(y | x_t) float32 [B, C] (log_softmax).
+
+  The classifier is not time-conditioned (sigma is zeroed inside unless the config sets
+  time_conditioning), so `t` only has to broadcast to [B]."""
+  apply = make_apply_fn(graphdef)
+
+  def classifier_fn(params, tokens, t):
+    sigma = NoiseSchedule("loglinear").sigma(jnp.asarray(t, jnp.float32))
+    return jax.nn.log_softmax(apply(params, tokens, sigma), axis=-1)
+
+  return classifier_fn
 
 
 # Kernels of the per-token matmuls: the only parameters `cast_for_compute` casts.
@@ -631,6 +738,10 @@ def count_params(cfg: DiTConfig) -> int:
            + (h * m + m) + (m * h + h)  # mlp
            + (c * 6 * h + 6 * h))  # adaLN_modulation
   output = h + (h * v + v) + (c * 2 * h + 2 * h)
+  if cfg.head == "classifier":
+    output = h + (h * cfg.num_classes + cfg.num_classes)
+  elif cfg.num_classes > 0:
+    output += (cfg.num_classes + 1) * c  # label embedding table
   return int(embed + sigma_map + cfg.num_blocks * block + output)
 
 

@@ -198,17 +198,19 @@ class Trainer:
     micro_sh = NamedSharding(self.mesh, spec)
 
     @jax.checkpoint
-    def one(z_j, sigma_j, j):
+    def one(z_j, sigma_j, j, kw_j):
       key_j = None if drop_key is None else jax.random.fold_in(drop_key, j)
-      return self.apply(params, z_j, sigma_j, dropout_key=key_j)
+      return self.apply(params, z_j, sigma_j, dropout_key=key_j, **kw_j)
 
-    def apply_fn(z, sigma):
+    def split_rows(a):  # [B, ...] -> [k, B/k, ...], microbatch j = rows i with i % k == j
+      return jnp.swapaxes(a.reshape(a.shape[0] // k, k, *a.shape[1:]), 0, 1)
+
+    def apply_fn(z, sigma, **kw):  # kw: per-row model inputs, e.g. labels [B] (SPEC_DOMAINS §M.3)
       b, length = z.shape
-      zs = jnp.swapaxes(z.reshape(b // k, k, length), 0, 1)  # [k, B/k, L]
-      zs = jax.lax.with_sharding_constraint(zs, micro_sh)
-      ss = jnp.swapaxes(sigma.reshape(b // k, k), 0, 1)
+      zs = jax.lax.with_sharding_constraint(split_rows(z), micro_sh)  # [k, B/k, L]
+      kws = {name: split_rows(v) for name, v in kw.items()}
       _, logits = jax.lax.scan(lambda c, xs: (c, one(*xs)), None,
-                               (zs, ss, jnp.arange(k, dtype=jnp.int32)))
+                               (zs, split_rows(sigma), jnp.arange(k, dtype=jnp.int32), kws))
       v = logits.shape[-1]
       return jnp.swapaxes(logits, 0, 1).reshape(b, length, v)
     return apply_fn
@@ -220,11 +222,13 @@ class Trainer:
     if self.accum > 1:
       apply_fn = self._microbatched_apply(params, drop_key)
     else:
-      apply_fn = lambda z, sigma: self.apply(params, z, sigma, dropout_key=drop_key)
+      apply_fn = lambda z, sigma, **kw: self.apply(params, z, sigma, dropout_key=drop_key, **kw)
     return self.loss(apply_fn, batch, loss_key)
 
   def _train_step(self, state: TrainState, batch: jax.Array):
-    """One AdamW update + EMA. batch: int32 [B, L] global. Returns (state, metrics)."""
+    """One AdamW update + EMA. batch: int32 [B, L] global ([B, L + 1] with the class label in the
+    last column when loss.num_classes > 0; the loss splits it and passes `labels=` to the model).
+    Returns (state, metrics)."""
     step_key = jax.random.fold_in(state.key, state.step)
     (loss, aux), grads = jax.value_and_grad(self._objective, has_aux=True)(state.params, batch,
                                                                           step_key)
@@ -248,7 +252,7 @@ class Trainer:
 
   def _eval_step(self, params, batch: jax.Array, key: jax.Array):
     """NELBO of a batch under `params` (the EMA params), no dropout. Returns aux + loss."""
-    loss, aux = self.loss(lambda z, sigma: self.apply(params, z, sigma), batch, key)
+    loss, aux = self.loss(lambda z, sigma, **kw: self.apply(params, z, sigma, **kw), batch, key)
     return dict(aux, loss=loss)
 
   # -- helpers -----------------------------------------------------------------------------------

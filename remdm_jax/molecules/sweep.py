@@ -1,0 +1,211 @@
+"""The QM9 guidance sweep (SPEC_DOMAINS §M.6): `python -m remdm_jax.molecules.sweep`.
+
+  python -m remdm_jax.molecules.sweep --out_dir=benchmarks/results/qm9_sweep          # full grid
+  python -m remdm_jax.molecules.sweep --quick --out_dir=/tmp/qm9_quick               # reduced
+
+Grid: gamma in {1..5} x T in {32, 64, 128} x method in {MDLM, ReMDM, UDLM, AR} x guidance in
+{D-CFG, D-CBG}, `--num_samples` (1024) samples per point, seed 1, target label 1. Each point is
+scored with `metrics.evaluate_samples` (uncanonicalised novelty by default); points with fewer
+than `--min_novel` (50) novel samples are dropped from the plot (kept in the CSV, `kept=False`).
+Writes `<out_dir>/qm9_sweep.csv` (after every point, atomically) and `<out_dir>/qm9_pareto.png`:
+novel-sample mean property vs number of novel samples, one panel per guidance, one line per
+method. Progress and ETA go to stderr. `--quick`: gamma in {1, 2, 3}, T = 32, MDLM / ReMDM,
+D-CFG and D-CBG, 256 samples.
+
+Points a tree cannot run are listed as skipped with the reason (CSV rows with `status`):
+  * D-CFG with gamma != 1 and every D-CBG point need `remdm_jax.sampling.guidance` (the D-CFG /
+    D-CBG kernels); gamma = 1 D-CFG is the conditional model with label 1 and needs nothing more.
+  * UDLM and AR need their models and samplers (`--udlm_model`, `--ar_model`), which this tree
+    does not ship yet.
+All calls into the guidance API are in `remdm_jax.molecules.sample.guided_denoise`; `run_point`
+is the only function that knows the methods.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import itertools
+import math
+import os
+import sys
+import time
+from typing import Optional
+
+import numpy as np
+
+from remdm_jax.fileio import atomic_open
+from remdm_jax.sampling import SamplerConfig
+
+METHODS = ("MDLM", "ReMDM", "UDLM", "AR")
+GUIDANCES = ("D-CFG", "D-CBG")
+FIELDS = ("method", "guidance", "gamma", "T", "status", "kept", "num_samples", "num_valid",
+          "num_unique", "num_novel", "valid_frac", "unique_frac", "novel_frac",
+          "property", "valid_mean", "valid_median", "novel_mean", "novel_q25", "novel_median",
+          "novel_q75", "nfe", "seconds")
+
+
+class Unavailable(Exception):
+  """A grid point this tree cannot run (missing model / guidance kernels)."""
+
+
+def unavailable_reason(method: str, guidance: str, gamma: float) -> Optional[str]:
+  """Why this tree cannot run a grid point, or None if it can."""
+  from remdm_jax.molecules.sample import guidance_available
+  if method in ("UDLM", "AR"):
+    return f"{method} model / sampler is not in this tree"
+  if not (guidance == "D-CFG" and gamma == 1) and not guidance_available():
+    return "needs remdm_jax.sampling.guidance (D-CFG / D-CBG kernels)"
+  return None
+
+
+def run_point(ctx: dict, method: str, guidance: str, gamma: float, T: int) -> dict:
+  """Samples and scores one grid point; raises `Unavailable` with the reason."""
+  from remdm_jax.molecules import metrics
+  from remdm_jax.molecules.sample import CBG, CFG, sample_molecules
+  reason = unavailable_reason(method, guidance, gamma)
+  if reason:
+    raise Unavailable(reason)
+  if guidance == "D-CFG" and gamma == 1:
+    g = None  # gamma = 1: the conditional model alone (one call per step)
+  else:
+    g = CFG(gamma) if guidance == "D-CFG" else CBG(gamma, approx=ctx["approx"])
+  if method == "MDLM":
+    cfg = SamplerConfig(strategy="mdlm", num_steps=T)
+  else:
+    cfg = SamplerConfig(strategy=ctx["remdm_strategy"], num_steps=T, eta=ctx["eta"])
+  tokens, stats = sample_molecules(ctx["model"], cfg, num_samples=ctx["num_samples"],
+                                   batch_size=ctx["batch_size"], seed=ctx["seed"], label=1,
+                                   guidance=g, classifier=ctx.get("classifier"))
+  smiles = ctx["model"].tokenizer.decode_batch(tokens)
+  m = metrics.evaluate_samples(smiles, ctx["reference"], properties=(ctx["property"],),
+                               canonical=ctx["canonical"])
+  p = ctx["property"]
+  return dict(m, valid_mean=m[f"{p}_valid_mean"], valid_median=m[f"{p}_valid_median"],
+              novel_mean=m[f"{p}_novel_mean"], novel_q25=m[f"{p}_novel_q25"],
+              novel_median=m[f"{p}_novel_median"], novel_q75=m[f"{p}_novel_q75"],
+              nfe=stats["nfe"], seconds=stats["seconds"])
+
+
+def write_csv(path: str, rows) -> None:
+  buf = io.StringIO()
+  w = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore")
+  w.writeheader()
+  for r in rows:
+    w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+  with atomic_open(path, "w") as f:
+    f.write(buf.getvalue())
+
+
+def plot_pareto(rows, path: str, prop: str) -> str:
+  """Two panels (D-CFG, D-CBG): novel mean property vs number of novel samples, one line per
+  method (points sorted by gamma, labelled gamma/T); only kept points."""
+  import matplotlib
+  matplotlib.use("Agg", force=False)
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(11, 4.2))
+  axes = fig.subplots(1, 2)
+  markers = {32: "o", 64: "s", 128: "^"}
+  for ax, g in zip(axes, GUIDANCES):
+    for i, method in enumerate(METHODS):
+      pts = [r for r in rows if r["guidance"] == g and r["method"] == method and r.get("kept")]
+      for T in sorted({r["T"] for r in pts}):
+        sel = sorted((r for r in pts if r["T"] == T), key=lambda r: r["gamma"])
+        ax.plot([r["num_novel"] for r in sel], [r["novel_mean"] for r in sel],
+                marker=markers.get(T, "x"), color=f"C{i}", label=f"{method} T={T}")
+        for r in sel:
+          ax.annotate(f"{r['gamma']:g}", (r["num_novel"], r["novel_mean"]), fontsize=6)
+    ax.set_title(g)
+    ax.set_xlabel("number of novel samples")
+    ax.set_ylabel(f"novel mean {prop}")
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=7)
+  fig.tight_layout()
+  with atomic_open(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=120)
+  return path
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m remdm_jax.molecules.sweep",
+                              description="QM9 guidance sweep (SPEC_DOMAINS §M.6)")
+  p.add_argument("--out_dir", required=True)
+  p.add_argument("--quick", action="store_true")
+  p.add_argument("--property", default="ring_count", choices=("ring_count", "qed"))
+  p.add_argument("--methods", default=",".join(METHODS))
+  p.add_argument("--guidances", default=",".join(GUIDANCES))
+  p.add_argument("--gammas", default="1,2,3,4,5")
+  p.add_argument("--steps", default="32,64,128")
+  p.add_argument("--num_samples", type=int, default=1024)
+  p.add_argument("--batch_size", type=int, default=256)
+  p.add_argument("--min_novel", type=int, default=50)
+  p.add_argument("--seed", type=int, default=1)
+  p.add_argument("--remdm_strategy", default="remdm_cap")
+  p.add_argument("--eta", type=float, default=None)
+  p.add_argument("--approx", action="store_true", help="first-order D-CBG")
+  p.add_argument("--canonical", action="store_true", help="canonicalise before novelty")
+  p.add_argument("--model", default=None)
+  p.add_argument("--classifier", default=None)
+  a = p.parse_args(argv)
+  try:
+    if a.quick:
+      a.gammas, a.steps, a.methods = "1,2,3", "32", "MDLM,ReMDM"
+      a.num_samples = min(a.num_samples, 256)
+    methods = [m for m in a.methods.split(",") if m]
+    guidances = [g for g in a.guidances.split(",") if g]
+    gammas = [float(x) for x in a.gammas.split(",") if x]
+    steps = [int(x) for x in a.steps.split(",") if x]
+    for m in methods:
+      if m not in METHODS:
+        raise ValueError(f"--methods entry {m!r} is not one of {METHODS}")
+    for g in guidances:
+      if g not in GUIDANCES:
+        raise ValueError(f"--guidances entry {g!r} is not one of {GUIDANCES}")
+    if any(not math.isfinite(g) or g < 0 for g in gammas):
+      raise ValueError(f"--gammas={a.gammas!r} must be finite numbers >= 0")
+    if any(t < 1 for t in steps):
+      raise ValueError(f"--steps={a.steps!r} must be integers >= 1")
+    if a.num_samples < 1 or a.batch_size < 1:
+      raise ValueError("--num_samples and --batch_size must be >= 1")
+    SamplerConfig(strategy=a.remdm_strategy, num_steps=steps[0], eta=a.eta)  # validate early
+    from remdm_jax.molecules.data import load_qm9
+    from remdm_jax.molecules.sample import CLASSIFIER_MODEL, load_qm9_model
+    ctx = dict(model=load_qm9_model(a.model), reference=load_qm9().smiles_set(),
+               num_samples=a.num_samples, batch_size=a.batch_size, seed=a.seed,
+               property=a.property, canonical=a.canonical, approx=a.approx,
+               remdm_strategy=a.remdm_strategy, eta=a.eta)
+    if "D-CBG" in guidances:
+      ctx["classifier"] = load_qm9_model(a.classifier, CLASSIFIER_MODEL)
+  except (ValueError, FileNotFoundError, ImportError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  grid = list(itertools.product(methods, guidances, gammas, steps))
+  csv_path = os.path.join(a.out_dir, "qm9_sweep.csv")
+  rows, start, ran = [], time.perf_counter(), 0
+  for i, (method, guidance, gamma, T) in enumerate(grid):
+    base = dict(method=method, guidance=guidance, gamma=gamma, T=T, property=a.property)
+    try:
+      res = run_point(ctx, method, guidance, gamma, T)
+      ran += 1
+      row = dict(base, **res, status="ok", kept=res["num_novel"] >= a.min_novel)
+      msg = (f"valid {res['valid_frac']:.3f} novel {res['num_novel']} novel mean "
+             f"{res['novel_mean']:.3f}{'' if row['kept'] else ' (dropped: < min_novel)'}")
+    except Unavailable as e:
+      row = dict(base, status=f"skipped: {e}", kept=False)
+      msg = row["status"]
+    rows.append(row)
+    write_csv(csv_path, rows)
+    el = time.perf_counter() - start
+    left = sum(1 for g in grid[i + 1:] if unavailable_reason(g[0], g[1], g[2]) is None)
+    eta = el / max(ran, 1) * left
+    print(f"[{i + 1}/{len(grid)}] {method} {guidance} gamma={gamma:g} T={T}: {msg} | "
+          f"{el:.0f}s elapsed, ETA {eta:.0f}s", file=sys.stderr, flush=True)
+  if any(r.get("kept") for r in rows):
+    plot_pareto(rows, os.path.join(a.out_dir, "qm9_pareto.png"), a.property)
+  print(f"wrote {csv_path} ({ran} of {len(grid)} points run)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -220,7 +220,8 @@ class ImageSampler:
 
   `sampler(params, key, labels=None, batch_size=None, image_tokens=None, noise=None)` -> int32
   [B, N] codes in [0, K). `sample_with_info(...)` -> (codes, info) with info["nfe"] (int) and,
-  with `record_steps`, info["final_seqs"] int32 [B, T, L].
+  with `record_steps`, info["final_seqs"] int32 [B, T, L] (maskgit: also info["states"] [B, T, L],
+  the state after each step's re-masking; info["tokens"] is the final state, one mask left).
 
   Args of the call:
     params: any pytree, passed to tokens_to_logits.
@@ -397,7 +398,7 @@ def make_image_sampler(tokens_to_logits: TokensToLogits, cfg: ImageSamplerConfig
         # unknown (known ones score +inf), i.e. min(mask_len, #unknown) positions.
         remask = select_top_n(score, jnp.minimum(mask_len, n_unknown), largest=False)
         new_tokens = jnp.where(remask, m, sampled).astype(jnp.int32)
-        return (new_tokens, rng, sampled), (sampled if cfg.record_steps else None)
+        return (new_tokens, rng, sampled), ((sampled, new_tokens) if cfg.record_steps else None)
 
       xs = {"step": jnp.arange(T, dtype=jnp.int32)}
       if noise is not None:
@@ -405,7 +406,8 @@ def make_image_sampler(tokens_to_logits: TokensToLogits, cfg: ImageSamplerConfig
       (tokens, _, last), rec = lax.scan(body, (tokens0, key, tokens0), xs)
       info = {"nfe": T, "tokens": tokens}
       if cfg.record_steps:
-        info["final_seqs"] = jnp.swapaxes(rec, 0, 1)
+        info["final_seqs"] = jnp.swapaxes(rec[0], 0, 1)
+        info["states"] = jnp.swapaxes(rec[1], 0, 1)
       out = last[:, 1:] if class_token else last
       return out, info
 

@@ -79,6 +79,13 @@ def mask_ratio(r: Any, n0: Any, method: str | Method) -> Any:
   """
   m = method if isinstance(method, Method) else parse_method(method)
   xp = _xp(r)
+  if xp is np:
+    with np.errstate(divide="ignore", invalid="ignore"):
+      return _mask_ratio(np, r, n0, m)
+  return _mask_ratio(xp, r, n0, m)
+
+
+def _mask_ratio(xp, r, n0, m: Method):
   r = xp.asarray(r)
   if not xp.issubdtype(r.dtype, xp.floating):
     r = r.astype(np.float64 if xp is np else xp.float32)

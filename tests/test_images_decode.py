@@ -383,6 +383,23 @@ def test_temperature_is_applied():
   assert _chi2_pvalue(out, p) < 1e-6
 
 
+@pytest.mark.parametrize("strategy", ["maskgit", "mdlm"])
+def test_call_time_temperature_equals_config_temperature(strategy):
+  """`temperature=` at call time (traced, one program for all) == the config's temperature."""
+  labels = np.arange(6) % NCLS
+  a = dec.make_image_sampler(table_jax, dec.ImageSamplerConfig(strategy, num_steps=4),
+                             num_tokens=N, codebook_size=K, mask_id=MASK)
+  b = dec.make_image_sampler(table_jax, dec.ImageSamplerConfig(strategy, num_steps=4,
+                                                               temperature=0.6),
+                             num_tokens=N, codebook_size=K, mask_id=MASK)
+  key = jax.random.PRNGKey(1)
+  np.testing.assert_array_equal(np.asarray(a(None, key, labels=labels, temperature=0.6)),
+                                np.asarray(b(None, key, labels=labels)))
+  assert np.any(np.asarray(a(None, key, labels=labels)) != np.asarray(b(None, key, labels=labels)))
+  with pytest.raises(ValueError, match="temperature"):
+    a(None, key, labels=labels, temperature=0.0)
+
+
 def test_bad_input_raises_valueerror():
   with pytest.raises(ValueError, match="strategy"):
     dec.ImageSamplerConfig("beam")

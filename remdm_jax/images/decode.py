@@ -231,6 +231,8 @@ class ImageSampler:
     image_tokens: optional int [B, N] partially known codes (mask_id = unknown): known codes are
       kept (maskgit, clean mode: frozen prompt; fork mode: as in the fork, they may be re-masked).
     noise: injected randomness (see the module docstring), for tests / reproduction.
+    temperature: optional float scalar overriding cfg.temperature (a traced argument: one
+      compiled program serves every temperature).
   Attributes: cfg, num_tokens (N), seq_len (L), codebook_size (K), mask_id, class_offset, nfe,
     core (the un-jitted function).
   """
@@ -244,8 +246,14 @@ class ImageSampler:
     self._fn = jax.jit(core, static_argnames=("batch_size",)) if jit else core
 
   def sample_with_info(self, params, key, labels=None, batch_size=None, image_tokens=None,
-                       noise=None):
+                       noise=None, temperature=None):
     B = batch_size
+    if temperature is None:
+      temperature = self.cfg.temperature
+    if not isinstance(temperature, jax.core.Tracer):
+      if np.ndim(temperature) != 0 or not float(temperature) > 0:
+        raise ValueError(f"temperature={temperature!r} must be a scalar > 0")
+    temperature = jnp.asarray(temperature, jnp.float32)
     if labels is not None:
       if not self.class_token:
         raise ValueError("labels given but the sampler was built with class_token=False")
@@ -279,10 +287,12 @@ class ImageSampler:
     if noise is not None:
       noise = self._check_noise(noise, int(B))
     return self._fn(params, key, batch_size=int(B), labels=labels, image_tokens=image_tokens,
-                    noise=noise)
+                    noise=noise, temperature=temperature)
 
-  def __call__(self, params, key, labels=None, batch_size=None, image_tokens=None, noise=None):
-    return self.sample_with_info(params, key, labels, batch_size, image_tokens, noise)[0]
+  def __call__(self, params, key, labels=None, batch_size=None, image_tokens=None, noise=None,
+               temperature=None):
+    return self.sample_with_info(params, key, labels, batch_size, image_tokens, noise,
+                                 temperature)[0]
 
   def _check_noise(self, noise, B):
     T, L, K = self.cfg.num_steps, self.seq_len, self.codebook_size
@@ -348,11 +358,11 @@ def make_image_sampler(tokens_to_logits: TokensToLogits, cfg: ImageSamplerConfig
       return jnp.concatenate([cls, img], axis=1)
     return img
 
-  def step_temp(i):
+  def step_temp(tau, i):
     """float32 tau (T - i) / T with annealing, else tau."""
     if cfg.temperature_annealing:
-      return jnp.float32(tau) * (jnp.float32(T) - i.astype(jnp.float32)) / jnp.float32(T)
-    return jnp.float32(tau)
+      return tau * (jnp.float32(T) - i.astype(jnp.float32)) / jnp.float32(T)
+    return tau
 
   def codebook_logits(params, tokens, t, temp):
     lg = tokens_to_logits(params, tokens, t)
@@ -364,16 +374,18 @@ def make_image_sampler(tokens_to_logits: TokensToLogits, cfg: ImageSamplerConfig
     method = msched.parse_method(cfg.mask_schedule)
     ctemp = float(cfg.choice_temperature)
 
-    def core(params, key, batch_size, labels=None, image_tokens=None, noise=None):
+    def core(params, key, batch_size, labels=None, image_tokens=None, noise=None,
+             temperature=tau):
       B = batch_size
       tokens0 = initial(B, labels, image_tokens)
       unknown0 = jnp.sum(tokens0 == m, axis=-1).astype(jnp.int32)
+      temperature = jnp.asarray(temperature, jnp.float32)
 
       def body(carry, xs):
         tokens, rng, _ = carry
         i = xs["step"]
         t = (jnp.float32(T) - i.astype(jnp.float32)) / jnp.float32(T)
-        logits = codebook_logits(params, tokens, jnp.full((B,), t), step_temp(i))
+        logits = codebook_logits(params, tokens, jnp.full((B,), t), step_temp(temperature, i))
         if noise is None:
           rng, sample_rng = jax.random.split(rng)
           sampled = jax.random.categorical(sample_rng, logits, axis=-1).astype(jnp.int32)
@@ -418,10 +430,12 @@ def make_image_sampler(tokens_to_logits: TokensToLogits, cfg: ImageSamplerConfig
     eta = 0.0 if cfg.eta is None else float(cfg.eta)
     strategy = cfg.strategy
 
-    def core(params, key, batch_size, labels=None, image_tokens=None, noise=None):
+    def core(params, key, batch_size, labels=None, image_tokens=None, noise=None,
+             temperature=tau):
       B = batch_size
       tokens0 = initial(B, labels, image_tokens)
       unknown0 = jnp.sum(tokens0 == m, axis=-1).astype(jnp.int32)[:, None, None]
+      temperature = jnp.asarray(temperature, jnp.float32)
       neg0 = jnp.full((B, L), -jnp.inf, jnp.float32)  # [UNVERIFIED] initial value of the fork
 
       def body(carry, xs):
@@ -429,7 +443,8 @@ def make_image_sampler(tokens_to_logits: TokensToLogits, cfg: ImageSamplerConfig
         i = xs["step"].astype(jnp.float32)
         t = (jnp.float32(T) - i) / jnp.float32(T)
         s = (jnp.float32(T) - i - 1.0) / jnp.float32(T)
-        logits = codebook_logits(params, tokens, jnp.full((B,), t), step_temp(xs["step"]))
+        logits = codebook_logits(params, tokens, jnp.full((B,), t),
+                                 step_temp(temperature, xs["step"]))
         a_t = jnp.broadcast_to(msched.alpha(t, unknown0, method), (B, 1, 1))
         a_s = jnp.broadcast_to(msched.alpha(s, unknown0, method), (B, 1, 1))
         sigma = fork_sigma(strategy, a_t, a_s, eta)
@@ -470,24 +485,26 @@ def make_image_sampler(tokens_to_logits: TokensToLogits, cfg: ImageSamplerConfig
   scfg = cfg.sampler_config()
   W = m + 1
 
-  def denoise(params, tokens, t):
+  def denoise(packed, tokens, t):
+    params, tau_ = packed   # the temperature rides inside the text sampler's params
     if cfg.temperature_annealing:
-      temp = jnp.float32(tau) * jnp.maximum(t.astype(jnp.float32), jnp.float32(1.0 / T))
+      temp = tau_ * jnp.maximum(t.astype(jnp.float32), jnp.float32(1.0 / T))
       temp = temp[:, None, None]
     else:
-      temp = jnp.float32(tau)
+      temp = tau_
     lg = codebook_logits(params, tokens, t, temp)
     pad = jnp.full(lg.shape[:-1] + (W - K,), NEG_INF, jnp.float32)
     return jnp.concatenate([lg, pad], axis=-1)
 
   text = make_sampler(denoise, scfg, seq_len=L, mask_id=m, jit=False)
 
-  def core(params, key, batch_size, labels=None, image_tokens=None, noise=None):
+  def core(params, key, batch_size, labels=None, image_tokens=None, noise=None, temperature=tau):
     B = batch_size
     tokens0 = initial(B, labels, image_tokens)
     prompt_mask = tokens0 != m
     uniforms = None if noise is None else noise["uniforms"]
-    out, info = text.core(params, key, B, tokens0, prompt_mask, uniforms)
+    packed = (params, jnp.asarray(temperature, jnp.float32))
+    out, info = text.core(packed, key, B, tokens0, prompt_mask, uniforms)
     return (out[:, 1:] if class_token else out), info
 
   return ImageSampler(core, cfg, N, L, K, m, class_token, class_offset, text.nfe, jit)

@@ -297,11 +297,14 @@ def load_classifier(path: Optional[str] = None) -> dict:
 def frechet_distance(mu1, cov1, mu2, cov2) -> float:
   """||mu1 - mu2||^2 + tr(C1 + C2 - 2 (C1 C2)^(1/2)) (float64; scipy.linalg.sqrtm, the standard FID
   formula with the same eps fallback as the TTUR / pytorch-fid code)."""
+  import warnings
   from scipy import linalg
   mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
   cov1, cov2 = np.asarray(cov1, np.float64), np.asarray(cov2, np.float64)
   diff = mu1 - mu2
-  covmean, _ = linalg.sqrtm(cov1.dot(cov2), disp=False)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")   # singular products (n < dim) are handled below
+    covmean, _ = linalg.sqrtm(cov1.dot(cov2), disp=False)
   if not np.isfinite(covmean).all():
     off = np.eye(cov1.shape[0]) * 1e-6
     covmean = linalg.sqrtm((cov1 + off).dot(cov2 + off))

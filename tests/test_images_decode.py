@@ -31,7 +31,7 @@ def table_np(tokens):
 def table_jax(params, tokens, t):
   del params, t
   emb = jnp.asarray(TOK)[tokens]
-  return jnp.asarray(POS)[None] + emb.mean(axis=1, keepdims=True) + jnp.roll(emb, 1, axis=1)
+  return jnp.asarray(POS)[None, :tokens.shape[1]] + emb.mean(axis=1, keepdims=True) + jnp.roll(emb, 1, axis=1)
 
 
 def np_schedule(r, n0, method):
@@ -419,3 +419,20 @@ def test_bad_input_raises_valueerror():
     s(None, jax.random.PRNGKey(0), labels=[-1, 0])
   with pytest.raises(ValueError, match="noise"):
     s(None, jax.random.PRNGKey(0), labels=[0, 1], noise={"uniforms": np.zeros(3)})
+
+
+@pytest.mark.parametrize("strategy", ["maskgit", "mdlm", "remdm_rescale"])
+def test_known_image_tokens_are_kept(strategy):
+  """Partially known images (inpainting): known codes never change; also without class token."""
+  rs = np.random.RandomState(2)
+  img = rs.randint(0, K, size=(4, N))
+  img[rs.rand(4, N) < 0.6] = MASK
+  for class_token in (True, False):
+    cfg = dec.ImageSamplerConfig(strategy, num_steps=4, eta=0.05 if "remdm" in strategy else None)
+    s = dec.make_image_sampler(table_jax, cfg, num_tokens=N, codebook_size=K, mask_id=MASK,
+                               class_token=class_token)
+    kw = {"labels": np.array([0, 1, 2, 0])} if class_token else {}
+    out = np.asarray(s(None, jax.random.PRNGKey(0), image_tokens=img, **kw))
+    known = img != MASK
+    np.testing.assert_array_equal(out[known], img[known])
+    assert out.max() < K and out.shape == (4, N)

@@ -39,7 +39,7 @@ METHODS = ("maskgit", "mdlm", "remdm_rescale", "remdm_cap", "remdm_loop")
 LABELS = {"maskgit": "MaskGIT", "mdlm": "MDLM", "remdm_rescale": "ReMDM-rescale",
           "remdm_cap": "ReMDM-cap", "remdm_loop": "ReMDM-loop"}
 FIELDS = ("method", "T", "temperature", "eta", "nfe", "samples", "digits_fid", "digits_is",
-          "accuracy", "seconds")
+          "accuracy", "seconds", "includes_compile")
 
 
 def method_config(method: str, T: int, temperature: float) -> ImageSamplerConfig:
@@ -50,6 +50,8 @@ def method_config(method: str, T: int, temperature: float) -> ImageSamplerConfig
   if method in ("remdm_rescale", "remdm_cap"):
     return ImageSamplerConfig(method, num_steps=T, temperature=temperature, eta=0.05)
   if method == "remdm_loop":
+    if T < 3:
+      raise ValueError(f"T={T}: ReMDM-loop needs T >= 3 (three phases on the grid)")
     grid, _ = uniform_grid(T)
     return ImageSamplerConfig("remdm_loop", num_steps=T, temperature=temperature, eta=0.02,
                               extra={"t_on": float(grid[T // 2]),
@@ -145,17 +147,18 @@ def main(argv=None) -> int:
   xte, yte = dg.load_digits_split("test")
   rows.append(dict(method="real", T=0, temperature=0.0, eta=0.0, nfe=0, samples=len(yte),
                    digits_fid=judge.fid(xte), digits_is=judge.inception_score(xte),
-                   accuracy=judge.accuracy(xte, yte), seconds=0.0))
+                   accuracy=judge.accuracy(xte, yte), seconds=0.0, includes_compile=0))
   noise = np.random.RandomState(args.seed).randint(0, dg.LEVELS, size=(n, dg.NUM_PIXELS))
   rows.append(dict(method="noise", T=0, temperature=0.0, eta=0.0, nfe=0, samples=n,
                    digits_fid=judge.fid(noise), digits_is=judge.inception_score(noise),
-                   accuracy=judge.accuracy(noise, labels), seconds=0.0))
+                   accuracy=judge.accuracy(noise, labels), seconds=0.0, includes_compile=0))
   t_start = time.time()
   samplers = {}
   done_cost, total_cost = 0.0, float(sum(T for _, T, _ in cells))
   for k, ((m, T, tau), cfg) in enumerate(zip(cells, cfgs)):
     t0 = time.time()
-    if (m, T) not in samplers:   # one compiled program per (method, T); temperature is traced
+    fresh = (m, T) not in samplers
+    if fresh:   # one compiled program per (method, T); temperature is traced
       samplers[(m, T)] = dg.make_digits_sampler(cfg, f)
     sampler = samplers[(m, T)]
     pix = np.asarray(sampler(params, jax.random.PRNGKey(args.seed), labels=labels,
@@ -165,7 +168,7 @@ def main(argv=None) -> int:
     eta = cfg.sampler_config().eta if m != "maskgit" else 0.0
     rows.append(dict(method=m, T=T, temperature=tau, eta=eta, nfe=int(sampler.nfe), samples=n,
                      digits_fid=ev["fid"], digits_is=ev["is"], accuracy=ev["accuracy"],
-                     seconds=secs))
+                     seconds=secs, includes_compile=int(fresh)))
     if T == max(Ts) and abs(tau - 0.8) < 1e-9:
       per = n // dg.NUM_CLASSES
       pick = np.concatenate([np.arange(c * per, c * per + min(10, per)) for c in range(10)])

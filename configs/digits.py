@@ -28,10 +28,13 @@ def get_config(preset=None):
   c.digits = ml_collections.ConfigDict(dict(batch_size=64, test_fraction=0.2, split_seed=0))
   if preset in (None, ""):
     pass
+  elif preset == "continue":   # the shipped model's second stage (with --init=<stage-1 folder>)
+    c.optim.update(lr=1e-3, warmup_steps=20, schedule="cosine", min_lr=1e-4, ema_decay=0.995)
+    c.train.update(num_steps=700, eval_every=350)
   elif preset == "tiny":
     c.model.update(hidden_size=32, num_blocks=1, cond_dim=16, num_heads=2)
     c.train.update(num_steps=40, log_every=20, eval_every=40)
     c.optim.warmup_steps = 10
   else:
-    raise ValueError(f"configs/digits.py: unknown preset {preset!r}; valid presets: tiny")
+    raise ValueError(f"configs/digits.py: unknown preset {preset!r}; valid presets: continue, tiny")
   return c

@@ -129,9 +129,12 @@ def experiment_config(config):
   return exp, digits
 
 
-def train_model(config, out_dir: Optional[str] = None, log=print) -> dict:
+def train_model(config, out_dir: Optional[str] = None, log=print, init: Optional[str] = None,
+                history: Optional[list] = None) -> dict:
   """Trains the class-conditional MDLM with the library's `Trainer` (MDLM loss) on the digits
   training split and (if `out_dir`) saves the EMA params with `checkpoint.save_params`.
+  init: optional params folder to continue from (params and EMA start there; fresh optimizer
+  state and schedule). history: earlier runs' records, stored in the metadata.
   Returns {"steps", "seconds", "train_loss", "val_nelbo" (nats/token, held-out, EMA), "out"}."""
   from remdm_jax.training import mesh as mesh_lib
   from remdm_jax.training.trainer import Trainer
@@ -143,6 +146,14 @@ def train_model(config, out_dir: Optional[str] = None, log=print) -> dict:
   mesh = mesh_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])
   trainer = Trainer(cfg, mesh)
   state = trainer.init_state()
+  if init is not None:
+    from remdm_jax.checkpoint import load_params
+    p0, _, meta0 = load_params(init)
+    p0 = jax.device_put(p0, trainer.param_shardings)
+    state = state.replace(params=p0, ema_params=jax.tree.map(jnp.copy, p0))
+    history = list(meta0.get("history", [])) + [
+        {k: meta0.get(k) for k in ("step", "train_seconds", "val_nelbo_nats_per_token",
+                                   "train_config")}]
   rs = np.random.RandomState(cfg.train.seed)
   order, pos = rs.permutation(len(train_seq)), 0
   n_val = (len(test_seq) // bs) * bs
@@ -179,7 +190,10 @@ def train_model(config, out_dir: Optional[str] = None, log=print) -> dict:
                                      "mask_id": MASK_ID, "seq_len": SEQ_LEN},
                           "train_config": _to_plain(config), "train_seconds": round(secs, 1),
                           "val_nelbo_nats_per_token": val,
-                          "loss_schedule": cfg.loss.schedule})
+                          "loss_schedule": cfg.loss.schedule,
+                          "history": list(history or []),
+                          "total_steps": cfg.train.num_steps + sum(
+                              int(h.get("step") or 0) for h in (history or []))})
   return {"steps": cfg.train.num_steps, "seconds": secs,
           "train_loss": losses[-1] if losses else float("nan"), "val_nelbo": val, "out": out}
 
@@ -396,6 +410,7 @@ def main(argv=None) -> int:
   m.add_argument("--config", default="configs/digits.py", help="configs/digits.py[:preset]")
   m.add_argument("--out", default=MODEL_PATH)
   m.add_argument("--steps", type=int, default=None, help="override train.num_steps")
+  m.add_argument("--init", default=None, help="continue from this params folder")
   c = sub.add_parser("train-classifier", help="train the digits judge (MLP)")
   c.add_argument("--out", default=CLASSIFIER_PATH)
   c.add_argument("--steps", type=int, default=3000)
@@ -408,7 +423,7 @@ def main(argv=None) -> int:
         if args.steps < 1:
           raise ValueError(f"--steps={args.steps} must be >= 1")
         config.train.num_steps = args.steps
-      res = train_model(config, args.out)
+      res = train_model(config, args.out, init=args.init)
     except (ValueError, FileNotFoundError) as e:
       print(f"error: {e}", file=sys.stderr)
       return 2

@@ -88,7 +88,7 @@ def plot(rows, path):
         if pts:
           ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=LABELS[m])
       real = [r[key] for r in rows if r["method"] == "real"]
-      if real and key != "digits_fid":
+      if real:
         ax.axhline(real[0], color="grey", ls="--", lw=1, label="real (held-out)")
       ax.set_xscale("log", base=2)
       ax.set_xlabel("T")

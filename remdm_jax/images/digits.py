@@ -121,12 +121,45 @@ def experiment_config(config):
                          optim=dataclass_from_dict(OptimConfig, raw.get("optim"), "optim"),
                          train=dataclass_from_dict(TrainConfig, raw.get("train"), "train"),
                          mesh=MeshConfig(shape=(1, 1, 1)))
-  digits = {"batch_size": 64, "test_fraction": 0.2, "split_seed": 0}
+  digits = {"batch_size": 64, "test_fraction": 0.2, "split_seed": 0, "class_visible": True}
   for k, v in dict(raw.get("digits") or {}).items():
     if k not in digits:
       raise ValueError(f"unknown config field 'digits.{k}'; valid: {', '.join(digits)}")
     digits[k] = v
   return exp, digits
+
+
+def _class_visible_trainer():
+  from remdm_jax.training.trainer import Trainer
+
+  class ClassVisibleTrainer(Trainer):
+    """The library's Trainer whose denoiser always sees the true class token at position 0
+    (the MDLM loss may still mask it in z_t; the model input gets it back), so the model learns
+    p(pixels | class) from every noise level, including the all-masked start of sampling. With
+    the class token masked like a pixel (plain Trainer), the state "class known, all pixels
+    masked" almost never occurs in training (probability (1 - t) t^64), and conditional samples
+    ignore the class. The position-0 term of the NELBO is then ~0 (it is read off the input)."""
+
+    def _with_class(self, fn, batch):
+      base = self.apply
+      cls = batch[:, :1]
+
+      def apply(p, z, sigma, dropout_key=None):
+        return base(p, z.at[:, :1].set(cls), sigma, dropout_key=dropout_key)
+
+      self.apply = apply
+      try:
+        return fn()
+      finally:
+        self.apply = base
+
+    def _train_step(self, state, batch):
+      return self._with_class(lambda: Trainer._train_step(self, state, batch), batch)
+
+    def _eval_step(self, params, batch, key):
+      return self._with_class(lambda: Trainer._eval_step(self, params, batch, key), batch)
+
+  return ClassVisibleTrainer
 
 
 def train_model(config, out_dir: Optional[str] = None, log=print, init: Optional[str] = None,
@@ -144,7 +177,7 @@ def train_model(config, out_dir: Optional[str] = None, log=print, init: Optional
   train_seq, test_seq = to_sequences(xtr, ytr), to_sequences(xte, yte)
   bs = int(dig["batch_size"])
   mesh = mesh_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-  trainer = Trainer(cfg, mesh)
+  trainer = (_class_visible_trainer() if dig["class_visible"] else Trainer)(cfg, mesh)
   state = trainer.init_state()
   if init is not None:
     from remdm_jax.checkpoint import load_params

@@ -66,6 +66,7 @@ class DecodeOptions:
   sampling_temperature_annealing: bool = False
   remdm_eta: float = 0.0
   choice_temperature: float = 4.5
+  fork_compat: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,19 +87,24 @@ def build_sampler(tokens_to_logits: Callable, opts: DecodeOptions, *, codebook_s
   except ImportError as e:
     raise ImportError(f"--decoding_strategy={opts.strategy} needs remdm_jax.images.decode "
                       f"(the image decoding strategies), which is not installed: {e}") from None
-  # ADAPTER (lead: match the img-decode API): make_image_sampler(tokens_to_logits, cfg, ...)
-  # returning sample(params, input_tokens, key) -> tokens [B, L].
-  try:
-    cfg = decode.ImageSamplerConfig(
-      strategy=opts.strategy, num_steps=opts.num_iter, mask_schedule=opts.mask_scheduling_method,
-      temperature=opts.sampling_temperature,
-      temperature_annealing=opts.sampling_temperature_annealing, eta=opts.remdm_eta,
-      choice_temperature=opts.choice_temperature)
-    return decode.make_image_sampler(tokens_to_logits, cfg, codebook_size=codebook_size,
-                                     mask_id=mask_id, seq_len=seq_len)
-  except (AttributeError, TypeError) as e:
-    raise ImportError(f"remdm_jax.images.decode does not offer the expected "
-                      f"make_image_sampler API: {e}") from None
+  cfg = decode.ImageSamplerConfig(
+    strategy=opts.strategy, num_steps=opts.num_iter, mask_schedule=opts.mask_scheduling_method,
+    temperature=opts.sampling_temperature,
+    temperature_annealing=opts.sampling_temperature_annealing,
+    eta=(opts.remdm_eta or None) if opts.strategy.startswith("remdm") else None,  # 0: default
+    choice_temperature=opts.choice_temperature, fork_compat=opts.fork_compat)
+  sampler = decode.make_image_sampler(lambda p, ids, t: tokens_to_logits(p, ids), cfg,
+                                      num_tokens=seq_len - 1, codebook_size=codebook_size,
+                                      mask_id=mask_id, class_token=True,
+                                      class_offset=codebook_size)
+
+  def sample(params, input_tokens, key):
+    labels = input_tokens[:, 0] - codebook_size  # class token = codebook_size + label
+    codes = sampler(params, key, labels=labels)
+    import jax.numpy as jnp
+    return jnp.concatenate([input_tokens[:, :1], codes.astype(jnp.int32)], axis=1)
+
+  return sample
 
 
 def _placeholder_argmax_sampler(tokens_to_logits: Callable, mask_id: int) -> Callable:
@@ -200,6 +206,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--sampling_temperature_annealing", default="False", choices=("True", "False"))
   p.add_argument("--remdm_eta", type=float, default=0.0)
   p.add_argument("--choice_temperature", type=float, default=4.5, help="MaskGIT ranking noise")
+  p.add_argument("--fork_compat", action="store_true",
+                 help="mdlm / remdm_*: the reference fork's posteriors and quirks (codebook entry "
+                      "1023 as the mask slot, stale conf weights; SPEC_DOMAINS §I.1)")
   p.add_argument("--num_images", type=int, default=50000)
   p.add_argument("--batch_size", type=int, default=64)
   p.add_argument("--seed", type=int, default=42)
@@ -238,7 +247,8 @@ def _validate(args) -> DecodeOptions:
                        mask_scheduling_method=args.mask_scheduling_method,
                        sampling_temperature=args.sampling_temperature,
                        sampling_temperature_annealing=args.sampling_temperature_annealing == "True",
-                       remdm_eta=args.remdm_eta, choice_temperature=args.choice_temperature)
+                       remdm_eta=args.remdm_eta, choice_temperature=args.choice_temperature,
+                       fork_compat=args.fork_compat)
 
 
 def generate(args, opts: DecodeOptions, log=print) -> dict[str, Any]:

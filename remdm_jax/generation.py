@@ -128,7 +128,7 @@ def load_model(path: str, tokenizer: Optional[str] = None, *, mask_id: Optional[
       raise ValueError(f"mask_id={mask_id} can only be set with tokenizer 'ids'; tokenizer "
                        f"{name!r} fixes its own mask id")
     tok = get_tokenizer(name, **({"model_vocab_size": cfg.vocab_size}
-                                 if name not in ("byte", "bytes", "gpt2") else {}))
+                                 if name not in ("byte", "bytes", "gpt2", "smiles") else {}))
   if tok.vocab_size != cfg.vocab_size:
     raise ValueError(f"checkpoint/tokenizer vocab mismatch: {path} has vocab_size="
                      f"{cfg.vocab_size} but tokenizer {name!r} has vocab_size={tok.vocab_size}")

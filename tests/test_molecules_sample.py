@@ -98,8 +98,8 @@ def test_classifier_one_hot_input_matches_tokens(model, classifier):
     clf(classifier.params, oh[..., :34], t)
 
 
-def test_guided_sampling_wiring(model, classifier):
-  """D-CFG and D-CBG (exact and approx) run through sample_molecules on tiny shapes; D-CFG with
+def test_cfg_sampling_wiring(model):
+  """D-CFG runs through sample_molecules on tiny shapes; D-CFG with
   gamma = 1 / 0 is the label-1 / null-class model itself (same seeds, same draws)."""
   cfg = SamplerConfig(strategy="mdlm", num_steps=4)
   kw = dict(num_samples=4, batch_size=4, seed=2)
@@ -111,29 +111,34 @@ def test_guided_sampling_wiring(model, classifier):
   np.testing.assert_array_equal(cfg0, plain0)
   cfg2, st = S.sample_molecules(model, cfg, label=1, guidance=S.CFG(2.0), **kw)
   assert cfg2.shape == (4, 32) and st["nfe"] == 4 and not np.array_equal(cfg2, plain1)
-  remdm = SamplerConfig(strategy="remdm_cap", num_steps=4, eta=0.1)
-  for approx in (True, False):
-    tk, st = S.sample_molecules(model, remdm, label=1, guidance=S.CBG(3.0, approx),
-                                classifier=classifier, num_samples=2, batch_size=2, seed=2)
-    assert tk.shape == (2, 32) and tk.dtype == np.int32 and 0 <= tk.min() and tk.max() < 35
-    assert st["classifier_nfe"] == 4 * (1 if approx else 32 * 35)
+
+
+@pytest.mark.parametrize("approx", [True, False])
+def test_cbg_sampling_wiring(model, classifier, approx):
+  """D-CBG exact / approx under ReMDM through sample_molecules: valid ids, classifier NFE."""
+  remdm = SamplerConfig(strategy="remdm_cap", num_steps=2, eta=0.1)
+  tk, st = S.sample_molecules(model, remdm, label=1, guidance=S.CBG(3.0, approx),
+                              classifier=classifier, num_samples=2, batch_size=2, seed=2)
+  assert tk.shape == (2, 32) and tk.dtype == np.int32 and 0 <= tk.min() and tk.max() < 35
+  assert st["nfe"] == 2 and st["classifier_nfe"] == 2 * (1 if approx else 32 * 35)
 
 
 def test_shipped_guidance_raises_ring_closures():
   """Shipped qm9_cond_mdlm / qm9_classifier, fixed seed: D-CFG gamma = 2 and D-CBG (approx)
-  gamma = 5 raise the ring-closure count per sample over gamma = 0 (label 1 = many rings)."""
+  gamma = 5 raise the ring-closure count per sample over D-CFG gamma = 0 (the null-class model,
+  which is also D-CBG's base denoiser); label 1 = many rings. First run (64 samples, T = 8):
+  see the printed line. The RDKit ring-count version is the slow test in test_molecules_slow.py."""
   model = S.load_qm9_model()
   clf = S.load_qm9_model(name=S.CLASSIFIER_MODEL)
-  cfg = SamplerConfig(strategy="mdlm", num_steps=16)
+  cfg = SamplerConfig(strategy="mdlm", num_steps=8)
   kw = dict(num_samples=64, batch_size=64, seed=1, label=1)
   base, _ = S.sample_molecules(model, cfg, guidance=S.CFG(0.0), **kw)
   cfg2, _ = S.sample_molecules(model, cfg, guidance=S.CFG(2.0), **kw)
-  cbg0, _ = S.sample_molecules(model, cfg, guidance=S.CBG(0.0, True), classifier=clf, **kw)
   cbg5, _ = S.sample_molecules(model, cfg, guidance=S.CBG(5.0, True), classifier=clf, **kw)
-  r = [_ring_closures(x) for x in (base, cfg2, cbg0, cbg5)]
-  print("ring closures per sample: cfg0 %.2f cfg2 %.2f cbg0 %.2f cbg5 %.2f" % tuple(r))
-  assert r[1] > r[0] + 1.0
-  assert r[3] > r[2] + 0.5
+  r = [_ring_closures(x) for x in (base, cfg2, cbg5)]
+  print("ring closures per sample: cfg0 %.2f cfg2 %.2f cbg5 %.2f" % tuple(r))
+  assert r[1] > r[0] + 2.0
+  assert r[2] > r[0] + 0.5
 
 
 def test_sweep_points_csv_and_plot(model, tmp_path):

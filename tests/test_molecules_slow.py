@@ -64,7 +64,8 @@ def test_shipped_cfg_gamma2_raises_mean_ring_count():
   """Shipped qm9_cond_mdlm (no training): D-CFG gamma = 2 (label 1) vs gamma = 0 (null class) on
   the same seeds, 512 samples at T = 32, no final noise-removal step (SPEC_DOMAINS §M.4).
   The RDKit mean ring count over valid samples must rise, and so must the ring-closure proxy over
-  all samples. First run (seed 1): see the printed line; ~1 min on 2 CPU cores."""
+  all samples. First run (seed 1): gamma 0: 77 valid, mean ring count 1.013, 2.82 ring-closure
+  digits per sample; gamma 2: 7 valid, 4.286, 8.95. ~40 s on 2 shared CPU cores (slow)."""
   pytest.importorskip("rdkit")
   from remdm_jax.molecules import metrics
   from remdm_jax.molecules import sample as S

@@ -546,8 +546,8 @@ class DiT(nnx.Module):
     tokens = jnp.asarray(tokens)
     if jnp.issubdtype(tokens.dtype, jnp.floating):
       if tokens.ndim != 3 or tokens.shape[-1] != cfg.vocab_size:
-        raise ValueError(f"DiT float (one-hot) input must be [B, L, V={cfg.vocab_size}], got "
-                         f"shape {tokens.shape}")
+        raise ValueError(f"DiT tokens: float (one-hot) input must be [B, L, V="
+                         f"{cfg.vocab_size}], got shape {tokens.shape}")
     elif tokens.ndim != 2:
       raise ValueError(f"DiT tokens must be [B, L], got shape {tokens.shape}")
     elif not jnp.issubdtype(tokens.dtype, jnp.integer):

@@ -1,4 +1,5 @@
-"""QM9 sampling entry points and the sweep driver, on a tiny random conditional model."""
+"""QM9 sampling entry points and the sweep driver (tiny random conditional model + classifier), the
+one-hot classifier input of dit.py, and the shipped models' guidance direction (SPEC_DOMAINS §M.4)."""
 import csv
 import os
 
@@ -14,24 +15,43 @@ from remdm_jax.sampling import SamplerConfig
 
 CFG = dit.DiTConfig(vocab_size=35, max_seq_len=32, hidden_size=32, num_heads=2, num_blocks=1,
                     cond_dim=16, dropout=0.0, compute_dtype="float32", num_classes=2)
+CLF = CFG.replace(head="classifier") if hasattr(CFG, "replace") else dit.DiTConfig(
+    **dict(CFG.to_dict(), head="classifier"))
+
+
+def _save_random(cfg, path, seed):
+  _, params = dit.init_params(cfg, jax.random.PRNGKey(seed))
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
+  params = jax.tree.unflatten(tree, [v + 0.3 * jax.random.normal(k, v.shape) for k, v in zip(keys, leaves)])
+  checkpoint.save_params(path, params, model_config=cfg.to_dict(), extra_metadata={"tokenizer": "smiles"})
+  return S.load_qm9_model(path)
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-  _, params = dit.init_params(CFG, jax.random.PRNGKey(0))
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-  params = jax.tree.unflatten(tree, [v + 0.3 * jax.random.normal(k, v.shape) for k, v in zip(keys, leaves)])
-  path = str(tmp_path_factory.mktemp("m") / "qm9_tiny")
-  checkpoint.save_params(path, params, model_config=CFG.to_dict(), extra_metadata={"tokenizer": "smiles"})
-  return S.load_qm9_model(path)
+  return _save_random(CFG, str(tmp_path_factory.mktemp("m") / "qm9_tiny"), 0)
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+  return _save_random(CLF, str(tmp_path_factory.mktemp("c") / "qm9_tiny_clf"), 5)
+
+
+def _ring_closures(tokens):
+  """Ring-closure digit tokens ('1'..'5' = ids 9..13) per sample, over ALL samples (valid or not):
+  twice the number of ring bonds of a valid SMILES, so a ring-count proxy that needs no RDKit."""
+  return float(np.isin(tokens, np.arange(9, 14)).sum(axis=1).mean())
 
 
 def test_sample_molecules_labels(model):
   cfg = SamplerConfig(strategy="mdlm", num_steps=8)
-  t1, st = S.sample_molecules(model, cfg, num_samples=6, batch_size=4, seed=3, label=1)
+  t1, st = S.sample_molecules(model, cfg, num_samples=6, batch_size=4, seed=3, label=1,
+                              noise_removal=True)
   assert t1.shape == (6, 32) and t1.dtype == np.int32 and not np.any(t1 == 2)
-  assert st["nfe"] >= 8
+  assert st["nfe"] == 9  # T grid steps + the final noise-removal step
+  _, st0 = S.sample_molecules(model, cfg, num_samples=6, batch_size=4, seed=3, label=1)
+  assert st0["nfe"] == 8  # molecules default: no final step (SPEC_DOMAINS §M.4)
   again, _ = S.sample_molecules(model, cfg, num_samples=6, batch_size=4, seed=3, label=1)
   np.testing.assert_array_equal(t1, again)
   t0, _ = S.sample_molecules(model, cfg, num_samples=6, batch_size=4, seed=3, label=0)
@@ -39,16 +59,86 @@ def test_sample_molecules_labels(model):
   assert len(model.tokenizer.decode_batch(t1)) == 6
 
 
-def test_guided_denoise_errors(model):
+def test_guided_denoise_errors(model, classifier):
   with pytest.raises(ValueError, match="label"):
     S.guided_denoise(model, None, 2, 4)
-  if S.guidance_available():
-    with pytest.raises(ValueError, match="guidance"):
-      S.guided_denoise(model, "cfg", 1, 4)
-  else:
-    with pytest.raises(ImportError, match="sampling.guidance"):
-      S.guided_denoise(model, S.CFG(2.0), 1, 4)
+  with pytest.raises(ValueError, match="guidance"):
+    S.guided_denoise(model, "cfg", 1, 4)
+  with pytest.raises(ValueError, match="target label"):
+    S.guided_denoise(model, S.CFG(2.0), None, 4)
+  with pytest.raises(ValueError, match="gamma"):
+    S.guided_denoise(model, S.CFG(float("nan")), 1, 4)
+  with pytest.raises(ValueError, match="classifier model"):
+    S.guided_denoise(model, S.CBG(2.0, True), 1, 4)
+  with pytest.raises(ValueError, match="not a classifier"):
+    S.guided_denoise(model, S.CBG(2.0, True), 1, 4, classifier=model)
+  with pytest.raises(ValueError, match="not a class-conditional"):
+    S.guided_denoise(classifier, S.CFG(2.0), 1, 4)
   assert S.main(["--model", "/nonexistent/x", "--num_samples", "2"]) == 2
+  assert S.main(["--approx", "--guidance=cfg", "--num_samples", "2"]) == 2
+
+
+def test_classifier_one_hot_input_matches_tokens(model, classifier):
+  """dit.py's float [B, L, V] input path (x @ E) equals the int-token path, for both heads."""
+  toks = jax.random.randint(jax.random.PRNGKey(0), (3, 32), 0, 35, dtype=np.int32)
+  oh = jax.nn.one_hot(toks, 35, dtype=np.float32)
+  t = np.full((3,), 0.5, np.float32)
+  clf = dit.make_classifier_fn(classifier.graphdef)
+  a, b = clf(classifier.params, toks, t), clf(classifier.params, oh, t)
+  assert a.shape == (3, 2) and b.dtype == np.float32
+  np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
+  cond = dit.make_cond_denoise_fn(model.graphdef)
+  lab = np.array([0, 1, 2], np.int32)
+  np.testing.assert_allclose(np.asarray(cond(model.params, oh, t, lab)),
+                             np.asarray(cond(model.params, toks, t, lab)), rtol=1e-5, atol=1e-5)
+  # the gradient w.r.t. the one-hot input exists and is not zero (what D-CBG approx uses)
+  g = jax.grad(lambda x: clf(classifier.params, x, t)[:, 1].sum())(oh)
+  assert g.shape == oh.shape and float(np.abs(g).max()) > 0
+  with pytest.raises(ValueError, match="one-hot"):
+    clf(classifier.params, oh[..., :34], t)
+
+
+def test_cfg_sampling_wiring(model):
+  """D-CFG runs through sample_molecules on tiny shapes; D-CFG with
+  gamma = 1 / 0 is the label-1 / null-class model itself (same seeds, same draws)."""
+  cfg = SamplerConfig(strategy="mdlm", num_steps=4)
+  kw = dict(num_samples=4, batch_size=4, seed=2)
+  plain1, _ = S.sample_molecules(model, cfg, label=1, **kw)
+  plain0, _ = S.sample_molecules(model, cfg, label=None, **kw)
+  cfg1, _ = S.sample_molecules(model, cfg, label=1, guidance=S.CFG(1.0), **kw)
+  cfg0, _ = S.sample_molecules(model, cfg, label=1, guidance=S.CFG(0.0), **kw)
+  np.testing.assert_array_equal(cfg1, plain1)
+  np.testing.assert_array_equal(cfg0, plain0)
+  cfg2, st = S.sample_molecules(model, cfg, label=1, guidance=S.CFG(2.0), **kw)
+  assert cfg2.shape == (4, 32) and st["nfe"] == 4 and not np.array_equal(cfg2, plain1)
+
+
+@pytest.mark.parametrize("approx", [True, False])
+def test_cbg_sampling_wiring(model, classifier, approx):
+  """D-CBG exact / approx under ReMDM through sample_molecules: valid ids, classifier NFE."""
+  remdm = SamplerConfig(strategy="remdm_cap", num_steps=2, eta=0.1)
+  tk, st = S.sample_molecules(model, remdm, label=1, guidance=S.CBG(3.0, approx),
+                              classifier=classifier, num_samples=2, batch_size=2, seed=2)
+  assert tk.shape == (2, 32) and tk.dtype == np.int32 and 0 <= tk.min() and tk.max() < 35
+  assert st["nfe"] == 2 and st["classifier_nfe"] == 2 * (1 if approx else 32 * 35)
+
+
+def test_shipped_guidance_raises_ring_closures():
+  """Shipped qm9_cond_mdlm / qm9_classifier, fixed seed: D-CFG gamma = 2 and D-CBG (approx)
+  gamma = 5 raise the ring-closure count per sample over D-CFG gamma = 0 (the null-class model,
+  which is also D-CBG's base denoiser); label 1 = many rings. First run (64 samples, T = 8):
+  see the printed line. The RDKit ring-count version is the slow test in test_molecules_slow.py."""
+  model = S.load_qm9_model()
+  clf = S.load_qm9_model(name=S.CLASSIFIER_MODEL)
+  cfg = SamplerConfig(strategy="mdlm", num_steps=8)
+  kw = dict(num_samples=64, batch_size=64, seed=1, label=1)
+  base, _ = S.sample_molecules(model, cfg, guidance=S.CFG(0.0), **kw)
+  cfg2, _ = S.sample_molecules(model, cfg, guidance=S.CFG(2.0), **kw)
+  cbg5, _ = S.sample_molecules(model, cfg, guidance=S.CBG(5.0, True), classifier=clf, **kw)
+  r = [_ring_closures(x) for x in (base, cfg2, cbg5)]
+  print("ring closures per sample: cfg0 %.2f cfg2 %.2f cbg5 %.2f" % tuple(r))
+  assert r[1] > r[0] + 2.0
+  assert r[2] > r[0] + 0.5
 
 
 def test_sweep_points_csv_and_plot(model, tmp_path):
@@ -60,9 +150,8 @@ def test_sweep_points_csv_and_plot(model, tmp_path):
   assert r["num_samples"] == 8 and 0 <= r["valid_frac"] <= 1 and r["nfe"] >= 8
   with pytest.raises(sweep.Unavailable, match="UDLM"):
     sweep.run_point(ctx, "UDLM", "D-CFG", 1.0, 8)
-  if not S.guidance_available():
-    with pytest.raises(sweep.Unavailable, match="guidance"):
-      sweep.run_point(ctx, "MDLM", "D-CBG", 2.0, 8)
+  r2 = sweep.run_point(ctx, "MDLM", "D-CFG", 2.0, 8)
+  assert r2["num_samples"] == 8 and r2["nfe"] == 8
   rows = [dict(method="MDLM", guidance="D-CFG", gamma=g, T=32, status="ok", kept=True,
                num_novel=100 * g, novel_mean=1.0 + g) for g in (1, 2)]
   rows.append(dict(method="AR", guidance="D-CBG", gamma=1, T=32, status="skipped: x", kept=False))

@@ -329,6 +329,11 @@ class EmbeddingLayer(nnx.Module):
                             ("vocab", "embed"))
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
+    """int [B, L] ids -> rows of E; float [B, L, V] one-hot (or soft) rows -> x @ E (float32).
+    The float form is what D-CBG's first-order approximation differentiates (SPEC_DOMAINS §M.4)."""
+    if jnp.issubdtype(tokens.dtype, jnp.floating):
+      return jnp.einsum("blv,vh->blh", tokens.astype(jnp.float32),
+                        self.embedding[...].astype(jnp.float32))
     return jnp.take(self.embedding[...], tokens, axis=0)
 
 
@@ -525,7 +530,8 @@ class DiT(nnx.Module):
     """Raw logits (SUBS is applied by callers, `remdm_jax.subs`).
 
     Args:
-      tokens: int [B, L], ids in [0, V).
+      tokens: int [B, L], ids in [0, V); or float [B, L, V] one-hot (or soft) rows, embedded as
+        x @ E (used by D-CBG's first-order approximation, SPEC_DOMAINS §M.4).
       sigma: float [B] (or a scalar) noise level sigma(t). Zeroed when `time_conditioning` is
         False or `causal` is True, so c is then the constant embedding of sigma = 0.
       dropout_key: None = deterministic; a PRNG key = dropout `cfg.dropout` on both residual
@@ -538,11 +544,15 @@ class DiT(nnx.Module):
     """
     cfg = self.cfg
     tokens = jnp.asarray(tokens)
-    if tokens.ndim != 2:
+    if jnp.issubdtype(tokens.dtype, jnp.floating):
+      if tokens.ndim != 3 or tokens.shape[-1] != cfg.vocab_size:
+        raise ValueError(f"DiT tokens: float (one-hot) input must be [B, L, V="
+                         f"{cfg.vocab_size}], got shape {tokens.shape}")
+    elif tokens.ndim != 2:
       raise ValueError(f"DiT tokens must be [B, L], got shape {tokens.shape}")
-    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+    elif not jnp.issubdtype(tokens.dtype, jnp.integer):
       raise ValueError(f"DiT tokens must be integers, got dtype {tokens.dtype}")
-    bsz, seq_len = tokens.shape
+    bsz, seq_len = tokens.shape[:2]
     if seq_len > cfg.max_seq_len:
       raise ValueError(f"DiT sequence length {seq_len} exceeds max_seq_len={cfg.max_seq_len}")
     sigma = jnp.asarray(sigma, jnp.float32)
@@ -672,7 +682,9 @@ def make_cond_denoise_fn(graphdef: nnx.GraphDef,
 
 def make_classifier_fn(graphdef: nnx.GraphDef) -> Callable[..., jax.Array]:
   """Noisy classifier of D-CBG (head "classifier", SPEC_DOMAINS §M.3):
-  -> fn(params, tokens int [B, L], t float [B]) -> log p(y | x_t) float32 [B, C] (log_softmax).
+  -> fn(params, x, t float [B]) -> log p(y | x_t) float32 [B, C] (log_softmax), with x int
+  tokens [B, L] or float one-hot rows [B, L, V] (embedded as x @ E; the input form of
+  `sampling.guidance.CBGGuidance`, which the first-order approximation differentiates).
 
   The classifier is not time-conditioned (sigma is zeroed inside unless the config sets
   time_conditioning), so `t` only has to broadcast to [B]."""

@@ -3,10 +3,18 @@
   python -m remdm_jax.molecules.sample                         # 16 molecules, label 1, T = 32
   python -m remdm_jax.molecules.sample --num_samples=64 --strategy=remdm_cap --steps=64
   python -m remdm_jax.molecules.sample --label=none            # unconditional (null class)
-  python -m remdm_jax.molecules.sample --guidance=cfg --gamma=2  # D-CFG (needs sampling.guidance)
+  python -m remdm_jax.molecules.sample --guidance=cfg --gamma=2  # D-CFG
+  python -m remdm_jax.molecules.sample --guidance=cbg --gamma=2 --approx  # D-CBG, first order
+  python -m remdm_jax.molecules.sample --guidance=cbg --gamma=2 --num_samples=2 --steps=8
+      # D-CBG, exact: L * V = 1120 classifier rows per sample per step; ~25 s for this on 2 CPU
+      # cores, several minutes for 16 samples at T = 32 (use --approx or a GPU for more)
+
+No final noise-removal step by default (SPEC_DOMAINS §M.4, as the QM9 guidance reference; rows
+with a leftover mask decode as invalid); `--noise_removal` adds it.
 
 Prints each SMILES with its validity, ring count and QED, then the SPEC_DOMAINS §M.5 metrics of
-the batch. CPU: well under a minute for 16-64 molecules at T = 32.
+the batch. CPU: well under a minute for 16-64 molecules at T = 32 (unguided, D-CFG, D-CBG approx;
+measured 6-8 s for 16 on 2 shared cores, compile included).
 
 Library: `sample_molecules(model, sampler_cfg, ...)` draws token arrays; guidance is ONE extra
 argument (`guidance=None | CFG(gamma) | CBG(gamma, approx)`), resolved in `guided_denoise`, the
@@ -17,7 +25,8 @@ only place that touches the guidance API of `remdm_jax.sampling.guidance`:
     denoise_fn(params, tokens, t) with params = {"model": model_params, "labels": int32 [B]}.
   * CBG(gamma, approx): the unconditional denoiser (null class) and
     `make_sampler(..., guidance=guidance.CBGGuidance(classifier_fn, gamma, label, approx=approx))`
-    with the classifier's params in `params["classifier"]`.
+    with params {"model": {"model", "labels"}, "classifier": classifier params}; the classifier
+    takes one-hot rows [B, L, V] (`dit.make_classifier_fn`), which approx differentiates.
 """
 from __future__ import annotations
 
@@ -35,6 +44,7 @@ import numpy as np
 from remdm_jax.generation import ASSETS_DIR, LoadedModel, load_model
 from remdm_jax.models import dit
 from remdm_jax.sampling import SamplerConfig, make_sampler
+from remdm_jax.sampling import guidance as G
 
 COND_MODEL = "qm9_cond_mdlm"
 CLASSIFIER_MODEL = "qm9_classifier"
@@ -64,26 +74,26 @@ def load_qm9_model(path: Optional[str] = None, name: str = COND_MODEL) -> Loaded
   return load_model(path or shipped_path(name), tokenizer="smiles", compute_dtype="float32")
 
 
-def guidance_available() -> bool:
-  """Whether `remdm_jax.sampling.guidance` (D-CFG / D-CBG kernels) is installed in this tree."""
-  import importlib.util
-  return importlib.util.find_spec("remdm_jax.sampling.guidance") is not None
-
-
 def guided_denoise(model: LoadedModel, guidance, label: Optional[int], batch_size: int,
                    classifier: Optional[LoadedModel] = None):
   """(denoise_fn(params, tokens, t), params, make_sampler kwargs) for one guidance choice.
 
   The sampler always sees a plain denoise_fn; per-call inputs ride in params:
-  {"model": model params, "labels": int32 [B]} (+ "classifier" for CBG).
-  Raises ValueError for a bad label / gamma and ImportError when the guidance kernels are missing.
+    * None / CFG: {"model": model params, "labels": int32 [B]}.
+    * CBG: {"model": {"model": ..., "labels": null class [B]}, "classifier": classifier params}
+      (the layout `make_sampler(guidance=CBGGuidance)` requires), kwargs {"guidance": CBGGuidance}.
+  CFG(gamma): `guidance.cfg_denoise_fn` (gamma = 0: null class, 1: the label; one model call per
+  step; else one batched call of 2B rows). CBG(gamma, approx): the null-class denoiser with
+  `guidance.CBGGuidance(classifier_fn, gamma, label, approx)`, the classifier fed one-hot rows
+  (`dit.make_classifier_fn` embeds them as x @ E).
+  Raises ValueError for a bad model / label / gamma / missing classifier.
   """
   cfgm = model.config
   if cfgm.num_classes < 1 or cfgm.head != "lm":
     raise ValueError(f"{model.path}: not a class-conditional model (num_classes="
                      f"{cfgm.num_classes}, head={cfgm.head!r})")
   null = cfgm.num_classes
-  if label is not None and not 0 <= int(label) < null:
+  if label is not None and (isinstance(label, bool) or not 0 <= int(label) < null):
     raise ValueError(f"label={label!r} must be None (null class) or in [0, {null})")
   cond = dit.make_cond_denoise_fn(model.graphdef)
   params = {"model": dit.cast_for_compute(model.params, cfgm)}
@@ -91,37 +101,46 @@ def guided_denoise(model: LoadedModel, guidance, label: Optional[int], batch_siz
   if guidance is None:
     params["labels"] = jnp.full((batch_size,), fixed, jnp.int32)
     return (lambda p, z, t: cond(p["model"], z, t, p["labels"])), params, {}
-  if not guidance_available():
-    raise ImportError("guided sampling needs remdm_jax.sampling.guidance (D-CFG / D-CBG kernels, "
-                      "branch mol-guidance), which is not in this tree")
-  from remdm_jax.sampling import guidance as G  # pylint: disable=import-outside-toplevel
+  if not isinstance(guidance, (CFG, CBG)):
+    raise ValueError(f"guidance={guidance!r} must be None, CFG(gamma) or CBG(gamma, approx)")
   if label is None:
     raise ValueError("guidance needs a target label (not the null class)")
-  if not np.isfinite(guidance.gamma) or guidance.gamma < 0:
-    raise ValueError(f"gamma={guidance.gamma!r} must be a finite number >= 0")
+  gamma = guidance.gamma
+  if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not np.isfinite(gamma) \
+      or gamma < 0:
+    raise ValueError(f"gamma={gamma!r} must be a finite number >= 0")
   if isinstance(guidance, CFG):
     params["labels"] = jnp.full((batch_size,), fixed, jnp.int32)
-    return G.cfg_denoise_fn(cond, float(guidance.gamma), null), params, {}
-  if isinstance(guidance, CBG):
-    if classifier is None:
-      raise ValueError("CBG guidance needs a classifier model")
-    params["labels"] = jnp.full((batch_size,), null, jnp.int32)  # unconditional denoiser
-    params["classifier"] = classifier.params
-    clf = dit.make_classifier_fn(classifier.graphdef)
-    cbg = G.CBGGuidance(lambda p, z, t: clf(p["classifier"], z, t), float(guidance.gamma),
-                        fixed, approx=bool(guidance.approx))
-    return (lambda p, z, t: cond(p["model"], z, t, p["labels"])), params, {"guidance": cbg}
-  raise ValueError(f"guidance={guidance!r} must be None, CFG(gamma) or CBG(gamma, approx)")
+    return G.cfg_denoise_fn(cond, float(gamma), null, mask_id=int(model.mask_id)), params, {}
+  if classifier is None:
+    raise ValueError("CBG guidance needs a classifier model (--classifier / shipped "
+                     f"{CLASSIFIER_MODEL})")
+  ccfg = classifier.config
+  if ccfg.head != "classifier" or ccfg.vocab_size != cfgm.vocab_size or fixed >= ccfg.num_classes:
+    raise ValueError(f"{classifier.path}: not a classifier for this model (head={ccfg.head!r}, "
+                     f"vocab_size={ccfg.vocab_size} vs {cfgm.vocab_size}, num_classes="
+                     f"{ccfg.num_classes}, label={fixed})")
+  inner = {"model": params["model"], "labels": jnp.full((batch_size,), null, jnp.int32)}
+  cbg = G.CBGGuidance(dit.make_classifier_fn(classifier.graphdef), float(gamma), fixed,
+                      approx=bool(guidance.approx))
+  return ((lambda p, z, t: cond(p["model"], z, t, p["labels"])),
+          {"model": inner, "classifier": classifier.params}, {"guidance": cbg})
 
 
 def sample_molecules(model: LoadedModel, sampler_cfg: SamplerConfig, *, num_samples: int,
                      batch_size: int = 64, seed: int = 1, label: Optional[int] = 1,
                      guidance=None, classifier: Optional[LoadedModel] = None,
+                     noise_removal: bool = False,
                      progress: bool = False) -> tuple[np.ndarray, dict]:
   """Draws `num_samples` token rows int32 [N, 32] (batch b uses fold_in(PRNGKey(seed), b)).
 
-  Returns (tokens, stats) with stats nfe (static model calls per batch), seconds. Decode with
-  `SmilesTokenizer().decode_batch(tokens)` and score with `metrics.evaluate_samples`.
+  noise_removal: False (the molecules default) stops after the last grid step with no final
+  argmax step, as the QM9 guidance reference does (SPEC_DOMAINS §M.4); a row that still holds a
+  mask token then decodes to an invalid SMILES. True adds the SPEC §4.5 final step (one more NFE).
+  Returns (tokens, stats) with stats nfe (static denoiser calls per batch; a D-CFG call with
+  gamma not in {0, 1} runs 2B model rows), classifier_nfe (D-CBG: classifier rows per sample),
+  seconds. Decode with `SmilesTokenizer().decode_batch(tokens)`, score with
+  `metrics.evaluate_samples`.
   """
   if not isinstance(num_samples, int) or num_samples < 1:
     raise ValueError(f"num_samples={num_samples!r} must be an int >= 1")
@@ -132,13 +151,14 @@ def sample_molecules(model: LoadedModel, sampler_cfg: SamplerConfig, *, num_samp
     sampler_cfg = sampler_cfg.replace(time_independent=True)
   denoise, params, kwargs = guided_denoise(model, guidance, label, batch_size, classifier)
   sampler = make_sampler(denoise, sampler_cfg, seq_len=model.seq_len, mask_id=model.mask_id,
-                         **kwargs)
+                         noise_removal=bool(noise_removal), **kwargs)
   root = jax.random.PRNGKey(seed)
   n_batches = -(-num_samples // batch_size)
   out = []
   start = time.perf_counter()
   for b in range(n_batches):
-    toks, _ = sampler.sample_with_info(params, jax.random.fold_in(root, b), batch_size=batch_size)
+    toks, info = sampler.sample_with_info(params, jax.random.fold_in(root, b),
+                                          batch_size=batch_size)
     out.append(np.asarray(toks))
     if progress:
       el = time.perf_counter() - start
@@ -147,7 +167,8 @@ def sample_molecules(model: LoadedModel, sampler_cfg: SamplerConfig, *, num_samp
   if progress:
     print(file=sys.stderr)
   tokens = np.concatenate(out)[:num_samples]
-  return tokens, {"nfe": sampler.nfe, "seconds": time.perf_counter() - start}
+  return tokens, {"nfe": sampler.nfe, "classifier_nfe": int(info.get("classifier_nfe", 0)),
+                  "seconds": time.perf_counter() - start}
 
 
 def main(argv=None) -> int:
@@ -163,12 +184,17 @@ def main(argv=None) -> int:
   p.add_argument("--label", default="1", help="0, 1 or none (null class)")
   p.add_argument("--guidance", default="none", choices=("none", "cfg", "cbg", "cbg_approx"))
   p.add_argument("--gamma", type=float, default=2.0)
+  p.add_argument("--approx", action="store_true", help="first-order D-CBG (with --guidance=cbg)")
+  p.add_argument("--noise_removal", action="store_true",
+                 help="add the final argmax step (off by default: SPEC_DOMAINS §M.4)")
   p.add_argument("--seed", type=int, default=1)
   a = p.parse_args(argv)
   try:
     label = None if a.label.lower() == "none" else int(a.label)
     cfg = SamplerConfig(strategy=a.strategy, num_steps=a.steps, eta=a.eta)
-    guidance = {"none": None, "cfg": CFG(a.gamma), "cbg": CBG(a.gamma, False),
+    if a.approx and a.guidance not in ("cbg", "cbg_approx"):
+      raise ValueError(f"--approx needs --guidance=cbg, got --guidance={a.guidance}")
+    guidance = {"none": None, "cfg": CFG(a.gamma), "cbg": CBG(a.gamma, a.approx),
                 "cbg_approx": CBG(a.gamma, True)}[a.guidance]
     model = load_qm9_model(a.model)
     clf = load_qm9_model(a.classifier, CLASSIFIER_MODEL) if isinstance(guidance, CBG) else None
@@ -177,7 +203,8 @@ def main(argv=None) -> int:
     reference = load_qm9().smiles_set()
     tokens, stats = sample_molecules(model, cfg, num_samples=a.num_samples,
                                      batch_size=a.batch_size, seed=a.seed, label=label,
-                                     guidance=guidance, classifier=clf)
+                                     guidance=guidance, classifier=clf,
+                                     noise_removal=a.noise_removal)
   except (ValueError, FileNotFoundError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -12,11 +12,12 @@ novel-sample mean property vs number of novel samples, one panel per guidance, o
 method. Progress and ETA go to stderr. `--quick`: gamma in {1, 2, 3}, T = 32, MDLM / ReMDM,
 D-CFG and D-CBG, 256 samples.
 
-Points a tree cannot run are listed as skipped with the reason (CSV rows with `status`):
-  * D-CFG with gamma != 1 and every D-CBG point need `remdm_jax.sampling.guidance` (the D-CFG /
-    D-CBG kernels); gamma = 1 D-CFG is the conditional model with label 1 and needs nothing more.
-  * UDLM and AR need their models and samplers (`--udlm_model`, `--ar_model`), which this tree
-    does not ship yet.
+D-CFG: `guidance.cfg_denoise_fn` (gamma = 1 is the conditional model alone, one call per step);
+D-CBG: `guidance.CBGGuidance` with the shipped classifier, exact (L * V = 1120 classifier rows per
+sample per step) unless `--approx` (first order: 1 forward + 1 backward). No final noise-removal
+step (SPEC_DOMAINS §M.4, `sample_molecules(noise_removal=False)`).
+Points this tree cannot run are listed as skipped with the reason (CSV rows with `status`):
+UDLM and AR have no shipped QM9 model yet.
 All calls into the guidance API are in `remdm_jax.molecules.sample.guided_denoise`; `run_point`
 is the only function that knows the methods.
 """
@@ -51,11 +52,9 @@ class Unavailable(Exception):
 
 def unavailable_reason(method: str, guidance: str, gamma: float) -> Optional[str]:
   """Why this tree cannot run a grid point, or None if it can."""
-  from remdm_jax.molecules.sample import guidance_available
+  del guidance, gamma
   if method in ("UDLM", "AR"):
-    return f"{method} model / sampler is not in this tree"
-  if not (guidance == "D-CFG" and gamma == 1) and not guidance_available():
-    return "needs remdm_jax.sampling.guidance (D-CFG / D-CBG kernels)"
+    return f"no shipped QM9 {method} model (train one; not wired into this sweep yet)"
   return None
 
 

@@ -46,6 +46,7 @@ from flax import nnx, serialization
 from remdm_jax.fileio import atomic_open
 from remdm_jax.images import maskgit as mg
 from remdm_jax.images import vqgan as vq
+from remdm_jax.models.keys import check_keys
 
 _ATTN = ("query", "key", "value", "out")
 
@@ -194,15 +195,7 @@ def _to_state(arrays: Mapping[str, np.ndarray], table: list[tuple[str, str]],
   unexpected = sorted(present - set(expected))
   misshaped = [f"{k}: expected {expected[k]}, got {tuple(np.shape(arrays[k]))}"
                for k, _ in table if k in arrays and tuple(np.shape(arrays[k])) != expected[k]]
-  if missing or unexpected or misshaped:
-    parts = []
-    if missing:
-      parts.append(f"missing keys {missing}")
-    if unexpected:
-      parts.append(f"unexpected keys {unexpected}")
-    if misshaped:
-      parts.append(f"mis-shaped keys {misshaped}")
-    raise ValueError(f"{what} checkpoint does not match the model: " + "; ".join(parts))
+  check_keys(f"{what} checkpoint does not match the model", missing, unexpected, misshaped)
   converted = {our: np.asarray(arrays[linen], np.float32) for linen, our in table}
   flat = []
   for path, var in nnx.to_flat_state(abstract):

@@ -34,6 +34,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from remdm_jax.llm.model import LLaDAConfig, abstract_model
+from remdm_jax.models.keys import check_keys
 
 _ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
               "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
@@ -174,16 +175,8 @@ def load_params(model_dir: str, cfg: LLaDAConfig, mesh=None, rules=None):
     for layer in layers:
       if (tpath, layer) not in entries:
         missing.append(_hf_name(tpath, layer))
-  if missing or unexpected or bad_shape:
-    parts = []
-    if missing:
-      parts.append(f"missing keys {sorted(missing)}")
-    if unexpected:
-      parts.append(f"unexpected keys {sorted(unexpected)}")
-    if bad_shape:
-      parts.append(f"mis-shaped keys {bad_shape}")
-    raise ValueError(f"checkpoint {model_dir!r} does not match the LLaDA config: " +
-                     "; ".join(parts))
+  check_keys(f"checkpoint {model_dir!r} does not match the LLaDA config", sorted(missing),
+             sorted(unexpected), bad_shape)
   # Pass 2: stream tensor by tensor (file order, so each shard file is read once, sequentially).
   dtype = np.dtype(jnp.dtype(cfg.param_dtype))
   values: dict = {}

@@ -50,6 +50,7 @@ import numpy as np
 from flax import nnx
 
 from remdm_jax.models.dit import FREQ_DIM, DiTConfig, abstract_params
+from remdm_jax.models.keys import check_keys
 
 _BACKBONE = "backbone."
 _IGNORED = ("rotary_emb.inv_freq",)
@@ -153,10 +154,8 @@ def torch_names_to_params(named_arrays: Mapping[str, Any], cfg: DiTConfig) -> nn
   table = name_table(cfg.num_blocks)
   missing = [t for t, _, _ in table if t not in arrays]
   extra = sorted(set(arrays) - set(expected))
-  if missing or extra:
-    raise ValueError(f"checkpoint does not match DiTConfig(hidden={cfg.hidden_size}, "
-                     f"blocks={cfg.num_blocks}, vocab={cfg.vocab_size}): missing keys {missing}, "
-                     f"unexpected keys {extra}")
+  check_keys(f"checkpoint does not match DiTConfig(hidden={cfg.hidden_size}, "
+             f"blocks={cfg.num_blocks}, vocab={cfg.vocab_size})", missing, extra)
   converted = {}
   for torch_name, our_path, transpose in table:
     value = _to_numpy(arrays[torch_name])

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 
 from absl import app, flags, logging
@@ -89,21 +88,9 @@ def default_output(preset: str, cwd: str | None = None) -> str:
 
 
 def check_output(path: str, overwrite: bool) -> str:
-  """The absolute output path, or ValueError (one line) if it is a directory, exists without
-  `overwrite`, or its folder cannot be created or written (probed with a temp file)."""
-  path = os.path.abspath(os.path.expanduser(path))
-  if os.path.isdir(path):
-    raise ValueError(f"--output={path} is a directory; give a file path")
-  if os.path.lexists(path) and not overwrite:
-    raise ValueError(f"--output={path} exists; pass --overwrite to replace it")
-  folder = os.path.dirname(path)
-  try:
-    os.makedirs(folder, exist_ok=True)
-    with tempfile.TemporaryFile(dir=folder, prefix=".tmp-probe-"):
-      pass
-  except OSError as e:
-    raise ValueError(f"--output={path}: cannot write to {folder} ({e.strerror or e})") from e
-  return path
+  """`fileio.check_output_path` for --output (imports no JAX)."""
+  from remdm_jax.fileio import check_output_path
+  return check_output_path(path, overwrite, "--output")
 
 
 def run(argv) -> int:

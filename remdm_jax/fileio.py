@@ -67,3 +67,22 @@ def atomic_open(path: str, mode: str = "w", **kwargs):
     with contextlib.suppress(FileNotFoundError):
       os.remove(tmp)
     raise
+
+
+def check_output_path(path: str, overwrite: bool, flag: str = "--output") -> str:
+  """The absolute output path, checked BEFORE any work: ValueError (one line, naming `flag`) if it
+  is a directory, exists without `overwrite`, or its folder cannot be created or written (probed
+  with a temp file, e.g. /proc)."""
+  path = os.path.abspath(os.path.expanduser(path))
+  if os.path.isdir(path):
+    raise ValueError(f"{flag}={path} is a directory; give a file path")
+  if os.path.lexists(path) and not overwrite:
+    raise ValueError(f"{flag}={path} exists; pass --overwrite to replace it")
+  folder = os.path.dirname(path)
+  try:
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder, prefix=".tmp-probe-"):
+      pass
+  except OSError as e:
+    raise ValueError(f"{flag}={path}: cannot write to {folder} ({e.strerror or e})") from e
+  return path

@@ -75,8 +75,13 @@ def test_sample_digits_cli(tmp_path, capsys):
   from PIL import Image
   assert Image.open(out).size == (34, 340)
   assert sample_digits.main(["--out", str(tmp_path / "x.jpg")]) == 2
-  assert sample_digits.main(["--per-class", "0", "--out", out]) == 2
+  assert sample_digits.main(["--per-class", "0", "--out", str(tmp_path / "y.png")]) == 2
   assert "error:" in capsys.readouterr().err
+  # Output checked before any sampling: existing file (no --overwrite), a folder, /proc.
+  for bad, needle in ((out, "exists; pass --overwrite"), (str(tmp_path), "must end in .png"),
+                      ("/proc/x.png", "cannot write to /proc")):
+    assert sample_digits.main(["--steps", "2", "--out", bad]) == 2
+    assert needle in capsys.readouterr().err
 
 
 def test_sweep_cli_rejects_bad_input_before_work(tmp_path, capsys):

@@ -18,6 +18,8 @@ import time
 import jax
 import numpy as np
 
+from remdm_jax.fileio import check_output_path
+
 from remdm_jax.images import digits as dg
 from remdm_jax.images.decode import IMAGE_STRATEGIES, ImageSamplerConfig
 
@@ -36,6 +38,7 @@ def build_parser():
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--model", default=None, help="model folder (default: the shipped digits_mdlm)")
   ap.add_argument("--out", default="digits.png")
+  ap.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
   ap.add_argument("--judge", action="store_true", help="print digits-FID / IS / accuracy")
   return ap
 
@@ -47,6 +50,7 @@ def main(argv=None) -> int:
       raise ValueError(f"--per-class={args.per_class} must be >= 1")
     if not args.out.lower().endswith(".png"):
       raise ValueError(f"--out={args.out!r} must end in .png")
+    args.out = check_output_path(args.out, args.overwrite, "--out")
     cfg = ImageSamplerConfig(strategy=args.strategy, num_steps=args.steps,
                              temperature=args.temperature, eta=args.eta,
                              mask_schedule=args.mask_schedule,

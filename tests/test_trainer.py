@@ -481,6 +481,24 @@ def test_interrupt_before_any_checkpoint_claims_none(tmp_path, corpus):
   assert "no checkpoint was saved" in r.stderr and "resume from" not in r.stderr
 
 
+def test_signal_during_startup_is_honoured_before_the_first_step(tmp_path, corpus):
+  """SIGINT while the data is loading (before compilation): the run stops before step 1 with
+  exit 130 instead of the signal being lost and training going on."""
+  r = subprocess.run([sys.executable, "-c", (
+      "import os, signal, sys; sys.argv=['train.py'] + sys.argv[1:]\n"
+      "import remdm_jax.training.trainer as T\n"
+      "orig = T._load_split\n"
+      "def load(*a, **k):\n  os.kill(os.getpid(), signal.SIGINT)\n  return orig(*a, **k)\n"
+      "T._load_split = load\n"
+      "import runpy; runpy.run_path('train.py', run_name='__main__')\n"),
+      *_train_py(tmp_path, corpus)[2:]], capture_output=True, text=True, cwd=ROOT, timeout=120,
+      env=dict(os.environ, PYTHONPATH=ROOT))
+  assert r.returncode == 130, r.stderr[-2000:]
+  out = r.stdout + r.stderr
+  assert "SIGINT received" in out and "compiling the train step" not in out
+  assert "interrupted by SIGINT after step 0; no checkpoint was saved" in r.stderr
+
+
 def test_train_py_missing_config_file_is_one_line(tmp_path):
   r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"),
                       f"--config={tmp_path}/nope.py:ar", f"--workdir={tmp_path}/w"],

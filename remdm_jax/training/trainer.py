@@ -448,7 +448,10 @@ def train(config, workdir: str, *, step_wrapper: Callable | None = None,
   ckptr = ckpt_lib.TrainCheckpointer(
       os.path.join(workdir, ckpt_lib.CHECKPOINTS_SUBDIR), save_every=cfg.checkpoint.save_every,
       keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
-  writer = prefetcher = stop = None
+  writer = prefetcher = None
+  # Installed before data loading, restore and compilation, so that a Ctrl-C / SIGTERM arriving
+  # during start-up is never swallowed by a library: it is honoured before the first step.
+  stop = _StopRequest(log)
   try:
     latest = ckptr.latest_step()
     if latest is not None:
@@ -545,7 +548,8 @@ def train(config, workdir: str, *, step_wrapper: Callable | None = None,
     if start < num_steps:
       prefetcher = DevicePrefetcher(with_states(train_it), trainer.put_batch,
                                     cfg.train.prefetch)
-      stop = _StopRequest(log)
+      if stop.name is not None:  # signalled during start-up: nothing new to save
+        raise TrainingInterrupted(stop.name, start, ckptr.latest_step(), ckptr.directory)
       log(f"compiling the train step (step {start + 1}) ...")
     for step in range(start + 1, num_steps + 1):
       batch, data_state = next(prefetcher)

@@ -32,16 +32,13 @@ def main(argv):
   try:
     result = train(_CONFIG.value, _WORKDIR.value)
   except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _fail(f"error: {e}", 2)
   except FloatingPointError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(3)
+    _fail(f"error: {e}", 3)
   except RuntimeError as e:
     if not str(e).startswith("checkpoint save"):
       raise
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(4)
+    _fail(f"error: {e}", 4)
   except TrainingInterrupted as e:
     if e.checkpoint_step is not None:
       how = (f"checkpoint of step {e.checkpoint_step} saved in {e.directory}; re-run the same "
@@ -54,6 +51,16 @@ def main(argv):
     print(f"interrupted; {_checkpoint_note(_WORKDIR.value)}", file=sys.stderr)
     sys.exit(130)
   print(f"done: step {result['step']}, workdir {result['workdir']}")
+
+
+def _fail(line: str, code: int) -> None:
+  """One error line, then exit without interpreter-shutdown noise: `train` has already closed the
+  checkpointer and every file is written atomically, but orbax's background threads can print a
+  "cannot schedule new futures after interpreter shutdown" traceback during a normal exit."""
+  print(line, file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
 
 
 def _checkpoint_note(workdir) -> str:

@@ -27,6 +27,8 @@ import types
 import typing
 from typing import Any, Mapping
 
+import numpy as np
+
 from remdm_jax.training.config import (CheckpointConfig, ExperimentConfig, OptimConfig,
                                        TrainConfig)
 
@@ -168,10 +170,15 @@ def check_vocab(model_vocab_size: int, tokenizer_vocab_size: int, tokenizer_name
                      f"{tokenizer_name!r} (mask included)")
 
 
-def check_mask_id(mask_id: int | None, vocab_size: int, field: str = "loss.mask_id") -> None:
-  """mask_id (None = no mask, e.g. objective "ar") must lie in [0, vocab_size)."""
-  if mask_id is not None and not 0 <= int(mask_id) < int(vocab_size):
-    raise ValueError(f"{field}={mask_id} must lie in [0, model.vocab_size={vocab_size})")
+def check_mask_id(mask_id, vocab_size: int, field: str = "loss.mask_id") -> int | None:
+  """mask_id (None = no mask, e.g. objective "ar") must be an int in [0, vocab_size); returns it
+  as an int. ValueError naming `field` otherwise."""
+  if mask_id is None:
+    return None
+  if (not isinstance(mask_id, (int, np.integer)) or isinstance(mask_id, bool)
+      or not 0 <= int(mask_id) < int(vocab_size)):
+    raise ValueError(f"{field}={mask_id!r} must lie in [0, model.vocab_size={vocab_size})")
+  return int(mask_id)
 
 
 def check_seq_len(seq_len: int, max_seq_len: int, field: str = "data.seq_len") -> None:

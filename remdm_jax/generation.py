@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from remdm_jax import checkpoint
+from remdm_jax.config_utils import check_mask_id
 from remdm_jax.fileio import atomic_open
 from remdm_jax.models import dit
 from remdm_jax.sampling import SamplerConfig, make_sampler
@@ -132,18 +133,10 @@ def load_model(path: str, tokenizer: Optional[str] = None, *, mask_id: Optional[
   if tok.vocab_size != cfg.vocab_size:
     raise ValueError(f"checkpoint/tokenizer vocab mismatch: {path} has vocab_size="
                      f"{cfg.vocab_size} but tokenizer {name!r} has vocab_size={tok.vocab_size}")
-  check_mask_id(tok.mask_id, cfg.vocab_size)
+  check_mask_id(tok.mask_id, cfg.vocab_size, field="mask_id")
   graphdef = dit.abstract_params(cfg)[0]
   return LoadedModel(params=params, config=cfg, graphdef=graphdef, tokenizer=tok,
                      path=os.path.abspath(path), metadata=dict(metadata, tokenizer=tok.name))
-
-
-def check_mask_id(mask_id, vocab_size: int) -> int:
-  """mask_id as an int in [0, vocab_size); else ValueError naming it."""
-  if (not isinstance(mask_id, (int, np.integer)) or isinstance(mask_id, bool)
-      or not 0 <= int(mask_id) < vocab_size):
-    raise ValueError(f"mask_id={mask_id!r} is outside the model vocabulary [0, {vocab_size})")
-  return int(mask_id)
 
 
 def check_diffusion_model(model: LoadedModel) -> None:
@@ -151,7 +144,7 @@ def check_diffusion_model(model: LoadedModel) -> None:
   if model.config.causal:
     raise ValueError(f"{model.path} is an autoregressive model (causal=True); the diffusion "
                      "sampler needs a masked diffusion denoiser (causal=False)")
-  check_mask_id(model.mask_id, model.config.vocab_size)
+  check_mask_id(model.mask_id, model.config.vocab_size, field="mask_id")
 
 
 def encode_prefix(tokenizer, text: str, seq_len: int,

@@ -56,6 +56,24 @@ def _as_int_list(ids: Iterable) -> list[int]:
     return [int(i) for i in ids]
 
 
+def _decode_runs(ids: Iterable, is_text, decode_run, special) -> str:
+  """Decodes maximal runs of text ids with `decode_run(list[int]) -> str`; every other id i
+  becomes `special(i)` (mask glyph, unknown-id marker) between the runs."""
+  out: list[str] = []
+  run: list[int] = []
+  for i in _as_int_list(ids):
+    if is_text(i):
+      run.append(i)
+      continue
+    if run:
+      out.append(decode_run(run))
+      run = []
+    out.append(special(i))
+  if run:
+    out.append(decode_run(run))
+  return "".join(out)
+
+
 class ByteTokenizer:
   """UTF-8 bytes: ids 0..255 are bytes, mask_id = 256, vocab_size = 257, no BOS/EOS.
 
@@ -74,17 +92,9 @@ class ByteTokenizer:
     return list(text.encode("utf-8"))
 
   def decode(self, ids: Sequence[int]) -> str:
-    out: list[str] = []
-    buf = bytearray()
-    for i in _as_int_list(ids):
-      if 0 <= i < 256:
-        buf.append(i)
-        continue
-      out.append(buf.decode("utf-8", errors="replace"))
-      buf = bytearray()
-      out.append(BYTE_MASK_GLYPH if i == self.mask_id else BYTE_INVALID_GLYPH)
-    out.append(buf.decode("utf-8", errors="replace"))
-    return "".join(out)
+    return _decode_runs(ids, lambda i: 0 <= i < 256,
+                        lambda run: bytes(run).decode("utf-8", errors="replace"),
+                        lambda i: BYTE_MASK_GLYPH if i == self.mask_id else BYTE_INVALID_GLYPH)
 
   def __repr__(self) -> str:
     return "ByteTokenizer()"
@@ -153,22 +163,9 @@ class GPT2Tokenizer:
     return self._enc.encode_ordinary_batch(list(texts), num_threads=threads)
 
   def decode(self, ids: Sequence[int]) -> str:
-    out: list[str] = []
-    run: list[int] = []
-
-    def flush():
-      if run:
-        out.append(self._enc.decode_bytes(run).decode("utf-8", errors="replace"))
-        run.clear()
-
-    for i in _as_int_list(ids):
-      if 0 <= i < self.text_vocab_size:
-        run.append(i)
-        continue
-      flush()
-      out.append(BPE_MASK_TEXT if i == self.mask_id else f"[UNK:{i}]")
-    flush()
-    return "".join(out)
+    return _decode_runs(ids, lambda i: 0 <= i < self.text_vocab_size,
+                        lambda run: self._enc.decode_bytes(run).decode("utf-8", errors="replace"),
+                        lambda i: BPE_MASK_TEXT if i == self.mask_id else f"[UNK:{i}]")
 
   def __repr__(self) -> str:
     return "GPT2Tokenizer()"
@@ -192,9 +189,9 @@ class IdTokenizer:
   def __init__(self, vocab_size: int, mask_id: int | None = None):
     if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 2:
       raise ValueError(f"IdTokenizer vocab_size={vocab_size!r} must be an int >= 2")
-    mask_id = vocab_size - 1 if mask_id is None else mask_id
-    if not isinstance(mask_id, int) or isinstance(mask_id, bool) or not 0 <= mask_id < vocab_size:
-      raise ValueError(f"mask_id={mask_id!r} is outside the model vocabulary [0, {vocab_size})")
+    from remdm_jax.config_utils import check_mask_id
+    mask_id = check_mask_id(vocab_size - 1 if mask_id is None else mask_id, vocab_size,
+                            field="mask_id")
     self.vocab_size, self.mask_id = vocab_size, mask_id
 
   def encode(self, text: str) -> list[int]:
@@ -261,22 +258,9 @@ class TokenizerFile:
     return list(self._tok.encode(text, add_special_tokens=False).ids)
 
   def decode(self, ids: Sequence[int]) -> str:
-    out: list[str] = []
-    run: list[int] = []
-
-    def flush():
-      if run:
-        out.append(self._tok.decode(run, skip_special_tokens=False))
-        run.clear()
-
-    for i in _as_int_list(ids):
-      if 0 <= i < self.text_vocab_size and i != self.mask_id:
-        run.append(i)
-        continue
-      flush()
-      out.append(BPE_MASK_TEXT if i == self.mask_id else f"[UNK:{i}]")
-    flush()
-    return "".join(out)
+    return _decode_runs(ids, lambda i: 0 <= i < self.text_vocab_size and i != self.mask_id,
+                        lambda run: self._tok.decode(run, skip_special_tokens=False),
+                        lambda i: BPE_MASK_TEXT if i == self.mask_id else f"[UNK:{i}]")
 
   def __repr__(self) -> str:
     return f"TokenizerFile({self.name!r})"

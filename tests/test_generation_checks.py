@@ -108,14 +108,14 @@ def test_ar_model_is_refused_by_the_diffusion_sampler(ckpts):
 
 
 def test_mask_id_outside_the_vocabulary(ckpts):
-  with pytest.raises(ValueError, match=r"mask_id=300 is outside the model vocabulary \[0, 300\)"):
+  with pytest.raises(ValueError, match=r"mask_id=300 must lie in \[0, model.vocab_size=300\)"):
     generation.load_model(ckpts["v300"], "ids", mask_id=300)
   with pytest.raises(ValueError, match="only be set with tokenizer 'ids'"):
     generation.load_model(ckpts["mdlm"], mask_id=3)
   m = generation.load_model(ckpts["v300"], "ids")
   bad = m.__class__(**{**m.__dict__, "tokenizer": generation.get_tokenizer("byte")})
   bad_cfg = m.config.__class__(**{**m.config.__dict__, "vocab_size": 200})
-  with pytest.raises(ValueError, match=r"mask_id=256 is outside the model vocabulary \[0, 200\)"):
+  with pytest.raises(ValueError, match=r"mask_id=256 must lie in \[0, model.vocab_size=200\)"):
     generation.generate(m.__class__(**{**bad.__dict__, "config": bad_cfg}),
                         SamplerConfig.preset("mdlm", num_steps=2), num_samples=1,
                         batch_size=1, seed=0, progress=False)

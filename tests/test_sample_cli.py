@@ -89,7 +89,7 @@ def test_sample_py_end_to_end(ckpts, tmp_path):
     (["--checkpoint=AR"], "autoregressive model (causal=True)"),
     (["--checkpoint=DAMAGED"], "unreadable or truncated params checkpoint"),
     (["--checkpoint=V300", "--tokenizer=ids", "--prompt=1 999"], "prompt token id 999 is outside"),
-    (["--checkpoint=V300", "--tokenizer=ids", "--mask_id=300"], "mask_id=300 is outside"),
+    (["--checkpoint=V300", "--tokenizer=ids", "--mask_id=300"], "mask_id=300 must lie in"),
     (["--scorer=MDLM"], "is not an autoregressive (causal) model"),
     (["--tokenizer=TMP/missing.json"], "tokenizer file not found"),
 ])

@@ -211,7 +211,7 @@ def test_sample_py_semi_ar_on_the_shipped_model(tmp_path):
   out = tmp_path / "long.jsonl"
   r = _run(["--num_strides=2", "--stride_length=64", "--steps=3", "--num_samples=2",
             "--batch_size=2", "--preset=remdm_cap", "--prompt=And God said", f"--output={out}",
-            "--show=1", "--no-progress"], tmp_path)
+            "--show=1", "--noprogress"], tmp_path)
   assert r.returncode == 0, r.stderr
   recs = [json.loads(line) for line in out.read_text().splitlines()]
   assert len(recs) == 2

@@ -247,7 +247,7 @@ def generate(model: LoadedModel, cfg: SamplerConfig, *, num_samples: int, batch_
   Semi-AR (num_strides = S > 0; MDLM's `sampling.semi_ar`, `remdm_jax.sampling.semi_ar`): each
   sample is L + S * stride_length tokens long, generated as S + 1 windows of the model length L,
   each extra window freezing the previous window's last L - stride_length tokens (default
-  stride_length = L // 2); window s of batch b uses fold_in(fold_in(PRNGKey(seed), b), s). A text
+  stride_length = L // 2, must lie in [1, L - 1]); window s of batch b uses fold_in(fold_in(PRNGKey(seed), b), s). A text
   prompt freezes the start of the first window. NFE = (S + 1) * the sampler's NFE.
 
   Returns:
@@ -265,9 +265,12 @@ def generate(model: LoadedModel, cfg: SamplerConfig, *, num_samples: int, batch_
     raise ValueError(f"batch_size={batch_size!r} must be an int >= 1")
   check_seed(seed)
   check_diffusion_model(model)
-  if stride_length is None:
-    stride_length = max(1, model.seq_len // 2)
-  num_strides, stride_length = semi_ar.check_semi_ar(model.seq_len, num_strides, stride_length)
+  if num_strides == 0 and stride_length is None:  # no semi-AR (also for an L = 1 model)
+    stride_length = 1
+  else:
+    if stride_length is None:
+      stride_length = model.seq_len // 2
+    num_strides, stride_length = semi_ar.check_semi_ar(model.seq_len, num_strides, stride_length)
   length = semi_ar.semi_ar_length(model.seq_len, num_strides, stride_length)
   if not model.config.time_conditioning and not cfg.time_independent:
     cfg = cfg.replace(time_independent=True)  # SPEC §4.8: this network ignores t

@@ -156,10 +156,11 @@ def test_boundary_bigrams_follow_the_chain():
   """MDLM with the exact denoiser: the token right after each window's frozen prefix is drawn from
   exactly P[a, .] given the last prefix token a (it is always the nearest visible token to the
   right of a, and the unmask times do not depend on token values), for any T. Chi-square of the
-  boundary transition counts against n_a P[a, .] (12 dof, fixed keys, p > 1e-3); the within-window
-  transitions are checked the same way at large T (approximate there; tolerance is the p-value).
-  A wrong prefix offset or an unfrozen prefix makes the boundary pairs ~independent (p ~ 0)."""
-  S, k, B = 4, 3, 512
+  boundary transition counts against n_a P[a, .] (12 dof, fixed keys, p > 1e-3).
+  L = 8 is a multiple of stride k = 4, so in the output layout (heads window_s[:k], then the last
+  window's tail) every such pair straddles two windows' heads: a prefix that is not frozen, or
+  frozen at the wrong offset, makes these pairs ~independent or repeated (p ~ 0)."""
+  S, k, B = 4, 4, 512
   smp = make_sampler(markov_denoiser, SamplerConfig(strategy="mdlm", num_steps=16), seq_len=L,
                      mask_id=M)
   out = np.asarray(semi_ar_sample(smp, PARAMS, jax.random.key(0), num_strides=S, stride_length=k,

@@ -246,9 +246,9 @@ def generate(model: LoadedModel, cfg: SamplerConfig, *, num_samples: int, batch_
 
   Semi-AR (num_strides = S > 0; MDLM's `sampling.semi_ar`, `remdm_jax.sampling.semi_ar`): each
   sample is L + S * stride_length tokens long, generated as S + 1 windows of the model length L,
-  each extra window freezing the previous window's last L - stride_length tokens (default
-  stride_length = L // 2, must lie in [1, L - 1]); window s of batch b uses fold_in(fold_in(PRNGKey(seed), b), s). A text
-  prompt freezes the start of the first window. NFE = (S + 1) * the sampler's NFE.
+  each extra window freezing the previous window's last L - stride_length tokens (stride_length
+  in [1, L - 1], default L // 2); window s of batch b uses fold_in(fold_in(PRNGKey(seed), b), s).
+  A text prompt freezes the start of the first window. NFE = (S + 1) * the sampler's NFE.
 
   Returns:
     (tokens int32 [num_samples, L + S * stride_length], stats) with stats: nfe (static denoiser

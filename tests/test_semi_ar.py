@@ -180,6 +180,27 @@ def test_boundary_bigrams_follow_the_chain():
   assert stats.chi2.sf(chi2_bad, K * (K - 1)) < 1e-6
 
 
+@pytest.mark.slow
+def test_cache_unchanged_counts_spent_calls_per_window():
+  """info["nfe"] sums the calls each window actually made (cache_unchanged skips some)."""
+  cfg = SamplerConfig(strategy="remdm_cap", num_steps=24, eta=0.02, cache_unchanged=True,
+                      time_independent=True)
+  smp = make_sampler(markov_denoiser, cfg, seq_len=L, mask_id=M)
+  key = jax.random.key(4)
+  out, info = semi_ar_sample(smp, MIX, key, num_strides=2, stride_length=3, batch_size=1)
+  spent, x = 0, None
+  for s in range(3):
+    kw = {}
+    if x is not None:
+      p = np.full((1, L), M, np.int32)
+      p[:, :L - 3] = x[:, 3:]
+      kw = dict(prompt=p, prompt_mask=p != M)
+    x, i = smp.sample_with_info(MIX, jax.random.fold_in(key, s), batch_size=1, **kw)
+    x, spent = np.asarray(x), spent + int(i["nfe"])
+  np.testing.assert_array_equal(np.asarray(out)[:, -L:], x)
+  assert int(info["nfe"]) == spent < 3 * smp.nfe
+
+
 def test_bad_arguments_raise_before_work():
   smp = make_sampler(markov_denoiser, SamplerConfig(num_steps=2), seq_len=L, mask_id=M)
   for kw, needle in [(dict(num_strides=-1, stride_length=2), "num_strides=-1"),

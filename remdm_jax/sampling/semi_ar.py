@@ -82,6 +82,9 @@ def make_semi_ar_sampler(sampler: Sampler, *, num_strides: int, stride_length: i
     [B, L + S * stride_length], info) with info["nfe"] int32 (denoiser calls actually made,
     = (S + 1) * sampler.nfe without caching). prompt: optional int32 [B, L] of the FIRST window
     with prompt_mask bool [B, L] (default prompt != mask_id), as for `Sampler.sample_with_info`.
+    fn has attributes nfe (static: (S + 1) * sampler.nfe), length (L + S * stride_length),
+    num_strides, stride_length and sampler. One compiled program per batch size: the S + 1
+    windows are a `lax.scan` whose body is `sampler.core` (window s key: fold_in(key, s)).
 
   Raises:
     ValueError (before any tracing) for num_strides < 0, stride_length outside [1, L - 1], a prompt
@@ -158,6 +161,7 @@ def semi_ar_sample(sampler: Sampler, params: Any, key: jax.Array, *, num_strides
                    stride_length: int, batch_size: Optional[int] = None, prompt=None,
                    prompt_mask=None):
   """One-shot `make_semi_ar_sampler(sampler, ...)(params, key, ...)` -> (tokens int32
-  [B, L + num_strides * stride_length], info)."""
+  [B, L + num_strides * stride_length], info). Compiles on every call; keep the function of
+  `make_semi_ar_sampler` to sample repeatedly."""
   fn = make_semi_ar_sampler(sampler, num_strides=num_strides, stride_length=stride_length)
   return fn(params, key, batch_size=batch_size, prompt=prompt, prompt_mask=prompt_mask)

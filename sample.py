@@ -121,6 +121,8 @@ def run(argv) -> int:
     raise ValueError(f"--seed={FLAGS.seed} must be in [0, 2^32)")
   if FLAGS.num_strides < 0:
     raise ValueError(f"--num_strides={FLAGS.num_strides} must be >= 0 (0 = no semi-AR)")
+  if FLAGS.stride_length is not None and FLAGS.stride_length < 1:
+    raise ValueError(f"--stride_length={FLAGS.stride_length} must be an int in [1, L - 1]")
   if FLAGS.stride_length is not None and FLAGS.num_strides == 0:
     raise ValueError(f"--stride_length={FLAGS.stride_length} needs --num_strides >= 1")
   if FLAGS.output is not None:

@@ -285,6 +285,7 @@ def test_sample_py_semi_ar_on_the_shipped_model(tmp_path):
     (["--num_strides=1", "--stride_length=0"], "--stride_length=0 must be an int in [1, L - 1]"),
     (["--num_strides=1", "--stride_length=128"], "stride_length=128 must be an int in [1, L - 1"),
     (["--stride_length=8"], "--stride_length=8 needs --num_strides >= 1"),
+    (["--num_strides=1", "--prompt=" + "a" * 130], "must be shorter than seq_len=128"),
 ])
 def test_sample_py_semi_ar_bad_values(tmp_path, args, needle):
   out = tmp_path / "never.jsonl"

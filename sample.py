@@ -11,6 +11,17 @@ Paper settings on a converted official MDLM OWT checkpoint (GPU):
   python sample.py --checkpoint=/ckpt/mdlm_owt --preset=remdm_loop --steps=1024 \
       --num_samples=5000 --batch_size=16 --seed=1 --precision=float64 --output=remdm_loop.jsonl
 
+Semi-autoregressive long samples (MDLM's `sampling.semi_ar`): `--num_strides=S` generates
+L + S * stride_length tokens as S + 1 windows of the model length L; each extra window keeps the
+previous window's last L - stride_length tokens frozen and generates `--stride_length` new ones
+(default L // 2), with the chosen sampler inside every window (NFE = (S + 1) x the sampler's).
+On the shipped model (L = 128) this writes 256-token samples:
+
+  python sample.py --num_strides=2 --stride_length=64 --preset=mdlm --steps=128 --num_samples=4
+
+gen-PPL of samples longer than the scorer's length is computed on consecutive non-overlapping
+chunks of the scorer's length (each scored on its own; the reference's eval_context_size rule).
+
 Any vocabulary: `--tokenizer=ids` writes token ids (no text), `--tokenizer=/path/tokenizer.json`
 decodes with a Hugging Face tokenizer file (`bpe` extra: the `tokenizers` package); a
 checkpoint whose vocabulary matches no known tokenizer defaults to ids.
@@ -60,6 +71,10 @@ flags.DEFINE_integer("batch_size", 8, "Samples per batch.")
 flags.DEFINE_integer("seed", 1, "Seed in [0, 2^32) (batch b uses fold_in(PRNGKey(seed), b)).")
 flags.DEFINE_string("prompt", None, "Optional text prefix (with --tokenizer=ids: space-separated "
                     "ids); its tokens are kept fixed.")
+flags.DEFINE_integer("num_strides", 0, "Semi-AR: extra windows S >= 0 (0 = off); samples are "
+                     "L + S * stride_length tokens long.")
+flags.DEFINE_integer("stride_length", None, "Semi-AR: new tokens per extra window, in [1, L - 1] "
+                     "(default L // 2); needs --num_strides >= 1.")
 flags.DEFINE_string("output", None, "JSONL output (written atomically). Default: "
                     "./samples/<preset>-<timestamp>.jsonl, under ~/remdm-jax/ instead when run "
                     "inside the source checkout ($REMDM_OUTPUT_DIR replaces the folder).")
@@ -104,6 +119,12 @@ def run(argv) -> int:
     raise ValueError(f"--steps={FLAGS.steps} must be >= 1 (omit it for T = the model length)")
   if not 0 <= FLAGS.seed < 2**32:
     raise ValueError(f"--seed={FLAGS.seed} must be in [0, 2^32)")
+  if FLAGS.num_strides < 0:
+    raise ValueError(f"--num_strides={FLAGS.num_strides} must be >= 0 (0 = no semi-AR)")
+  if FLAGS.stride_length is not None and FLAGS.stride_length < 1:
+    raise ValueError(f"--stride_length={FLAGS.stride_length} must be an int in [1, L - 1]")
+  if FLAGS.stride_length is not None and FLAGS.num_strides == 0:
+    raise ValueError(f"--stride_length={FLAGS.stride_length} needs --num_strides >= 1")
   if FLAGS.output is not None:
     check_output(FLAGS.output, FLAGS.overwrite)
 
@@ -134,6 +155,16 @@ def run(argv) -> int:
   if FLAGS.prompt is not None:
     generation.encode_prefix(model.tokenizer, FLAGS.prompt, model.seq_len,
                              model.config.vocab_size)
+  semi = {}
+  if FLAGS.num_strides:
+    from remdm_jax.sampling import semi_ar  # pylint: disable=g-import-not-at-top
+    stride = FLAGS.stride_length if FLAGS.stride_length is not None else model.seq_len // 2
+    try:
+      semi_ar.check_semi_ar(model.seq_len, FLAGS.num_strides, stride)
+    except ValueError as e:
+      raise ValueError(f"--{e}") from None
+    semi = dict(num_strides=FLAGS.num_strides, stride_length=stride,
+                length=semi_ar.semi_ar_length(model.seq_len, FLAGS.num_strides, stride))
   has_text = model.tokenizer.name != "ids"
 
   scorer = None
@@ -160,17 +191,21 @@ def run(argv) -> int:
     jax.config.update("jax_enable_x64", True)
   print(f"model: {model.path} ({model.config.vocab_size} vocab, L={model.seq_len}, tokenizer "
         f"{model.tokenizer.name}); sampler: {cfg.strategy}, T={cfg.num_steps}, top_p={cfg.top_p}, "
-        f"eta={cfg.eta}, precision={cfg.precision}", file=sys.stderr)
+        f"eta={cfg.eta}, precision={cfg.precision}"
+        + (f"; semi-AR: {semi['num_strides']} strides of {semi['stride_length']} -> "
+           f"{semi['length']} tokens" if semi else ""), file=sys.stderr)
 
   # 3. Sample, write, then score.
   tokens, stats = generation.generate(model, cfg, num_samples=FLAGS.num_samples,
                                       batch_size=FLAGS.batch_size, seed=FLAGS.seed,
-                                      prompt=FLAGS.prompt, progress=FLAGS.progress)
+                                      prompt=FLAGS.prompt, progress=FLAGS.progress,
+                                      num_strides=semi.get("num_strides", 0),
+                                      stride_length=semi.get("stride_length"))
   texts = [model.tokenizer.decode(t.tolist()) for t in tokens]
   settings = generation.sampler_settings(cfg)
   records = [dict(index=i, tokens=tok.tolist(), sampler=settings, seed=FLAGS.seed,
                   checkpoint=model.path, tokenizer=model.tokenizer.name, prompt=FLAGS.prompt,
-                  **({"text": txt} if has_text else {}))
+                  **semi, **({"text": txt} if has_text else {}))
              for i, (txt, tok) in enumerate(zip(texts, tokens))]
   out = generation.write_jsonl_atomic(out_path, records)
   print(f"wrote {len(records)} samples to {out}", file=sys.stderr)

@@ -21,7 +21,7 @@ from remdm_jax import checkpoint
 from remdm_jax.config_utils import check_mask_id
 from remdm_jax.fileio import atomic_open
 from remdm_jax.models import dit
-from remdm_jax.sampling import SamplerConfig, make_sampler
+from remdm_jax.sampling import SamplerConfig, make_sampler, semi_ar
 from remdm_jax.tokenizers import get_tokenizer
 
 ASSETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "models")
@@ -229,6 +229,7 @@ def with_progress(denoise_fn: Callable, progress: StepProgress) -> Callable:
 
 def generate(model: LoadedModel, cfg: SamplerConfig, *, num_samples: int, batch_size: int,
              seed: int, prompt: Optional[str] = None, progress: bool = True,
+             num_strides: int = 0, stride_length: Optional[int] = None,
              ) -> tuple[np.ndarray, dict]:
   """Draws `num_samples` sequences with sampler `cfg`.
 
@@ -236,12 +237,20 @@ def generate(model: LoadedModel, cfg: SamplerConfig, *, num_samples: int, batch_
   program) and the surplus of the last batch is dropped. With `progress`, a `StepProgress` line on
   stderr reports the denoiser step within each batch (same samples as without).
 
+  Semi-AR (num_strides = S > 0; MDLM's `sampling.semi_ar`, `remdm_jax.sampling.semi_ar`): each
+  sample is L + S * stride_length tokens long, generated as S + 1 windows of the model length L,
+  each extra window freezing the previous window's last L - stride_length tokens (stride_length
+  in [1, L - 1], default L // 2); window s of batch b uses fold_in(fold_in(PRNGKey(seed), b), s).
+  A text prompt freezes the start of the first window. NFE = (S + 1) * the sampler's NFE.
+
   Returns:
-    (tokens int32 [num_samples, L], stats) with stats: nfe (static denoiser calls per batch),
-    nfe_spent (mean calls actually made, lower with caching), seconds, samples_per_s.
+    (tokens int32 [num_samples, L + S * stride_length], stats) with stats: nfe (static denoiser
+    calls per batch), nfe_spent (mean calls actually made, lower with caching), seconds,
+    samples_per_s, length (tokens per sample).
   Raises:
     ValueError before any work: bad counts, a seed outside [0, 2^32), a causal (AR) model, a mask
-    id outside the vocabulary, a prompt that does not fit or holds ids outside the vocabulary.
+    id outside the vocabulary, a prompt that does not fit or holds ids outside the vocabulary,
+    num_strides < 0 or stride_length outside [1, L - 1].
   """
   if not isinstance(num_samples, int) or num_samples < 1:
     raise ValueError(f"num_samples={num_samples!r} must be an int >= 1")
@@ -249,6 +258,13 @@ def generate(model: LoadedModel, cfg: SamplerConfig, *, num_samples: int, batch_
     raise ValueError(f"batch_size={batch_size!r} must be an int >= 1")
   check_seed(seed)
   check_diffusion_model(model)
+  if num_strides == 0 and stride_length is None:  # no semi-AR (also for an L = 1 model)
+    stride_length = 1
+  else:
+    if stride_length is None:
+      stride_length = model.seq_len // 2
+    num_strides, stride_length = semi_ar.check_semi_ar(model.seq_len, num_strides, stride_length)
+  length = semi_ar.semi_ar_length(model.seq_len, num_strides, stride_length)
   if not model.config.time_conditioning and not cfg.time_independent:
     cfg = cfg.replace(time_independent=True)  # SPEC §4.8: this network ignores t
   batch_size = min(batch_size, num_samples)
@@ -262,10 +278,16 @@ def generate(model: LoadedModel, cfg: SamplerConfig, *, num_samples: int, batch_
   if progress:
     from remdm_jax.sampling import step_schedule  # pylint: disable=g-import-not-at-top
     meter = StepProgress(f"{cfg.strategy} T={cfg.num_steps}", num_batches=num_batches,
-                         batch_size=batch_size, seq_len=model.seq_len,
-                         nfe=step_schedule(cfg).nfe)
+                         batch_size=batch_size, seq_len=length,
+                         nfe=(num_strides + 1) * step_schedule(cfg).nfe)
     denoise_fn = with_progress(denoise_fn, meter)
   sampler = make_sampler(denoise_fn, cfg, seq_len=model.seq_len, mask_id=model.mask_id)
+  if num_strides:
+    sampler = semi_ar.make_semi_ar_sampler(sampler, num_strides=num_strides,
+                                           stride_length=stride_length)
+    sample_with_info = sampler
+  else:
+    sample_with_info = sampler.sample_with_info
   params = dit.cast_for_compute(model.params, model.config)
   root = jax.random.PRNGKey(seed)
   out, spent = [], []
@@ -273,8 +295,8 @@ def generate(model: LoadedModel, cfg: SamplerConfig, *, num_samples: int, batch_
   for b in range(num_batches):
     if meter:
       meter.start_batch(b)
-    toks, info = sampler.sample_with_info(params, jax.random.fold_in(root, b),
-                                          batch_size=batch_size, **kwargs)
+    toks, info = sample_with_info(params, jax.random.fold_in(root, b), batch_size=batch_size,
+                                  **kwargs)
     toks = np.asarray(toks)
     spent.append(int(info["nfe"]))
     out.append(toks)
@@ -288,7 +310,7 @@ def generate(model: LoadedModel, cfg: SamplerConfig, *, num_samples: int, batch_
   if np.any(tokens == model.mask_id):  # the sampler guarantees this; never write masks out
     raise RuntimeError("sampler returned mask tokens")
   return tokens, dict(nfe=sampler.nfe, nfe_spent=float(np.mean(spent)), seconds=seconds,
-                      samples_per_s=num_samples / seconds)
+                      samples_per_s=num_samples / seconds, length=length)
 
 
 def check_seed(seed) -> int:

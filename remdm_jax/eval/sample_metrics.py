@@ -73,13 +73,16 @@ def sample_metrics(tokens: np.ndarray, *, scorer=None, texts: Optional[Sequence[
     tokens: int [N, L] sample ids (model tokenizer).
     scorer: optional `generation.LoadedModel` of a causal model with the SAME tokenizer; gen-PPL is
       token-weighted over all samples (SPEC §7). For tokenizers without EOS (bytes) every target
-      counts.
+      counts. Samples longer than the scorer's length (`scorer.seq_len`, e.g. semi-AR samples)
+      are split into consecutive non-overlapping chunks of that length, each scored on its own
+      (its first token is context only), as the reference's `compute_generative_perplexity`
+      does with `eval_context_size`; out["gen_ppl_context"] records the chunk length.
     texts: decoded samples (needed for MAUVE).
     mauve_reference: optional reference texts; MAUVE is computed with `featurizer`
       (default all-MiniLM-L6-v2).
   Returns:
-    dict with entropy (mean nats per sample), and when computed gen_ppl, gen_ppl_scorer, mauve,
-    mauve_n, mauve_reference, mauve_featurizer.
+    dict with entropy (mean nats per sample), and when computed gen_ppl, gen_ppl_scorer
+    (gen_ppl_context for chunked long samples), mauve, mauve_n, mauve_reference, mauve_featurizer.
   """
   tokens = np.asarray(tokens)
   out = {"num_samples": int(tokens.shape[0]), "entropy": float(mean_entropy(tokens))}
@@ -88,10 +91,13 @@ def sample_metrics(tokens: np.ndarray, *, scorer=None, texts: Optional[Sequence[
     # Without an EOS token (bytes) use the mask id as a sentinel: it never occurs in samples, so
     # every target counts, and it pads partial scorer batches with zero weight.
     eos = scorer.tokenizer.mask_id if eos is None else eos
+    ctx = scorer.seq_len if tokens.shape[1] > scorer.seq_len else None
     res = gen_ppl(tokens.astype(np.int32), scorer.log_probs_fn(), eos_id=int(eos),
-                  batch_size=min(scorer_batch_size, len(tokens)))
+                  batch_size=min(scorer_batch_size, len(tokens)), context_size=ctx)
     out["gen_ppl"] = float(res["ppl"])
     out["gen_ppl_scorer"] = scorer.path
+    if ctx is not None:
+      out["gen_ppl_context"] = f"scorer windows of {ctx} tokens (non-overlapping chunks)"
   if mauve_reference is not None:
     if texts is None:
       raise ValueError("MAUVE needs the decoded sample texts")

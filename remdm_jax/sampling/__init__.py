@@ -8,6 +8,7 @@ Public API:
   make_sampler, Sampler, transition_sample, KernelSpec, final_step   (sampler)
   CBGGuidance, cfg_denoise_fn, cfg_log_probs, cfg_model_calls, classifier_term   (guidance)
   select_top_n, ranked_commit                             (ranked: confidence-ranked commits)
+  make_semi_ar_sampler, semi_ar_sample                    (semi_ar: MDLM semi-AR long sequences)
 The float64 test oracle `transition_probs` lives in `remdm_jax.sampling.reference` (not exported).
 """
 from remdm_jax.sampling.conf import conf_sigma, conf_weights
@@ -18,6 +19,7 @@ from remdm_jax.sampling.nucleus import nucleus_filter
 from remdm_jax.sampling.ranked import ranked_commit, select_top_n
 from remdm_jax.sampling.sampler import (KernelSpec, Sampler, final_step, make_sampler,
                                         transition_sample)
+from remdm_jax.sampling.semi_ar import make_semi_ar_sampler, semi_ar_sample
 from remdm_jax.sampling.schedule import (StepSchedule, dfm_grid, expected_unmask_buffer,
                                          step_schedule, uniform_grid)
 
@@ -26,5 +28,5 @@ __all__ = [
     "KernelSpec", "Sampler", "final_step", "make_sampler", "transition_sample", "StepSchedule",
     "dfm_grid", "expected_unmask_buffer", "step_schedule", "uniform_grid", "CBGGuidance",
     "cfg_denoise_fn", "cfg_log_probs", "cfg_model_calls", "classifier_term", "select_top_n",
-    "ranked_commit",
+    "ranked_commit", "make_semi_ar_sampler", "semi_ar_sample",
 ]

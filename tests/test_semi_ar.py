@@ -218,7 +218,7 @@ def test_bad_arguments_raise_before_work():
     with pytest.raises(ValueError, match=needle.replace(".", r"\.")):
       make_semi_ar_sampler(smp, **kw)
   semi = make_semi_ar_sampler(smp, num_strides=1, stride_length=2)
-  with pytest.raises(ValueError, match="must be \\[B, L=8\\]"):
+  with pytest.raises(ValueError, match="must be \\[B, seq_len=8\\]"):
     semi(PARAMS, jax.random.key(0), prompt=np.zeros((2, L + 1), np.int32))
   with pytest.raises(ValueError, match="prompt batch 2 != batch_size=3"):
     semi(PARAMS, jax.random.key(0), batch_size=3, prompt=np.zeros((2, L), np.int32))

@@ -251,6 +251,47 @@ def final_step(tokens, logits, mask_id):
   return jnp.where(tokens == mask_id, best, tokens)
 
 
+def check_prompt(prompt, prompt_mask, batch_size, seq_len: int, mask_id: int):
+  """Validates an optional prompt before tracing -> (prompt int32 [B, L] | None, prompt_mask bool
+  [B, L] | None, batch_size | None). batch_size defaults to the prompt's B; prompt_mask defaults
+  to prompt != mask_id. ValueError for a prompt not of shape [B, L=seq_len], a batch mismatch,
+  prompt_mask of another shape or without a prompt, or frozen positions holding mask_id."""
+  if prompt is None:
+    if prompt_mask is not None:
+      raise ValueError("prompt_mask given without prompt")
+    return None, None, batch_size
+  prompt = jnp.asarray(prompt, jnp.int32)
+  if prompt.ndim != 2 or prompt.shape[1] != seq_len:
+    raise ValueError(f"prompt shape {tuple(prompt.shape)} must be [B, seq_len={seq_len}] (a prompt "
+                     "cannot be longer than the model length)")
+  if batch_size is None:
+    batch_size = prompt.shape[0]
+  if prompt.shape[0] != batch_size:
+    raise ValueError(f"prompt batch {prompt.shape[0]} != batch_size={batch_size}")
+  if prompt_mask is None:
+    prompt_mask = prompt != mask_id
+  prompt_mask = jnp.asarray(prompt_mask, bool)
+  if prompt_mask.shape != prompt.shape:
+    raise ValueError(f"prompt_mask shape {tuple(prompt_mask.shape)} != prompt shape "
+                     f"{tuple(prompt.shape)}")
+  if not isinstance(prompt, jax.core.Tracer) and not isinstance(prompt_mask, jax.core.Tracer):
+    if bool(np.any(np.asarray(prompt_mask) & (np.asarray(prompt) == mask_id))):
+      raise ValueError("prompt: positions with prompt_mask=True must not hold mask_id")
+  return prompt, prompt_mask, batch_size
+
+
+def check_batch(batch_size, cfg: SamplerConfig) -> int:
+  """batch_size as an int >= 1 (ValueError otherwise, also for precision 'float64' without
+  jax_enable_x64)."""
+  if (batch_size is None or not isinstance(batch_size, (int, np.integer))
+      or isinstance(batch_size, bool) or int(batch_size) < 1):
+    raise ValueError(f"batch_size={batch_size!r} must be an int >= 1")
+  if cfg.precision == "float64" and not jax.config.jax_enable_x64:
+    raise ValueError("SamplerConfig.precision='float64' needs jax_enable_x64 "
+                     "(use `with jax.enable_x64(True):`)")
+  return int(batch_size)
+
+
 class Sampler:
   """Callable returned by `make_sampler`.
 
@@ -281,34 +322,13 @@ class Sampler:
       `torch.rand_like(q)` values) from its uniforms. A traced argument (one compilation per
       shape); materialised in full, so for small V only. batch_size defaults to uniforms.shape[1].
     """
-    if prompt is not None:
-      prompt = jnp.asarray(prompt, jnp.int32)
-      if prompt.ndim != 2 or prompt.shape[1] != self.seq_len:
-        raise ValueError(f"prompt shape {prompt.shape} must be [B, seq_len={self.seq_len}]")
-      if batch_size is None:
-        batch_size = prompt.shape[0]
-      if prompt.shape[0] != batch_size:
-        raise ValueError(f"prompt batch {prompt.shape[0]} != batch_size={batch_size}")
-      if prompt_mask is None:
-        prompt_mask = prompt != self.mask_id
-      prompt_mask = jnp.asarray(prompt_mask, bool)
-      if prompt_mask.shape != prompt.shape:
-        raise ValueError(f"prompt_mask shape {prompt_mask.shape} != prompt shape {prompt.shape}")
-      if not isinstance(prompt, jax.core.Tracer) and not isinstance(prompt_mask, jax.core.Tracer):
-        if bool(np.any(np.asarray(prompt_mask) & (np.asarray(prompt) == self.mask_id))):
-          raise ValueError("prompt: positions with prompt_mask=True must not hold mask_id")
-    elif prompt_mask is not None:
-      raise ValueError("prompt_mask given without prompt")
+    prompt, prompt_mask, batch_size = check_prompt(prompt, prompt_mask, batch_size, self.seq_len,
+                                                   self.mask_id)
     if uniforms is not None:
       uniforms = self._check_uniforms(uniforms, batch_size)
       if batch_size is None:
         batch_size = uniforms.shape[1]
-    if batch_size is None or int(batch_size) < 1:
-      raise ValueError(f"batch_size={batch_size!r} must be an int >= 1")
-    batch_size = int(batch_size)
-    if self.cfg.precision == "float64" and not jax.config.jax_enable_x64:
-      raise ValueError("SamplerConfig.precision='float64' needs jax_enable_x64 "
-                       "(use `with jax.enable_x64(True):`)")
+    batch_size = check_batch(batch_size, self.cfg)
     if self.mesh is not None:
       n_data = math.prod(self.mesh.shape[a] for a in self.data_axes)
       if batch_size % n_data:

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from remdm_jax.sampling.sampler import Sampler
+from remdm_jax.sampling.sampler import Sampler, check_batch, check_prompt
 
 
 def check_semi_ar(seq_len: int, num_strides, stride_length) -> tuple[int, int]:
@@ -123,32 +123,8 @@ def make_semi_ar_sampler(sampler: Sampler, *, num_strides: int, stride_length: i
   fn = jax.jit(run, static_argnames=("batch_size",)) if jit else run
 
   def sample(params, key, batch_size=None, prompt=None, prompt_mask=None):
-    if prompt is not None:
-      prompt = np.asarray(prompt) if not isinstance(prompt, jax.Array) else prompt
-      if prompt.ndim != 2 or prompt.shape[1] != L:
-        raise ValueError(f"prompt shape {tuple(prompt.shape)} must be [B, L={L}] (the first "
-                         "window; a prompt cannot be longer than the model length L)")
-      if batch_size is None:
-        batch_size = prompt.shape[0]
-      if prompt.shape[0] != batch_size:
-        raise ValueError(f"prompt batch {prompt.shape[0]} != batch_size={batch_size}")
-      if prompt_mask is None:
-        prompt_mask = np.asarray(prompt) != m
-      if tuple(np.shape(prompt_mask)) != tuple(prompt.shape):
-        raise ValueError(f"prompt_mask shape {tuple(np.shape(prompt_mask))} != prompt shape "
-                         f"{tuple(prompt.shape)}")
-      if bool(np.any(np.asarray(prompt_mask, bool) & (np.asarray(prompt) == m))):
-        raise ValueError("prompt: positions with prompt_mask=True must not hold mask_id")
-      prompt = jnp.asarray(prompt, jnp.int32)
-      prompt_mask = jnp.asarray(prompt_mask, bool)
-    elif prompt_mask is not None:
-      raise ValueError("prompt_mask given without prompt")
-    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or (
-        batch_size < 1):
-      raise ValueError(f"batch_size={batch_size!r} must be an int >= 1")
-    if sampler.cfg.precision == "float64" and not jax.config.jax_enable_x64:
-      raise ValueError("SamplerConfig.precision='float64' needs jax_enable_x64 "
-                       "(use `with jax.enable_x64(True):`)")
+    prompt, prompt_mask, batch_size = check_prompt(prompt, prompt_mask, batch_size, L, m)
+    batch_size = check_batch(batch_size, sampler.cfg)
     return fn(params, key, batch_size=int(batch_size), prompt=prompt, prompt_mask=prompt_mask)
 
   sample.nfe = semi_ar_nfe(sampler, S)

@@ -159,6 +159,13 @@ def test_sweep_points_csv_and_plot(model, tmp_path):
   with open(tmp_path / "s.csv") as f:
     got = list(csv.DictReader(f))
   assert [g["status"] for g in got] == ["ok", "ok", "skipped: x"] and got[1]["num_novel"] == "200"
+  back = sweep.read_csv(str(tmp_path / "s.csv"))  # resume: rows keyed by grid point
+  assert set(back) == {("MDLM", "D-CFG", 1.0, 32, ""), ("MDLM", "D-CFG", 2.0, 32, ""),
+                       ("AR", "D-CBG", 1.0, 32, "")}
+  assert back[("MDLM", "D-CFG", 2.0, 32, "")]["num_novel"] == 200
+  assert back[("MDLM", "D-CFG", 2.0, 32, "")]["novel_mean"] == 3.0
+  assert back[("MDLM", "D-CFG", 1.0, 32, "")]["kept"] is True
+  assert sweep.read_csv(str(tmp_path / "none.csv")) == {}
   pytest.importorskip("matplotlib")
   out = sweep.plot_pareto(rows, str(tmp_path / "p.png"), "ring_count")
   assert os.path.getsize(out) > 1000

@@ -9,7 +9,9 @@ scored with `metrics.evaluate_samples` (uncanonicalised novelty by default); poi
 than `--min_novel` (50) novel samples are dropped from the plot (kept in the CSV, `kept=False`).
 Writes `<out_dir>/qm9_sweep.csv` (after every point, atomically) and `<out_dir>/qm9_pareto.png`:
 novel-sample mean property vs number of novel samples, one panel per guidance, one line per
-method. Progress and ETA go to stderr. `--quick`: gamma in {1, 2, 3}, T = 32, MDLM / ReMDM,
+method. Progress and ETA go to stderr. An existing CSV in out_dir is resumed: points already
+there (status ok, same --num_samples) are not rerun, and earlier points outside the requested
+grid stay in the CSV and the plot (`--fresh` starts over). `--quick`: gamma in {1, 2, 3}, T = 32, MDLM / ReMDM,
 D-CFG and D-CBG, 256 samples.
 
 D-CFG: `guidance.cfg_denoise_fn` (gamma = 1 is the conditional model alone, one call per step);
@@ -96,6 +98,32 @@ def write_csv(path: str, rows) -> None:
     f.write(buf.getvalue())
 
 
+def point_key(row) -> tuple:
+  """A grid point's identity in the CSV: (method, guidance, gamma, T, property)."""
+  return (row["method"], row["guidance"], float(row["gamma"]), int(row["T"]), row["property"])
+
+
+def read_csv(path: str) -> dict:
+  """Rows of an earlier sweep CSV keyed by `point_key` (numbers parsed; {} if there is none), so
+  that an interrupted or extended sweep reruns only the missing points."""
+  if not os.path.exists(path):
+    return {}
+  out = {}
+  with open(path, newline="") as f:
+    for r in csv.DictReader(f):
+      row = {}
+      for k, v in r.items():
+        if k in ("method", "guidance", "status", "property") or v in ("", None):
+          row[k] = v
+        elif k == "kept":
+          row[k] = v == "True"
+        else:
+          fv = float(v)
+          row[k] = int(fv) if k.startswith("num_") or k in ("T", "nfe") else fv
+      out[point_key(row)] = row
+  return out
+
+
 def plot_pareto(rows, path: str, prop: str) -> str:
   """Two panels (D-CFG, D-CBG): novel mean property vs number of novel samples, one line per
   method (points sorted by gamma, labelled gamma/T); only kept points."""
@@ -146,6 +174,8 @@ def main(argv=None) -> int:
   p.add_argument("--canonical", action="store_true", help="canonicalise before novelty")
   p.add_argument("--model", default=None)
   p.add_argument("--classifier", default=None)
+  p.add_argument("--fresh", action="store_true",
+                 help="ignore an existing <out_dir>/qm9_sweep.csv (default: resume from it)")
   a = p.parse_args(argv)
   try:
     if a.quick:
@@ -181,9 +211,17 @@ def main(argv=None) -> int:
     return 2
   grid = list(itertools.product(methods, guidances, gammas, steps))
   csv_path = os.path.join(a.out_dir, "qm9_sweep.csv")
+  done = {} if a.fresh else read_csv(csv_path)
   rows, start, ran = [], time.perf_counter(), 0
   for i, (method, guidance, gamma, T) in enumerate(grid):
     base = dict(method=method, guidance=guidance, gamma=gamma, T=T, property=a.property)
+    old = done.pop(point_key(base), None)
+    if old is not None and old["status"] == "ok" and old["num_samples"] == a.num_samples:
+      old["kept"] = old["num_novel"] >= a.min_novel
+      rows.append(old)
+      print(f"[{i + 1}/{len(grid)}] {method} {guidance} gamma={gamma:g} T={T}: from {csv_path}",
+            file=sys.stderr, flush=True)
+      continue
     try:
       res = run_point(ctx, method, guidance, gamma, T)
       ran += 1
@@ -194,12 +232,14 @@ def main(argv=None) -> int:
       row = dict(base, status=f"skipped: {e}", kept=False)
       msg = row["status"]
     rows.append(row)
-    write_csv(csv_path, rows)
+    write_csv(csv_path, rows + list(done.values()))
     el = time.perf_counter() - start
     left = sum(1 for g in grid[i + 1:] if unavailable_reason(g[0], g[1], g[2]) is None)
     eta = el / max(ran, 1) * left
     print(f"[{i + 1}/{len(grid)}] {method} {guidance} gamma={gamma:g} T={T}: {msg} | "
           f"{el:.0f}s elapsed, ETA {eta:.0f}s", file=sys.stderr, flush=True)
+  rows += list(done.values())  # earlier points outside this grid stay in the CSV and the plot
+  write_csv(csv_path, rows)
   if any(r.get("kept") for r in rows):
     plot_pareto(rows, os.path.join(a.out_dir, "qm9_pareto.png"), a.property)
   print(f"wrote {csv_path} ({ran} of {len(grid)} points run)")

@@ -186,8 +186,8 @@ def random_pass_at_1(problems: Sequence[dict], ops: str = cd.OPS) -> float:
 
 
 def held_out(problems: Sequence[dict], train_problems: Sequence[dict]) -> list[dict]:
-  """The problems whose input string ("a,b,c,t") occurs nowhere in `train_problems`, first
-  occurrence only."""
+  """The problems whose input string ("a,b,c,t") occurs nowhere in `train_problems`, each input
+  once (first occurrence)."""
   seen = {p["input"] for p in train_problems}
   out = []
   for p in problems:
@@ -195,3 +195,10 @@ def held_out(problems: Sequence[dict], train_problems: Sequence[dict]) -> list[d
       seen.add(p["input"])
       out.append(p)
   return out
+
+
+def without_inputs(problems: Sequence[dict], exclude: Sequence[dict]) -> list[dict]:
+  """`problems` minus every problem whose input string occurs in `exclude` (duplicates and
+  order kept: the training draws stay distributed as the generator's)."""
+  bad = {p["input"] for p in exclude}
+  return [p for p in problems if p["input"] not in bad]

@@ -44,12 +44,12 @@ def test_tiny_llada_learns_countdown():
   assert not {p["input"] for p in held} & {p["input"] for p in train}
   p_len, g_len = T.slot_lengths(train + held)
   rand = T.random_pass_at_1(held, TASK["ops"])
-  f0, params0 = T.init_untrained(seed=0, model=TRAIN["model"])
-  untrained = {r: T.pass_at_1(f0, params0, held, r, p_len, g_len) for r in RULES}
   t0, c0 = time.time(), time.process_time()
   tr = T.train(train, steps=steps, seed=0, p_len=p_len, g_len=g_len, **TRAIN)
   wall, cpu = time.time() - t0, time.process_time() - c0
   res = {r: T.pass_at_1(tr.logits_fn, tr.params, held, r, p_len, g_len) for r in RULES}
+  params0 = T.init_untrained(seed=0, model=TRAIN["model"])[1]  # where training started
+  untrained = {r: T.pass_at_1(tr.logits_fn, params0, held, r, p_len, g_len) for r in RULES}
   print(f"\ncountdown 1..{TASK['max_number']} ({len(held)} held-out): {steps} steps in "
         f"{wall:.0f} s wall / {cpu:.0f} s CPU, loss {tr.losses[:100].mean():.3f} -> "
         f"{tr.losses[-100:].mean():.3f}; pass@1 trained {res}; untrained {untrained}; "
@@ -82,3 +82,28 @@ def test_countdown_harness_with_an_oracle_denoiser():
     T.encode("1,2,x")
   with pytest.raises(ValueError, match="does not fit"):
     T.make_batch([{"input": "1,2,3,4", "output": "1+2=3,3+1=4"}], 8, 5)
+
+
+def test_sft_loss_weightings():
+  """Constant logits (uniform over V): the uniform-weighted loss is exactly log V; the
+  1/t-weighted (ELBO) loss has expectation log V (E[1{masked}/t] = 1), checked on 4096 rows
+  (relative std ~0.04); oracle logits give ~0; only answer positions are ever masked."""
+  P, G = 9, 15
+  x = jnp.asarray(np.random.default_rng(0).integers(0, 17, (4096, P + G)), jnp.int32)
+  am = jnp.ones_like(x)
+  zeros = lambda p, tok, m: jnp.zeros(tok.shape + (T.VOCAB,))
+  key = jax.random.key(3)
+  assert abs(float(T.sft_loss(zeros, None, x, am, key, P, weighting="uniform"))
+             - np.log(T.VOCAB)) < 1e-5
+  elbo = float(T.sft_loss(zeros, None, x, am, key, P, weighting="elbo"))
+  assert abs(elbo / np.log(T.VOCAB) - 1) < 0.15, elbo
+  seen = []
+
+  def oracle(p, tok, m):
+    seen.append(tok)
+    return 30.0 * jax.nn.one_hot(x, T.VOCAB)
+
+  assert float(T.sft_loss(oracle, None, x, am, key, P, weighting="elbo")) < 1e-6
+  assert bool(jnp.all(seen[0][:, :P] == x[:, :P])) and bool(jnp.any(seen[0][:, P:] == T.MASK))
+  with pytest.raises(ValueError, match="weighting"):
+    T.sft_loss(zeros, None, x, am, key, P, weighting="nope")

@@ -7,14 +7,18 @@ Encoding (one row = prompt slot P + answer slot G, positions absolute):
   answer "expr" left-aligned in G, the rest EOS (as LLaDA's SFT pads answers with EOS).
 Characters "0123456789+-*/=,\\n" are ids 0..16; PAD 17, EOS 18, EOT 19, MASK 20 (V = 21).
 
-Loss (LLaDA SFT, Nie et al. 2025 eq. (5) with the prompt never masked): t ~ U(eps, 1) per row,
-each answer position masked with probability t, loss = sum over masked answer positions of
--log p_theta(x_0 | x_t) / t, divided by B * G. This module is the small training helper of the
-test; the DiT trainer (`remdm_jax.training`) is the project's real trainer.
+Loss (LLaDA SFT, Nie et al. 2025 eq. (5), the prompt never masked): t ~ U(eps, 1) per row, each
+answer position masked with probability t; weighting "elbo" = sum over masked answer positions
+of -log p_theta(x_0 | x_t) / t divided by B * G (the bound); "uniform" (the default here) = the
+mean of -log p_theta over the masked positions. Both are minimised by the true conditionals; the
+uniform one avoids the 1/t weights (up to 1/eps = 1000) and their gradient variance.
+This module is the small training helper of the slow test; the DiT trainer
+(`remdm_jax.training`) is the project's real trainer.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -97,7 +101,8 @@ def sft_loss(logits_fn, params, x, am, key, p_len: int, t_min: float = 1e-3,
              weighting: str = "elbo"):
   """The masked-diffusion SFT loss (module docstring): scalar float32. weighting "elbo" (1/t,
   the bound) or "uniform" (weight 1: the mean cross-entropy over masked answer positions; the
-  same minimiser, the true conditionals, with far lower gradient variance)."""
+  same minimiser, the true conditionals, with far lower gradient variance). Raises ValueError on
+  another weighting."""
   k1, k2 = jax.random.split(key)
   B, L = x.shape
   t = jax.random.uniform(k1, (B, 1), minval=t_min, maxval=1.0)
@@ -154,19 +159,26 @@ def train(problems: Sequence[dict], *, steps: int, batch_size: int = 128, lr: fl
 
 
 def init_untrained(seed: int = 0, model: dict | None = None):
-  """(logits_fn, params) of a freshly initialised model (the untrained baseline)."""
+  """(logits_fn, params) of a freshly initialised model: the parameters `train` starts from
+  with the same seed and model (the untrained baseline)."""
   gd, params = M.init_model(model_config(**(model or {})), jax.random.key(seed))
   return M.make_logits_fn(gd), params
+
+
+@functools.lru_cache(maxsize=16)
+def _generator(logits_fn, rule: str, g_len: int):
+  """One compiled generator per (logits_fn, rule, G), reused across parameter sets."""
+  gcfg = G.GenConfig(rule=rule, gen_length=g_len, block_length=g_len, steps=g_len,
+                     remdm_number=1, mask_id=MASK, eos_id=EOS, eot_id=EOT, pad_id=PAD)
+  return G.make_generate(logits_fn, gcfg)
 
 
 def generate_answers(logits_fn, params, problems: Sequence[dict], rule: str, p_len: int,
                      g_len: int, seed: int = 0) -> list[str]:
   """One answer per problem from rule "llada" (official low-confidence, temperature 0),
   "llada_conf" or "remdm_llada" (r = 1): one block of G, G steps."""
-  gcfg = G.GenConfig(rule=rule, gen_length=g_len, block_length=g_len, steps=g_len,
-                     remdm_number=1, mask_id=MASK, eos_id=EOS, eot_id=EOT, pad_id=PAD)
   x, am = make_batch([{"input": p["input"]} for p in problems], p_len, g_len)
-  gen = G.make_generate(logits_fn, gcfg)
+  gen = _generator(logits_fn, rule, g_len)
   keys = jax.random.split(jax.random.key(seed), len(problems))
   out = np.asarray(gen(params, x[:, :p_len], am[:, :p_len], keys)[0])
   return [decode(o) for o in out]

@@ -79,8 +79,9 @@ def make_batch(problems: Sequence[dict], p_len: int, g_len: int):
 
 
 def model_config(**overrides) -> M.LLaDAConfig:
-  """The tiny float32 LLaDA used by the test (d=128, 4 heads, 3 layers, MLP 384, V=21)."""
-  kw = dict(d_model=128, n_heads=4, n_layers=3, mlp_hidden_size=384, vocab_size=VOCAB,
+  """The tiny float32 LLaDA of the slow test (d=96, 4 heads, 2 layers, MLP 256, V=21, absolute
+  positions, RoPE base 1e4); `overrides` replace any LLaDAConfig field."""
+  kw = dict(d_model=96, n_heads=4, n_layers=2, mlp_hidden_size=256, vocab_size=VOCAB,
             mask_token_id=MASK, eos_token_id=EOS, eot_token_id=EOT, pad_token_id=PAD,
             max_sequence_length=64, rope_theta=10000.0)
   kw.update(overrides)
@@ -117,7 +118,7 @@ def sft_loss(logits_fn, params, x, am, key, p_len: int, t_min: float = 1e-3,
   raise ValueError(f"weighting={weighting!r} must be 'elbo' or 'uniform'")
 
 
-def train(problems: Sequence[dict], *, steps: int, batch_size: int = 128, lr: float = 2e-3,
+def train(problems: Sequence[dict], *, steps: int, batch_size: int = 64, lr: float = 3e-3,
           warmup: int = 100, seed: int = 0, p_len: int | None = None,
           g_len: int | None = None, model: dict | None = None,
           callback: Callable[[int, Any, float], None] | None = None,
@@ -125,16 +126,20 @@ def train(problems: Sequence[dict], *, steps: int, batch_size: int = 128, lr: fl
   """Trains `model_config(**model)` for exactly `steps` AdamW steps (warmup + cosine decay to
   lr/20, weight decay 0.01) on minibatches drawn uniformly with replacement from `problems`
   (the draws and masks follow `seed`; deterministic for a seed on one backend).
-  `callback(step, params, loss)` runs after every `callback_every`-th step (0 = never)."""
+  `callback(step, params, loss)` runs after every `callback_every`-th step (0 = never).
+  The defaults are the slow test's settings. Raises ValueError on steps or batch_size < 1, an
+  unknown weighting, no problems, or a problem that does not fit the slots."""
   import optax
   if steps < 1 or batch_size < 1:
     raise ValueError(f"steps={steps} and batch_size={batch_size} must be >= 1")
+  if weighting not in ("elbo", "uniform"):
+    raise ValueError(f"weighting={weighting!r} must be 'elbo' or 'uniform'")
   P0, G0 = slot_lengths(problems)
   p_len, g_len = p_len or P0, g_len or G0
   cfg = model_config(**(model or {}))
   gd, params = M.init_model(cfg, jax.random.key(seed))
   f = M.make_logits_fn(gd)
-  sched = optax.warmup_cosine_decay_schedule(0.0, lr, min(warmup, steps), steps, lr / 20)
+  sched = optax.warmup_cosine_decay_schedule(0.0, lr, min(warmup, steps - 1), steps, lr / 20)
   opt = optax.adamw(sched, b2=0.99, weight_decay=0.01)
   opt_state = opt.init(params)
   data_x, data_am = (jnp.asarray(a) for a in make_batch(problems, p_len, g_len))

@@ -15,9 +15,10 @@ untrained model's pass@1 (the initial parameters) is reported too. Pass: pass@1 
 max(2 x random, random + 0.05) and > untrained + 0.05, for "llada" and "remdm_llada"
 ("llada_conf" is reported). Training: 4000 AdamW steps of batch 64 (d=96, 2 layers), by steps,
 so the run is deterministic on one backend.
-Measured on the shared 2-core box (load ~10): 4000 steps in ~258 s wall / 228 s CPU, whole test
-~285 s; seed 0: pass@1 llada 0.477, remdm_llada 0.404, llada_conf 0.370 (random 0.131,
-untrained 0.000); REMDM_CD_SEED=1: 0.538, 0.479, 0.471 (random 0.128, untrained 0.000).
+Measured on the shared 2-core box (load ~10): 4000 steps in 207-260 s wall / ~228 s CPU, whole
+test 222-288 s; seed 0: pass@1 llada 0.477, remdm_llada 0.404, llada_conf 0.370 (random 0.131,
+untrained 0.000; the same figures in three runs); REMDM_CD_SEED=1: 0.538, 0.479, 0.471 (random
+0.128); REMDM_CD_SEED=2: 0.500, 0.413, 0.397 (random 0.121); untrained 0.000 throughout.
 With REMDM_CD_STEPS=500 it fails (llada 0.026).
 Run: pytest -m slow tests/test_llm_countdown_train.py -s
 (REMDM_CD_STEPS overrides the steps, REMDM_CD_SEED shifts the data and training seeds)

@@ -71,6 +71,68 @@ def test_generated_problems_are_solvable_and_seeded():
     assert cd.score_answer(p, p["output"]), p
 
 
+def test_generator_defaults_unchanged_and_small_number_options():
+  # the first problems of seed 1 / 1000 as generated before max_number / ops existed
+  assert cd.generate_problems(3, seed=1) == [
+      {"input": "47,51,75,71", "output": "75-51=24,47+24=71"},
+      {"input": "4,15,82,268", "output": "82-15=67,67*4=268"},
+      {"input": "25,31,87,81", "output": "31-25=6,87-6=81"}]
+  assert cd.generate_problems(2, seed=1000, max_number=99, ops="+-*/") == [
+      {"input": "21,52,84,115", "output": "84-21=63,52+63=115"},
+      {"input": "82,47,21,56", "output": "82-47=35,21+35=56"}]
+  probs = cd.generate_problems(300, seed=3, max_number=9, ops="+-", max_target=20)
+  for p in probs:
+    a, b, c, t = map(int, p["input"].split(","))
+    assert 1 <= min(a, b, c) and max(a, b, c) <= 9 and 1 <= t <= 20
+    assert "*" not in p["output"] and "/" not in p["output"]
+    assert cd.score_answer(p, p["output"]), p
+  assert {len(p["input"].split(",")[0]) for p in probs} == {1}
+  for bad in ({"ops": "+x"}, {"ops": ""}, {"ops": "++"}, {"max_number": 0},
+              {"max_number": 2.5}, {"max_target": 0}):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+      cd.generate_problems(3, **bad)
+
+
+def _reference_expressions(nums, ops):
+  """Independent enumeration: (value, expression) for every ordered pair (i, j), op1, the
+  third number on either side, op2, with positive integer intermediate and result."""
+  import itertools
+  from fractions import Fraction
+  f = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y,
+       "/": lambda x, y: Fraction(x, y)}
+  out = set()
+  for i, j, k in itertools.permutations(range(3)):
+    for o1 in ops:
+      r = f[o1](nums[i], nums[j])
+      if r <= 0 or r != int(r):
+        continue
+      for o2 in ops:
+        for x, y in ((int(r), nums[k]), (nums[k], int(r))):
+          v = f[o2](x, y)
+          if v > 0 and v == int(v):
+            out.add((int(v), f"{nums[i]}{o1}{nums[j]}={int(r)},{x}{o2}{y}={int(v)}"))
+  return out
+
+
+@pytest.mark.parametrize("nums,ops", [((2, 3, 4), "+-*/"), ((6, 2, 3), "+-*/"), ((5, 5, 1), "+-"),
+                                      ((8, 4, 2), "*/"), ((7, 1, 9), "+-*")])
+def test_random_attempt_pass_rate_exact(nums, ops):
+  ref = _reference_expressions(nums, ops)
+  assert set(cd._solutions(nums, ops)) == ref
+  sols = cd._solutions(nums, ops)   # a list: the same string twice (e.g. 5+5 / 5+5) counts twice
+  for t in sorted({v for v, _ in ref}) + [10 ** 6]:
+    doc = {"input": f"{nums[0]},{nums[1]},{nums[2]},{t}"}
+    want = sum(v == t for v, _ in sols) / len(sols)
+    assert cd.random_attempt_pass_rate(doc, ops) == pytest.approx(want)
+    # every counted expression really solves the problem under the reference scorer
+    assert all(cd.score_answer(doc, e) for v, e in ref if v == t)
+  assert cd.random_attempt_pass_rate({"input": "1,1,1,3"}, "+") == 1.0
+  assert cd.random_attempt_pass_rate({"input": "1,1,1,2"}, "+") == 0.0
+  assert cd.random_attempt_pass_rate({"input": "1,1,1,1"}, "-") == 0.0  # no expression at all
+  with pytest.raises(ValueError, match="ops"):
+    cd.random_attempt_pass_rate({"input": "1,1,1,1"}, "^")
+
+
 def test_load_problems(tmp_path):
   f = tmp_path / "cd3.json"
   f.write_text(json.dumps([{"input": i, "output": o} for i, o in EXAMPLES]))

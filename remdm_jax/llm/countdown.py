@@ -132,45 +132,79 @@ def score_candidates(doc: dict, answers: Sequence[str]) -> dict:
   return {"correct": c, "n": n, "pass@1": pass_at_1(c, n), f"pass@{n}": float(c > 0)}
 
 
-def _solutions(nums: Sequence[int]) -> list[tuple[int, str]]:
-  """Every (target, solution) with two binary ops and positive integer values."""
+OPS = "+-*/"
+
+
+def _check_ops(ops: str) -> str:
+  if not isinstance(ops, str) or not ops or any(o not in OPS for o in ops) or (
+      len(set(ops)) != len(ops)):
+    raise ValueError(f"ops={ops!r} must be a non-empty string of distinct characters from {OPS!r}")
+  return ops
+
+
+def _solutions(nums: Sequence[int], ops: str = OPS) -> list[tuple[int, str]]:
+  """Every (target, solution) with two binary ops from `ops` and positive integer values (the
+  first op on an ordered pair of the numbers, the second between its result and the third
+  number, in either order). Raises ValueError on bad `ops`."""
+  _check_ops(ops)
   out = []
-  ops = (("+", operator.add), ("-", operator.sub), ("*", operator.mul), ("/", None))
+  fns = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 
   def apply(x, y, op):
     if op == "/":
       return x // y if y and x % y == 0 else None
-    return dict(ops)[op](x, y)
+    return fns[op](x, y)
 
   for i in range(3):
     for j in range(3):
       if i == j:
         continue
       k = 3 - i - j
-      for o1, _ in ops:
+      for o1 in OPS:
         r1 = apply(nums[i], nums[j], o1)
         if r1 is None or r1 <= 0:
           continue
         for x, y, first in ((r1, nums[k], True), (nums[k], r1, False)):
-          for o2, _ in ops:
+          for o2 in OPS:
             t = apply(x, y, o2)
-            if t is None or t <= 0:
+            if t is None or t <= 0 or o1 not in ops or o2 not in ops:
               continue
             out.append((t, f"{nums[i]}{o1}{nums[j]}={r1},{x}{o2}{y}={t}"))
   return out
 
 
-def generate_problems(n: int, seed: int = 0, max_target: int = 999) -> list[dict]:
-  """n cd3 problems, deterministic in `seed`: numbers uniform in 1..99; the target is that of a
-  uniformly chosen solution (two binary ops, positive integer intermediates, target <=
-  max_target); "output" holds that solution."""
+def random_attempt_pass_rate(problem: dict, ops: str = OPS) -> float:
+  """Exact probability that a uniformly chosen well-formed attempt solves `problem`: the
+  fraction of `_solutions(a, b, c, ops)` (every two-op expression over the three numbers with
+  positive integer values, chosen ignoring the target) whose value is the target. This is the
+  pass@1 of a "random" solver that knows the answer format and the arithmetic but not the
+  target; it is generous (it never writes a malformed or wrong equation). 0.0 when there is no
+  expression. Raises ValueError on a bad input string or `ops`."""
+  a, b, c, t = (int(v) for v in _split_input(problem))
+  sols = _solutions([a, b, c], ops)
+  return sum(s[0] == t for s in sols) / len(sols) if sols else 0.0
+
+
+def generate_problems(n: int, seed: int = 0, max_target: int = 999, max_number: int = 99,
+                      ops: str = OPS) -> list[dict]:
+  """n cd3 problems, deterministic in `seed`: numbers uniform in 1..max_number; the target is
+  that of a uniformly chosen solution (two binary ops from `ops`, positive integer
+  intermediates, target <= max_target); "output" holds that solution. The defaults (numbers
+  1..99, all four ops) give the same problems for a seed as before these options existed.
+  Raises ValueError on n < 0, max_number < 1, max_target < 1 or bad `ops`."""
   if n < 0:
     raise ValueError(f"n={n} must be >= 0")
+  if isinstance(max_number, bool) or not isinstance(max_number, (int, np.integer)) or (
+      max_number < 1):
+    raise ValueError(f"max_number={max_number!r} must be an int >= 1")
+  if not max_target >= 1:
+    raise ValueError(f"max_target={max_target!r} must be >= 1")
+  _check_ops(ops)
   rng = np.random.default_rng(seed)
   out = []
   while len(out) < n:
-    nums = [int(v) for v in rng.integers(1, 100, size=3)]
-    sols = [s for s in _solutions(nums) if s[0] <= max_target]
+    nums = [int(v) for v in rng.integers(1, max_number + 1, size=3)]
+    sols = [s for s in _solutions(nums, ops) if s[0] <= max_target]
     if not sols:
       continue
     t, expr = sols[int(rng.integers(len(sols)))]

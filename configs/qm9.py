@@ -25,7 +25,7 @@ Presets:
   uncond_cpu        an unconditional MDLM on the same data (no labels).
   udlm_cpu          the class-conditional UDLM baseline (uniform noise, SPEC_DOMAINS §M.7; same
                     trunk as cpu, cond dropout 0.1 for D-CFG), time-conditioned as the reference's
-                    QM9 UDLM (`time_conditioning=True`, unlike its MDLM); 3000 steps (shipped as
+                    QM9 UDLM (`time_conditioning=True`, unlike its MDLM); 2000 steps (shipped as
                     `qm9_udlm`, trained on 2 shared CPU cores; see its metadata.json for the step).
                     python train.py --config=configs/qm9.py:udlm_cpu --workdir=/tmp/qm9_udlm
   udlm_paper        the UDLM at the paper's size and optimisation (as paper). GPU.
@@ -65,7 +65,9 @@ def get_config(preset=None):
   if preset in ("udlm_cpu", "udlm_paper"):
     c.model.time_conditioning = True  # the reference's QM9 UDLM (its MDLM is not time-conditioned)
     c.loss.objective = "udlm"
-    c.train.num_steps = 3000
+    c.train.num_steps = 2000
+    c.train.eval_every = 500
+    c.checkpoint.save_every = 250
   if preset in ("paper", "udlm_paper"):
     c.model.update(hidden_size=768, num_heads=12, num_blocks=12, cond_dim=128, dropout=0.1,
                    compute_dtype="bfloat16")

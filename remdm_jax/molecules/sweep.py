@@ -21,7 +21,8 @@ UDLM (`--udlm_model`, default the shipped `qm9_udlm`): its own ancestral sampler
 D-CBG adds gamma * C of the same classifier (trained on masked x_t: a mismatch for uniform noise,
 see `molecules.sample`). AR (`--ar_model`, default the shipped `qm9_ar`): left-to-right sampling
 (`sampling.ar`), D-CFG = CFG on the next-token log-probs, D-CBG = FUDGE with the same classifier
-(all V candidates, exact; `--approx` does not apply). T does not apply to AR: it runs once per
+(all V candidates, exact: 31 * 35 classifier rows per sample, ~6 s per sample on 2 CPU cores, so
+a GPU job; `--approx` does not apply). T does not apply to AR: it runs once per
 (guidance, gamma) and its row is labelled T = L = 32.
 Points this tree cannot run (a missing default UDLM / AR model) are listed as skipped with the
 reason (CSV rows with `status`).

@@ -271,10 +271,10 @@ def sample_molecules(model: LoadedModel, sampler_cfg: SamplerConfig, *, num_samp
     nfe = sampler.nfe
   else:
     if sampler_cfg.strategy != "mdlm":
-      raise ValueError(f"strategy={sampler_cfg.strategy!r} is a masked-diffusion sampler; a "
-                       f"{kind} model uses its own ancestral sampler (strategy='mdlm')")
+      raise ValueError(f"strategy={sampler_cfg.strategy!r} is a masked-diffusion sampler; the "
+                       f"{kind.upper()} model uses its own ancestral sampler (strategy='mdlm')")
     if noise_removal:
-      raise ValueError(f"noise_removal applies to masked diffusion, not to a {kind} model")
+      raise ValueError(f"noise_removal applies to masked diffusion, not to the {kind.upper()} model")
     if kind == "udlm":
       sampler, params = _udlm_sampler(model, sampler_cfg.num_steps, guidance, label, batch_size,
                                       classifier)

@@ -62,15 +62,16 @@ def test_cfg_wiring_and_nfe(models, kind):
   assert st["nfe"] == n and st2["nfe"] == 2 * n
   if kind == "ar":
     assert np.all(plain1[:, 0] == 0)  # <bos> first, as the data
+  remdm = SamplerConfig(strategy="remdm_cap", num_steps=T, eta=0.1)
   with pytest.raises(ValueError, match="strategy"):
-    S.sample_molecules(model, SamplerConfig(strategy="remdm_cap", num_steps=T, eta=0.1),
-                       label=1, **kw)
+    S.sample_molecules(model, remdm, label=1, **kw)
   with pytest.raises(ValueError, match="noise_removal"):
     S.sample_molecules(model, cfg, label=1, noise_removal=True, **kw)
 
 
 def test_cbg_wiring(models):
-  """UDLM D-CBG (first order; exact in test_run_point_udlm_and_ar) and AR FUDGE (all V or top-k candidates)."""
+  """UDLM D-CBG (first order; exact in test_run_point_udlm_and_ar) and AR FUDGE (all V or top-k
+  candidates)."""
   cfg = SamplerConfig(strategy="mdlm", num_steps=2)
   kw = dict(num_samples=2, batch_size=2, seed=1, label=1, classifier=models["clf"])
   t, st = S.sample_molecules(models["udlm"], cfg, guidance=S.CBG(3.0, True), **kw)

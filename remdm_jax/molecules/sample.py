@@ -97,8 +97,8 @@ def load_qm9_model(path: Optional[str] = None, name: str = COND_MODEL) -> Loaded
 
 
 def model_kind(model: LoadedModel) -> str:
-  """"ar" (causal model), "udlm" (trained with objective "udlm": metadata train_config.loss
-  .objective, as `checkpoint.export_params` writes it) or "mdlm" (any other denoiser)."""
+  """"ar" (causal model), "udlm" (trained with objective "udlm": metadata
+  train_config.loss.objective, as `checkpoint.export_params` writes it) or "mdlm" (any other)."""
   if model.config.causal:
     return "ar"
   loss = ((model.metadata or {}).get("train_config") or {}).get("loss") or {}
@@ -274,7 +274,8 @@ def sample_molecules(model: LoadedModel, sampler_cfg: SamplerConfig, *, num_samp
       raise ValueError(f"strategy={sampler_cfg.strategy!r} is a masked-diffusion sampler; the "
                        f"{kind.upper()} model uses its own ancestral sampler (strategy='mdlm')")
     if noise_removal:
-      raise ValueError(f"noise_removal applies to masked diffusion, not to the {kind.upper()} model")
+      raise ValueError("noise_removal applies to masked diffusion, not to the "
+                       f"{kind.upper()} model")
     if kind == "udlm":
       sampler, params = _udlm_sampler(model, sampler_cfg.num_steps, guidance, label, batch_size,
                                       classifier)

@@ -69,6 +69,7 @@ def test_cfg_wiring_and_nfe(models, kind):
     S.sample_molecules(model, cfg, label=1, noise_removal=True, **kw)
 
 
+@pytest.mark.slow  # ~55 s on 2 loaded CPU cores (FUDGE scores 31 * 35 rows per sample)
 def test_cbg_wiring(models):
   """UDLM D-CBG (first order; exact in test_run_point_udlm_and_ar) and AR FUDGE (all V or top-k
   candidates)."""

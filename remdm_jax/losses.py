@@ -67,7 +67,7 @@ class LossConfig:
     num_classes: C; > 0 means labelled batches [B, L + 1] (module docstring); "classifier" needs
       C >= 2. Must equal the model's num_classes.
     cond_dropout: probability of replacing a label by the null class C in the conditional
-      mdlm / remdm / ar losses (the reference: 0.1).
+      mdlm / remdm / ar / udlm losses (the reference: 0.1).
   """
 
   objective: str = "mdlm"
@@ -457,6 +457,21 @@ def classifier_loss(apply_fn: ApplyFn, batch: jax.Array, key: jax.Array, cfg: Lo
                        t_mean=jnp.mean(t))
 
 
+def udlm_labelled_loss(apply_fn: ApplyFn, x: jax.Array, key: jax.Array, cfg: LossConfig):
+  """The "udlm" objective (`remdm_jax.uniform.udlm_loss`) with class labels handled like the
+  other objectives: with cfg.num_classes > 0 the batch is [B, L + 1], `split_labels` takes the
+  last column (condition dropout to the null class with `fold_in(key, 2)`) and the model is called
+  with `labels=` (the class-conditional UDLM of the QM9 D-CFG baseline, SPEC_DOMAINS §M.3/§M.7).
+  Returns (loss float32 scalar, aux) as `udlm_loss`."""
+  from remdm_jax.uniform import udlm_loss
+  _check_tokens(x)
+  x, label_kw = split_labels(x, key, cfg)
+  if label_kw:
+    apply_fn = functools.partial(apply_fn, **label_kw)
+  return udlm_loss(apply_fn, x, key, t_eps=cfg.t_eps, antithetic=cfg.antithetic,
+                   sigma_fn=cfg.noise_schedule.sigma)
+
+
 def loss_fn(cfg: LossConfig) -> Callable[[ApplyFn, jax.Array, jax.Array], tuple[jax.Array, Any]]:
   """The objective as `(apply_fn, x, key) -> (loss, aux)` for a uniform trainer (key unused by an
   unconditional ar)."""
@@ -465,8 +480,5 @@ def loss_fn(cfg: LossConfig) -> Callable[[ApplyFn, jax.Array, jax.Array], tuple[
   if cfg.objective == "classifier":
     return lambda apply_fn, x, key: classifier_loss(apply_fn, x, key, cfg)
   if cfg.objective == "udlm":
-    from remdm_jax.uniform import udlm_loss
-    return lambda apply_fn, x, key: udlm_loss(apply_fn, x, key, t_eps=cfg.t_eps,
-                                              antithetic=cfg.antithetic,
-                                              sigma_fn=cfg.noise_schedule.sigma)
+    return lambda apply_fn, x, key: udlm_labelled_loss(apply_fn, x, key, cfg)
   return lambda apply_fn, x, key: diffusion_loss(apply_fn, x, key, cfg)

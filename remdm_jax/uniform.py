@@ -36,7 +36,7 @@ import numpy as np
 from jax import lax
 
 from remdm_jax.sampling import draws
-from remdm_jax.sampling.guidance import CBGGuidance, _check_gamma, cfg_logits_pair
+from remdm_jax.sampling.guidance import CBGGuidance, _check_gamma, cfg_logits_pair, cfg_mix
 from remdm_jax.sampling.schedule import uniform_grid
 from remdm_jax.schedules import NoiseSchedule
 from remdm_jax.subs import NEG_INF
@@ -95,9 +95,8 @@ def cfg_log_posterior(lc_logits, lu_logits, z_t, alpha_t, alpha_s, gamma: float)
     return log_posterior(lu_logits, z_t, alpha_t, alpha_s)
   if g == 1.0:
     return log_posterior(lc_logits, z_t, alpha_t, alpha_s)
-  lqc = log_posterior(lc_logits, z_t, alpha_t, alpha_s)
-  lqu = log_posterior(lu_logits, z_t, alpha_t, alpha_s)
-  return jax.nn.log_softmax(g * lqc + (1.0 - g) * lqu, -1)
+  return cfg_mix(log_posterior(lc_logits, z_t, alpha_t, alpha_s),
+                 log_posterior(lu_logits, z_t, alpha_t, alpha_s), g)
 
 
 def nelbo_integrand(x_theta: jax.Array, x: jax.Array, z_t: jax.Array, alpha_t) -> jax.Array:

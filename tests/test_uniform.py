@@ -272,3 +272,42 @@ def test_udlm_sampler_bad_input():
     s({"model": None}, jax.random.PRNGKey(0), 2)
   with pytest.raises(ValueError, match="batch_size"):
     make_udlm_sampler(f, num_steps=2, seq_len=3)(None, jax.random.PRNGKey(0), 0)
+
+
+def test_udlm_objective_class_labels():
+  """With num_classes > 0 the "udlm" objective splits the label column (split_labels, condition
+  dropout to the null class with fold_in(key, 2)) and calls the model with labels= on [B, L]
+  tokens, like mdlm / ar. The old objective passed the [B, L + 1] batch (label as a token) and no
+  labels."""
+  C, L, B = 2, 4, 64
+  rng = np.random.default_rng(5)
+  table = jnp.asarray(rng.normal(size=(C + 1, L, N)), jnp.float32)
+  emb = jnp.asarray(rng.normal(size=(N, N)), jnp.float32)
+
+  def apply_fn(z, sigma, labels=None):
+    if labels is None:
+      raise ValueError("no labels")
+    return table[labels] + emb[z] + sigma[:, None, None]
+
+  x = rng.integers(0, N, size=(B, L))
+  y = rng.integers(0, C, size=(B,))
+  batch = jnp.asarray(np.concatenate([x, y[:, None]], 1), jnp.int32)
+  key = jax.random.PRNGKey(3)
+  for drop in (0.0, 0.5):
+    cfg = losses.LossConfig(objective="udlm", num_classes=C, cond_dropout=drop)
+    got, aux = jax.jit(lambda b, k: losses.loss_fn(cfg)(apply_fn, b, k))(batch, key)
+    # independent label draw: null class C where U(fold_in(key, 2)) < drop
+    u = np.asarray(jax.random.uniform(jax.random.fold_in(key, 2), (B,)))
+    want_y = np.where(u < drop, C, y) if drop > 0 else y
+    if drop > 0:
+      assert 0 < np.sum(want_y == C) < B
+    want, _ = udlm_loss(lambda z, s: apply_fn(z, s, labels=jnp.asarray(want_y, jnp.int32)),
+                        jnp.asarray(x, jnp.int32), key, sigma_fn=cfg.noise_schedule.sigma)
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+    # the labels matter: a different label column gives a different loss
+    other = batch.at[:, -1].set(1 - batch[:, -1])
+    got2, _ = losses.loss_fn(cfg)(apply_fn, other, key)
+    assert abs(float(got2) - float(got)) > 1e-3
+  with pytest.raises(ValueError, match=r"\[B, L \+ 1\]"):
+    losses.loss_fn(losses.LossConfig(objective="udlm", num_classes=C))(
+        apply_fn, batch[:, :1], key)

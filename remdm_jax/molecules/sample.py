@@ -8,6 +8,21 @@
   python -m remdm_jax.molecules.sample --guidance=cbg --gamma=2 --num_samples=2 --steps=8
       # D-CBG, exact: L * V = 1120 classifier rows per sample per step; ~25 s for this on 2 CPU
       # cores, several minutes for 16 samples at T = 32 (use --approx or a GPU for more)
+  python -m remdm_jax.molecules.sample --model=udlm --guidance=cfg --gamma=2   # UDLM baseline
+  python -m remdm_jax.molecules.sample --model=ar --guidance=cbg --gamma=2 --top_k=8
+      # AR + FUDGE: (L - 1) * V = 1085 classifier rows per sample (all candidates; measured
+      # ~6 s per sample on 2 loaded CPU cores), --top_k=8 scores 248
+
+`--model` is a checkpoint folder or one of the shipped names mdlm (qm9_cond_mdlm, default), udlm
+(qm9_udlm) and ar (qm9_ar). The kind of a checkpoint (`model_kind`) picks the sampler: mdlm ->
+`sampling.make_sampler` (any strategy), udlm -> `uniform.make_udlm_sampler` (SPEC_DOMAINS §M.7;
+D-CFG mixes the two log posteriors, D-CBG adds gamma * C over all values), ar ->
+`sampling.ar.make_ar_sampler` (left to right from <bos>; D-CFG = CFG on the next-token log-probs,
+D-CBG = FUDGE: the shipped noisy classifier scores the prefix + candidate with the suffix masked,
+all V = 35 candidates or the LM's `--top_k`). `--steps` does not apply to ar (L - 1 = 31 passes).
+UDLM D-CBG uses the same shipped classifier, which was trained on absorbing (masked) x_t, not on
+uniform-noised x_t as the reference's UDLM classifier: a mismatch (no uniform-noise classifier
+ships).
 
 No final noise-removal step by default (SPEC_DOMAINS §M.4, as the QM9 guidance reference; rows
 with a leftover mask decode as invalid); `--noise_removal` adds it.
@@ -48,6 +63,9 @@ from remdm_jax.sampling import guidance as G
 
 COND_MODEL = "qm9_cond_mdlm"
 CLASSIFIER_MODEL = "qm9_classifier"
+UDLM_MODEL = "qm9_udlm"
+AR_MODEL = "qm9_ar"
+SHIPPED = {"mdlm": COND_MODEL, "udlm": UDLM_MODEL, "ar": AR_MODEL}  # --model short names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,14 +82,67 @@ class CBG:
 
 
 def shipped_path(name: str) -> str:
-  if name not in (COND_MODEL, CLASSIFIER_MODEL):
-    raise ValueError(f"QM9 model name={name!r} is not one of {(COND_MODEL, CLASSIFIER_MODEL)}")
+  names = (COND_MODEL, CLASSIFIER_MODEL, UDLM_MODEL, AR_MODEL)
+  if name not in names:
+    raise ValueError(f"QM9 model name={name!r} is not one of {names}")
   return os.path.join(ASSETS_DIR, name)
 
 
 def load_qm9_model(path: Optional[str] = None, name: str = COND_MODEL) -> LoadedModel:
-  """A shipped (or given) QM9 checkpoint with the SMILES tokenizer, float32 compute."""
+  """A shipped (or given) QM9 checkpoint with the SMILES tokenizer, float32 compute. `path` may
+  also be a short name of `SHIPPED` (mdlm, udlm, ar)."""
+  if path in SHIPPED:
+    path = shipped_path(SHIPPED[path])
   return load_model(path or shipped_path(name), tokenizer="smiles", compute_dtype="float32")
+
+
+def model_kind(model: LoadedModel) -> str:
+  """"ar" (causal model), "udlm" (trained with objective "udlm": metadata
+  train_config.loss.objective, as `checkpoint.export_params` writes it) or "mdlm" (any other)."""
+  if model.config.causal:
+    return "ar"
+  loss = ((model.metadata or {}).get("train_config") or {}).get("loss") or {}
+  return "udlm" if loss.get("objective") == "udlm" else "mdlm"
+
+
+def _check_conditional(model: LoadedModel) -> int:
+  """The null class of a class-conditional LM (else ValueError)."""
+  cfgm = model.config
+  if cfgm.num_classes < 1 or cfgm.head != "lm":
+    raise ValueError(f"{model.path}: not a class-conditional model (num_classes="
+                     f"{cfgm.num_classes}, head={cfgm.head!r})")
+  return cfgm.num_classes
+
+
+def _check_request(model: LoadedModel, guidance, label: Optional[int]) -> tuple[int, int]:
+  """(null class, fixed label = label or the null class) after checking model / label /
+  guidance / gamma; ValueError otherwise."""
+  null = _check_conditional(model)
+  if label is not None and (isinstance(label, bool) or not 0 <= int(label) < null):
+    raise ValueError(f"label={label!r} must be None (null class) or in [0, {null})")
+  fixed = null if label is None else int(label)
+  if guidance is None:
+    return null, fixed
+  if not isinstance(guidance, (CFG, CBG)):
+    raise ValueError(f"guidance={guidance!r} must be None, CFG(gamma) or CBG(gamma, approx)")
+  if label is None:
+    raise ValueError("guidance needs a target label (not the null class)")
+  gamma = guidance.gamma
+  if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not np.isfinite(gamma) \
+      or gamma < 0:
+    raise ValueError(f"gamma={gamma!r} must be a finite number >= 0")
+  return null, fixed
+
+
+def _check_classifier(classifier: Optional[LoadedModel], model: LoadedModel, fixed: int):
+  if classifier is None:
+    raise ValueError("CBG guidance needs a classifier model (--classifier / shipped "
+                     f"{CLASSIFIER_MODEL})")
+  ccfg, cfgm = classifier.config, model.config
+  if ccfg.head != "classifier" or ccfg.vocab_size != cfgm.vocab_size or fixed >= ccfg.num_classes:
+    raise ValueError(f"{classifier.path}: not a classifier for this model (head={ccfg.head!r}, "
+                     f"vocab_size={ccfg.vocab_size} vs {cfgm.vocab_size}, num_classes="
+                     f"{ccfg.num_classes}, label={fixed})")
 
 
 def guided_denoise(model: LoadedModel, guidance, label: Optional[int], batch_size: int,
@@ -88,58 +159,101 @@ def guided_denoise(model: LoadedModel, guidance, label: Optional[int], batch_siz
   (`dit.make_classifier_fn` embeds them as x @ E).
   Raises ValueError for a bad model / label / gamma / missing classifier.
   """
-  cfgm = model.config
-  if cfgm.num_classes < 1 or cfgm.head != "lm":
-    raise ValueError(f"{model.path}: not a class-conditional model (num_classes="
-                     f"{cfgm.num_classes}, head={cfgm.head!r})")
-  null = cfgm.num_classes
-  if label is not None and (isinstance(label, bool) or not 0 <= int(label) < null):
-    raise ValueError(f"label={label!r} must be None (null class) or in [0, {null})")
+  null, fixed = _check_request(model, guidance, label)
   cond = dit.make_cond_denoise_fn(model.graphdef)
-  params = {"model": dit.cast_for_compute(model.params, cfgm)}
-  fixed = null if label is None else int(label)
+  params = {"model": dit.cast_for_compute(model.params, model.config)}
   if guidance is None:
     params["labels"] = jnp.full((batch_size,), fixed, jnp.int32)
     return (lambda p, z, t: cond(p["model"], z, t, p["labels"])), params, {}
-  if not isinstance(guidance, (CFG, CBG)):
-    raise ValueError(f"guidance={guidance!r} must be None, CFG(gamma) or CBG(gamma, approx)")
-  if label is None:
-    raise ValueError("guidance needs a target label (not the null class)")
-  gamma = guidance.gamma
-  if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not np.isfinite(gamma) \
-      or gamma < 0:
-    raise ValueError(f"gamma={gamma!r} must be a finite number >= 0")
+  gamma = float(guidance.gamma)
   if isinstance(guidance, CFG):
     params["labels"] = jnp.full((batch_size,), fixed, jnp.int32)
-    return G.cfg_denoise_fn(cond, float(gamma), null, mask_id=int(model.mask_id)), params, {}
-  if classifier is None:
-    raise ValueError("CBG guidance needs a classifier model (--classifier / shipped "
-                     f"{CLASSIFIER_MODEL})")
-  ccfg = classifier.config
-  if ccfg.head != "classifier" or ccfg.vocab_size != cfgm.vocab_size or fixed >= ccfg.num_classes:
-    raise ValueError(f"{classifier.path}: not a classifier for this model (head={ccfg.head!r}, "
-                     f"vocab_size={ccfg.vocab_size} vs {cfgm.vocab_size}, num_classes="
-                     f"{ccfg.num_classes}, label={fixed})")
+    return G.cfg_denoise_fn(cond, gamma, null, mask_id=int(model.mask_id)), params, {}
+  _check_classifier(classifier, model, fixed)
   inner = {"model": params["model"], "labels": jnp.full((batch_size,), null, jnp.int32)}
-  cbg = G.CBGGuidance(dit.make_classifier_fn(classifier.graphdef), float(gamma), fixed,
+  cbg = G.CBGGuidance(dit.make_classifier_fn(classifier.graphdef), gamma, fixed,
                       approx=bool(guidance.approx))
   return ((lambda p, z, t: cond(p["model"], z, t, p["labels"])),
           {"model": inner, "classifier": classifier.params}, {"guidance": cbg})
 
 
+def _udlm_sampler(model: LoadedModel, num_steps: int, guidance, label, batch_size, classifier):
+  """(UDLMSampler, params) for the class-conditional UDLM (SPEC_DOMAINS §M.7): None = the fixed
+  label (or null class); CFG = `uniform.CFGGuidance` (mix of the two log posteriors; params
+  {"model", "labels"}); CBG = `guidance.CBGGuidance` on the null-class denoiser (params
+  {"model": {"model", "labels"}, "classifier"})."""
+  from remdm_jax import uniform as U
+  null, fixed = _check_request(model, guidance, label)
+  cond = dit.make_cond_denoise_fn(model.graphdef)  # sigma = loglinear sigma(t), as udlm_loss
+  mp = dit.cast_for_compute(model.params, model.config)
+  plain = lambda p, z, t: cond(p["model"], z, t, p["labels"])
+  kw = dict(num_steps=num_steps, seq_len=model.seq_len)
+  if isinstance(guidance, CFG):
+    g = U.CFGGuidance(cond, float(guidance.gamma), null)
+    return U.make_udlm_sampler(None, guidance=g, **kw), {
+        "model": mp, "labels": jnp.full((batch_size,), fixed, jnp.int32)}
+  if isinstance(guidance, CBG):
+    _check_classifier(classifier, model, fixed)
+    g = G.CBGGuidance(dit.make_classifier_fn(classifier.graphdef), float(guidance.gamma), fixed,
+                      approx=bool(guidance.approx))
+    inner = {"model": mp, "labels": jnp.full((batch_size,), null, jnp.int32)}
+    return U.make_udlm_sampler(plain, guidance=g, **kw), {"model": inner,
+                                                          "classifier": classifier.params}
+  return U.make_udlm_sampler(plain, **kw), {"model": mp,
+                                            "labels": jnp.full((batch_size,), fixed, jnp.int32)}
+
+
+def _ar_sampler(model: LoadedModel, guidance, label, batch_size, classifier,
+                top_k: Optional[int] = None, temperature: float = 1.0):
+  """(ARSampler, params) for the class-conditional AR model: None = the fixed label (or null
+  class); CFG = `sampling.ar.ARCFG`; CBG = FUDGE (`sampling.ar.FUDGEGuidance`) on the null-class
+  model with the noisy classifier (int token rows, suffix masked; CBG.approx does not apply)."""
+  from remdm_jax.sampling import ar as AR
+  null, fixed = _check_request(model, guidance, label)
+  if isinstance(guidance, CBG) and guidance.approx:
+    raise ValueError("FUDGE (D-CBG of the AR model) is exact over the candidates; approx=True "
+                     "does not apply (use top_k to score fewer candidates)")
+  apply = dit.make_apply_fn(model.graphdef)
+  mp = dit.cast_for_compute(model.params, model.config)
+
+  def cond_logits(p, z, y):
+    return apply(p, z, jnp.zeros((z.shape[0],), jnp.float32), labels=jnp.asarray(y, jnp.int32))
+
+  plain = lambda p, z: cond_logits(p["model"], z, p["labels"])
+  kw = dict(seq_len=model.seq_len, bos_id=int(model.tokenizer.bos_id), temperature=temperature)
+  if isinstance(guidance, CFG):
+    g = AR.ARCFG(cond_logits, float(guidance.gamma), null)
+    return AR.make_ar_sampler(None, guidance=g, **kw), {
+        "model": mp, "labels": jnp.full((batch_size,), fixed, jnp.int32)}
+  if isinstance(guidance, CBG):
+    _check_classifier(classifier, model, fixed)
+    g = AR.FUDGEGuidance(dit.make_classifier_fn(classifier.graphdef), float(guidance.gamma),
+                         fixed, int(model.mask_id), top_k=top_k)
+    inner = {"model": mp, "labels": jnp.full((batch_size,), null, jnp.int32)}
+    return AR.make_ar_sampler(plain, guidance=g, **kw), {"model": inner,
+                                                         "classifier": classifier.params}
+  return AR.make_ar_sampler(plain, **kw), {"model": mp,
+                                           "labels": jnp.full((batch_size,), fixed, jnp.int32)}
+
+
 def sample_molecules(model: LoadedModel, sampler_cfg: SamplerConfig, *, num_samples: int,
                      batch_size: int = 64, seed: int = 1, label: Optional[int] = 1,
                      guidance=None, classifier: Optional[LoadedModel] = None,
-                     noise_removal: bool = False,
+                     noise_removal: bool = False, top_k: Optional[int] = None,
                      progress: bool = False) -> tuple[np.ndarray, dict]:
   """Draws `num_samples` token rows int32 [N, 32] (batch b uses fold_in(PRNGKey(seed), b)).
 
   noise_removal: False (the molecules default) stops after the last grid step with no final
   argmax step, as the QM9 guidance reference does (SPEC_DOMAINS §M.4); a row that still holds a
   mask token then decodes to an invalid SMILES. True adds the SPEC §4.5 final step (one more NFE).
-  Returns (tokens, stats) with stats nfe (static denoiser calls per batch; a D-CFG call with
-  gamma not in {0, 1} runs 2B model rows), classifier_nfe (D-CBG: classifier rows per sample),
-  seconds. Decode with `SmilesTokenizer().decode_batch(tokens)`, score with
+  The model's kind (`model_kind`) picks the sampler: mdlm -> `make_sampler(sampler_cfg)`; udlm
+  -> `uniform.make_udlm_sampler` with T = sampler_cfg.num_steps; ar -> `sampling.ar`
+  (sampler_cfg.num_steps unused; D-CBG = FUDGE, `top_k` candidates or all V). udlm / ar need
+  strategy "mdlm" and noise_removal=False (ValueError otherwise).
+  Returns (tokens, stats) with stats nfe (mdlm: static denoiser calls per batch, a D-CFG call with
+  gamma not in {0, 1} runs 2B model rows; udlm / ar: model rows per sample, i.e. 2T / 2(L - 1)
+  for D-CFG with gamma not in {0, 1}), classifier_nfe (D-CBG / FUDGE: classifier rows per
+  sample), seconds. Decode with `SmilesTokenizer().decode_batch(tokens)`, score with
   `metrics.evaluate_samples`.
   """
   if not isinstance(num_samples, int) or num_samples < 1:
@@ -147,11 +261,28 @@ def sample_molecules(model: LoadedModel, sampler_cfg: SamplerConfig, *, num_samp
   if not isinstance(batch_size, int) or batch_size < 1:
     raise ValueError(f"batch_size={batch_size!r} must be an int >= 1")
   batch_size = min(batch_size, num_samples)
-  if not model.config.time_conditioning and not sampler_cfg.time_independent:
-    sampler_cfg = sampler_cfg.replace(time_independent=True)
-  denoise, params, kwargs = guided_denoise(model, guidance, label, batch_size, classifier)
-  sampler = make_sampler(denoise, sampler_cfg, seq_len=model.seq_len, mask_id=model.mask_id,
-                         noise_removal=bool(noise_removal), **kwargs)
+  kind = model_kind(model)
+  if kind == "mdlm":
+    if not model.config.time_conditioning and not sampler_cfg.time_independent:
+      sampler_cfg = sampler_cfg.replace(time_independent=True)
+    denoise, params, kwargs = guided_denoise(model, guidance, label, batch_size, classifier)
+    sampler = make_sampler(denoise, sampler_cfg, seq_len=model.seq_len, mask_id=model.mask_id,
+                           noise_removal=bool(noise_removal), **kwargs)
+    nfe = sampler.nfe
+  else:
+    if sampler_cfg.strategy != "mdlm":
+      raise ValueError(f"strategy={sampler_cfg.strategy!r} is a masked-diffusion sampler; the "
+                       f"{kind.upper()} model uses its own ancestral sampler (strategy='mdlm')")
+    if noise_removal:
+      raise ValueError("noise_removal applies to masked diffusion, not to the "
+                       f"{kind.upper()} model")
+    if kind == "udlm":
+      sampler, params = _udlm_sampler(model, sampler_cfg.num_steps, guidance, label, batch_size,
+                                      classifier)
+      nfe = sampler.nfe
+    else:
+      sampler, params = _ar_sampler(model, guidance, label, batch_size, classifier, top_k)
+      nfe = sampler.model_rows
   root = jax.random.PRNGKey(seed)
   n_batches = -(-num_samples // batch_size)
   out = []
@@ -167,14 +298,15 @@ def sample_molecules(model: LoadedModel, sampler_cfg: SamplerConfig, *, num_samp
   if progress:
     print(file=sys.stderr)
   tokens = np.concatenate(out)[:num_samples]
-  return tokens, {"nfe": sampler.nfe, "classifier_nfe": int(info.get("classifier_nfe", 0)),
+  return tokens, {"nfe": nfe, "classifier_nfe": int(info.get("classifier_nfe", 0)),
                   "seconds": time.perf_counter() - start}
 
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m remdm_jax.molecules.sample",
                               description=__doc__.split("\n\n")[0])
-  p.add_argument("--model", default=None, help="checkpoint dir (default: shipped qm9_cond_mdlm)")
+  p.add_argument("--model", default=None,
+                 help="checkpoint dir or a shipped name: mdlm (default), udlm, ar")
   p.add_argument("--classifier", default=None, help="classifier dir (default: shipped)")
   p.add_argument("--num_samples", type=int, default=16)
   p.add_argument("--batch_size", type=int, default=64)
@@ -187,6 +319,8 @@ def main(argv=None) -> int:
   p.add_argument("--approx", action="store_true", help="first-order D-CBG (with --guidance=cbg)")
   p.add_argument("--noise_removal", action="store_true",
                  help="add the final argmax step (off by default: SPEC_DOMAINS §M.4)")
+  p.add_argument("--top_k", type=int, default=None,
+                 help="ar + cbg (FUDGE): score only the LM's top-k next tokens (default: all)")
   p.add_argument("--seed", type=int, default=1)
   a = p.parse_args(argv)
   try:
@@ -204,7 +338,7 @@ def main(argv=None) -> int:
     tokens, stats = sample_molecules(model, cfg, num_samples=a.num_samples,
                                      batch_size=a.batch_size, seed=a.seed, label=label,
                                      guidance=guidance, classifier=clf,
-                                     noise_removal=a.noise_removal)
+                                     noise_removal=a.noise_removal, top_k=a.top_k)
   except (ValueError, FileNotFoundError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -18,10 +18,19 @@ D-CFG: `guidance.cfg_denoise_fn` (gamma = 1 is the conditional model alone, one 
 D-CBG: `guidance.CBGGuidance` with the shipped classifier, exact (L * V = 1120 classifier rows per
 sample per step) unless `--approx` (first order: 1 forward + 1 backward). No final noise-removal
 step (SPEC_DOMAINS §M.4, `sample_molecules(noise_removal=False)`).
-Points this tree cannot run are listed as skipped with the reason (CSV rows with `status`):
-UDLM and AR have no shipped QM9 model yet.
-All calls into the guidance API are in `remdm_jax.molecules.sample.guided_denoise`; `run_point`
-is the only function that knows the methods.
+UDLM (`--udlm_model`, default the shipped `qm9_udlm`): its own ancestral sampler
+(`uniform.make_udlm_sampler`, SPEC_DOMAINS §M.7) at each T; D-CFG mixes the two log posteriors,
+D-CBG adds gamma * C of the same classifier (trained on masked x_t: a mismatch for uniform noise,
+see `molecules.sample`). AR (`--ar_model`, default the shipped `qm9_ar`): left-to-right sampling
+(`sampling.ar`), D-CFG = CFG on the next-token log-probs, D-CBG = FUDGE with the same classifier
+(all V candidates, exact: 31 * 35 classifier rows per sample, ~6 s per sample on 2 CPU cores, so
+a GPU job; `--approx` does not apply). T does not apply to AR: it runs once per
+(guidance, gamma) and its row is labelled T = L = 32.
+Points this tree cannot run (a missing default UDLM / AR model) are listed as skipped with the
+reason (CSV rows with `status`).
+All calls into the guidance API are in `remdm_jax.molecules.sample` (`guided_denoise` and the
+UDLM / AR sampler set-ups behind `sample_molecules`); `run_point` is the only function that knows
+the methods.
 """
 from __future__ import annotations
 
@@ -52,33 +61,43 @@ class Unavailable(Exception):
   """A grid point this tree cannot run (missing model / guidance kernels)."""
 
 
-def unavailable_reason(method: str, guidance: str, gamma: float) -> Optional[str]:
-  """Why this tree cannot run a grid point, or None if it can."""
+MODEL_KEYS = {"MDLM": "model", "ReMDM": "model", "UDLM": "udlm_model", "AR": "ar_model"}
+
+
+def unavailable_reason(ctx: dict, method: str, guidance: str, gamma: float) -> Optional[str]:
+  """Why this tree cannot run a grid point (its model is not loaded: `ctx[<key>]` holds the reason
+  string instead of a model), or None if it can."""
   del guidance, gamma
-  if method in ("UDLM", "AR"):
-    return f"no shipped QM9 {method} model (train one; not wired into this sweep yet)"
-  return None
+  m = ctx.get(MODEL_KEYS[method])
+  return m if isinstance(m, str) else (f"no {method} model" if m is None else None)
 
 
 def run_point(ctx: dict, method: str, guidance: str, gamma: float, T: int) -> dict:
-  """Samples and scores one grid point; raises `Unavailable` with the reason."""
+  """Samples and scores one grid point; raises `Unavailable` with the reason.
+
+  ctx: model / udlm_model / ar_model (LoadedModel, or a reason string when unavailable),
+  classifier (for D-CBG), reference (set of QM9 SMILES), num_samples, batch_size, seed, property,
+  canonical, approx, remdm_strategy, eta. T is unused for AR (one left-to-right pass)."""
   from remdm_jax.molecules import metrics
   from remdm_jax.molecules.sample import CBG, CFG, sample_molecules
-  reason = unavailable_reason(method, guidance, gamma)
+  reason = unavailable_reason(ctx, method, guidance, gamma)
   if reason:
     raise Unavailable(reason)
+  model = ctx[MODEL_KEYS[method]]
   if guidance == "D-CFG" and gamma == 1:
     g = None  # gamma = 1: the conditional model alone (one call per step)
-  else:
-    g = CFG(gamma) if guidance == "D-CFG" else CBG(gamma, approx=ctx["approx"])
-  if method == "MDLM":
-    cfg = SamplerConfig(strategy="mdlm", num_steps=T)
-  else:
+  elif guidance == "D-CFG":
+    g = CFG(gamma)
+  else:  # FUDGE (AR) is exact over the candidates
+    g = CBG(gamma, approx=ctx["approx"] and method != "AR")
+  if method == "ReMDM":
     cfg = SamplerConfig(strategy=ctx["remdm_strategy"], num_steps=T, eta=ctx["eta"])
-  tokens, stats = sample_molecules(ctx["model"], cfg, num_samples=ctx["num_samples"],
+  else:
+    cfg = SamplerConfig(strategy="mdlm", num_steps=T)
+  tokens, stats = sample_molecules(model, cfg, num_samples=ctx["num_samples"],
                                    batch_size=ctx["batch_size"], seed=ctx["seed"], label=1,
                                    guidance=g, classifier=ctx.get("classifier"))
-  smiles = ctx["model"].tokenizer.decode_batch(tokens)
+  smiles = model.tokenizer.decode_batch(tokens)
   m = metrics.evaluate_samples(smiles, ctx["reference"], properties=(ctx["property"],),
                                canonical=ctx["canonical"])
   p = ctx["property"]
@@ -86,6 +105,25 @@ def run_point(ctx: dict, method: str, guidance: str, gamma: float, T: int) -> di
               novel_mean=m[f"{p}_novel_mean"], novel_q25=m[f"{p}_novel_q25"],
               novel_median=m[f"{p}_novel_median"], novel_q75=m[f"{p}_novel_q75"],
               nfe=stats["nfe"], seconds=stats["seconds"])
+
+
+def grid_points(methods, guidances, gammas, steps, ar_len: int = 32) -> list[tuple]:
+  """(method, guidance, gamma, T) of the sweep; AR once per (guidance, gamma), with T = ar_len."""
+  out = []
+  for method, guidance, gamma in itertools.product(methods, guidances, gammas):
+    out += [(method, guidance, gamma, T) for T in ([ar_len] if method == "AR" else steps)]
+  return out
+
+
+def _load_optional(path: Optional[str], name: str, kind: str):
+  """A LoadedModel of the right kind; the shipped default may be missing (-> a reason string)."""
+  from remdm_jax.molecules.sample import load_qm9_model, model_kind, shipped_path
+  if path is None and not os.path.exists(shipped_path(name)):
+    return f"no shipped QM9 {name} model (train one and pass its path)"
+  m = load_qm9_model(path, name)
+  if model_kind(m) != kind:
+    raise ValueError(f"{m.path} is a {model_kind(m)} model, not a {kind} model")
+  return m
 
 
 def write_csv(path: str, rows) -> None:
@@ -172,7 +210,9 @@ def main(argv=None) -> int:
   p.add_argument("--eta", type=float, default=None)
   p.add_argument("--approx", action="store_true", help="first-order D-CBG")
   p.add_argument("--canonical", action="store_true", help="canonicalise before novelty")
-  p.add_argument("--model", default=None)
+  p.add_argument("--model", default=None, help="MDLM / ReMDM model (default: qm9_cond_mdlm)")
+  p.add_argument("--udlm_model", default=None, help="UDLM model (default: shipped qm9_udlm)")
+  p.add_argument("--ar_model", default=None, help="AR model (default: shipped qm9_ar)")
   p.add_argument("--classifier", default=None)
   p.add_argument("--fresh", action="store_true",
                  help="ignore an existing <out_dir>/qm9_sweep.csv (default: resume from it)")
@@ -199,17 +239,24 @@ def main(argv=None) -> int:
       raise ValueError("--num_samples and --batch_size must be >= 1")
     SamplerConfig(strategy=a.remdm_strategy, num_steps=steps[0], eta=a.eta)  # validate early
     from remdm_jax.molecules.data import load_qm9
-    from remdm_jax.molecules.sample import CLASSIFIER_MODEL, load_qm9_model
-    ctx = dict(model=load_qm9_model(a.model), reference=load_qm9().smiles_set(),
+    from remdm_jax.molecules.sample import (AR_MODEL, CLASSIFIER_MODEL, UDLM_MODEL,
+                                            load_qm9_model)
+    ctx = dict(reference=load_qm9().smiles_set(),
                num_samples=a.num_samples, batch_size=a.batch_size, seed=a.seed,
                property=a.property, canonical=a.canonical, approx=a.approx,
                remdm_strategy=a.remdm_strategy, eta=a.eta)
+    if {"MDLM", "ReMDM"} & set(methods):
+      ctx["model"] = load_qm9_model(a.model)
+    if "UDLM" in methods:
+      ctx["udlm_model"] = _load_optional(a.udlm_model, UDLM_MODEL, "udlm")
+    if "AR" in methods:
+      ctx["ar_model"] = _load_optional(a.ar_model, AR_MODEL, "ar")
     if "D-CBG" in guidances:
       ctx["classifier"] = load_qm9_model(a.classifier, CLASSIFIER_MODEL)
   except (ValueError, FileNotFoundError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  grid = list(itertools.product(methods, guidances, gammas, steps))
+  grid = grid_points(methods, guidances, gammas, steps)
   csv_path = os.path.join(a.out_dir, "qm9_sweep.csv")
   done = {} if a.fresh else read_csv(csv_path)
   rows, start, ran = [], time.perf_counter(), 0
@@ -234,7 +281,7 @@ def main(argv=None) -> int:
     rows.append(row)
     write_csv(csv_path, rows + list(done.values()))
     el = time.perf_counter() - start
-    left = sum(1 for g in grid[i + 1:] if unavailable_reason(g[0], g[1], g[2]) is None)
+    left = sum(1 for g in grid[i + 1:] if unavailable_reason(ctx, g[0], g[1], g[2]) is None)
     eta = el / max(ran, 1) * left
     print(f"[{i + 1}/{len(grid)}] {method} {guidance} gamma={gamma:g} T={T}: {msg} | "
           f"{el:.0f}s elapsed, ETA {eta:.0f}s", file=sys.stderr, flush=True)

@@ -9,12 +9,15 @@ Public API:
   CBGGuidance, cfg_denoise_fn, cfg_log_probs, cfg_model_calls, classifier_term   (guidance)
   select_top_n, ranked_commit                             (ranked: confidence-ranked commits)
   make_semi_ar_sampler, semi_ar_sample                    (semi_ar: MDLM semi-AR long sequences)
+  make_ar_sampler, ARCFG, FUDGEGuidance                   (ar: causal-model ancestral sampling)
+  cfg_mix                                                 (guidance: the D-CFG log-prob mix)
 The float64 test oracle `transition_probs` lives in `remdm_jax.sampling.reference` (not exported).
 """
+from remdm_jax.sampling.ar import ARCFG, FUDGEGuidance, make_ar_sampler
 from remdm_jax.sampling.conf import conf_sigma, conf_weights
 from remdm_jax.sampling.config import PRESETS, STRATEGIES, SamplerConfig
 from remdm_jax.sampling.guidance import (CBGGuidance, cfg_denoise_fn, cfg_log_probs,
-                                         cfg_model_calls, classifier_term)
+                                         cfg_mix, cfg_model_calls, classifier_term)
 from remdm_jax.sampling.nucleus import nucleus_filter
 from remdm_jax.sampling.ranked import ranked_commit, select_top_n
 from remdm_jax.sampling.sampler import (KernelSpec, Sampler, final_step, make_sampler,
@@ -28,5 +31,6 @@ __all__ = [
     "KernelSpec", "Sampler", "final_step", "make_sampler", "transition_sample", "StepSchedule",
     "dfm_grid", "expected_unmask_buffer", "step_schedule", "uniform_grid", "CBGGuidance",
     "cfg_denoise_fn", "cfg_log_probs", "cfg_model_calls", "classifier_term", "select_top_n",
-    "ranked_commit", "make_semi_ar_sampler", "semi_ar_sample",
+    "ranked_commit", "make_semi_ar_sampler", "semi_ar_sample", "make_ar_sampler", "ARCFG",
+    "FUDGEGuidance", "cfg_mix",
 ]

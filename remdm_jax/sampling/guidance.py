@@ -66,6 +66,31 @@ def cfg_model_calls(gamma: float) -> int:
   return 1 if g in (0.0, 1.0) else 2
 
 
+def cfg_mix(lc: jax.Array, lu: jax.Array, gamma: float) -> jax.Array:
+  """The D-CFG mix of two log-distributions over the last axis (SPEC_DOMAINS §M.4 D-CFG step 2),
+  the one home of the formula (MDLM x_theta, UDLM posteriors, AR next-token distributions):
+
+    log_softmax(gamma * lc + (1 - gamma) * lu)
+
+  Entries that are log 0 (<= NEG_INF) in both stay exactly NEG_INF. gamma = 0 / 1 return
+  log_softmax(lu) / log_softmax(lc) (the other argument may be None).
+
+  Args: lc, lu: [..., V] conditional / null-class log-probs (or logits; any float dtype, computed
+    in float32 at least). gamma: a Python float (static).
+  Returns: [..., V] normalised log-probs (float32, float64 for float64 input).
+  """
+  g = _check_gamma(gamma, "cfg_mix")
+  if g in (0.0, 1.0):
+    one = lu if g == 0.0 else lc
+    return jax.nn.log_softmax(one.astype(jnp.promote_types(one.dtype, jnp.float32)), axis=-1)
+  dt = jnp.promote_types(jnp.promote_types(lc.dtype, lu.dtype), jnp.float32)
+  lc, lu = lc.astype(dt), lu.astype(dt)
+  mixed = jax.nn.log_softmax(g * lc + (1.0 - g) * lu, axis=-1)
+  # Entries that are log 0 in both stay log 0 (NEG_INF, not -gamma * 1e9 + ... rounding).
+  dead = (lc <= NEG_INF) & (lu <= NEG_INF)
+  return jnp.where(dead, jnp.asarray(NEG_INF, mixed.dtype), mixed)
+
+
 def cfg_log_probs(lc_logits: jax.Array, lu_logits: jax.Array, tokens: jax.Array, gamma: float,
                   mask_id: int) -> jax.Array:
   """Guided log x_theta of D-CFG (SPEC_DOMAINS §M.4 D-CFG steps 1-2).
@@ -84,12 +109,8 @@ def cfg_log_probs(lc_logits: jax.Array, lu_logits: jax.Array, tokens: jax.Array,
     return subs_log_probs(lu_logits, tokens, mask_id)
   if g == 1.0:
     return subs_log_probs(lc_logits, tokens, mask_id)
-  lc = subs_log_probs(lc_logits, tokens, mask_id)
-  lu = subs_log_probs(lu_logits, tokens, mask_id)
-  mixed = jax.nn.log_softmax(g * lc + (1.0 - g) * lu, axis=-1)
-  # Entries that are log 0 in both stay log 0 (NEG_INF, not -gamma * 1e9 + ... rounding).
-  dead = (lc <= NEG_INF) & (lu <= NEG_INF)
-  return jnp.where(dead, jnp.asarray(NEG_INF, mixed.dtype), mixed)
+  return cfg_mix(subs_log_probs(lc_logits, tokens, mask_id),
+                 subs_log_probs(lu_logits, tokens, mask_id), g)
 
 
 def cfg_logits_pair(cond_denoise_fn: CondDenoiseFn, model_params, tokens, t, labels, null_label,

@@ -94,9 +94,11 @@ def run_point(ctx: dict, method: str, guidance: str, gamma: float, T: int) -> di
     cfg = SamplerConfig(strategy=ctx["remdm_strategy"], num_steps=T, eta=ctx["eta"])
   else:
     cfg = SamplerConfig(strategy="mdlm", num_steps=T)
+  top_k = ctx.get("fudge_top_k") if method == "AR" and guidance == "D-CBG" else None
   tokens, stats = sample_molecules(model, cfg, num_samples=ctx["num_samples"],
                                    batch_size=ctx["batch_size"], seed=ctx["seed"], label=1,
-                                   guidance=g, classifier=ctx.get("classifier"))
+                                   guidance=g, classifier=ctx.get("classifier"),
+                                   **({"top_k": top_k} if top_k else {}))
   smiles = model.tokenizer.decode_batch(tokens)
   m = metrics.evaluate_samples(smiles, ctx["reference"], properties=(ctx["property"],),
                                canonical=ctx["canonical"])
@@ -214,6 +216,9 @@ def main(argv=None) -> int:
   p.add_argument("--udlm_model", default=None, help="UDLM model (default: shipped qm9_udlm)")
   p.add_argument("--ar_model", default=None, help="AR model (default: shipped qm9_ar)")
   p.add_argument("--classifier", default=None)
+  p.add_argument("--fudge_top_k", type=int, default=None,
+                 help="AR + D-CBG (FUDGE): classifier-score only the LM's top-k next tokens "
+                      "(default: all V = 35, i.e. 31 * 35 classifier rows per sample)")
   p.add_argument("--fresh", action="store_true",
                  help="ignore an existing <out_dir>/qm9_sweep.csv (default: resume from it)")
   a = p.parse_args(argv)
@@ -237,6 +242,8 @@ def main(argv=None) -> int:
       raise ValueError(f"--steps={a.steps!r} must be integers >= 1")
     if a.num_samples < 1 or a.batch_size < 1:
       raise ValueError("--num_samples and --batch_size must be >= 1")
+    if a.fudge_top_k is not None and not 1 <= a.fudge_top_k <= 35:
+      raise ValueError(f"--fudge_top_k={a.fudge_top_k} must lie in [1, V = 35]")
     SamplerConfig(strategy=a.remdm_strategy, num_steps=steps[0], eta=a.eta)  # validate early
     from remdm_jax.molecules.data import load_qm9
     from remdm_jax.molecules.sample import (AR_MODEL, CLASSIFIER_MODEL, UDLM_MODEL,
@@ -244,7 +251,7 @@ def main(argv=None) -> int:
     ctx = dict(reference=load_qm9().smiles_set(),
                num_samples=a.num_samples, batch_size=a.batch_size, seed=a.seed,
                property=a.property, canonical=a.canonical, approx=a.approx,
-               remdm_strategy=a.remdm_strategy, eta=a.eta)
+               remdm_strategy=a.remdm_strategy, eta=a.eta, fudge_top_k=a.fudge_top_k)
     if {"MDLM", "ReMDM"} & set(methods):
       ctx["model"] = load_qm9_model(a.model)
     if "UDLM" in methods:

@@ -110,7 +110,7 @@ def test_cfg_sampling_wiring(model):
   np.testing.assert_array_equal(cfg1, plain1)
   np.testing.assert_array_equal(cfg0, plain0)
   cfg2, st = S.sample_molecules(model, cfg, label=1, guidance=S.CFG(2.0), **kw)
-  assert cfg2.shape == (4, 32) and st["nfe"] == 4 and not np.array_equal(cfg2, plain1)
+  assert cfg2.shape == (4, 32) and st["nfe"] == 8 and not np.array_equal(cfg2, plain1)
 
 
 @pytest.mark.parametrize("approx", [True, False])
@@ -151,7 +151,7 @@ def test_sweep_points_csv_and_plot(model, tmp_path):
   with pytest.raises(sweep.Unavailable, match="UDLM"):
     sweep.run_point(ctx, "UDLM", "D-CFG", 1.0, 8)
   r2 = sweep.run_point(ctx, "MDLM", "D-CFG", 2.0, 8)
-  assert r2["num_samples"] == 8 and r2["nfe"] == 8
+  assert r2["num_samples"] == 8 and r2["nfe"] == 16  # 2B rows per step
   rows = [dict(method="MDLM", guidance="D-CFG", gamma=g, T=32, status="ok", kept=True,
                num_novel=100 * g, novel_mean=1.0 + g) for g in (1, 2)]
   rows.append(dict(method="AR", guidance="D-CBG", gamma=1, T=32, status="skipped: x", kept=False))

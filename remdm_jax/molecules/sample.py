@@ -250,9 +250,9 @@ def sample_molecules(model: LoadedModel, sampler_cfg: SamplerConfig, *, num_samp
   -> `uniform.make_udlm_sampler` with T = sampler_cfg.num_steps; ar -> `sampling.ar`
   (sampler_cfg.num_steps unused; D-CBG = FUDGE, `top_k` candidates or all V). udlm / ar need
   strategy "mdlm" and noise_removal=False (ValueError otherwise).
-  Returns (tokens, stats) with stats nfe (mdlm: static denoiser calls per batch, a D-CFG call with
-  gamma not in {0, 1} runs 2B model rows; udlm / ar: model rows per sample, i.e. 2T / 2(L - 1)
-  for D-CFG with gamma not in {0, 1}), classifier_nfe (D-CBG / FUDGE: classifier rows per
+  Returns (tokens, stats) with stats nfe (model rows per sample, SPEC_DOMAINS §M.8: T steps
+  for mdlm / udlm, L - 1 = 31 positions for ar, twice that for D-CFG with gamma not in {0, 1},
+  which runs the conditional and the null-class rows in one 2B-row call), classifier_nfe (D-CBG / FUDGE: classifier rows per
   sample), seconds. Decode with `SmilesTokenizer().decode_batch(tokens)`, score with
   `metrics.evaluate_samples`.
   """
@@ -268,7 +268,7 @@ def sample_molecules(model: LoadedModel, sampler_cfg: SamplerConfig, *, num_samp
     denoise, params, kwargs = guided_denoise(model, guidance, label, batch_size, classifier)
     sampler = make_sampler(denoise, sampler_cfg, seq_len=model.seq_len, mask_id=model.mask_id,
                            noise_removal=bool(noise_removal), **kwargs)
-    nfe = sampler.nfe
+    nfe = sampler.nfe * (G.cfg_model_calls(guidance.gamma) if isinstance(guidance, CFG) else 1)
   else:
     if sampler_cfg.strategy != "mdlm":
       raise ValueError(f"strategy={sampler_cfg.strategy!r} is a masked-diffusion sampler; the "

@@ -14,6 +14,21 @@ import tempfile
 TMP_PREFIX = ".tmp-"
 
 
+def _umask() -> int:
+  """The process umask, read without changing it where possible (Linux /proc; os.umask would
+  briefly set it process-wide, racing other threads' file creation)."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError, IndexError):
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
 def _pid_alive(pid: int) -> bool:
   if pid == os.getpid():
     return True
@@ -49,7 +64,8 @@ def atomic_open(path: str, mode: str = "w", **kwargs):
   """`with atomic_open(path, "wb") as f: ...` writes `path` atomically; creates its folder.
 
   On any exception (KeyboardInterrupt included) the temp file is removed and `path` is untouched.
-  Stale temp files of `path` from killed processes are removed first.
+  Stale temp files of `path` from killed processes are removed first. The file gets the mode an
+  ordinary `open` would give it (0o666 minus the umask; `mkstemp` alone makes it 0o600).
   """
   path = os.path.abspath(os.fspath(path))
   folder = os.path.dirname(path)
@@ -62,6 +78,7 @@ def atomic_open(path: str, mode: str = "w", **kwargs):
   try:
     with os.fdopen(fd, mode, **kwargs) as f:
       yield f
+    os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
   except BaseException:
     with contextlib.suppress(FileNotFoundError):

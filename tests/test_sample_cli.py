@@ -257,3 +257,19 @@ def test_sweep_checks_before_sampling(ckpts, tmp_path, extra, needle):
   lines = r.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("sweep: error: ") and needle in lines[0], r.stderr
   assert not out.exists()
+
+
+def test_atomic_open_gives_the_umask_mode(tmp_path):
+  """Files written atomically get 0o666 minus the umask, as open() would (mkstemp alone: 0o600)."""
+  from remdm_jax.fileio import atomic_open
+  old = os.umask(0o022)
+  try:
+    with atomic_open(str(tmp_path / "a.txt"), "w") as f:
+      f.write("x")
+    assert os.stat(tmp_path / "a.txt").st_mode & 0o777 == 0o644
+    os.umask(0o077)
+    with atomic_open(str(tmp_path / "b.txt"), "w") as f:
+      f.write("x")
+    assert os.stat(tmp_path / "b.txt").st_mode & 0o777 == 0o600
+  finally:
+    os.umask(old)

@@ -327,8 +327,6 @@ def save_classifier(path: str, params: dict, metadata: dict) -> str:
     np.savez(f, **{k: np.asarray(v) for k, v in params.items()})
   with atomic_open(os.path.join(path, "metadata.json"), "w") as f:
     json.dump(metadata, f, indent=2, sort_keys=True)
-  for name in ("params.npz", "metadata.json"):
-    os.chmod(os.path.join(path, name), 0o644)
   return path
 
 
@@ -427,7 +425,6 @@ def save_grid_png(path: str, pixels, ncol: int = 10, titles=None, scale: int = 4
     canvas[r * cell + 1:r * cell + 1 + 8 * scale, c * cell + 1:c * cell + 1 + 8 * scale] = img
   with atomic_open(path, "wb") as f:
     Image.fromarray(canvas).save(f, format="PNG")
-  os.chmod(path, 0o644)
   return path
 
 

@@ -101,7 +101,6 @@ def plot(rows, path):
   plt.close(fig)
   with atomic_open(path, "wb") as f:
     f.write(buf.getvalue())
-  os.chmod(path, 0o644)
 
 
 def write_csv(rows, path):
@@ -110,7 +109,6 @@ def write_csv(rows, path):
     w.writeheader()
     for r in rows:
       w.writerow({k: (f"{r[k]:.4f}" if isinstance(r[k], float) else r[k]) for k in FIELDS})
-  os.chmod(path, 0o644)
 
 
 def main(argv=None) -> int:
@@ -184,7 +182,6 @@ def main(argv=None) -> int:
   with atomic_open(os.path.join(args.out, "digits_sweep.json"), "w") as fh:
     json.dump({"samples": n, "seed": args.seed, "seconds": round(time.time() - t_start, 1),
                "device": str(jax.devices()[0].platform)}, fh, indent=2)
-  os.chmod(os.path.join(args.out, "digits_sweep.json"), 0o644)
   print(json.dumps({"out": args.out, "cells": len(cells),
                     "seconds": round(time.time() - t_start, 1)}))
   return 0

@@ -171,3 +171,25 @@ def test_sweep_points_csv_and_plot(model, tmp_path):
   assert os.path.getsize(out) > 1000
   assert sweep.main(["--out_dir", str(tmp_path), "--methods", "GPT"]) == 2
   assert sweep.main(["--out_dir", str(tmp_path), "--gammas", "-1"]) == 2
+  for bad in (["--gammas", "x"], ["--steps", "a"], ["--methods", ","],
+              ["--methods", "MDLM", "--fudge_top_k", "4"], ["--fudge_top_k", "0"]):
+    assert sweep.main(["--out_dir", str(tmp_path)] + bad) == 2, bad
+  (tmp_path / "file").write_text("x")
+  assert sweep.main(["--out_dir", str(tmp_path / "file")]) == 2  # not a folder: one line, no work
+
+
+def test_sweep_point_settings_tell_runs_apart(model):
+  """A resumed sweep reuses a CSV point only if its settings string matches (ReMDM eta and
+  strategy, exact / first-order D-CBG, FUDGE top-k, the model)."""
+  ctx = dict(model=model, ar_model=model, remdm_strategy="remdm_cap", eta=None, approx=True,
+             fudge_top_k=None)
+  base = sweep.point_settings(ctx, "ReMDM", "D-CBG")
+  assert "remdm_cap" in base and "first-order" in base
+  assert sweep.point_settings(dict(ctx, eta=0.5), "ReMDM", "D-CBG") != base
+  assert sweep.point_settings(dict(ctx, approx=False), "ReMDM", "D-CBG") != base
+  assert sweep.point_settings(dict(ctx, remdm_strategy="remdm_rescale"), "ReMDM", "D-CBG") != base
+  assert sweep.point_settings(ctx, "MDLM", "D-CBG") != base
+  f_all = sweep.point_settings(ctx, "AR", "D-CBG")
+  assert sweep.point_settings(dict(ctx, fudge_top_k=4), "AR", "D-CBG") != f_all
+  assert sweep.point_settings(ctx, "MDLM", "D-CFG") == sweep.point_settings(
+      dict(ctx, eta=0.5, approx=False), "MDLM", "D-CFG")  # irrelevant knobs do not matter

@@ -10,8 +10,9 @@ than `--min_novel` (50) novel samples are dropped from the plot (kept in the CSV
 Writes `<out_dir>/qm9_sweep.csv` (after every point, atomically) and `<out_dir>/qm9_pareto.png`:
 novel-sample mean property vs number of novel samples, one panel per guidance, one line per
 method. Progress and ETA go to stderr. An existing CSV in out_dir is resumed: points already
-there (status ok, same --num_samples) are not rerun, and earlier points outside the requested
-grid stay in the CSV and the plot (`--fresh` starts over). `--quick`: gamma in {1, 2, 3}, T = 32, MDLM / ReMDM,
+there (status ok, same seed, --num_samples and `settings` - model, ReMDM strategy and eta, exact /
+first-order D-CBG, FUDGE top-k) are not rerun, and earlier points outside the requested grid stay
+in the CSV and, if they have this run's --num_samples, in the plot (`--fresh` starts over). `--quick`: gamma in {1, 2, 3}, T = 32, MDLM / ReMDM,
 D-CFG and D-CBG, 256 samples.
 
 D-CFG: `guidance.cfg_denoise_fn` (gamma = 1 is the conditional model alone, one call per step);
@@ -46,12 +47,13 @@ from typing import Optional
 
 import numpy as np
 
-from remdm_jax.fileio import atomic_open
+from remdm_jax.fileio import atomic_open, check_output_path
 from remdm_jax.sampling import SamplerConfig
 
 METHODS = ("MDLM", "ReMDM", "UDLM", "AR")
 GUIDANCES = ("D-CFG", "D-CBG")
-FIELDS = ("method", "guidance", "gamma", "T", "status", "kept", "num_samples", "num_valid",
+FIELDS = ("method", "guidance", "gamma", "T", "settings", "seed", "status", "kept", "num_samples",
+          "num_valid",
           "num_unique", "num_novel", "valid_frac", "unique_frac", "novel_frac",
           "property", "valid_mean", "valid_median", "novel_mean", "novel_q25", "novel_median",
           "novel_q75", "nfe", "seconds")
@@ -70,6 +72,24 @@ def unavailable_reason(ctx: dict, method: str, guidance: str, gamma: float) -> O
   del guidance, gamma
   m = ctx.get(MODEL_KEYS[method])
   return m if isinstance(m, str) else (f"no {method} model" if m is None else None)
+
+
+def point_settings(ctx: dict, method: str, guidance: str) -> str:
+  """What else defines a point's samples besides (method, guidance, gamma, T, seed, num_samples):
+  the model, the ReMDM strategy and its eta, exact / first-order D-CBG or FUDGE's top-k. Stored in
+  the CSV; a resumed sweep reuses a point only when this string (and seed, num_samples) match."""
+  m = ctx.get(MODEL_KEYS[method])
+  parts = [os.path.basename(os.path.normpath(m.path)) if hasattr(m, "path") else str(m)]
+  if method == "ReMDM":
+    cfg = SamplerConfig(strategy=ctx["remdm_strategy"], num_steps=1, eta=ctx["eta"])
+    parts.append(f"{cfg.strategy} eta={cfg.eta:g}")
+  if guidance == "D-CBG":
+    if method == "AR":
+      k = ctx.get("fudge_top_k")
+      parts.append(f"fudge top_k={k if k else 'all'}")
+    else:
+      parts.append("cbg " + ("first-order" if ctx["approx"] else "exact"))
+  return "; ".join(parts)
 
 
 def run_point(ctx: dict, method: str, guidance: str, gamma: float, T: int) -> dict:
@@ -128,6 +148,15 @@ def _load_optional(path: Optional[str], name: str, kind: str):
   return m
 
 
+def _numbers(text: str, kind, flag: str) -> list:
+  """A comma-separated list of numbers; ValueError naming the flag otherwise."""
+  try:
+    return [kind(x) for x in text.split(",") if x.strip()]
+  except ValueError:
+    raise ValueError(f"{flag}={text!r} must be a comma-separated list of "
+                     f"{'integers' if kind is int else 'numbers'}") from None
+
+
 def write_csv(path: str, rows) -> None:
   buf = io.StringIO()
   w = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore")
@@ -153,13 +182,13 @@ def read_csv(path: str) -> dict:
     for r in csv.DictReader(f):
       row = {}
       for k, v in r.items():
-        if k in ("method", "guidance", "status", "property") or v in ("", None):
+        if k in ("method", "guidance", "status", "property", "settings") or v in ("", None):
           row[k] = v
         elif k == "kept":
           row[k] = v == "True"
         else:
           fv = float(v)
-          row[k] = int(fv) if k.startswith("num_") or k in ("T", "nfe") else fv
+          row[k] = int(fv) if k.startswith("num_") or k in ("T", "nfe", "seed") else fv
       out[point_key(row)] = row
   return out
 
@@ -228,8 +257,12 @@ def main(argv=None) -> int:
       a.num_samples = min(a.num_samples, 256)
     methods = [m for m in a.methods.split(",") if m]
     guidances = [g for g in a.guidances.split(",") if g]
-    gammas = [float(x) for x in a.gammas.split(",") if x]
-    steps = [int(x) for x in a.steps.split(",") if x]
+    gammas = _numbers(a.gammas, float, "--gammas")
+    steps = _numbers(a.steps, int, "--steps")
+    for flag, vals in (("--methods", methods), ("--guidances", guidances), ("--gammas", gammas),
+                       ("--steps", steps)):
+      if not vals:
+        raise ValueError(f"{flag} is empty: the grid has no points")
     for m in methods:
       if m not in METHODS:
         raise ValueError(f"--methods entry {m!r} is not one of {METHODS}")
@@ -244,6 +277,10 @@ def main(argv=None) -> int:
       raise ValueError("--num_samples and --batch_size must be >= 1")
     if a.fudge_top_k is not None and not 1 <= a.fudge_top_k <= 35:
       raise ValueError(f"--fudge_top_k={a.fudge_top_k} must lie in [1, V = 35]")
+    if a.fudge_top_k is not None and not ("AR" in methods and "D-CBG" in guidances):
+      raise ValueError("--fudge_top_k applies to AR with D-CBG (FUDGE), which is not in the grid")
+    csv_path = check_output_path(os.path.join(a.out_dir, "qm9_sweep.csv"), overwrite=True,
+                                 flag="--out_dir")
     SamplerConfig(strategy=a.remdm_strategy, num_steps=steps[0], eta=a.eta)  # validate early
     from remdm_jax.molecules.data import load_qm9
     from remdm_jax.molecules.sample import (AR_MODEL, CLASSIFIER_MODEL, UDLM_MODEL,
@@ -264,18 +301,23 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   grid = grid_points(methods, guidances, gammas, steps)
-  csv_path = os.path.join(a.out_dir, "qm9_sweep.csv")
   done = {} if a.fresh else read_csv(csv_path)
   rows, start, ran = [], time.perf_counter(), 0
   for i, (method, guidance, gamma, T) in enumerate(grid):
-    base = dict(method=method, guidance=guidance, gamma=gamma, T=T, property=a.property)
+    base = dict(method=method, guidance=guidance, gamma=gamma, T=T, property=a.property,
+                settings=point_settings(ctx, method, guidance), seed=a.seed)
     old = done.pop(point_key(base), None)
-    if old is not None and old["status"] == "ok" and old["num_samples"] == a.num_samples:
+    if old is not None and old["status"] == "ok" and all(
+        old.get(k) == v for k, v in (("num_samples", a.num_samples), ("seed", a.seed),
+                                     ("settings", base["settings"]))):
       old["kept"] = old["num_novel"] >= a.min_novel
       rows.append(old)
       print(f"[{i + 1}/{len(grid)}] {method} {guidance} gamma={gamma:g} T={T}: from {csv_path}",
             file=sys.stderr, flush=True)
       continue
+    if old is not None and old["status"] == "ok":
+      print(f"[{i + 1}/{len(grid)}] {method} {guidance} gamma={gamma:g} T={T}: the CSV's point "
+            "has other settings / seed / num_samples; rerunning it", file=sys.stderr, flush=True)
     try:
       res = run_point(ctx, method, guidance, gamma, T)
       ran += 1
@@ -294,9 +336,13 @@ def main(argv=None) -> int:
           f"{el:.0f}s elapsed, ETA {eta:.0f}s", file=sys.stderr, flush=True)
   rows += list(done.values())  # earlier points outside this grid stay in the CSV and the plot
   write_csv(csv_path, rows)
-  if any(r.get("kept") for r in rows):
-    plot_pareto(rows, os.path.join(a.out_dir, "qm9_pareto.png"), a.property)
   print(f"wrote {csv_path} ({ran} of {len(grid)} points run)")
+  plotted = [r for r in rows if r.get("num_samples") == a.num_samples]
+  if any(r.get("kept") for r in plotted):
+    print(f"wrote {plot_pareto(plotted, os.path.join(a.out_dir, 'qm9_pareto.png'), a.property)}")
+  else:
+    print(f"no plot: every point has fewer than --min_novel={a.min_novel} novel samples",
+          file=sys.stderr)
   return 0
 
 

@@ -192,8 +192,8 @@ def run(argv) -> int:
   print(f"model: {model.path} ({model.config.vocab_size} vocab, L={model.seq_len}, tokenizer "
         f"{model.tokenizer.name}); sampler: {cfg.strategy}, T={cfg.num_steps}, top_p={cfg.top_p}, "
         f"eta={cfg.eta}, precision={cfg.precision}"
-        + (f"; semi-AR: {semi['num_strides']} strides of {semi['stride_length']} -> "
-           f"{semi['length']} tokens" if semi else ""), file=sys.stderr)
+        + (f"; semi-AR: {_plural(semi['num_strides'], 'stride')} of {semi['stride_length']} "
+           f"-> {semi['length']} tokens" if semi else ""), file=sys.stderr)
 
   # 3. Sample, write, then score.
   tokens, stats = generation.generate(model, cfg, num_samples=FLAGS.num_samples,
@@ -223,6 +223,22 @@ def run(argv) -> int:
   return 0
 
 
+def _plural(n: int, word: str) -> str:
+  return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _parse_flags(argv):
+  """absl flag parsing with the documented one-line error (exit 2) instead of absl's FATAL
+  message and exit 1 (e.g. --num_strides=abc, an unknown flag)."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    text = str(e).strip()
+    print(f"sample.py: error: {text.splitlines()[0] if text else type(e).__name__}",
+          file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
   try:
@@ -235,4 +251,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

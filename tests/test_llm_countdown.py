@@ -218,3 +218,24 @@ def test_countdown_eval_command(tmp_path):
   assert countdown_eval.main(common[:-1] + [f"--out_dir={out2}", "--sampler=remdm_llada",
                                             "--steps=4"]) == 2
   assert not os.path.exists(out2)
+
+
+def test_generator_rejects_unsolvable_settings_and_bad_n_seed():
+  # these looped forever: no triple in 1..max_number reaches a target <= max_target
+  with pytest.raises(ValueError, match="max_number=1"):
+    cd.generate_problems(2, ops="-", max_number=1)
+  with pytest.raises(ValueError, match="max_target=1"):
+    cd.generate_problems(1, max_target=1, ops="+")
+  with pytest.raises(ValueError, match="max_target=2"):
+    cd.generate_problems(1, max_target=2, max_number=6, ops="+")
+  # the smallest solvable settings still generate (1+1+1=3; 3-1-1=1)
+  assert cd.generate_problems(2, max_target=3, max_number=2, ops="+")[0]["input"].endswith(",3")
+  for p in cd.generate_problems(5, ops="-", max_number=3, seed=4):
+    assert cd.score_answer(p, p["output"]), p
+  assert cd.generate_problems(0, ops="-", max_number=1) == []
+  with pytest.raises(ValueError, match="n=2.5"):
+    cd.generate_problems(2.5)
+  with pytest.raises(ValueError, match="n=True"):
+    cd.generate_problems(True)
+  with pytest.raises(ValueError, match="seed=-1"):
+    cd.generate_problems(2, seed=-1)

@@ -78,6 +78,26 @@ def test_guided_denoise_errors(model, classifier):
   assert S.main(["--approx", "--guidance=cfg", "--num_samples", "2"]) == 2
 
 
+@pytest.mark.parametrize("args,needle", [
+    (["--label=abc"], "error: --label='abc' must be 0, 1 or none"),
+    (["--gamma=3"], "error: --gamma=3 needs --guidance=cfg, cbg or cbg_approx"),
+    (["--top_k=4"], "error: --top_k=4 applies only to --model=ar with --guidance=cbg"),
+    (["--top_k=4", "--guidance=cbg"], "error: --top_k=4 applies only to the AR model"),
+    (["--model=ar", "--steps=8"], "error: --steps=8 does not apply to the AR model"),
+    (["--model=ar", "--steps=32"], "error: --steps=32 does not apply to the AR model"),
+    (["--model=ar", "--eta=0.1"], "error: --eta=0.1 does not apply to the AR model"),
+    (["--model=ar", "--strategy=remdm_cap"], "error: --strategy=remdm_cap does not apply"),
+    (["--model=ar", "--guidance=cbg", "--top_k=36"], "error: --top_k=36 must be in [1, V = 35]"),
+    (["--model=ar", "--guidance=cbg", "--top_k=0"], "error: --top_k=0 must be in [1, V = 35]"),
+])
+def test_cli_rejects_ignored_or_bad_flags_in_one_line(capsys, args, needle):
+  """Flags that the chosen sampler would silently ignore, and a bad --label, are one-line errors
+  with exit status 2 before any sampling (the shipped models; nothing is drawn)."""
+  assert S.main(args + ["--num_samples=1"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith(needle), err
+
+
 def test_classifier_one_hot_input_matches_tokens(model, classifier):
   """dit.py's float [B, L, V] input path (x @ E) equals the int-token path, for both heads."""
   toks = jax.random.randint(jax.random.PRNGKey(0), (3, 32), 0, 35, dtype=np.int32)

@@ -75,6 +75,16 @@ def test_sample_py_end_to_end(ckpts, tmp_path):
   assert "entropy:" in r.stdout and "gen_ppl:" in r.stdout
 
 
+def test_semi_ar_cli_summary_is_pluralised(ckpts, tmp_path):
+  out = tmp_path / "semi.jsonl"
+  r = _run([f"--checkpoint={ckpts['mdlm']}", "--scorer=none", "--num_samples=1", "--batch_size=1",
+            "--steps=2", "--preset=mdlm", "--num_strides=1", "--stride_length=4",
+            f"--output={out}", "--show=0", "--noprogress"], tmp_path)
+  assert r.returncode == 0, r.stderr
+  assert "semi-AR: 1 stride of 4 -> 20 tokens" in r.stderr, r.stderr
+  assert len(json.loads(out.read_text().splitlines()[0])["tokens"]) == 20
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--checkpoint=/nonexistent/ckpt"], "/nonexistent/ckpt"),
     (["--num_samples=0"], "num_samples"),
@@ -92,6 +102,7 @@ def test_sample_py_end_to_end(ckpts, tmp_path):
     (["--checkpoint=V300", "--tokenizer=ids", "--mask_id=300"], "mask_id=300 must lie in"),
     (["--scorer=MDLM"], "is not an autoregressive (causal) model"),
     (["--tokenizer=TMP/missing.json"], "tokenizer file not found"),
+    (["--num_strides=abc"], "--num_strides=abc"),  # absl flag-parse errors too (not FATAL, 1)
 ])
 def test_sample_py_bad_input_is_one_clear_line(ckpts, tmp_path, args, needle):
   """Each bad input: exit 2, one `sample.py: error:` line naming it, before any sampling."""

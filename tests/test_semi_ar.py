@@ -217,6 +217,9 @@ def test_bad_arguments_raise_before_work():
                      (dict(num_strides=1.5, stride_length=2), "num_strides=1.5")]:
     with pytest.raises(ValueError, match=needle.replace(".", r"\.")):
       make_semi_ar_sampler(smp, **kw)
+  for not_a_sampler in (markov_denoiser, smp.core):
+    with pytest.raises(ValueError, match="needs a `Sampler` from `make_sampler`"):
+      make_semi_ar_sampler(not_a_sampler, num_strides=1, stride_length=2)
   semi = make_semi_ar_sampler(smp, num_strides=1, stride_length=2)
   with pytest.raises(ValueError, match="must be \\[B, seq_len=8\\]"):
     semi(PARAMS, jax.random.key(0), prompt=np.zeros((2, L + 1), np.int32))

@@ -185,28 +185,61 @@ def random_attempt_pass_rate(problem: dict, ops: str = OPS) -> float:
   return sum(s[0] == t for s in sols) / len(sols) if sols else 0.0
 
 
+_SMALL_NUMBERS = 12
+_MAX_CONSECUTIVE_MISSES = 10_000_000
+
+
+def _any_solvable(max_number: int, max_target, ops: str) -> bool:
+  """Whether some triple in 1..max_number has a solution with target <= max_target under `ops`,
+  by enumerating the distinct sorted triples in 1..min(max_number, 12) (`_solutions` is symmetric
+  in the order of the numbers). Exact for every max_number: the triples in 1..12 already reach
+  target 1 with any op set containing "-" (3-1-1), "*" (1*1*1) or "/" (1/1/1), and with "+" alone
+  the targets (sums >= 3) only grow with the numbers, so a larger max_number adds no solvable
+  target that 1..12 lacks below max_target."""
+  import itertools
+  m = min(max_number, _SMALL_NUMBERS)
+  return any(s[0] <= max_target
+             for nums in itertools.combinations_with_replacement(range(1, m + 1), 3)
+             for s in _solutions(list(nums), ops))
+
+
 def generate_problems(n: int, seed: int = 0, max_target: int = 999, max_number: int = 99,
                       ops: str = OPS) -> list[dict]:
   """n cd3 problems, deterministic in `seed`: numbers uniform in 1..max_number; the target is
   that of a uniformly chosen solution (two binary ops from `ops`, positive integer
   intermediates, target <= max_target); "output" holds that solution. The defaults (numbers
   1..99, all four ops) give the same problems for a seed as before these options existed.
-  Raises ValueError on n < 0, max_number < 1, max_target < 1 or bad `ops`."""
-  if n < 0:
-    raise ValueError(f"n={n} must be >= 0")
+  Raises ValueError on a non-int or negative n, a non-int or negative seed, max_number < 1,
+  max_target < 1, bad `ops`, or when no triple of numbers in 1..max_number has a solution with
+  target <= max_target under `ops` (e.g. ops="-" with max_number=1, or ops="+" with
+  max_target < 3); solvability is decided up front (`_any_solvable`), so this never loops forever."""
+  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+    raise ValueError(f"n={n!r} must be an int >= 0")
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    raise ValueError(f"seed={seed!r} must be an int >= 0")
   if isinstance(max_number, bool) or not isinstance(max_number, (int, np.integer)) or (
       max_number < 1):
     raise ValueError(f"max_number={max_number!r} must be an int >= 1")
   if not max_target >= 1:
     raise ValueError(f"max_target={max_target!r} must be >= 1")
   _check_ops(ops)
+  if n and not _any_solvable(int(max_number), max_target, ops):
+    raise ValueError(f"no problem is solvable with max_number={max_number}, "
+                     f"max_target={max_target}, ops={ops!r}: no triple of numbers in "
+                     f"1..{max_number} reaches a target <= {max_target}")
   rng = np.random.default_rng(seed)
   out = []
+  misses = 0
   while len(out) < n:
     nums = [int(v) for v in rng.integers(1, max_number + 1, size=3)]
     sols = [s for s in _solutions(nums, ops) if s[0] <= max_target]
     if not sols:
+      misses += 1
+      if misses >= _MAX_CONSECUTIVE_MISSES:   # safety net; unreachable after _any_solvable
+        raise ValueError(f"{misses} consecutive draws with max_number={max_number}, "
+                         f"max_target={max_target}, ops={ops!r} had no solvable triple")
       continue
+    misses = 0
     t, expr = sols[int(rng.integers(len(sols)))]
     out.append({"input": f"{nums[0]},{nums[1]},{nums[2]},{t}", "output": expr})
   return out

@@ -20,6 +20,8 @@ D-CFG mixes the two log posteriors, D-CBG adds gamma * C over all values), ar ->
 `sampling.ar.make_ar_sampler` (left to right from <bos>; D-CFG = CFG on the next-token log-probs,
 D-CBG = FUDGE: the shipped noisy classifier scores the prefix + candidate with the suffix masked,
 all V = 35 candidates or the LM's `--top_k`). `--steps` does not apply to ar (L - 1 = 31 passes).
+A flag the chosen sampler would ignore (`--gamma` without `--guidance`, `--top_k` other than with
+ar + cbg, `--steps` / `--eta` / `--strategy` with ar) is a one-line `error:` and exit status 2.
 UDLM D-CBG uses the same shipped classifier, which was trained on absorbing (masked) x_t, not on
 uniform-noised x_t as the reference's UDLM classifier: a mismatch (no uniform-noise classifier
 ships).
@@ -302,6 +304,37 @@ def sample_molecules(model: LoadedModel, sampler_cfg: SamplerConfig, *, num_samp
                   "seconds": time.perf_counter() - start}
 
 
+def _parse_label(text: str) -> Optional[int]:
+  """--label: an int class ("0" or "1" for QM9; the range is checked against the model later) or
+  "none" (the null class); ValueError naming the flag otherwise."""
+  if text.strip().lower() == "none":
+    return None
+  try:
+    return int(text)
+  except ValueError:
+    raise ValueError(f"--label={text!r} must be 0, 1 or none") from None
+
+
+def _check_cli_for_kind(a, model: LoadedModel) -> None:
+  """One-line errors for flags the loaded model's sampler would silently ignore."""
+  kind = model_kind(model)
+  if kind == "ar":
+    for flag, value in (("--steps", a.steps), ("--eta", a.eta)):
+      if value is not None:
+        raise ValueError(f"{flag}={value:g} does not apply to the AR model (it draws the "
+                         f"L - 1 = {model.seq_len - 1} positions left to right, no steps)")
+    if a.strategy not in (None, "mdlm"):
+      raise ValueError(f"--strategy={a.strategy} does not apply to the AR model (it has its own "
+                       "left-to-right sampler)")
+  if a.top_k is not None:
+    if kind != "ar":
+      raise ValueError(f"--top_k={a.top_k} applies only to the AR model (FUDGE), not to the "
+                       f"{kind.upper()} model {model.path}")
+    V = model.config.vocab_size
+    if not 1 <= a.top_k <= V:
+      raise ValueError(f"--top_k={a.top_k} must be in [1, V = {V}]")
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m remdm_jax.molecules.sample",
                               description=__doc__.split("\n\n")[0])
@@ -310,12 +343,14 @@ def main(argv=None) -> int:
   p.add_argument("--classifier", default=None, help="classifier dir (default: shipped)")
   p.add_argument("--num_samples", type=int, default=16)
   p.add_argument("--batch_size", type=int, default=64)
-  p.add_argument("--steps", type=int, default=32, help="T")
-  p.add_argument("--strategy", default="mdlm")
+  p.add_argument("--steps", type=int, default=None, help="T (default 32; not for --model=ar)")
+  p.add_argument("--strategy", default=None,
+                 help="masked-diffusion sampler (default mdlm; only mdlm for udlm / ar)")
   p.add_argument("--eta", type=float, default=None)
   p.add_argument("--label", default="1", help="0, 1 or none (null class)")
   p.add_argument("--guidance", default="none", choices=("none", "cfg", "cbg", "cbg_approx"))
-  p.add_argument("--gamma", type=float, default=2.0)
+  p.add_argument("--gamma", type=float, default=None,
+                 help="guidance weight (default 2; needs --guidance)")
   p.add_argument("--approx", action="store_true", help="first-order D-CBG (with --guidance=cbg)")
   p.add_argument("--noise_removal", action="store_true",
                  help="add the final argmax step (off by default: SPEC_DOMAINS §M.4)")
@@ -324,13 +359,22 @@ def main(argv=None) -> int:
   p.add_argument("--seed", type=int, default=1)
   a = p.parse_args(argv)
   try:
-    label = None if a.label.lower() == "none" else int(a.label)
-    cfg = SamplerConfig(strategy=a.strategy, num_steps=a.steps, eta=a.eta)
+    label = _parse_label(a.label)
     if a.approx and a.guidance not in ("cbg", "cbg_approx"):
       raise ValueError(f"--approx needs --guidance=cbg, got --guidance={a.guidance}")
-    guidance = {"none": None, "cfg": CFG(a.gamma), "cbg": CBG(a.gamma, a.approx),
-                "cbg_approx": CBG(a.gamma, True)}[a.guidance]
+    if a.gamma is not None and a.guidance == "none":
+      raise ValueError(f"--gamma={a.gamma:g} needs --guidance=cfg, cbg or cbg_approx (it would "
+                       "be ignored)")
+    if a.top_k is not None and a.guidance != "cbg":
+      raise ValueError(f"--top_k={a.top_k} applies only to --model=ar with --guidance=cbg "
+                       f"(FUDGE), got --guidance={a.guidance}")
+    gamma = 2.0 if a.gamma is None else a.gamma
+    cfg = SamplerConfig(strategy=a.strategy or "mdlm", num_steps=32 if a.steps is None else
+                        a.steps, eta=a.eta)
+    guidance = {"none": None, "cfg": CFG(gamma), "cbg": CBG(gamma, a.approx),
+                "cbg_approx": CBG(gamma, True)}[a.guidance]
     model = load_qm9_model(a.model)
+    _check_cli_for_kind(a, model)
     clf = load_qm9_model(a.classifier, CLASSIFIER_MODEL) if isinstance(guidance, CBG) else None
     from remdm_jax.molecules import metrics
     from remdm_jax.molecules.data import load_qm9

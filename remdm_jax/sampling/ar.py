@@ -169,7 +169,9 @@ def make_ar_sampler(logits_fn: Optional[LogitsFn], *, seq_len: int, bos_id: int,
     guidance: None, ARCFG or FUDGEGuidance.
   Returns: `ARSampler`; samples int32 [B, L] with column 0 = bos_id.
   Raises: ValueError (before tracing) for bad sizes / ids / temperature / guidance, or a
-    logits_fn given together with ARCFG (or missing without it).
+    logits_fn given together with ARCFG (or missing without it); on the first call (at trace
+    time, before any sampling; V from the logits shape by `jax.eval_shape`) for bos_id or
+    fill_id >= V or params without the keys the guidance needs.
   """
   L = _check_int("seq_len", seq_len, 2)
   bos = _check_int("bos_id", bos_id, 0)
@@ -229,6 +231,15 @@ def make_ar_sampler(logits_fn: Optional[LogitsFn], *, seq_len: int, bos_id: int,
 
     tokens0 = jnp.full((B, L), fill, jnp.int32).at[:, 0].set(bos)
     rows = jnp.arange(B, dtype=jnp.int32)
+    if is_cfg:
+      labels0 = jnp.broadcast_to(jnp.asarray(params["labels"], jnp.int32), (B,))
+      V = jax.eval_shape(guidance.cond_logits_fn, params["model"], tokens0, labels0).shape[-1]
+    else:
+      V = jax.eval_shape(logits_fn, params["model"] if is_fudge else params, tokens0).shape[-1]
+    for name, v in (("bos_id", bos), ("fill_id", fill)):
+      if v >= V:
+        raise ValueError(f"make_ar_sampler: {name}={v} is outside the model's vocabulary of "
+                         f"V={V} tokens (ids 0..{V - 1})")
 
     def body(tokens, xs):
       i = xs["i"]
@@ -246,7 +257,6 @@ def make_ar_sampler(logits_fn: Optional[LogitsFn], *, seq_len: int, bos_id: int,
     tokens, _ = lax.scan(body, tokens0, xs)
     cls_rows = 0
     if is_fudge:
-      V = jax.eval_shape(logits_fn, params["model"], tokens0).shape[-1]
       cls_rows = (L - 1) * (V if guidance.top_k is None else min(guidance.top_k, V))
     return tokens, {"nfe": jnp.int32(L - 1), "model_rows": jnp.int32((L - 1) * rows_per_pass),
                     "classifier_nfe": jnp.int32(cls_rows)}

@@ -87,10 +87,14 @@ def make_semi_ar_sampler(sampler: Sampler, *, num_strides: int, stride_length: i
     windows are a `lax.scan` whose body is `sampler.core` (window s key: fold_in(key, s)).
 
   Raises:
-    ValueError (before any tracing) for num_strides < 0, stride_length outside [1, L - 1], a prompt
-    that is not [B, L] (e.g. longer than L), a prompt / batch_size mismatch, prompt_mask without
-    prompt or of another shape, or frozen positions holding mask_id.
+    ValueError (before any tracing) for a `sampler` that is not a `Sampler`, num_strides < 0,
+    stride_length outside [1, L - 1], a prompt that is not [B, L] (e.g. longer than L), a
+    prompt / batch_size mismatch, prompt_mask without prompt or of another shape, or frozen
+    positions holding mask_id.
   """
+  if not isinstance(sampler, Sampler):
+    raise ValueError(f"make_semi_ar_sampler needs a `Sampler` from `make_sampler`, got "
+                     f"{type(sampler).__name__} {sampler!r:.80}")
   L, m = sampler.seq_len, sampler.mask_id
   S, k = check_semi_ar(L, num_strides, stride_length)
   core = sampler.core

@@ -147,6 +147,17 @@ def _check_classifier(classifier: Optional[LoadedModel], model: LoadedModel, fix
                      f"{ccfg.num_classes}, label={fixed})")
 
 
+def _guided_params(model_params, guidance, batch_size: int, null: int, fixed: int,
+                   classifier: Optional[LoadedModel]):
+  """The per-call params layout shared by every model kind: None / CFG -> {"model", "labels":
+  int32 [B] = the label}; CBG -> {"model": {"model", "labels": int32 [B] = the null class},
+  "classifier": classifier params} (the layout the CBG / FUDGE guidance expects)."""
+  if isinstance(guidance, CBG):
+    return {"model": {"model": model_params, "labels": jnp.full((batch_size,), null, jnp.int32)},
+            "classifier": classifier.params}
+  return {"model": model_params, "labels": jnp.full((batch_size,), fixed, jnp.int32)}
+
+
 def guided_denoise(model: LoadedModel, guidance, label: Optional[int], batch_size: int,
                    classifier: Optional[LoadedModel] = None):
   """(denoise_fn(params, tokens, t), params, make_sampler kwargs) for one guidance choice.
@@ -163,20 +174,19 @@ def guided_denoise(model: LoadedModel, guidance, label: Optional[int], batch_siz
   """
   null, fixed = _check_request(model, guidance, label)
   cond = dit.make_cond_denoise_fn(model.graphdef)
-  params = {"model": dit.cast_for_compute(model.params, model.config)}
-  if guidance is None:
-    params["labels"] = jnp.full((batch_size,), fixed, jnp.int32)
-    return (lambda p, z, t: cond(p["model"], z, t, p["labels"])), params, {}
-  gamma = float(guidance.gamma)
+  plain = lambda p, z, t: cond(p["model"], z, t, p["labels"])
+  kwargs = {}
   if isinstance(guidance, CFG):
-    params["labels"] = jnp.full((batch_size,), fixed, jnp.int32)
-    return G.cfg_denoise_fn(cond, gamma, null, mask_id=int(model.mask_id)), params, {}
-  _check_classifier(classifier, model, fixed)
-  inner = {"model": params["model"], "labels": jnp.full((batch_size,), null, jnp.int32)}
-  cbg = G.CBGGuidance(dit.make_classifier_fn(classifier.graphdef), gamma, fixed,
-                      approx=bool(guidance.approx))
-  return ((lambda p, z, t: cond(p["model"], z, t, p["labels"])),
-          {"model": inner, "classifier": classifier.params}, {"guidance": cbg})
+    denoise = G.cfg_denoise_fn(cond, float(guidance.gamma), null, mask_id=int(model.mask_id))
+  else:
+    denoise = plain
+    if isinstance(guidance, CBG):
+      _check_classifier(classifier, model, fixed)
+      kwargs["guidance"] = G.CBGGuidance(dit.make_classifier_fn(classifier.graphdef),
+                                         float(guidance.gamma), fixed,
+                                         approx=bool(guidance.approx))
+  mp = dit.cast_for_compute(model.params, model.config)
+  return denoise, _guided_params(mp, guidance, batch_size, null, fixed, classifier), kwargs
 
 
 def _udlm_sampler(model: LoadedModel, num_steps: int, guidance, label, batch_size, classifier):
@@ -191,18 +201,16 @@ def _udlm_sampler(model: LoadedModel, num_steps: int, guidance, label, batch_siz
   plain = lambda p, z, t: cond(p["model"], z, t, p["labels"])
   kw = dict(num_steps=num_steps, seq_len=model.seq_len)
   if isinstance(guidance, CFG):
-    g = U.CFGGuidance(cond, float(guidance.gamma), null)
-    return U.make_udlm_sampler(None, guidance=g, **kw), {
-        "model": mp, "labels": jnp.full((batch_size,), fixed, jnp.int32)}
-  if isinstance(guidance, CBG):
+    sampler = U.make_udlm_sampler(None, guidance=U.CFGGuidance(cond, float(guidance.gamma), null),
+                                  **kw)
+  elif isinstance(guidance, CBG):
     _check_classifier(classifier, model, fixed)
     g = G.CBGGuidance(dit.make_classifier_fn(classifier.graphdef), float(guidance.gamma), fixed,
                       approx=bool(guidance.approx))
-    inner = {"model": mp, "labels": jnp.full((batch_size,), null, jnp.int32)}
-    return U.make_udlm_sampler(plain, guidance=g, **kw), {"model": inner,
-                                                          "classifier": classifier.params}
-  return U.make_udlm_sampler(plain, **kw), {"model": mp,
-                                            "labels": jnp.full((batch_size,), fixed, jnp.int32)}
+    sampler = U.make_udlm_sampler(plain, guidance=g, **kw)
+  else:
+    sampler = U.make_udlm_sampler(plain, **kw)
+  return sampler, _guided_params(mp, guidance, batch_size, null, fixed, classifier)
 
 
 def _ar_sampler(model: LoadedModel, guidance, label, batch_size, classifier,
@@ -224,18 +232,16 @@ def _ar_sampler(model: LoadedModel, guidance, label, batch_size, classifier,
   plain = lambda p, z: cond_logits(p["model"], z, p["labels"])
   kw = dict(seq_len=model.seq_len, bos_id=int(model.tokenizer.bos_id), temperature=temperature)
   if isinstance(guidance, CFG):
-    g = AR.ARCFG(cond_logits, float(guidance.gamma), null)
-    return AR.make_ar_sampler(None, guidance=g, **kw), {
-        "model": mp, "labels": jnp.full((batch_size,), fixed, jnp.int32)}
-  if isinstance(guidance, CBG):
+    sampler = AR.make_ar_sampler(None, guidance=AR.ARCFG(cond_logits, float(guidance.gamma), null),
+                                 **kw)
+  elif isinstance(guidance, CBG):
     _check_classifier(classifier, model, fixed)
     g = AR.FUDGEGuidance(dit.make_classifier_fn(classifier.graphdef), float(guidance.gamma),
                          fixed, int(model.mask_id), top_k=top_k)
-    inner = {"model": mp, "labels": jnp.full((batch_size,), null, jnp.int32)}
-    return AR.make_ar_sampler(plain, guidance=g, **kw), {"model": inner,
-                                                         "classifier": classifier.params}
-  return AR.make_ar_sampler(plain, **kw), {"model": mp,
-                                           "labels": jnp.full((batch_size,), fixed, jnp.int32)}
+    sampler = AR.make_ar_sampler(plain, guidance=g, **kw)
+  else:
+    sampler = AR.make_ar_sampler(plain, **kw)
+  return sampler, _guided_params(mp, guidance, batch_size, null, fixed, classifier)
 
 
 def sample_molecules(model: LoadedModel, sampler_cfg: SamplerConfig, *, num_samples: int,

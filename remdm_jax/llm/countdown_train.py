@@ -139,8 +139,11 @@ def train(problems: Sequence[dict], *, steps: int, batch_size: int = 64, lr: flo
   cfg = model_config(**(model or {}))
   gd, params = M.init_model(cfg, jax.random.key(seed))
   f = M.make_logits_fn(gd)
-  sched = optax.warmup_cosine_decay_schedule(0.0, lr, min(warmup, steps - 1), steps, lr / 20)
-  opt = optax.adamw(sched, b2=0.99, weight_decay=0.01)
+  from remdm_jax.training.config import OptimConfig
+  from remdm_jax.training.trainer import make_optimizer
+  opt, _ = make_optimizer(OptimConfig(lr=lr, warmup_steps=min(warmup, steps - 1),
+                                      schedule="cosine", min_lr=lr / 20, b2=0.99,
+                                      weight_decay=0.01, grad_clip=0.0), steps)
   opt_state = opt.init(params)
   data_x, data_am = (jnp.asarray(a) for a in make_batch(problems, p_len, g_len))
 

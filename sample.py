@@ -131,7 +131,7 @@ def run(argv) -> int:
   import jax
 
   from remdm_jax import generation
-  from remdm_jax.eval import sample_metrics as metrics_lib
+  from remdm_jax.text import sample_metrics as metrics_lib
   from remdm_jax.sampling import PRESETS, SamplerConfig
 
   if FLAGS.preset not in PRESETS:

@@ -33,7 +33,7 @@ from remdm_jax.fileio import atomic_open  # noqa: E402
 from remdm_jax.sampling import SamplerConfig, make_sampler  # noqa: E402
 from remdm_jax.sampling.nucleus import keep_mask_select, keep_mask_sort  # noqa: E402
 from remdm_jax.sampling.sampler import KernelSpec, transition_sample  # noqa: E402
-from remdm_jax.subs import subs_log_probs  # noqa: E402
+from remdm_jax.diffusion.subs import subs_log_probs  # noqa: E402
 
 
 def median_time(fn, *args, iters):

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from remdm_jax.fileio import atomic_open  # noqa: E402
 from remdm_jax.llm import generate as G  # noqa: E402
 from remdm_jax.llm import model as M  # noqa: E402
-from remdm_jax.training import mesh as mesh_lib  # noqa: E402
+from remdm_jax import sharding as mesh_lib  # noqa: E402
 
 
 def peak_bytes():

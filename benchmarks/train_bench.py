@@ -75,9 +75,9 @@ def main(argv=None) -> dict:
   import numpy as np
 
   from remdm_jax.data import DataConfig
-  from remdm_jax.losses import LossConfig
+  from remdm_jax.diffusion.losses import LossConfig
   from remdm_jax.models import dit
-  from remdm_jax.training import mesh as mesh_lib
+  from remdm_jax import sharding as mesh_lib
   from remdm_jax.training import trainer as T
 
   platform = jax.devices()[0].platform

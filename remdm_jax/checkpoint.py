@@ -33,7 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from remdm_jax.fileio import atomic_open
-from remdm_jax.training.mesh import param_shardings, path_str
+from remdm_jax.sharding import param_shardings, path_str
 
 PARAMS_FORMAT = "remdm-jax-params"
 PARAMS_VERSION = 1
@@ -473,7 +473,7 @@ def load_params(directory, *, sharding=None):
   Args:
     directory: a folder written by `save_params`, or a training workdir / its checkpoints folder.
     sharding: None (first local device), a `jax.sharding.Sharding` for every leaf, a `Mesh` (leaves
-      placed by the logical-axis rules of `training.mesh`), or f(path, shape) -> Sharding.
+      placed by the logical-axis rules of `remdm_jax.sharding`), or f(path, shape) -> Sharding.
   Returns:
     (params, model_config dict, metadata dict). params is the model's own pytree type
     (nnx.State from `models.dit.init_params`) when model_config describes a DiT, else a nested dict.

@@ -14,10 +14,8 @@ Validation, each error one line naming the field path:
   * ranges: the dataclasses' own __post_init__ checks, prefixed with the section;
   * cross-section: objective "ar" needs a causal model (and vice versa), model vocab vs tokenizer.
 
-One home for the model/usage checks shared by the trainer, the data pipeline and the samplers:
-`check_objective_model`, `check_vocab`, `check_mask_id`, `check_seq_len`, `check_data_ids`
-(each raises one ValueError naming the fields), and `validate_experiment` which runs them all
-for an ExperimentConfig. `resume_mismatch` compares a run config with the one stored in a
+`validate_experiment` runs the model/usage checks of `remdm_jax.checks` (re-exported here) for an
+ExperimentConfig. `resume_mismatch` compares a run config with the one stored in a
 checkpoint (used before resuming).
 """
 from __future__ import annotations
@@ -27,8 +25,8 @@ import types
 import typing
 from typing import Any, Mapping
 
-import numpy as np
-
+from remdm_jax.checks import (check_data_ids, check_mask_id, check_objective_model,  # noqa: F401
+                              check_seq_len, check_vocab)
 from remdm_jax.training.config import (CheckpointConfig, ExperimentConfig, OptimConfig,
                                        TrainConfig)
 
@@ -113,10 +111,10 @@ def experiment_from_config(config) -> ExperimentConfig:
   """ConfigDict / nested dict -> ExperimentConfig (see the module docstring)."""
   from remdm_jax.data import DataConfig
   from remdm_jax.distributed import DistributedConfig
-  from remdm_jax.losses import LossConfig
+  from remdm_jax.diffusion.losses import LossConfig
   from remdm_jax.models.dit import DiTConfig
   from remdm_jax.tokenizers import get_tokenizer
-  from remdm_jax.training.mesh import MeshConfig
+  from remdm_jax.sharding import MeshConfig
 
   raw = dict(_to_plain(config) or {})
   unknown = sorted(set(raw) - set(SECTIONS))
@@ -153,51 +151,6 @@ def experiment_from_config(config) -> ExperimentConfig:
       distributed=dataclass_from_dict(DistributedConfig, raw.get("distributed"), "distributed"))
   validate_experiment(out, tokenizer)
   return out
-
-
-def check_objective_model(objective: str, causal: bool) -> None:
-  """Objective "ar" needs a causal model and the diffusion objectives a bidirectional one."""
-  if (objective == "ar") != bool(causal):
-    raise ValueError(f"loss.objective={objective!r} needs model.causal={objective == 'ar'} "
-                     f"(got model.causal={causal})")
-
-
-def check_vocab(model_vocab_size: int, tokenizer_vocab_size: int, tokenizer_name: str) -> None:
-  """The model vocabulary must hold every tokenizer id (mask included)."""
-  if int(model_vocab_size) < int(tokenizer_vocab_size):
-    raise ValueError(f"vocab mismatch between data and model: model.vocab_size="
-                     f"{model_vocab_size} < vocab_size {tokenizer_vocab_size} of tokenizer "
-                     f"{tokenizer_name!r} (mask included)")
-
-
-def check_mask_id(mask_id, vocab_size: int, field: str = "loss.mask_id") -> int | None:
-  """mask_id (None = no mask, e.g. objective "ar") must be an int in [0, vocab_size); returns it
-  as an int. ValueError naming `field` otherwise."""
-  if mask_id is None:
-    return None
-  if (not isinstance(mask_id, (int, np.integer)) or isinstance(mask_id, bool)
-      or not 0 <= int(mask_id) < int(vocab_size)):
-    raise ValueError(f"{field}={mask_id!r} must lie in [0, model.vocab_size={vocab_size})")
-  return int(mask_id)
-
-
-def check_seq_len(seq_len: int, max_seq_len: int, field: str = "data.seq_len") -> None:
-  """A sequence length must not exceed the model's max_seq_len."""
-  if int(seq_len) > int(max_seq_len):
-    raise ValueError(f"{field}={seq_len} exceeds model.max_seq_len={max_seq_len}")
-
-
-def check_data_ids(max_id: int, vocab_size: int, mask_id: int | None = None) -> None:
-  """The largest token id of the data must fit the model vocabulary and (when a mask id is
-  given as m = V - 1) never reach it (the data must not contain masks). A mask id below V - 1,
-  as the SMILES tokenizer's 2, cannot be checked from the largest id and is not."""
-  max_id, vocab_size = int(max_id), int(vocab_size)
-  if max_id >= vocab_size:
-    raise ValueError(f"vocab mismatch between data and model: data token id {max_id} "
-                     f"does not fit model vocab_size={vocab_size}")
-  if mask_id is not None and int(mask_id) == vocab_size - 1 and max_id >= int(mask_id):
-    raise ValueError(f"vocab mismatch between data and model: data token id {max_id} "
-                     f"reaches the mask id {mask_id} (model vocab_size={vocab_size})")
 
 
 def validate_experiment(cfg, tokenizer) -> None:

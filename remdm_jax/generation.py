@@ -1,6 +1,6 @@
 """Loading a trained denoiser and drawing many samples with any sampler strategy.
 
-This is the library behind `sample.py` and the scaling sweep (`remdm_jax.eval.sweep`): load a
+This is the library behind `sample.py` and the scaling sweep (`remdm_jax.text.sweep`): load a
 params checkpoint (ours, an exported training run, or a converted official MDLM checkpoint), check
 it against its tokenizer, and run `remdm_jax.sampling.make_sampler` batch by batch with progress.
 """
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from remdm_jax import checkpoint
-from remdm_jax.config_utils import check_mask_id
+from remdm_jax.checks import check_mask_id
 from remdm_jax.fileio import atomic_open
 from remdm_jax.models import dit
 from remdm_jax.sampling import SamplerConfig, make_sampler, semi_ar

@@ -31,6 +31,9 @@ import importlib.util
 import os
 from typing import Iterable, Sequence
 
+from remdm_jax import registry
+from remdm_jax.checks import check_mask_id
+
 BYTE_MASK_GLYPH = "\u2592"   # "▒": a mask id in a byte-level decode
 BYTE_INVALID_GLYPH = "\ufffd"  # "�": an id outside [0, 256] in a byte-level decode
 BPE_MASK_TEXT = "[MASK]"
@@ -189,7 +192,6 @@ class IdTokenizer:
   def __init__(self, vocab_size: int, mask_id: int | None = None):
     if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 2:
       raise ValueError(f"IdTokenizer vocab_size={vocab_size!r} must be an int >= 2")
-    from remdm_jax.config_utils import check_mask_id
     mask_id = check_mask_id(vocab_size - 1 if mask_id is None else mask_id, vocab_size,
                             field="mask_id")
     self.vocab_size, self.mask_id = vocab_size, mask_id
@@ -266,31 +268,34 @@ class TokenizerFile:
     return f"TokenizerFile({self.name!r})"
 
 
-TOKENIZERS = ("byte", "gpt2", "smiles")
-ALL_TOKENIZERS = ("byte", "gpt2", "smiles", "ids", "<path>/tokenizer.json")
+def _byte_tokenizer(**kwargs):
+  if kwargs:
+    raise ValueError(f"get_tokenizer('byte') takes no options, got {sorted(kwargs)}")
+  return ByteTokenizer()
+
+
+registry.register_tokenizer("byte", _byte_tokenizer)
+registry.register_tokenizer("gpt2", GPT2Tokenizer)
 
 
 def get_tokenizer(name: str, **kwargs):
   """A tokenizer by name.
 
-  "byte" (alias "bytes") -> ByteTokenizer(); "gpt2" -> GPT2Tokenizer(**kwargs); "smiles" ->
-  `remdm_jax.molecules.tokenizer.SmilesTokenizer(**kwargs)` (QM9, SPEC_DOMAINS §M.2);
-  "ids" -> IdTokenizer(vocab_size=..., mask_id=None); a path ending in ".json" (or an existing
-  file) -> TokenizerFile(path, model_vocab_size=...). Anything else: ValueError naming it.
+  "byte" (alias "bytes") -> ByteTokenizer(); "gpt2" -> GPT2Tokenizer(**kwargs); "ids" ->
+  IdTokenizer(vocab_size=..., mask_id=None); a path ending in ".json" (or an existing file) ->
+  TokenizerFile(path, model_vocab_size=...); any other name a domain registered in
+  `remdm_jax.registry` (e.g. "smiles": the QM9 SMILES tokenizer, SPEC_DOMAINS §M.2) -> its
+  factory(**kwargs). Anything else: ValueError naming it and listing the valid names.
   """
-  if name in ("byte", "bytes"):
-    if kwargs:
-      raise ValueError(f"get_tokenizer('byte') takes no options, got {sorted(kwargs)}")
-    return ByteTokenizer()
-  if name == "gpt2":
-    return GPT2Tokenizer(**kwargs)
-  if name == "smiles":  # QM9 SMILES, 35 ids, mask 2 (SPEC_DOMAINS §M.2)
-    from remdm_jax.molecules.tokenizer import SmilesTokenizer
-    return SmilesTokenizer(**kwargs)
+  if name == "bytes":
+    name = "byte"
   if name == "ids":
     if "vocab_size" not in kwargs:
       raise ValueError("get_tokenizer('ids') needs vocab_size= (the model vocabulary)")
     return IdTokenizer(**kwargs)
   if isinstance(name, str) and (name.endswith(".json") or os.path.isfile(name)):
     return TokenizerFile(name, model_vocab_size=kwargs.pop("model_vocab_size", None), **kwargs)
-  raise ValueError(f"tokenizer name={name!r} is not one of {ALL_TOKENIZERS}")
+  if isinstance(name, str) and name in registry.tokenizer_names():
+    return registry.tokenizer_entry(name).factory(**kwargs)
+  valid = registry.tokenizer_names() + ("ids", "<path>/tokenizer.json")
+  raise ValueError(f"tokenizer name={name!r} is not one of {valid}")

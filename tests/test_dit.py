@@ -12,8 +12,8 @@ from jax.sharding import PartitionSpec
 
 from remdm_jax.models import dit
 from remdm_jax.models.dit import DiTConfig
-from remdm_jax.schedules import NoiseSchedule
-from remdm_jax.subs import subs_log_probs
+from remdm_jax.diffusion.schedules import NoiseSchedule
+from remdm_jax.diffusion.subs import subs_log_probs
 
 TINY = dict(vocab_size=37, max_seq_len=16, hidden_size=32, num_heads=4, num_blocks=2, cond_dim=16,
             compute_dtype="float32")

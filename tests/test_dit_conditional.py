@@ -81,7 +81,7 @@ def test_label_conditioning_matches_manual_forward():
       np.asarray(null), np.asarray(dit.make_apply_fn(g)(p, toks, sigma, labels=jnp.full((3,), 2))))
   assert not np.allclose(np.asarray(null[0]), np.asarray(out[0]))
   # make_cond_denoise_fn: t -> sigma via the loglinear schedule, labels forwarded.
-  from remdm_jax.schedules import NoiseSchedule
+  from remdm_jax.diffusion.schedules import NoiseSchedule
   t = jnp.array([0.2, 0.5, 0.9])
   den = dit.make_cond_denoise_fn(g)(p, toks, t, labels)
   ref2 = dit.make_apply_fn(g)(p, toks, NoiseSchedule("loglinear").sigma(t), labels=labels)

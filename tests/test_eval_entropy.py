@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from remdm_jax.eval import entropy as ent
+from remdm_jax.text import entropy as ent
 
 
 def _reference(row):

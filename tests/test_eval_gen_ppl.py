@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-# remdm_jax.eval.gen_ppl is shadowed by the function of that name in the package namespace.
-gp = importlib.import_module("remdm_jax.eval.gen_ppl")
+# remdm_jax.text.gen_ppl is shadowed by the function of that name in the package namespace.
+gp = importlib.import_module("remdm_jax.text.gen_ppl")
 
 E = 2  # EOS id in the small alphabets below
 

@@ -7,9 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from remdm_jax.eval.gpt2 import GPT2Scorer, load_gpt2_params
+from remdm_jax.text.gpt2 import GPT2Scorer, load_gpt2_params
 
-gp = importlib.import_module("remdm_jax.eval.gen_ppl")
+gp = importlib.import_module("remdm_jax.text.gen_ppl")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("mauve")
 pytest.importorskip("faiss")
 pytest.importorskip("sklearn")
-from remdm_jax.eval import mauve as rm  # noqa: E402
+from remdm_jax.text import mauve as rm  # noqa: E402
 
 
 def test_defaults_are_the_library_defaults_and_metadata_is_recorded():
@@ -60,7 +60,7 @@ def test_text_mauve_with_minilm():
   MAUVE > 0.8 (observed ~0.99); KJV vs Python-docs paragraphs and KJV vs random character
   strings give MAUVE < 0.1 (observed ~0.005)."""
   pytest.importorskip("tokenizers")
-  from remdm_jax.eval import minilm
+  from remdm_jax.text import minilm
   try:
     feat = minilm.MiniLMFeaturizer()
   except FileNotFoundError:

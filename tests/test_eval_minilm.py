@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("safetensors")
 pytest.importorskip("tokenizers")
-from remdm_jax.eval import minilm  # noqa: E402
+from remdm_jax.text import minilm  # noqa: E402
 
 TEXTS = ["A man is playing a guitar.", "Someone plays the guitar.",
          "The stock market fell sharply today.", "In the beginning God created the heaven.",

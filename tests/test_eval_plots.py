@@ -4,7 +4,7 @@ import os
 import pytest
 
 pytest.importorskip("matplotlib")
-from remdm_jax.eval.plots import plot_scaling  # noqa: E402
+from remdm_jax.text.plots import plot_scaling  # noqa: E402
 
 
 def _rows():

@@ -14,7 +14,7 @@ from remdm_jax.sampling.guidance import (CBGGuidance, cfg_denoise_fn, cfg_log_pr
                                          cfg_model_calls, classifier_term)
 from remdm_jax.sampling.reference import guided_transition_probs
 from remdm_jax.sampling.sampler import KernelSpec
-from remdm_jax.subs import subs_log_probs
+from remdm_jax.diffusion.subs import subs_log_probs
 
 B, L, V, M = 2, 6, 7, 2
 EPS = 1e-3

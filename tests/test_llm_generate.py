@@ -354,7 +354,7 @@ def test_tiny_llada_mesh_and_padding():
   """The real model: fsdp x tensor sharded parameters (8 fake devices) give the same tokens as one
   device; with positions='from_first_token' each left-padded row equals its prompt alone."""
   from remdm_jax.llm import model as M
-  from remdm_jax.training import mesh as mesh_lib
+  from remdm_jax import sharding as mesh_lib
   mcfg = M.LLaDAConfig.tiny(positions="from_first_token", vocab_size=64, mask_token_id=63,
                             eos_token_id=62, eot_token_id=61)
   key = jax.random.key(3)

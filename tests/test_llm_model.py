@@ -150,7 +150,7 @@ def test_bad_checkpoint_names_every_key(tmp_path):
 
 
 def test_bf16_load_sharded_over_mesh(tmp_path):
-  from remdm_jax.training import mesh as mesh_lib
+  from remdm_jax import sharding as mesh_lib
   c = dict(HF)
   t = hf_tensors(np.random.default_rng(3), c)
   import ml_dtypes

@@ -1,4 +1,4 @@
-"""Tests of remdm_jax.losses against float64 numpy references (SPEC §3.1, §3.2)."""
+"""Tests of remdm_jax.diffusion.losses against float64 numpy references (SPEC §3.1, §3.2)."""
 import math
 
 import chex
@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from remdm_jax import losses
-from remdm_jax.losses import LossConfig
-from remdm_jax.schedules import NoiseSchedule
+from remdm_jax.diffusion import losses
+from remdm_jax.diffusion.losses import LossConfig
+from remdm_jax.diffusion.schedules import NoiseSchedule
 
 V, M = 5, 4  # tiny vocabulary, mask id = V - 1
 
@@ -323,7 +323,7 @@ class SubsTargetNllTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_matches_subs_log_probs_and_numpy(self):
-    from remdm_jax.subs import subs_log_probs
+    from remdm_jax.diffusion.subs import subs_log_probs
     for seed, (B, L, Vr) in enumerate([(2, 7, 6), (3, 5, 33)]):
       m = Vr - 1
       k = jax.random.split(jax.random.key(seed), 4)
@@ -347,7 +347,7 @@ class SubsTargetNllTest(chex.TestCase):
                                                              m, np.asarray(w)), atol=1e-6)
 
   def test_edge_cases_and_float64(self):
-    from remdm_jax.subs import NEG_INF, subs_log_probs
+    from remdm_jax.diffusion.subs import NEG_INF, subs_log_probs
     logits = jnp.asarray([[[1.0, 2.0, 0.5, 9.0], [0.0, 0.0, 0.0, 0.0], [3.0, 1.0, 2.0, 5.0]]])
     m = 3
     x = jnp.asarray([[3, 1, 2]])  # target = mask id (log 0) at a masked position
@@ -386,7 +386,7 @@ class SubsTargetNllTest(chex.TestCase):
 @pytest.mark.parametrize("kind,eta,t_switch", [("cap", 0.05, 0.0), ("rescale", 0.3, 0.0),
                                                ("fb", 0.0, 0.0), ("switch", 0.05, 0.5)])
 def test_remdm_sigma_shared_with_sampler_schedule(kind, eta, t_switch):
-  """One home (remdm_jax.sigmas): the loss's sigma (jax, float32) and the sampler schedule's
+  """One home (remdm_jax.diffusion.sigmas): the loss's sigma (jax, float32) and the sampler schedule's
   (numpy, float64) on the same linear-alpha grid agree, and both match an inline numpy table."""
   from remdm_jax.sampling import SamplerConfig, step_schedule
   T = 16

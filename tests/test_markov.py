@@ -14,9 +14,9 @@ import jax
 import numpy as np
 
 from remdm_jax.data import DataConfig
-from remdm_jax.losses import LossConfig
+from remdm_jax.diffusion.losses import LossConfig
 from remdm_jax.models.dit import DiTConfig
-from remdm_jax.training import mesh as mesh_lib
+from remdm_jax import sharding as mesh_lib
 from remdm_jax.training import trainer as T
 
 K, L, B, STEPS = 8, 32, 64, 300

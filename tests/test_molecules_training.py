@@ -8,9 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from remdm_jax import config_utils, losses
-from remdm_jax.losses import LossConfig
-from remdm_jax.schedules import NoiseSchedule
+from remdm_jax import config_utils
+from remdm_jax.diffusion import losses
+from remdm_jax.diffusion.losses import LossConfig
+from remdm_jax.diffusion.schedules import NoiseSchedule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -139,7 +140,7 @@ def test_trainer_step_with_labels(preset):
   """Real train / eval steps on labelled batches [B, L + 1]: finite losses; for the conditional
   model the labels reach the network through the trainer (flipping them changes the loss of the
   same state, once the zero-initialised adaLN layers have moved)."""
-  from remdm_jax.training import mesh as mesh_lib
+  from remdm_jax import sharding as mesh_lib
   from remdm_jax.training import trainer as T
   c = qm9.get_config(preset)
   c.model.update(hidden_size=32, num_heads=2, num_blocks=1, cond_dim=16)

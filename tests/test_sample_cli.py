@@ -184,7 +184,7 @@ def test_jsonl_is_written_before_metrics(ckpts, tmp_path):
   runner = tmp_path / "runner.py"
   runner.write_text(
       "import runpy, sys\n"
-      "from remdm_jax.eval import sample_metrics\n"
+      "from remdm_jax.text import sample_metrics\n"
       "def boom(*a, **k):\n  raise RuntimeError('metrics failed')\n"
       "sample_metrics.sample_metrics = boom\n"
       f"sys.argv = [{os.path.join(ROOT, 'sample.py')!r}] + sys.argv[1:]\n"
@@ -223,7 +223,7 @@ def test_write_jsonl_atomic_leaves_nothing_on_error(tmp_path):
 
 
 def test_sweep_writes_csv_and_plot(ckpts, tmp_path):
-  from remdm_jax.eval import sweep
+  from remdm_jax.text import sweep
   out = str(tmp_path / "sweep")
   sweep.sample_stage(ckpts["mdlm"], out, strategies=["mdlm", "remdm_loop"], steps=[4, 8],
                      num_samples=20, batch_size=20, seed=1, top_p=0.9)
@@ -260,7 +260,7 @@ def test_sweep_checks_before_sampling(ckpts, tmp_path, extra, needle):
   extra = [a.replace("=MDLM", "=" + ckpts["mdlm"]) for a in extra]
   out = tmp_path / "sweep"
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  r = subprocess.run([sys.executable, "-m", "remdm_jax.eval.sweep", f"--checkpoint={ckpts['mdlm']}",
+  r = subprocess.run([sys.executable, "-m", "remdm_jax.text.sweep", f"--checkpoint={ckpts['mdlm']}",
                       "--strategies=mdlm", "--steps=2", "--num_samples=2", "--batch_size=2",
                       f"--output_dir={out}", *extra], env=env, cwd=tmp_path, capture_output=True,
                      text=True, timeout=300)

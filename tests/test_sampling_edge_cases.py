@@ -12,7 +12,7 @@ from remdm_jax.sampling import (KernelSpec, SamplerConfig, final_step, make_samp
 from remdm_jax.sampling import draws
 from remdm_jax.sampling.nucleus import keep_mask_bisect, keep_mask_select, keep_mask_sort
 from remdm_jax.sampling.sampler import _draw_rows
-from remdm_jax.subs import NEG_INF, masked_log_probs, subs_log_probs
+from remdm_jax.diffusion.subs import NEG_INF, masked_log_probs, subs_log_probs
 
 V, L = 7, 6
 PRECISIONS = ["exact32", "float32", "float64"]

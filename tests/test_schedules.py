@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from remdm_jax import schedules
-from remdm_jax.subs import NEG_INF, subs_log_probs
+from remdm_jax.diffusion import schedules
+from remdm_jax.diffusion.subs import NEG_INF, subs_log_probs
 
 T = np.linspace(0.01, 0.99, 37)
 

@@ -238,7 +238,7 @@ def test_gen_ppl_of_long_samples_uses_scorer_windows():
   """sample_metrics scores samples longer than the scorer's length in non-overlapping chunks of
   that length (first token of each chunk = context only), against a numpy transcription."""
   import types
-  from remdm_jax.eval.sample_metrics import sample_metrics
+  from remdm_jax.text.sample_metrics import sample_metrics
   V, n = 5, 4
   seen = []
 

@@ -13,7 +13,7 @@ import pytest
 
 from remdm_jax import checkpoint as ckpt_lib
 from remdm_jax import config_utils
-from remdm_jax.training import mesh as mesh_lib
+from remdm_jax import sharding as mesh_lib
 from remdm_jax.training import trainer as T
 from remdm_jax.training.metrics import read_metrics
 

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from remdm_jax import losses
+from remdm_jax.diffusion import losses
 from remdm_jax.sampling.guidance import CBGGuidance
-from remdm_jax.uniform import (CFGGuidance, cfg_log_posterior, forward_probs, log_posterior,
-                               make_udlm_sampler, nelbo_integrand, posterior_probs, udlm_loss)
+from remdm_jax.diffusion.losses import udlm_loss
+from remdm_jax.diffusion.uniform import (forward_probs, log_posterior, nelbo_integrand,
+                                         posterior_probs)
+from remdm_jax.sampling.udlm import CFGGuidance, cfg_log_posterior, make_udlm_sampler
 
 N = 5
 

@@ -43,7 +43,7 @@ Gumbels}; fork mode {"uniforms": [T, B, L, K]}; clean mode {"uniforms": [T, B, L
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -54,14 +54,14 @@ from remdm_jax.images import schedules as msched
 from remdm_jax.sampling.config import SamplerConfig
 from remdm_jax.sampling.ranked import select_top_n
 from remdm_jax.sampling.sampler import make_sampler
-from remdm_jax.subs import NEG_INF
+from remdm_jax.diffusion.subs import NEG_INF
+from remdm_jax.types import DenoiseFn
 
 IMAGE_STRATEGIES = ("maskgit", "mdlm", "remdm_cap", "remdm_rescale", "remdm_conf", "remdm_loop",
                     "fb", "remdm_fb", "dfm")
 FORK_STRATEGIES = ("mdlm", "remdm_cap", "remdm_rescale", "remdm_conf", "fb", "remdm_fb")
 CLEAN_ALPHA = {"uniform": "linear", "cosine": "cosine"}
 
-TokensToLogits = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -315,7 +315,7 @@ class ImageSampler:
     return out
 
 
-def make_image_sampler(tokens_to_logits: TokensToLogits, cfg: ImageSamplerConfig, *,
+def make_image_sampler(tokens_to_logits: DenoiseFn, cfg: ImageSamplerConfig, *,
                        num_tokens: int, codebook_size: int, mask_id: int,
                        class_token: bool = True, class_offset: Optional[int] = None,
                        jit: bool = True) -> ImageSampler:

@@ -105,9 +105,9 @@ def load_config(spec: str):
 def experiment_config(config):
   """ml_collections config (configs/digits.py) -> (ExperimentConfig, digits section dict)."""
   from remdm_jax.config_utils import _to_plain, dataclass_from_dict
-  from remdm_jax.losses import LossConfig
+  from remdm_jax.diffusion.losses import LossConfig
   from remdm_jax.models.dit import DiTConfig
-  from remdm_jax.training.mesh import MeshConfig
+  from remdm_jax.sharding import MeshConfig
   from remdm_jax.training.trainer import ExperimentConfig, OptimConfig, TrainConfig
   raw = dict(_to_plain(config))
   model = dataclass_from_dict(DiTConfig, raw["model"], "model")
@@ -169,7 +169,7 @@ def train_model(config, out_dir: Optional[str] = None, log=print, init: Optional
   init: optional params folder to continue from (params and EMA start there; fresh optimizer
   state and schedule). history: earlier runs' records, stored in the metadata.
   Returns {"steps", "seconds", "train_loss", "val_nelbo" (nats/token, held-out, EMA), "out"}."""
-  from remdm_jax.training import mesh as mesh_lib
+  from remdm_jax import sharding as mesh_lib
   from remdm_jax.training.trainer import Trainer
   cfg, dig = experiment_config(config)
   xtr, ytr = load_digits_split("train", dig["test_fraction"], dig["split_seed"])

@@ -260,7 +260,7 @@ def generate(args, opts: DecodeOptions, log=print) -> dict[str, Any]:
   from remdm_jax.images import convert
   from remdm_jax.images import maskgit as mg
   from remdm_jax.images import vqgan as vq
-  from remdm_jax.training import mesh as mesh_lib
+  from remdm_jax import sharding as mesh_lib
 
   vcfg, vgraph, vparams = convert.load_vqgan_decoder(args.vqgan_ckpt)
   tcfg, tgraph, tparams = convert.load_maskgit_transformer(

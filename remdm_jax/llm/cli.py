@@ -76,7 +76,7 @@ def load_for_generation(args):
   """-> (model cfg, graphdef, params, tokenizer, mesh). Weights stream into the mesh."""
   import jax
   from remdm_jax.llm import weights
-  from remdm_jax.training import mesh as mesh_lib
+  from remdm_jax import sharding as mesh_lib
   try:
     shape = tuple(int(s) for s in args.mesh.split(","))
   except ValueError:

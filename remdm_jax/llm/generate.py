@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -65,12 +65,12 @@ from jax import lax
 from remdm_jax.sampling import draws
 from remdm_jax.sampling.config import SamplerConfig
 from remdm_jax.sampling.ranked import select_top_n
+from remdm_jax.types import MaskedLMFn
 
 RULES = ("llada", "llada_conf", "remdm_llada")
 REMASKING = ("low_confidence", "random")
 GEN_PRECISIONS = ("exact32", "float64")
 
-LogitsFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,7 +238,7 @@ def check_prompt(prompt, attention_mask, cfg: GenConfig):
   return prompt.astype(np.int32), am.astype(np.int32)
 
 
-def make_generate(logits_fn: LogitsFn, cfg: GenConfig, *, jit: bool = True, mesh=None,
+def make_generate(logits_fn: MaskedLMFn, cfg: GenConfig, *, jit: bool = True, mesh=None,
                   data_axes: Sequence[str] = ("data", "fsdp")):
   """-> gen(params, prompt int32 [B, P], attention_mask [B, P], key, noise=None)
   -> (tokens int32 [B, G], info {"nfe": int32, "done": bool [B]}).

@@ -28,7 +28,7 @@ transpose of torch's weight), `blocks.{i}.{q,k,v}_proj.bias` (include_qkv_bias),
 random-init model). With `scan_layers=True` the blocks are stored stacked (leading axis "layers",
 same names without the index) and run with `lax.scan`.
 
-Logical axes (mapped to mesh axes by `remdm_jax.training.mesh` rules): wte ("vocab", "embed"),
+Logical axes (mapped to mesh axes by `remdm_jax.sharding` rules): wte ("vocab", "embed"),
 q/k/v ("embed", "qkv"), attn_out ("heads", "embed"), ff_proj / up_proj ("embed", "mlp"),
 block ff_out ("mlp", "embed"), head ("embed", "vocab"), norms ("norm",), qkv biases ("qkv",),
 stacked blocks prepend "layers" (replicated by the default rules).
@@ -367,8 +367,8 @@ def abstract_model(cfg: LLaDAConfig) -> tuple[nnx.GraphDef, nnx.State]:
 
 def init_sharded(cfg: LLaDAConfig, key, mesh, rules=None) -> tuple[nnx.GraphDef, nnx.State]:
   """Random init straight into parameters sharded over `mesh` by the logical-axis rules
-  (`remdm_jax.training.mesh`), never materialising the whole model on one device."""
-  from remdm_jax.training import mesh as mesh_lib
+  (`remdm_jax.sharding`), never materialising the whole model on one device."""
+  from remdm_jax import sharding as mesh_lib
   rules = mesh_lib.DEFAULT_RULES if rules is None else rules
   gd, abstract = abstract_model(cfg)
   shardings = mesh_lib.param_shardings(abstract, mesh, rules)

@@ -128,14 +128,14 @@ def load_params(model_dir: str, cfg: LLaDAConfig, mesh=None, rules=None):
     model_dir: folder with model.safetensors(.index.json).
     cfg: the model config (param_dtype = stored dtype on device).
     mesh: optional `jax.sharding.Mesh` ("data", "fsdp", "tensor"); parameters are placed sharded by
-      the logical-axis `rules` (default `remdm_jax.training.mesh.DEFAULT_RULES`). None = default
+      the logical-axis `rules` (default `remdm_jax.sharding.DEFAULT_RULES`). None = default
       device.
   Returns:
     (graphdef, params nnx.State).
   Raises:
     ValueError naming every missing / unexpected / mis-shaped key (checked before any tensor read).
   """
-  from remdm_jax.training import mesh as mesh_lib
+  from remdm_jax import sharding as mesh_lib
   gd, abstract = abstract_model(cfg)
   flat = {_path_key(p): v for p, v in nnx.to_flat_state(abstract)}
   if mesh is not None:

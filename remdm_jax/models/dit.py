@@ -53,7 +53,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec
 
-from remdm_jax.schedules import NoiseSchedule
+from remdm_jax.diffusion.schedules import NoiseSchedule
 
 # Logical axis names carried by the parameters (the trainer maps them to mesh axes with its rules):
 #   vocab  - vocabulary (embedding rows, output-linear columns)
@@ -527,7 +527,7 @@ class DiT(nnx.Module):
   def __call__(self, tokens: jax.Array, sigma: jax.Array, *,
                dropout_key: jax.Array | None = None,
                labels: jax.Array | None = None) -> jax.Array:
-    """Raw logits (SUBS is applied by callers, `remdm_jax.subs`).
+    """Raw logits (SUBS is applied by callers, `remdm_jax.diffusion.subs`).
 
     Args:
       tokens: int [B, L], ids in [0, V); or float [B, L, V] one-hot (or soft) rows, embedded as

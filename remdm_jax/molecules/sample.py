@@ -15,7 +15,7 @@
 
 `--model` is a checkpoint folder or one of the shipped names mdlm (qm9_cond_mdlm, default), udlm
 (qm9_udlm) and ar (qm9_ar). The kind of a checkpoint (`model_kind`) picks the sampler: mdlm ->
-`sampling.make_sampler` (any strategy), udlm -> `uniform.make_udlm_sampler` (SPEC_DOMAINS §M.7;
+`sampling.make_sampler` (any strategy), udlm -> `sampling.udlm.make_udlm_sampler` (SPEC_DOMAINS §M.7;
 D-CFG mixes the two log posteriors, D-CBG adds gamma * C over all values), ar ->
 `sampling.ar.make_ar_sampler` (left to right from <bos>; D-CFG = CFG on the next-token log-probs,
 D-CBG = FUDGE: the shipped noisy classifier scores the prefix + candidate with the suffix masked,
@@ -191,10 +191,10 @@ def guided_denoise(model: LoadedModel, guidance, label: Optional[int], batch_siz
 
 def _udlm_sampler(model: LoadedModel, num_steps: int, guidance, label, batch_size, classifier):
   """(UDLMSampler, params) for the class-conditional UDLM (SPEC_DOMAINS §M.7): None = the fixed
-  label (or null class); CFG = `uniform.CFGGuidance` (mix of the two log posteriors; params
+  label (or null class); CFG = `sampling.udlm.CFGGuidance` (mix of the two log posteriors; params
   {"model", "labels"}); CBG = `guidance.CBGGuidance` on the null-class denoiser (params
   {"model": {"model", "labels"}, "classifier"})."""
-  from remdm_jax import uniform as U
+  from remdm_jax.sampling import udlm as U
   null, fixed = _check_request(model, guidance, label)
   cond = dit.make_cond_denoise_fn(model.graphdef)  # sigma = loglinear sigma(t), as udlm_loss
   mp = dit.cast_for_compute(model.params, model.config)
@@ -255,7 +255,7 @@ def sample_molecules(model: LoadedModel, sampler_cfg: SamplerConfig, *, num_samp
   argmax step, as the QM9 guidance reference does (SPEC_DOMAINS §M.4); a row that still holds a
   mask token then decodes to an invalid SMILES. True adds the SPEC §4.5 final step (one more NFE).
   The model's kind (`model_kind`) picks the sampler: mdlm -> `make_sampler(sampler_cfg)`; udlm
-  -> `uniform.make_udlm_sampler` with T = sampler_cfg.num_steps; ar -> `sampling.ar`
+  -> `sampling.udlm.make_udlm_sampler` with T = sampler_cfg.num_steps; ar -> `sampling.ar`
   (sampler_cfg.num_steps unused; D-CBG = FUDGE, `top_k` candidates or all V). udlm / ar need
   strategy "mdlm" and noise_removal=False (ValueError otherwise).
   Returns (tokens, stats) with stats nfe (model rows per sample, SPEC_DOMAINS §M.8: T steps

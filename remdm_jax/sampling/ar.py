@@ -38,7 +38,7 @@ runs 2 rows per sample, counted in "model_rows"); "classifier_nfe" = classifier 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Union
+from typing import Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -47,9 +47,9 @@ from jax import lax
 
 from remdm_jax.sampling import draws
 from remdm_jax.sampling.guidance import _check_gamma, cfg_logits_pair, cfg_mix
-from remdm_jax.subs import NEG_INF
+from remdm_jax.diffusion.subs import NEG_INF
+from remdm_jax.types import CausalLogitsFn
 
-LogitsFn = Callable[[Any, jax.Array], jax.Array]
 
 
 def _check_int(name, v, lo):
@@ -153,7 +153,7 @@ class ARSampler:
     return self.sample_with_info(params, key, batch_size)[0]
 
 
-def make_ar_sampler(logits_fn: Optional[LogitsFn], *, seq_len: int, bos_id: int,
+def make_ar_sampler(logits_fn: Optional[CausalLogitsFn], *, seq_len: int, bos_id: int,
                     fill_id: Optional[int] = None, temperature: float = 1.0,
                     guidance: Union[None, ARCFG, FUDGEGuidance] = None,
                     jit: bool = True) -> ARSampler:

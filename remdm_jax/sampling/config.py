@@ -58,7 +58,7 @@ class SamplerConfig:
       (biased, kept only to demonstrate the bias).
     eps: where the time grid ends (SPEC §4.2), 1e-5.
     alpha_schedule: the sampler's alpha(t) on the grid for mdlm/cap/rescale/conf/fb/switch,
-      "linear" (1 - t, [REF]) or a `remdm_jax.schedules` name. Loop and DFM define their own.
+      "linear" (1 - t, [REF]) or a `remdm_jax.diffusion.schedules` name. Loop and DFM define their own.
     cache_unchanged: skip the denoiser when no token changed since its last call (SPEC §4.8).
       Exact only for a denoiser that ignores t, so it requires `time_independent=True`.
     time_independent: the caller's declaration that denoise_fn(params, z, t) does not depend on t

@@ -38,16 +38,14 @@ The sampler reports them in `info["nfe"]` (denoiser calls) and `info["classifier
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from remdm_jax.subs import NEG_INF, subs_log_probs
+from remdm_jax.diffusion.subs import NEG_INF, subs_log_probs
+from remdm_jax.types import ClassifierFn, CondDenoiseFn
 
-CondDenoiseFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
-ClassifierFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
 
 def _check_gamma(gamma, who):

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from remdm_jax.subs import NEG_INF
+from remdm_jax.diffusion.subs import NEG_INF
 
 _ONE_PLUS = 0x3F800001  # bit pattern just above float32 1.0
 METHODS = ("sort", "select", "bisect")

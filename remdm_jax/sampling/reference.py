@@ -3,7 +3,7 @@
 `transition_probs` builds the full [B, L, V] rows in float64; it is the oracle the samplers'
 kernels are tested against (tests/test_sampling_kernel.py) and is used by no sampler. It is
 deliberately NOT exported from `remdm_jax.sampling` (import it from `remdm_jax.sampling.reference`)
-and deliberately written independently of `remdm_jax.sigmas` (an oracle must not share the code it
+and deliberately written independently of `remdm_jax.diffusion.sigmas` (an oracle must not share the code it
 checks).
 """
 from __future__ import annotations

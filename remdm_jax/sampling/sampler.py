@@ -20,8 +20,8 @@ draw. Unmasking positions are processed K = `unmask_buffer` per row at a time in
 Kernel, float64/float32: the reference's race over the full row q = a x~ + (1 - a) onehot(m),
 a = u (masked) or 1 - sigma^l (decoded); x~ is filtered by the sort-free `method="select"` nucleus
 (exactly the sorted rule's kept set, ties included, in the row's dtype; no argsort).
-Temperature (every path): x_theta = SUBS(logits / temperature) before top-p (`remdm_jax.subs`).
-Degenerate denoiser outputs (every non-mask logit -inf) never produce the mask (`remdm_jax.subs`).
+Temperature (every path): x_theta = SUBS(logits / temperature) before top-p (`remdm_jax.diffusion.subs`).
+Degenerate denoiser outputs (every non-mask logit -inf) never produce the mask (`remdm_jax.diffusion.subs`).
 
 Replay ("mixture" mode, SPEC §4.7; float64/float32 only): `sampler(..., uniforms=U)` with U of
 shape [n_steps, B, L, V] (V = the denoiser's output vocabulary, mask column included) runs the race
@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -48,10 +48,10 @@ from remdm_jax.sampling.config import SamplerConfig
 from remdm_jax.sampling.conf import conf_sigma
 from remdm_jax.sampling.guidance import CBGGuidance
 from remdm_jax.sampling.nucleus import nucleus_filter
-from remdm_jax.sampling.schedule import StepSchedule, expected_unmask_buffer, step_schedule
-from remdm_jax.subs import NEG_INF, masked_log_probs, subs_log_probs
+from remdm_jax.sampling.schedule import expected_unmask_buffer, step_schedule
+from remdm_jax.diffusion.subs import NEG_INF, masked_log_probs, subs_log_probs
+from remdm_jax.types import DenoiseFn
 
-DenoiseFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,7 +244,7 @@ def transition_sample(key, tokens, logits, coeffs, spec: KernelSpec, psi=None, f
 
 def final_step(tokens, logits, mask_id):
   """SPEC §4.5: still-masked positions take argmax of SUBS x_theta (never the mask: with every
-  non-mask logit -inf it is the first non-mask id, see `remdm_jax.subs`). No nucleus and no
+  non-mask logit -inf it is the first non-mask id, see `remdm_jax.diffusion.subs`). No nucleus and no
   temperature (argmax is invariant to tau > 0)."""
   logp = subs_log_probs(logits, tokens, mask_id)
   best = jnp.argmax(logp, axis=-1).astype(jnp.int32)

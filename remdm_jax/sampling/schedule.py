@@ -18,9 +18,9 @@ from typing import Optional
 import numpy as np
 
 from remdm_jax.sampling.config import SamplerConfig
-from remdm_jax.schedules import NoiseSchedule
-from remdm_jax.sigmas import remask_sigma, switch_sigma, unmask_rate
-from remdm_jax.sigmas import sigma_max  # noqa: F401  (re-exported, formerly defined here)
+from remdm_jax.diffusion.schedules import NoiseSchedule
+from remdm_jax.diffusion.sigmas import remask_sigma, switch_sigma, unmask_rate
+from remdm_jax.diffusion.sigmas import sigma_max  # noqa: F401  (re-exported, formerly defined here)
 
 _TOL = 1e-12  # float64 slack of the validity checks (equality cases, e.g. rescale with eta = 1)
 

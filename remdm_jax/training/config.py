@@ -1,7 +1,7 @@
 """Config dataclasses of a training run: `OptimConfig`, `TrainConfig`, `CheckpointConfig` and the
 `ExperimentConfig` that bundles them with the model / data / loss / mesh / distributed sections.
 
-This module imports no trainer code (only `training.mesh` for `MeshConfig`), so `config_utils`,
+This module imports no trainer code (only `remdm_jax.sharding` for `MeshConfig`), so `config_utils`,
 the trainer and tools can all import it without a cycle. `remdm_jax.training.trainer` re-exports
 every name defined here for compatibility. Each `__post_init__` raises one-line ValueErrors
 "section.field=value: why".
@@ -12,7 +12,7 @@ import dataclasses
 import math
 from typing import Any
 
-from remdm_jax.training.mesh import MeshConfig
+from remdm_jax.sharding import MeshConfig
 
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -136,7 +136,7 @@ class ExperimentConfig:
 
   model: Any  # remdm_jax.models.dit.DiTConfig
   data: Any  # remdm_jax.data.DataConfig
-  loss: Any  # remdm_jax.losses.LossConfig
+  loss: Any  # remdm_jax.diffusion.losses.LossConfig
   optim: OptimConfig = OptimConfig()
   train: TrainConfig = TrainConfig()
   mesh: MeshConfig = MeshConfig()

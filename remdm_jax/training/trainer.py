@@ -42,7 +42,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from remdm_jax import config_utils
-from remdm_jax.training import mesh as mesh_lib
+from remdm_jax import sharding as mesh_lib
 
 # The config dataclasses live in `training.config`; re-exported here for compatibility.
 from remdm_jax.training.config import (LR_SCHEDULES, CheckpointConfig,  # noqa: E402,F401
@@ -141,7 +141,7 @@ class Trainer:
   """
 
   def __init__(self, cfg: ExperimentConfig, mesh: Mesh):
-    from remdm_jax import losses
+    from remdm_jax.diffusion import losses
     from remdm_jax.models import dit
     self.cfg, self.mesh = cfg, mesh
     self.tx, self.lr_fn = make_optimizer(cfg.optim, cfg.train.num_steps)

@@ -1,6 +1,9 @@
-"""Evaluation (SPEC §7): entropy, generative perplexity, GPT-2 / MiniLM featurisers, MAUVE, plots.
+"""The text domain: corpora (`corpora`, registered by `registrations`: bible, text, hf_disk) and
+evaluation (SPEC §7): entropy, generative perplexity, the GPT-2 scorer and MiniLM featuriser
+(over the model ports `models.gpt2` / `models.bert`), MAUVE, plots, the inference-time-scaling sweep
+(`python -m remdm_jax.text.sweep`).
 
-`import remdm_jax.eval` needs only the core install (jax, numpy). The modules with optional
+`import remdm_jax.text` needs only the core install (jax, numpy). The modules with optional
 dependencies (gpt2: safetensors [+ tokenizers]; minilm: safetensors + tokenizers; mauve:
 mauve-text; plots: matplotlib) are imported lazily on first attribute access.
 """
@@ -8,8 +11,8 @@ from __future__ import annotations
 
 import importlib
 
-from remdm_jax.eval.entropy import mean_entropy, sample_entropy, sample_entropy_jnp
-from remdm_jax.eval.gen_ppl import gen_ppl, gen_ppl_from_texts, retokenize, target_weights
+from remdm_jax.text.entropy import mean_entropy, sample_entropy, sample_entropy_jnp
+from remdm_jax.text.gen_ppl import gen_ppl, gen_ppl_from_texts, retokenize, target_weights
 
 _LAZY = {
     "GPT2Config": "gpt2", "GPT2Scorer": "gpt2", "load_gpt2_params": "gpt2",
@@ -25,6 +28,6 @@ __all__ = ["mean_entropy", "sample_entropy", "sample_entropy_jnp", "gen_ppl",
 
 def __getattr__(name):
   if name in _LAZY:
-    mod = importlib.import_module(f"remdm_jax.eval.{_LAZY[name]}")
+    mod = importlib.import_module(f"remdm_jax.text.{_LAZY[name]}")
     return getattr(mod, name)
-  raise AttributeError(f"module 'remdm_jax.eval' has no attribute {name!r}")
+  raise AttributeError(f"module 'remdm_jax.text' has no attribute {name!r}")

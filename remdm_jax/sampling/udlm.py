@@ -1,21 +1,5 @@
-"""UDLM: uniform-noise discrete diffusion (Schiff et al. 2025; SPEC_DOMAINS §M.7), the QM9
-baseline: forward process, posterior, continuous-time NELBO and the guided posterior sampler.
-
-Vocabulary of N tokens (all ids of the model output, no special role for a mask id), limiting
-distribution pi = 1/N, alpha_t = 1 - t (the reference's hard-coded log-linear schedule):
-  forward    q(z_t | x) = alpha_t x + (1 - alpha_t) / N                 (`forward_probs`)
-  posterior  q(z_s | z_t, x) = [alpha_t N x⊙z_t + (alpha_ts - alpha_t) z_t
-                                + (alpha_s - alpha_t) x + (1 - alpha_ts)(1 - alpha_s) / N]
-                               / [alpha_t N <x, z_t> + 1 - alpha_t],
-             alpha_ts = alpha_t / alpha_s, x one-hot or x_theta        (`posterior_probs`)
-  NELBO      per position, with x̄ = N alpha_t x + 1 - alpha_t, x̄_θ = N alpha_t x_theta
-             + 1 - alpha_t and alpha'_t = -1:
-             (alpha'_t / (N alpha_t)) [N / x̄(z_t) - N / x̄_θ(z_t)
-             - sum_v (x̄_v / x̄(z_t)) (log x̄_θ(z_t) - log x̄_θ,v + log x̄_v - log x̄(z_t))]
-             (`nelbo_integrand`), plus the reconstruction term -log x_theta(x)[x] at t = 0.
-For a product distribution p the minimiser of the NELBO is x_theta = p (the marginal, not
-p(x | z_t): the posterior formula already conditions on z_t), and the NELBO is then exactly the
-entropy H(p) (tests/test_uniform.py integrates it).
+"""The UDLM ancestral sampler with D-CFG / D-CBG guidance (SPEC_DOMAINS §M.4, §M.7); the process
+math is `remdm_jax.diffusion.uniform`.
 
 Sampling (`make_udlm_sampler`): z_1 ~ pi, then on the grid t_i = 1 - i (1 - eps)/T (reused from
 `sampling.schedule.uniform_grid`) each step draws every position from q(z_s | z_t, x_theta(z_t))
@@ -27,63 +11,18 @@ position (`guidance.CBGGuidance`, the same classifier term as the masked sampler
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Callable, Optional, Union
+from typing import Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from remdm_jax.diffusion.uniform import log_posterior, udlm_alpha
 from remdm_jax.sampling import draws
 from remdm_jax.sampling.guidance import CBGGuidance, _check_gamma, cfg_logits_pair, cfg_mix
 from remdm_jax.sampling.schedule import uniform_grid
-from remdm_jax.schedules import NoiseSchedule
-from remdm_jax.subs import NEG_INF
-
-ApplyFn = Callable[[jax.Array, jax.Array], jax.Array]
-DenoiseFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
-
-
-def udlm_alpha(t):
-  """alpha_t = 1 - t (§M.7)."""
-  return 1.0 - t
-
-
-def forward_probs(x: jax.Array, alpha_t, vocab: int, dtype=jnp.float32) -> jax.Array:
-  """q(z_t | x) [..., N] (dtype) for int tokens x [...]: alpha_t onehot(x) + (1 - alpha_t) / N.
-  alpha_t: scalar or broadcastable to x's shape."""
-  a = jnp.asarray(alpha_t, dtype)
-  a = a[..., None] if a.ndim else a
-  return a * jax.nn.one_hot(x, vocab, dtype=dtype) + (1.0 - a) / vocab
-
-
-def posterior_probs(x_probs: jax.Array, z_t: jax.Array, alpha_t, alpha_s) -> jax.Array:
-  """q(z_s | z_t, x) [..., N] of §M.7 for x_probs [..., N] (one-hot x or x_theta) and int z_t
-  [...]; alpha_t <= alpha_s, alpha_s > 0 (scalars or broadcastable to z_t). Rows sum to 1.
-  Computed in x_probs' float dtype (float64 under x64 for float64 input)."""
-  x = x_probs
-  N = x.shape[-1]
-  dt = jnp.promote_types(x.dtype, jnp.float32)
-  x = x.astype(dt)
-  a_t = jnp.asarray(alpha_t, dt)
-  a_s = jnp.asarray(alpha_s, dt)
-  if a_t.ndim:
-    a_t, a_s = a_t[..., None], a_s[..., None]
-  zt = jax.nn.one_hot(z_t, N, dtype=dt)
-  a_ts = a_t / a_s
-  num = (a_t * N * x * zt + (a_ts - a_t) * zt + (a_s - a_t) * x
-         + (1.0 - a_ts) * (1.0 - a_s) / N)
-  den = a_t * N * jnp.sum(x * zt, -1, keepdims=True) + 1.0 - a_t
-  return num / den
-
-
-def log_posterior(logits: jax.Array, z_t: jax.Array, alpha_t, alpha_s) -> jax.Array:
-  """log q(z_s | z_t, x_theta) [..., N] with x_theta = softmax(logits) (float32 at least);
-  entries of probability 0 are NEG_INF (only possible at alpha_s = 1)."""
-  dt = jnp.promote_types(logits.dtype, jnp.float32)
-  q = posterior_probs(jax.nn.softmax(logits.astype(dt), -1), z_t, alpha_t, alpha_s)
-  return jnp.where(q > 0, jnp.log(jnp.where(q > 0, q, 1.0)), NEG_INF)
+from remdm_jax.types import DenoiseFn
 
 
 def cfg_log_posterior(lc_logits, lu_logits, z_t, alpha_t, alpha_s, gamma: float) -> jax.Array:
@@ -98,78 +37,6 @@ def cfg_log_posterior(lc_logits, lu_logits, z_t, alpha_t, alpha_s, gamma: float)
   return cfg_mix(log_posterior(lc_logits, z_t, alpha_t, alpha_s),
                  log_posterior(lu_logits, z_t, alpha_t, alpha_s), g)
 
-
-def nelbo_integrand(x_theta: jax.Array, x: jax.Array, z_t: jax.Array, alpha_t) -> jax.Array:
-  """The continuous-time UDLM NELBO integrand at time t (§M.7), per position [...] (>= 0; = 0
-  where x_theta = onehot(x)); the NELBO is its integral over t in [0, 1] in expectation over
-  z_t ~ q(z_t | x) (plus the t = 0 reconstruction term).
-
-  Args: x_theta [..., N] probabilities; x, z_t int [...]; alpha_t in (0, 1] (scalar or [...]).
-  """
-  N = x_theta.shape[-1]
-  dt = jnp.promote_types(x_theta.dtype, jnp.float32)
-  a = jnp.asarray(alpha_t, dt)
-  a = a[..., None] if a.ndim else a
-  xb = N * a * jax.nn.one_hot(x, N, dtype=dt) + 1.0 - a
-  xbt = N * a * x_theta.astype(dt) + 1.0 - a
-  xb_z = jnp.take_along_axis(xb, z_t[..., None], -1)
-  xbt_z = jnp.take_along_axis(xbt, z_t[..., None], -1)
-  inner = jnp.sum((xb / xb_z) * (jnp.log(xbt_z) - jnp.log(xbt) + jnp.log(xb) - jnp.log(xb_z)),
-                  -1, keepdims=True)
-  bracket = N / xb_z - N / xbt_z - inner
-  return (-1.0 / (N * a) * bracket)[..., 0]
-
-
-def udlm_loss(apply_fn: ApplyFn, x: jax.Array, key: jax.Array, *, t_eps: float = 1e-3,
-              antithetic: bool = True, reconstruction: bool = True,
-              times: Optional[jax.Array] = None, sigma_fn: Optional[Callable] = None):
-  """UDLM NELBO estimate (nats/token), the training objective "udlm" (`losses.loss_fn`).
-
-  t_b = t_eps + (1 - 2 t_eps) u_b (u stratified when antithetic; t <= 1 - t_eps keeps the
-  1 / alpha_t factor finite in float32 - the integrand vanishes like alpha_t there);
-  z_t^l = x^l w.p. alpha_t, else uniform over the N ids (which may again be x^l);
-    loss = (1/(B L)) sum_{b,l} nelbo_integrand(softmax(apply_fn(z_t, sigma_t)), x, z_t, alpha_t)
-           [+ (1/(B L)) sum -log softmax(apply_fn(x, 0))[x]  (reconstruction at t = 0)].
-  The network's time input is sigma_fn(t), by default the log-linear schedule's
-  sigma(t) = -log(1 - (1 - 1e-3) t) as in the reference (whose loss nevertheless uses
-  alpha_t = 1 - t; a model without time conditioning ignores it); sigma_fn(0) = 0 at the
-  reconstruction. The reconstruction term costs a second forward pass (reconstruction=False
-  skips it). The reference samples t in [t_eps, 1]; the clip to 1 - t_eps is ours.
-
-  Args: apply_fn (z int32 [B, L], sigma float32 [B]) -> logits [B, L, N]; x int [B, L] in [0, N);
-    key: split as (times, noise, token); times: optional fixed t [B].
-  Returns: (loss float32 scalar, aux: nats, bits, ppl_bound, t_mean, diffusion, reconstruction).
-  """
-  from remdm_jax.losses import _check_tokens, _report, sample_uniform
-  _check_tokens(x)
-  B, L = x.shape
-  k_t, k_keep, k_tok = jax.random.split(key, 3)
-  if times is None:
-    t = t_eps + (1.0 - 2.0 * t_eps) * sample_uniform(k_t, B, antithetic)
-  else:
-    if jnp.shape(times) != (B,):
-      raise ValueError(f"udlm_loss: times must have shape ({B},), got {jnp.shape(times)}")
-    t = jnp.asarray(times, jnp.float32)
-  a = udlm_alpha(t)
-  keep = jax.random.uniform(k_keep, (B, L)) < a[:, None]
-  N = jax.eval_shape(apply_fn, x, t).shape[-1]  # the model's vocabulary (no compute)
-  if not isinstance(x, jax.core.Tracer) and int(np.max(np.asarray(x))) >= N:
-    raise ValueError(f"udlm_loss: token id {int(np.max(np.asarray(x)))} >= model vocabulary "
-                     f"N={N}")
-  x = x.astype(jnp.int32)
-  z = jnp.where(keep, x, jax.random.randint(k_tok, (B, L), 0, N, jnp.int32))
-  if sigma_fn is None:
-    sigma_fn = NoiseSchedule("loglinear", 1e-3).sigma
-  logits = apply_fn(z, jnp.asarray(sigma_fn(t), jnp.float32))
-  diff = nelbo_integrand(jax.nn.softmax(logits.astype(jnp.float32), -1), x, z, a[:, None])
-  diff = jnp.sum(diff) / (B * L)
-  rec = jnp.zeros((), jnp.float32)
-  if reconstruction:
-    lg0 = apply_fn(x, jnp.asarray(sigma_fn(jnp.zeros((B,), jnp.float32)), jnp.float32))
-    lg0 = lg0.astype(jnp.float32)
-    rec = -jnp.sum(jnp.take_along_axis(jax.nn.log_softmax(lg0, -1), x[..., None], -1)) / (B * L)
-  loss = diff + rec
-  return loss, _report(loss, t_mean=jnp.mean(t), diffusion=diff, reconstruction=rec)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,7 @@
 (SPEC §4.1, §4.4; the training objective of §3.2 uses the same table).
 
 Used by the sampler's schedule builder (`remdm_jax.sampling.schedule`, float64 numpy before tracing)
-and by the ReMDM training objective (`remdm_jax.losses.remdm_sigma`, jax arrays under jit). Every
+and by the ReMDM training objective (`remdm_jax.diffusion.losses.remdm_sigma`, jax arrays under jit). Every
 function is array-library agnostic: numpy / Python scalars in give numpy out, jax arrays in give
 jax out (the module never converts between them). Scalars `eta`, `t_switch` are Python floats.
 

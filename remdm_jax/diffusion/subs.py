@@ -7,7 +7,7 @@ This module is the one home of the formula for the samplers: `masked_log_probs` 
 sampler's temperature) is what every sampling path draws from (the exact32 token draw gathers
 rows of logits and calls it; the float64 / float32 race and the final argmax call
 `subs_log_probs`, rule 1 + rule 2). (The training loss evaluates the same formula fused with its
-target gather and a custom VJP, `remdm_jax.losses.subs_target_nll`, tested equal to
+target gather and a custom VJP, `remdm_jax.diffusion.losses.subs_target_nll`, tested equal to
 `subs_log_probs`.)
 
 "log 0" is a large *finite* negative number (NEG_INF) at the mask entry and at the carried-over

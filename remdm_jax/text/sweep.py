@@ -3,9 +3,9 @@
 Runs each strategy at each T, then scores every sample set (MAUVE against held-out text, gen-PPL
 under an AR scorer, unigram entropy) and writes `scaling.csv` and `scaling.png`:
 
-  python -m remdm_jax.eval.sweep                                     # shipped bible_byte model
-  python -m remdm_jax.eval.sweep --stage=sample --output_dir=...     # sampling only (e.g. on a GPU)
-  python -m remdm_jax.eval.sweep --stage=eval --output_dir=...       # scoring only (e.g. on a CPU)
+  python -m remdm_jax.text.sweep                                     # shipped bible_byte model
+  python -m remdm_jax.text.sweep --stage=sample --output_dir=...     # sampling only (e.g. on a GPU)
+  python -m remdm_jax.text.sweep --stage=eval --output_dir=...       # scoring only (e.g. on a CPU)
 
 Default output_dir: `./runs/sweep`, or `~/remdm-jax/runs/sweep` when run inside the source checkout
 (`$REMDM_OUTPUT_DIR` replaces the folder; `generation.output_root`). With --stage=all the scorer,
@@ -76,7 +76,7 @@ def eval_stage(checkpoint: str, output_dir: str, *, scorer: Optional[str],
                mauve: bool = True, seed: int = 1) -> list[dict]:
   """Scores every saved sample set in `output_dir`; writes scaling.csv and scaling.png."""
   from remdm_jax import generation
-  from remdm_jax.eval.sample_metrics import heldout_texts, sample_metrics
+  from remdm_jax.text.sample_metrics import heldout_texts, sample_metrics
 
   model = generation.load_model(checkpoint)
   scorer_model = generation.load_model(scorer) if scorer else None
@@ -94,7 +94,7 @@ def eval_stage(checkpoint: str, output_dir: str, *, scorer: Optional[str],
     if not data_cfg:
       raise ValueError(f"checkpoint {model.path} records no training data config (for MAUVE)")
     refs, ref_name = heldout_texts(data_cfg, n, seed=seed)
-    from remdm_jax.eval.minilm import MiniLMFeaturizer
+    from remdm_jax.text.minilm import MiniLMFeaturizer
     featurizer = MiniLMFeaturizer()
   rows = []
   if refs is not None:  # the data itself: a second, independent held-out draw
@@ -113,7 +113,7 @@ def eval_stage(checkpoint: str, output_dir: str, *, scorer: Optional[str],
     print(f"{info['strategy']:>14s} T={info['T']:<5d} " + " ".join(
         f"{k}={m[k]:.4f}" for k in ("mauve", "gen_ppl", "entropy") if k in m), file=sys.stderr)
   write_csv(os.path.join(output_dir, "scaling.csv"), rows)
-  from remdm_jax.eval.plots import plot_scaling
+  from remdm_jax.text.plots import plot_scaling
   plot_scaling([r for r in rows if r["strategy"] != "data"], os.path.join(output_dir, "scaling.png"),
                title=f"{os.path.basename(model.path)}: quality vs steps")
   return rows
@@ -145,7 +145,7 @@ def main(argv) -> int:
       raise ValueError(f"--output_dir={output_dir} is a file")
     if F.stage == "all":  # whatever the eval stage needs, before sampling
       if F.mauve:
-        from remdm_jax.eval.sample_metrics import check_mauve_available
+        from remdm_jax.text.sample_metrics import check_mauve_available
         check_mauve_available()
       try:
         import matplotlib  # noqa: F401  pylint: disable=unused-import

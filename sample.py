@@ -31,6 +31,11 @@ Output: `--output` (never silently overwritten: an existing file needs `--overwr
 when the current directory is inside this source checkout (`$REMDM_OUTPUT_DIR` replaces either).
 The JSONL is written before any metric is computed.
 
+Several processes (README "Multi-host"): `python -m remdm_jax.launch -n 2 -- sample.py ...` (or a
+SLURM / pod job with the REMDM_* environment) splits every batch over the devices of all
+processes (--batch_size divisible by their number); the samples equal a one-process run's;
+process 0 writes the output and prints.
+
 Presets: mdlm, remdm_cap, remdm_rescale, remdm_conf, remdm_switch, remdm_loop, fb, dfm (top-p 0.9
 and the SPEC §5 script defaults); any field can be overridden with the flags below. Bad input is
 one `sample.py: error: ...` line and exit status 2, before any sampling.
@@ -130,6 +135,18 @@ def run(argv) -> int:
 
   import jax
 
+  from remdm_jax import distributed
+  # several processes (`python -m remdm_jax.launch -n 2 -- sample.py ...`, README "Multi-host"):
+  # every batch is split over all devices of all processes; process 0 writes and prints
+  mesh = None
+  if distributed.initialize_from_env():
+    from remdm_jax import sharding as mesh_lib
+    mesh = mesh_lib.make_mesh((-1, 1, 1))
+    if min(FLAGS.batch_size, FLAGS.num_samples) % mesh.devices.size:
+      raise ValueError(f"--batch_size={min(FLAGS.batch_size, FLAGS.num_samples)} must be "
+                       f"divisible by the {mesh.devices.size} devices of all "
+                       f"{jax.process_count()} processes")
+  primary = jax.process_index() == 0
   from remdm_jax import generation
   from remdm_jax.text import sample_metrics as metrics_lib
   from remdm_jax.sampling import PRESETS, SamplerConfig
@@ -189,7 +206,8 @@ def run(argv) -> int:
 
   if cfg.precision == "float64":
     jax.config.update("jax_enable_x64", True)
-  print(f"model: {model.path} ({model.config.vocab_size} vocab, L={model.seq_len}, tokenizer "
+  if primary:
+    print(f"model: {model.path} ({model.config.vocab_size} vocab, L={model.seq_len}, tokenizer "
         f"{model.tokenizer.name}); sampler: {cfg.strategy}, T={cfg.num_steps}, top_p={cfg.top_p}, "
         f"eta={cfg.eta}, precision={cfg.precision}"
         + (f"; semi-AR: {_plural(semi['num_strides'], 'stride')} of {semi['stride_length']} "
@@ -198,20 +216,23 @@ def run(argv) -> int:
   # 3. Sample, write, then score.
   tokens, stats = generation.generate(model, cfg, num_samples=FLAGS.num_samples,
                                       batch_size=FLAGS.batch_size, seed=FLAGS.seed,
-                                      prompt=FLAGS.prompt, progress=FLAGS.progress,
+                                      prompt=FLAGS.prompt, progress=FLAGS.progress and primary,
                                       num_strides=semi.get("num_strides", 0),
-                                      stride_length=semi.get("stride_length"))
+                                      stride_length=semi.get("stride_length"), mesh=mesh)
   texts = [model.tokenizer.decode(t.tolist()) for t in tokens]
   settings = generation.sampler_settings(cfg)
   records = [dict(index=i, tokens=tok.tolist(), sampler=settings, seed=FLAGS.seed,
                   checkpoint=model.path, tokenizer=model.tokenizer.name, prompt=FLAGS.prompt,
                   **semi, **({"text": txt} if has_text else {}))
              for i, (txt, tok) in enumerate(zip(texts, tokens))]
-  out = generation.write_jsonl_atomic(out_path, records)
-  print(f"wrote {len(records)} samples to {out}", file=sys.stderr)
-
+  # every process computes the (identical) metrics, so that all reach JAX's exit barrier together
+  if primary:
+    out = generation.write_jsonl_atomic(out_path, records)
+    print(f"wrote {len(records)} samples to {out}", file=sys.stderr)
   metrics = metrics_lib.sample_metrics(tokens, scorer=scorer, texts=texts, mauve_reference=refs,
                                        reference_name=ref_name)
+  if not primary:
+    return 0
   for i, txt in enumerate(texts[:FLAGS.show]):
     print(f"--- sample {i} ---\n{txt}")
   print("--- metrics ---")

@@ -10,6 +10,13 @@ missing corpus, mesh that does not fit the devices, vocab mismatch, unwritable w
 reported as one `error:` line, exit status 2, before any work; a non-finite loss exits 3, a failed
 checkpoint save 4. Ctrl-C (SIGINT) or SIGTERM saves a checkpoint of the last finished step and
 exits 130 / 143; a second Ctrl-C aborts at once.
+
+Several processes (README "Multi-host"): `python -m remdm_jax.launch -n 2 -- train.py ...` on one
+machine, or the REMDM_COORDINATOR / REMDM_NUM_PROCESSES / REMDM_PROCESS_ID environment (SLURM,
+TPU pod; `remdm_jax.distributed`). Process 0 writes the metrics, config and progress lines; all
+processes write the checkpoint together; SIGTERM to any process stops all of them after the same
+step (its checkpoint saved, exit 143); an unexpected error in one process ends it at once with
+status 1 (the launcher then stops the others).
 """
 import os
 import sys
@@ -50,7 +57,9 @@ def main(argv):
   except KeyboardInterrupt:
     print(f"interrupted; {_checkpoint_note(_WORKDIR.value)}", file=sys.stderr)
     sys.exit(130)
-  print(f"done: step {result['step']}, workdir {result['workdir']}")
+  import jax
+  if jax.process_index() == 0:  # several processes (README "Multi-host"): one line
+    print(f"done: step {result['step']}, workdir {result['workdir']}")
 
 
 def _fail(line: str, code: int) -> None:

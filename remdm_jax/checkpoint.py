@@ -322,6 +322,15 @@ def _sharding_fn(sharding):
                    "callable (path, shape) -> Sharding")
 
 
+def _host_if_local(x):
+  """A jax.Array that lives on this process's devices only (e.g. `load_params`' default single
+  device placement) -> numpy; orbax refuses to save host-local arrays in a multi-process run
+  ("Cannot serialize host local jax.Array"). Every process holds the same value."""
+  if isinstance(x, jax.Array) and x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  return x
+
+
 def _to_float32(x):
   if hasattr(x, "dtype") and jax.numpy.issubdtype(x.dtype, jax.numpy.floating):
     return x.astype(jax.numpy.float32)
@@ -335,6 +344,8 @@ def save_params(directory, params, *, model_config: dict,
   Args:
     directory: output folder (replaced if it exists).
     params: pytree of arrays (nnx.State, nested dict, ...); floating leaves are stored as float32.
+      With several processes every process calls this with the same tree (global arrays, or
+      host-local / numpy leaves holding the same values); process 0 writes the JSON files.
     model_config: JSON-serialisable model config (e.g. `DiTConfig.to_dict()`).
     extra_metadata: JSON-serialisable extras (step, source, ...), stored in metadata.json.
   Returns:
@@ -349,6 +360,8 @@ def save_params(directory, params, *, model_config: dict,
     shutil.rmtree(tmp)
   _sync("remdm_save_params_clean")
   nested = tree_to_nested(jax.tree.map(_to_float32, params))
+  if jax.process_count() > 1:  # host-local arrays (load_params' default) cannot be saved by orbax
+    nested = jax.tree.map(_host_if_local, nested)
   ckptr = ocp.StandardCheckpointer()
   ckptr.save(os.path.join(tmp, "params"), nested)
   ckptr.wait_until_finished()

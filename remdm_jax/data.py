@@ -412,8 +412,9 @@ class DataIterator(Iterator[np.ndarray]):
   """Iterator over a batched grain MapDataset with checkpointable state.
 
   State: {"step": n} = number of global batches already produced (so epoch = n * B // N), plus
-  identity fields (seed, num_examples, batch_size, shuffle, process_count, split) that
-  `set_state` checks, raising ValueError on a mismatch. The state is a dict of Python ints /
+  identity fields (seed, num_examples, batch_size, shuffle, split) that `set_state` checks,
+  raising ValueError on a mismatch (global batch n is the same for any process count, which is
+  therefore not checked: a state saved by P processes resumes with any other count). The state is a dict of Python ints /
   bools / str: save it as JSON (e.g. orbax `JsonSave`) next to the model checkpoint.
   """
 
@@ -478,7 +479,8 @@ def make_dataset(cfg: DataConfig, split: str = "train", *, tokenizer=None, shuff
     num_epochs = None if split == "train" else 1
   ds = batch_dataset(packed, cfg.batch_size, seed=cfg.seed, shuffle=shuffle, num_epochs=num_epochs,
                      process_index=process_index, process_count=process_count)
+  # Global batch n does not depend on the process count (`_ProcessShard`), so it is not part of
+  # the identity: a checkpoint of a 2-process run resumes in 1 process and vice versa.
   identity = {"split": split, "seed": int(cfg.seed), "shuffle": bool(shuffle),
-              "num_examples": int(len(packed)), "batch_size": int(cfg.batch_size),
-              "process_count": int(process_count)}
+              "num_examples": int(len(packed)), "batch_size": int(cfg.batch_size)}
   return DataIterator(ds, identity)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from remdm_jax import checkpoint
+from remdm_jax import sharding as mesh_lib
 from remdm_jax.checks import check_mask_id
 from remdm_jax.fileio import atomic_open
 from remdm_jax.models import dit
@@ -230,7 +231,7 @@ def with_progress(denoise_fn: Callable, progress: StepProgress) -> Callable:
 def generate(model: LoadedModel, cfg: SamplerConfig, *, num_samples: int, batch_size: int,
              seed: int, prompt: Optional[str] = None, progress: bool = True,
              num_strides: int = 0, stride_length: Optional[int] = None,
-             ) -> tuple[np.ndarray, dict]:
+             mesh: Optional[jax.sharding.Mesh] = None) -> tuple[np.ndarray, dict]:
   """Draws `num_samples` sequences with sampler `cfg`.
 
   Batch b uses key fold_in(PRNGKey(seed), b); every batch has `batch_size` rows (one compiled
@@ -242,6 +243,12 @@ def generate(model: LoadedModel, cfg: SamplerConfig, *, num_samples: int, batch_
   each extra window freezing the previous window's last L - stride_length tokens (stride_length
   in [1, L - 1], default L // 2); window s of batch b uses fold_in(fold_in(PRNGKey(seed), b), s).
   A text prompt freezes the start of the first window. NFE = (S + 1) * the sampler's NFE.
+
+  mesh: optional; every batch is split over all mesh axes (params replicated), also when the mesh
+  spans several processes (README "Multi-host"): every process then calls `generate` with the same
+  arguments and gets all `num_samples` rows. A row's sample does not depend on the split (keys are
+  per row and position, `sampling.draws`). batch_size (after min(batch_size, num_samples)) must
+  be divisible by the mesh size.
 
   Returns:
     (tokens int32 [num_samples, L + S * stride_length], stats) with stats: nfe (static denoiser
@@ -268,6 +275,9 @@ def generate(model: LoadedModel, cfg: SamplerConfig, *, num_samples: int, batch_
   if not model.config.time_conditioning and not cfg.time_independent:
     cfg = cfg.replace(time_independent=True)  # SPEC §4.8: this network ignores t
   batch_size = min(batch_size, num_samples)
+  if mesh is not None and batch_size % mesh.devices.size:
+    raise ValueError(f"batch_size={batch_size} must be divisible by the {mesh.devices.size} "
+                     "devices of the sampling mesh")
   kwargs = {}
   if prompt is not None:
     p, m = encode_prefix(model.tokenizer, prompt, model.seq_len, model.config.vocab_size)
@@ -281,7 +291,8 @@ def generate(model: LoadedModel, cfg: SamplerConfig, *, num_samples: int, batch_
                          batch_size=batch_size, seq_len=length,
                          nfe=(num_strides + 1) * step_schedule(cfg).nfe)
     denoise_fn = with_progress(denoise_fn, meter)
-  sampler = make_sampler(denoise_fn, cfg, seq_len=model.seq_len, mask_id=model.mask_id)
+  sampler = make_sampler(denoise_fn, cfg, seq_len=model.seq_len, mask_id=model.mask_id,
+                         mesh=mesh)
   if num_strides:
     sampler = semi_ar.make_semi_ar_sampler(sampler, num_strides=num_strides,
                                            stride_length=stride_length)
@@ -289,15 +300,22 @@ def generate(model: LoadedModel, cfg: SamplerConfig, *, num_samples: int, batch_
   else:
     sample_with_info = sampler.sample_with_info
   params = dit.cast_for_compute(model.params, model.config)
+  put_key = lambda k: k  # noqa: E731
+  if mesh is not None:  # placed once here (the semi-AR path does not place its inputs)
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    rep = NamedSharding(mesh, P())
+    params = mesh_lib.put_global(params, rep)
+    kwargs = mesh_lib.put_global(kwargs, NamedSharding(mesh, P(mesh.axis_names, None)))
+    put_key = lambda k: mesh_lib.put_global(k, rep)  # noqa: E731
   root = jax.random.PRNGKey(seed)
   out, spent = [], []
   start = time.perf_counter()
   for b in range(num_batches):
     if meter:
       meter.start_batch(b)
-    toks, info = sample_with_info(params, jax.random.fold_in(root, b), batch_size=batch_size,
-                                  **kwargs)
-    toks = np.asarray(toks)
+    toks, info = sample_with_info(params, put_key(jax.random.fold_in(root, b)),
+                                  batch_size=batch_size, **kwargs)
+    toks = mesh_lib.to_host(toks)  # all rows on every process
     spent.append(int(info["nfe"]))
     out.append(toks)
     if meter:

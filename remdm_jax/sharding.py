@@ -310,3 +310,82 @@ def batch_divisor(mesh: Mesh) -> int:
 
 
 _path_str = path_str  # old private name (compatibility)
+
+
+# ----------------------------------------------------------------------------------------------
+# several processes (multi-host): which rows a process feeds, host values <-> global arrays
+# ----------------------------------------------------------------------------------------------
+
+def process_data_shard(mesh: Mesh, process_index: int | None = None) -> tuple[int, int]:
+  """(index, count): process `process_index` (default: this one) feeds rows
+  [index * B / count, (index + 1) * B / count) of every global batch of B rows sharded over
+  ("data", "fsdp") (`batch_sharding`). count = 1 in a single process, = the process count on a
+  `make_mesh` mesh whose data x fsdp is a multiple of it; processes that share batch shards (e.g.
+  a "tensor" axis across processes) get the same index and feed the same rows.
+
+  Raises ValueError (naming the mesh) when the process's rows are not one contiguous block of
+  equal size for every process (a device order that `make_mesh` never produces).
+  """
+  pi = jax.process_index() if process_index is None else int(process_index)
+  n = batch_divisor(mesh)
+  spans: dict[int, set] = {}
+  for dev, idx in batch_sharding(mesh).devices_indices_map((n, 1)).items():
+    s = idx[0]
+    spans.setdefault(dev.process_index, set()).add((s.start or 0, n if s.stop is None else s.stop))
+  blocks = {}
+  for p, rows in spans.items():
+    rows = sorted(rows)
+    ok = all(a[1] == b[0] for a, b in zip(rows, rows[1:]))
+    blocks[p] = (rows[0][0], rows[-1][1]) if ok else None
+  sizes = {b[1] - b[0] for b in blocks.values() if b is not None}
+  if None in blocks.values() or len(sizes) != 1 or any(b[0] % next(iter(sizes))
+                                                       for b in blocks.values()):
+    raise ValueError(f"mesh {dict(mesh.shape)}: the batch rows of each process are not one "
+                     "contiguous block of the same size (use remdm_jax.sharding.make_mesh, whose "
+                     "device order is process-major)")
+  size = sizes.pop()
+  if pi not in blocks:
+    raise ValueError(f"process {pi} holds no device of mesh {dict(mesh.shape)}")
+  return blocks[pi][0] // size, n // size
+
+
+def _is_key(x) -> bool:
+  return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def put_global(tree, sharding: jax.sharding.Sharding):
+  """Places every leaf of `tree` (numpy, Python scalars, jax Arrays; typed PRNG keys too) onto
+  `sharding`, which may span several processes. Every process must pass the same values (a
+  multi-process run reads only the parts its own devices hold; nothing is compared).
+
+  In one process this is `jax.device_put`. Across processes, `jax.device_put` fails for an array
+  committed to a local device ("cross-host device transfers") and runs a hidden equality
+  collective for numpy input; here each leaf is fetched to the host once (a leaf already placed
+  on a sharding with the same devices is resharded by `jax.device_put` instead) and built with
+  `jax.make_array_from_callback`.
+  """
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+
+  def put(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return jax.device_put(x, sharding)  # already global: a collective reshard
+    if _is_key(x):
+      impl = jax.random.key_impl(x)
+      return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=impl)
+    host = np.asarray(jax.device_get(x))
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+  return jax.tree.map(put, tree)
+
+
+def to_host(x):
+  """The full value of every leaf as numpy on EVERY process (a collective when a leaf spans
+  several processes: `multihost_utils.process_allgather(tiled=True)`; all processes must call)."""
+  def get(a):
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+      if _is_key(a):
+        a = jax.random.key_data(a)
+      from jax.experimental import multihost_utils
+      return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    return np.asarray(jax.device_get(a))
+  return jax.tree.map(get, x)

@@ -144,7 +144,7 @@ def load_params(model_dir: str, cfg: LLaDAConfig, mesh=None, rules=None):
     shardings = {_path_key(p): (s.value if isinstance(s, nnx.Variable) else s)
                  for p, s in nnx.to_flat_state(shard_tree)}
   else:
-    dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     shardings = {k: dev for k in flat}
   # Pass 1: headers only.
   entries, unexpected, bad_shape = {}, [], []
@@ -190,7 +190,7 @@ def load_params(model_dir: str, cfg: LLaDAConfig, mesh=None, rules=None):
       raise ValueError(f"{path}: key {key} has {b - a} bytes, shape/dtype need {arr.nbytes}")
     host = np.ascontiguousarray(arr.T if tr else arr).astype(dtype, copy=False)
     if layer is None:
-      values[tpath] = jax.device_put(host, shardings[tpath])
+      values[tpath] = mesh_lib.put_global(host, shardings[tpath])  # multi-process too
     else:
       if tpath not in values:
         v = flat[tpath]
@@ -199,7 +199,7 @@ def load_params(model_dir: str, cfg: LLaDAConfig, mesh=None, rules=None):
       sub = shardings[tpath]
       sub = NamedSharding(sub.mesh, P(*tuple(sub.spec)[1:])) if isinstance(sub, NamedSharding) \
           else sub
-      values[tpath] = setter(values[tpath], jax.device_put(host, sub), layer)
+      values[tpath] = setter(values[tpath], mesh_lib.put_global(host, sub), layer)
     del host, arr
   state = nnx.from_flat_state([(p, v.replace(values[_path_key(p)]))
                                for p, v in nnx.to_flat_state(abstract)])

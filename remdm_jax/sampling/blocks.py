@@ -62,6 +62,7 @@ from remdm_jax.sampling import confidence as conf_k
 from remdm_jax.sampling import draws
 from remdm_jax.sampling.config import SamplerConfig
 from remdm_jax.sampling.sampler import make_sampler
+from remdm_jax.sharding import put_global
 from remdm_jax.types import MaskedLMFn
 
 RULES = conf_k.LLADA_RULES
@@ -278,12 +279,12 @@ def make_block_generate(logits_fn: MaskedLMFn, cfg: BlockConfig, *, jit: bool = 
       from jax.sharding import NamedSharding, PartitionSpec as PS
       n = int(np.prod([mesh.shape[a] for a in data_axes]))
       spec = PS(tuple(data_axes)) if B % n == 0 else PS()
-      put = lambda a: jax.device_put(a, NamedSharding(mesh, spec))
+      put = lambda a: put_global(a, NamedSharding(mesh, spec))  # also across processes
       prompt, am = put(prompt), put(am)
       key = jnp.asarray(key)
       if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.wrap_key_data(key)
-      key = put(key) if key.ndim == 1 else key
+      key = put(key) if key.ndim == 1 else put_global(key, NamedSharding(mesh, PS()))
     return fn(params, prompt, am, key, noise)
 
   gen.core = core

@@ -40,6 +40,7 @@ from remdm_jax.sampling.kernel import (KernelSpec, _draw_rows, _guided_row_draw,
                                        _log_pos, draw_unmasked, final_step, token_sigma,
                                        transition_sample)
 from remdm_jax.sampling.schedule import expected_unmask_buffer, step_schedule
+from remdm_jax.sharding import put_global
 from remdm_jax.types import DenoiseFn
 
 
@@ -126,13 +127,15 @@ class Sampler:
       n_data = math.prod(self.mesh.shape[a] for a in self.data_axes)
       if batch_size % n_data:
         raise ValueError(f"batch_size={batch_size} must be divisible by the data-axis size {n_data}")
-      params = jax.device_put(params, NamedSharding(self.mesh, P()))
-      key = jax.device_put(key, NamedSharding(self.mesh, P()))
+      # put_global: also for a mesh spanning several processes (every process passes the same
+      # params / key / prompt; each feeds only its devices' parts)
+      params = put_global(params, NamedSharding(self.mesh, P()))
+      key = put_global(key, NamedSharding(self.mesh, P()))
       if prompt is not None:
         bs = NamedSharding(self.mesh, P(tuple(self.data_axes), None))
-        prompt, prompt_mask = jax.device_put(prompt, bs), jax.device_put(prompt_mask, bs)
+        prompt, prompt_mask = put_global(prompt, bs), put_global(prompt_mask, bs)
       if uniforms is not None:
-        uniforms = jax.device_put(
+        uniforms = put_global(
             uniforms, NamedSharding(self.mesh, P(None, tuple(self.data_axes), None, None)))
     return self._fn(params, key, batch_size=batch_size, prompt=prompt, prompt_mask=prompt_mask,
                     uniforms=uniforms)

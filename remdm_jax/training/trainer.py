@@ -134,7 +134,8 @@ class Trainer:
     mesh: a ("data", "fsdp", "tensor") mesh (`mesh_lib.make_mesh`).
   Attributes:
     state_shardings: TrainState of NamedShardings; abstract_state: TrainState of ShapeDtypeStructs
-    (with .sharding) -- the restore target; param_shardings; batch_sharding;
+    (with .sharding) -- the restore target; param_shardings; batch_sharding; data_shard:
+    (index, count), this process feeds row block `index` of `count` of every global batch;
     replication: `mesh_lib.ReplicationReport` of the parameter dims that could not be sharded
     (their size does not divide the mesh axes); `replication.warning()` is None when nothing was
     lost.
@@ -152,6 +153,7 @@ class Trainer:
     self.param_shardings = mesh_lib.param_shardings(abstract_params, mesh, rules)
     self.replication = mesh_lib.replication_report(abstract_params, mesh, rules)
     self.batch_sharding = mesh_lib.batch_sharding(mesh)
+    self.data_shard = mesh_lib.process_data_shard(mesh)  # (index, count) of this process's rows
     rep = mesh_lib.replicated(mesh)
     self.replicated = rep
     self.accum = int(cfg.train.grad_accum_steps)
@@ -262,8 +264,15 @@ class Trainer:
     return self._init(int(seed))
 
   def put_batch(self, local_batch: np.ndarray) -> jax.Array:
-    """This process's rows [B/P, L] -> the global [B, L] array sharded over ("data", "fsdp")."""
-    return jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(local_batch))
+    """This process's rows [B/P, L] -> the global [B, L] array sharded over ("data", "fsdp").
+
+    P = `data_shard[1]` (`sharding.process_data_shard`): the number of distinct row blocks the
+    processes feed (the process count on a `make_mesh` mesh); the global shape is given
+    explicitly, so a process feeding the wrong number of rows raises instead of silently
+    building an inconsistent array."""
+    local = np.asarray(local_batch)
+    shape = (local.shape[0] * self.data_shard[1],) + local.shape[1:]
+    return jax.make_array_from_process_local_data(self.batch_sharding, local, shape)
 
   def evaluate(self, state: TrainState, batches) -> dict[str, float]:
     """Mean of the eval metrics over `batches` (iterable of local numpy batches)."""
@@ -307,17 +316,29 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 class _StopRequest:
-  """Turns SIGINT / SIGTERM into a flag checked between steps (main thread only). A second
-  signal raises KeyboardInterrupt at once (abort without saving)."""
+  """SIGINT / SIGTERM -> stop after the current step, at the SAME step in every process.
+
+  One process (no `jax.distributed`): Python handlers set a flag checked between steps; a second
+  signal raises KeyboardInterrupt at once (abort without saving).
+  Several processes (or one that initialised `jax.distributed` with pre-emption sync): JAX's
+  pre-emption notifier owns SIGTERM (a Python SIGTERM handler would disable it) and
+  `distributed.preemption_sync_point` turns True at the same step everywhere once any process got
+  SIGTERM; SIGINT is handed to that notifier (the process sends itself SIGTERM), a second SIGINT
+  aborts. `should_stop(count)` must then be called by every process once per step, with the
+  number of steps run so far by this invocation (1, 2, ...).
+  """
 
   def __init__(self, log):
     import signal
+    from remdm_jax import distributed
     self.name: str | None = None
     self._old = {}
     self._log = log
+    self.synced = distributed.preemption_sync_enabled()
     if threading.current_thread() is not threading.main_thread():
       return
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    sigs = (signal.SIGINT,) if self.synced else (signal.SIGINT, signal.SIGTERM)
+    for sig in sigs:
       self._old[sig] = signal.signal(sig, self._handle)
 
   def _handle(self, signum, frame):
@@ -325,8 +346,24 @@ class _StopRequest:
     if self.name is not None:
       raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: aborted")
     self.name = signal.Signals(signum).name
+    if self.synced:
+      self._log(f"{self.name} received: every process saves a checkpoint at the next agreed step, "
+                "then stops (send it again to abort without saving)")
+      os.kill(os.getpid(), signal.SIGTERM)  # to JAX's notifier: all processes learn of it
+      return
     self._log(f"{self.name} received: saving a checkpoint after the current step, then stopping "
               "(send it again to abort without saving)")
+
+  def should_stop(self, count: int) -> bool:
+    """True when the loop must save and stop after this step (every process alike)."""
+    if not self.synced:
+      return self.name is not None
+    from remdm_jax import distributed
+    if distributed.preemption_sync_point(count):
+      if self.name is None:
+        self.name = "SIGTERM"
+      return True
+    return False
 
   def restore(self):
     import signal
@@ -376,6 +413,7 @@ def _validate_setup(cfg: ExperimentConfig, mesh: Mesh, tokenizer) -> None:
   if cfg.data.batch_size % jax.process_count():
     raise ValueError(f"data.batch_size={cfg.data.batch_size} is not divisible by the "
                      f"{jax.process_count()} processes")
+  mesh_lib.process_data_shard(mesh)  # each process's rows: one contiguous block (else ValueError)
   config_utils.validate_experiment(cfg, tokenizer)  # objective/causal, vocab, mask id, seq_len
 
 
@@ -411,7 +449,8 @@ def train(config, workdir: str, *, step_wrapper: Callable | None = None,
   model type / shape, objective, mask id, seq_len, tokenizer: `config_utils.RESUME_FIELDS`).
   SIGINT (Ctrl-C) and SIGTERM stop the loop after the current step: its state is checkpointed,
   then `TrainingInterrupted` is raised (a second signal aborts at once). With several processes
-  every process must receive the signal (as on pre-empted pods): the save is collective. A failed
+  (`remdm_jax.distributed`), a signal to ANY process stops every process after the same step
+  (JAX's pre-emption sync point), where all of them save that step's checkpoint together. A failed
   asynchronous checkpoint save raises RuntimeError at the next step.
 
   Args:
@@ -461,7 +500,8 @@ def train(config, workdir: str, *, step_wrapper: Callable | None = None,
         json.dump(cfg.to_dict(), f, indent=2, sort_keys=True, default=ckpt_lib.json_default)
         f.write("\n")
 
-    pi, pc = jax.process_index(), jax.process_count()
+    # this process's block of every global batch (the process index / count on a make_mesh mesh)
+    pi, pc = mesh_lib.process_data_shard(mesh)
     t0 = time.perf_counter()
     log(f"loading data: {cfg.data.source} ({cfg.data.tokenizer} tokens, seq_len "
         f"{cfg.data.seq_len}) ...")
@@ -548,7 +588,7 @@ def train(config, workdir: str, *, step_wrapper: Callable | None = None,
     if start < num_steps:
       prefetcher = DevicePrefetcher(with_states(train_it), trainer.put_batch,
                                     cfg.train.prefetch)
-      if stop.name is not None:  # signalled during start-up: nothing new to save
+      if stop.name is not None and not stop.synced:  # signalled during start-up: nothing new
         raise TrainingInterrupted(stop.name, start, ckptr.latest_step(), ckptr.directory)
       log(f"compiling the train step (step {start + 1}) ...")
     for step in range(start + 1, num_steps + 1):
@@ -570,7 +610,10 @@ def train(config, workdir: str, *, step_wrapper: Callable | None = None,
         paused += time.perf_counter() - t0
       if ckptr.should_save(step) or last:
         save(step, data_state)
-      if stop.name is not None:
+      if stop.should_stop(step - start):  # every process, every step (same step everywhere)
+        if stop.synced:
+          log(f"{stop.name}: stopping at step {step} (agreed by all {jax.process_count()} "
+              "processes)")
         if saved_step != step:
           save(step, data_state)
         ckptr.wait_until_finished()

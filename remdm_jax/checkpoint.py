@@ -26,7 +26,7 @@ import json
 import os
 import shutil
 import sys
-from typing import Any, Mapping
+from typing import Mapping
 
 import jax
 import numpy as np

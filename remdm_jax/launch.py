@@ -4,7 +4,7 @@
   python -m remdm_jax.launch -n 2 -- sample.py --num_samples=16 --batch_size=16
   python -m remdm_jax.launch -n 2 -- -m remdm_jax.molecules.sample --num_samples=64
 
-Process i runs the command (a leading `x.py` or `-m module` is run with this Python) with
+Process i runs the command (a leading `x.py`, `-m module` or `-c code` runs with this Python) with
 
   REMDM_COORDINATOR=127.0.0.1:PORT  REMDM_COORDINATOR_BIND=127.0.0.1:PORT
   REMDM_NUM_PROCESSES=N  REMDM_PROCESS_ID=i  [JAX_NUM_CPU_DEVICES=K]
@@ -74,9 +74,10 @@ def child_env(base: dict, *, port: int, num_processes: int, process_id: int,
 
 
 def command(argv: Sequence[str]) -> list[str]:
-  """`x.py ...` and `-m module ...` run with this Python; anything else as given."""
+  """`x.py ...`, `-m module ...` and `-c code ...` run with this Python; anything else as
+  given."""
   argv = list(argv)
-  if argv and (argv[0].endswith(".py") or argv[0] == "-m"):
+  if argv and (argv[0].endswith(".py") or argv[0] in ("-m", "-c")):
     return [sys.executable] + argv
   return argv
 

@@ -73,10 +73,13 @@ def gen_config_from_args(args, mcfg) -> GenConfig:
 
 
 def load_for_generation(args):
-  """-> (model cfg, graphdef, params, tokenizer, mesh). Weights stream into the mesh."""
+  """-> (model cfg, graphdef, params, tokenizer, mesh). Weights stream into the mesh, which spans
+  every process of a multi-process job (`remdm_jax.launch`, README "Multi-host")."""
   import jax
+  from remdm_jax import distributed
   from remdm_jax.llm import weights
   from remdm_jax import sharding as mesh_lib
+  distributed.initialize_from_env()  # before anything creates the JAX backend
   try:
     shape = tuple(int(s) for s in args.mesh.split(","))
   except ValueError:
@@ -109,7 +112,6 @@ def run_cli(main_fn, parser: argparse.ArgumentParser, argv=None) -> int:
 
 def _generate_main(args):
   import jax
-  import numpy as np
   from remdm_jax.llm import generate as G
   from remdm_jax.llm.model import make_logits_fn
   if not args.prompt:
@@ -121,7 +123,11 @@ def _generate_main(args):
   gen = G.make_generate(make_logits_fn(gd), cfg, mesh=mesh)
   keys = jax.random.split(jax.random.key(args.seed), len(prompts))
   out, info = gen(params, x, am, keys)
-  texts = G.decode_outputs(np.asarray(out), tok, stops=args.stop or (),
+  from remdm_jax.sharding import to_host
+  out = to_host(out)  # all rows on every process (several processes: a collective)
+  if jax.process_index() != 0:  # process 0 prints
+    return
+  texts = G.decode_outputs(out, tok, stops=args.stop or (),
                            eos_token=tok.tok.id_to_token(cfg.eos_id))
   for t in texts:
     print(json.dumps({"text": t}))

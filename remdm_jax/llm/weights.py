@@ -25,7 +25,7 @@ import json
 import os
 import re
 import struct
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp

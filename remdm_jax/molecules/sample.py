@@ -13,6 +13,10 @@
       # AR + FUDGE: (L - 1) * V = 1085 classifier rows per sample (all candidates; measured
       # ~6 s per sample on 2 loaded CPU cores), --top_k=8 scores 248
 
+Several processes (README "Multi-host"): `python -m remdm_jax.launch -n 2 -- -m
+remdm_jax.molecules.sample ...` splits every batch of the mdlm model over the devices of all
+processes (same molecules as one process); process 0 prints.
+
 `--model` is a checkpoint folder or one of the shipped names mdlm (qm9_cond_mdlm, default), udlm
 (qm9_udlm) and ar (qm9_ar). The kind of a checkpoint (`model_kind`) picks the sampler: mdlm ->
 `sampling.make_sampler` (any strategy), udlm -> `sampling.udlm.make_udlm_sampler` (SPEC_DOMAINS §M.7;
@@ -52,12 +56,13 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from remdm_jax import sharding as mesh_lib
 from remdm_jax.generation import ASSETS_DIR, LoadedModel, load_model
 from remdm_jax.models import dit
 from remdm_jax.sampling import SamplerConfig, make_sampler
@@ -248,7 +253,8 @@ def sample_molecules(model: LoadedModel, sampler_cfg: SamplerConfig, *, num_samp
                      batch_size: int = 64, seed: int = 1, label: Optional[int] = 1,
                      guidance=None, classifier: Optional[LoadedModel] = None,
                      noise_removal: bool = False, top_k: Optional[int] = None,
-                     progress: bool = False) -> tuple[np.ndarray, dict]:
+                     progress: bool = False,
+                     mesh: Optional[jax.sharding.Mesh] = None) -> tuple[np.ndarray, dict]:
   """Draws `num_samples` token rows int32 [N, 32] (batch b uses fold_in(PRNGKey(seed), b)).
 
   noise_removal: False (the molecules default) stops after the last grid step with no final
@@ -263,6 +269,9 @@ def sample_molecules(model: LoadedModel, sampler_cfg: SamplerConfig, *, num_samp
   which runs the conditional and the null-class rows in one 2B-row call), classifier_nfe (D-CBG / FUDGE: classifier rows per
   sample), seconds. Decode with `SmilesTokenizer().decode_batch(tokens)`, score with
   `metrics.evaluate_samples`.
+  mesh (mdlm only; udlm / ar ignore it): every batch is split over all mesh axes, also across
+  processes (README "Multi-host"; every process calls with the same arguments and gets all rows;
+  batch_size must be divisible by the mesh size). Samples do not depend on the split.
   """
   if not isinstance(num_samples, int) or num_samples < 1:
     raise ValueError(f"num_samples={num_samples!r} must be an int >= 1")
@@ -274,8 +283,14 @@ def sample_molecules(model: LoadedModel, sampler_cfg: SamplerConfig, *, num_samp
     if not model.config.time_conditioning and not sampler_cfg.time_independent:
       sampler_cfg = sampler_cfg.replace(time_independent=True)
     denoise, params, kwargs = guided_denoise(model, guidance, label, batch_size, classifier)
+    if mesh is not None:
+      if batch_size % mesh.devices.size:
+        raise ValueError(f"batch_size={batch_size} must be divisible by the "
+                         f"{mesh.devices.size} devices of the sampling mesh")
+      from jax.sharding import NamedSharding, PartitionSpec as P
+      params = mesh_lib.put_global(params, NamedSharding(mesh, P()))  # once, not per batch
     sampler = make_sampler(denoise, sampler_cfg, seq_len=model.seq_len, mask_id=model.mask_id,
-                           noise_removal=bool(noise_removal), **kwargs)
+                           noise_removal=bool(noise_removal), mesh=mesh, **kwargs)
     nfe = sampler.nfe * (G.cfg_model_calls(guidance.gamma) if isinstance(guidance, CFG) else 1)
   else:
     if sampler_cfg.strategy != "mdlm":
@@ -298,7 +313,7 @@ def sample_molecules(model: LoadedModel, sampler_cfg: SamplerConfig, *, num_samp
   for b in range(n_batches):
     toks, info = sampler.sample_with_info(params, jax.random.fold_in(root, b),
                                           batch_size=batch_size)
-    out.append(np.asarray(toks))
+    out.append(mesh_lib.to_host(toks))  # all rows on every process
     if progress:
       el = time.perf_counter() - start
       print(f"\r{min((b + 1) * batch_size, num_samples)}/{num_samples} molecules {el:.0f}s "
@@ -365,6 +380,10 @@ def main(argv=None) -> int:
   p.add_argument("--seed", type=int, default=1)
   a = p.parse_args(argv)
   try:
+    from remdm_jax import distributed
+    mesh = None  # several processes (README "Multi-host"): batches split over all their devices
+    if distributed.initialize_from_env():
+      mesh = mesh_lib.make_mesh((-1, 1, 1))
     label = _parse_label(a.label)
     if a.approx and a.guidance not in ("cbg", "cbg_approx"):
       raise ValueError(f"--approx needs --guidance=cbg, got --guidance={a.guidance}")
@@ -388,10 +407,13 @@ def main(argv=None) -> int:
     tokens, stats = sample_molecules(model, cfg, num_samples=a.num_samples,
                                      batch_size=a.batch_size, seed=a.seed, label=label,
                                      guidance=guidance, classifier=clf,
-                                     noise_removal=a.noise_removal, top_k=a.top_k)
+                                     noise_removal=a.noise_removal, top_k=a.top_k,
+                                     mesh=mesh if model_kind(model) == "mdlm" else None)
   except (ValueError, FileNotFoundError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  if jax.process_index() != 0:  # process 0 prints
+    return 0
   smiles = model.tokenizer.decode_batch(tokens)
   for s in smiles:
     rc = metrics.smiles_property(s, "ring_count")

@@ -20,7 +20,8 @@ Faults and signals (children run in their own sessions and die with the launcher
     naming it (`launch: process 1 (pid N) was killed by SIGKILL; stopping processes [0]`),
     SIGKILLs the others (they would otherwise wait in a collective until JAX's heartbeat
     timeout) and exits with that child's status (128 + signal number for a signal);
-  * a child that exits 0 while others still run: they get `--grace` seconds to finish too;
+  * a child that exits 0, or 130 / 143 (interrupted after saving, as train.py does), while others
+    still run: they get `--grace` seconds to finish too;
   * SIGTERM / SIGINT to the launcher (pod pre-emption, Ctrl-C) is forwarded as SIGTERM to every
     child (`train.py` then saves the same step in every process and exits 143); children still
     running `--grace` seconds later are SIGKILLed; a second SIGTERM / SIGINT kills them at once.
@@ -50,6 +51,7 @@ ENV_NUM_PROCESSES = "REMDM_NUM_PROCESSES"
 ENV_PROCESS_ID = "REMDM_PROCESS_ID"
 ENV_DISTRIBUTED = "REMDM_DISTRIBUTED"  # "auto": jax.distributed.initialize() detects the cluster
 ENV_CPU_DEVICES = "JAX_NUM_CPU_DEVICES"  # read by JAX itself
+INTERRUPTED = (130, 143)  # train.py's statuses after saving on SIGINT / SIGTERM
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -183,7 +185,9 @@ def launch(num_processes: int, cmd: Sequence[str], *, devices_per_process: Optio
       rcs = [p.poll() for p in procs]
       if all(rc is not None for rc in rcs):
         break
-      bad = [(i, rc) for i, rc in enumerate(rcs) if rc not in (None, 0)]
+      # 130 / 143: an interrupted child that saved its state (train.py after SIGINT / SIGTERM
+      # reached one process directly): the others are finishing the same agreed step
+      bad = [(i, rc) for i, rc in enumerate(rcs) if rc not in (None, 0) + INTERRUPTED]
       if bad and status is None and state["signals"] == 0:
         # the likely cause first: a death by a signal other than SIGABRT (JAX aborts a survivor)
         bad.sort(key=lambda b: (not (b[1] < 0 and b[1] != -signal.SIGABRT), b[0]))

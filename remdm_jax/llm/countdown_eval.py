@@ -41,7 +41,7 @@ def evaluate(gen, params, tok, cfg, problems, *, repeats=10, batch_size=8, seed=
   base = jax.random.key(seed)
   texts: dict = {}
   nfe = 0
-  eos_tok = tok.tok.id_to_token(cfg.eos_id) if hasattr(tok, "tok") else None
+  eos_tok = tok.id_to_token(cfg.eos_id) if hasattr(tok, "id_to_token") else None
   for s in range(0, len(rows), batch_size):
     chunk = rows[s:s + batch_size]
     pad = batch_size - len(chunk)  # keep one compiled shape: pad with copies of the last row
@@ -87,7 +87,6 @@ def write_outputs(out_dir: str, records: list[dict], summary: dict) -> None:
 
 def _main(args):
   from remdm_jax.llm import generate as G
-  from remdm_jax.llm.model import make_logits_fn
   if args.repeats < 1:
     raise ValueError(f"--repeats={args.repeats} must be >= 1")
   if args.data:
@@ -100,9 +99,10 @@ def _main(args):
     problems = cd.generate_problems(args.num_problems, args.problem_seed)
   if not args.out_dir:
     raise ValueError("--out_dir is required")
-  mcfg, gd, params, tok, mesh = cli.load_for_generation(args)
-  cfg = cli.gen_config_from_args(args, mcfg)
-  gen = G.make_generate(make_logits_fn(gd), cfg, mesh=mesh)
+  lm, mesh = cli.load_model(args)
+  params, tok = lm.params, lm.tokenizer
+  cfg = cli.gen_config_from_args(args, lm.cfg)
+  gen = G.make_generate(lm.logits_fn, cfg, mesh=mesh)
   t0 = time.time()
   records, summary = evaluate(
       gen, params, tok, cfg, problems, repeats=args.repeats, batch_size=args.batch_size,

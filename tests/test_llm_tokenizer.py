@@ -187,3 +187,23 @@ def test_matches_transformers_apply_chat_template(tmp_path, template, as_file, b
     assert ours.decode(ids) == theirs.decode(ids)
     assert ours.decode(ids, skip_special_tokens=True) == \
         theirs.decode(ids, skip_special_tokens=True)
+
+
+def test_cli_chat_encodes_the_template_and_generates(tmp_path, capsys):
+  from remdm_jax.llm import cli
+  d = str(tmp_path / "tiny")
+  F.write_tiny_llada(d)
+  tk = HFTokenizer(d)
+  ids = cli.encode_prompts(tk, ["  What is 2+3?  "], chat=True, system="Be terse.")[0]
+  want = ("<|startoftext|><|start_header_id|>system<|end_header_id|>\n\nBe terse.<|eot_id|>"
+          "<|start_header_id|>user<|end_header_id|>\n\nWhat is 2+3?<|eot_id|>"
+          "<|start_header_id|>assistant<|end_header_id|>\n\n")
+  assert ids == tk.encode(want, add_special_tokens=False) and ids.count(256) == 1
+  assert cli.encode_prompts(tk, ["hi"])[0] == [256, 104, 105]
+  with pytest.raises(ValueError, match="--system needs --chat"):
+    cli.encode_prompts(tk, ["hi"], system="x")
+  assert cli.main([f"--model_dir={d}", "--chat", "--prompt=hi", "--gen_length=4",
+                   "--block_length=4", "--steps=4", "--param_dtype=float32",
+                   "--compute_dtype=float32"]) == 0
+  line = capsys.readouterr().out.strip().splitlines()[0]
+  assert isinstance(json.loads(line)["text"], str)

@@ -100,7 +100,6 @@ def _calls(tree):
       yield n, (base.id if isinstance(base, ast.Name) else getattr(base, "attr", ""))
 
 
-@pytest.mark.xfail(strict=True, reason="images/decode.py and llm/generate.py loops move to sampling/")
 def test_no_step_loop_in_a_domain_file():
   files, _, trees = _graph()
   bad = []

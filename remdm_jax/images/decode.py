@@ -1,6 +1,9 @@
 """Decoding class-conditional image-token sequences: MaskGIT, MDLM and every ReMDM strategy
 (SPEC_DOMAINS §I.1; reference: google-research/maskgit `libml/parallel_decode.py` and its ReMDM fork
-yair-schiff/maskgit). Never imports Flax.
+yair-schiff/maskgit). Never imports Flax. This module is wiring only (canvas, class token,
+codebook slice, temperature, the `ImageSampler` API); the decoding loops are the sampler family's:
+`sampling.maskgit` (+ the step kernel `sampling.confidence.maskgit_step`), `sampling.fork_compat`
+and `sampling.sampler`.
 
 Sequence layout (length L = 1 + N with a class token, else N):
   position 0      the class token `class_offset + label` (fixed: never sampled, never re-masked);
@@ -16,7 +19,7 @@ Strategies (`ImageSamplerConfig.strategy`), each one compiled program (one `lax.
             keep the known ones, confidence p(sampled) (+inf for known), Gumbel-annealed ranking
             log(conf) + choice_temperature (1 - r) g, re-mask the mask_len lowest with
             mask_len = clip(floor(N0 schedule(r)), 1, unknown - 1), r = (step + 1) / T
-            (`remdm_jax.sampling.ranked.select_top_n`). T denoiser calls; the output is the last
+            (`sampling.maskgit.maskgit_decode`). T denoiser calls; the output is the last
             step's sample before re-masking (the reference's `final_seqs[:, -1]`), fully decoded.
   mdlm, remdm_cap, remdm_rescale, remdm_conf, remdm_loop, fb (alias remdm_fb), dfm
             Clean mode (default): `remdm_jax.sampling.make_sampler` (the text sampler, SPEC §4)
@@ -27,11 +30,12 @@ Strategies (`ImageSamplerConfig.strategy`), each one compiled program (one `lax.
             cosine noise schedule eps + (1 - eps) cos(pi t / 2) (eps = 1e-3). T + 1 denoiser calls
             (SPEC §4.5 final argmax step). Loop and DFM use their own alpha (uniform only).
             `fork_compat=True` (mdlm / remdm_cap / remdm_rescale / remdm_conf / fb): the fork's
-            own posteriors (§I.1 "mdlm" / "remdm_*" branches), alpha = `schedules.alpha(t)` for
-            any mask schedule, its key chain and float32 exponential race, including its quirks:
-            the mask "slot" is codebook entry K - 1 (never emitted), remdm_conf's stale
-            neg-log-prob values stay in the softmax denominator (`conf_stale=True`; False = the
-            clean weights: softmax over decoded positions only), no final noise-removal step.
+            own posteriors (`sampling.fork_compat`; §I.1 "mdlm" / "remdm_*" branches),
+            alpha = `schedules.alpha(t)` for any mask schedule, its key chain and float32
+            exponential race, including its quirks: the mask "slot" is codebook entry K - 1
+            (never emitted), remdm_conf's stale neg-log-prob values stay in the softmax
+            denominator (`conf_stale=True`; False = the clean weights: softmax over decoded
+            positions only), no final noise-removal step.
 
 Random numbers: maskgit and the fork mode follow the reference's key chain (per step
 `rng, sample_rng = split(rng)` then, maskgit only, `rng, choice_rng = split(rng)`), so with the same
@@ -48,18 +52,20 @@ from typing import Any, Mapping, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
+from remdm_jax.diffusion.subs import NEG_INF
 from remdm_jax.images import schedules as msched
 from remdm_jax.sampling.config import SamplerConfig
-from remdm_jax.sampling.ranked import select_top_n
+# The per-step formulas live in the sampler family; re-exported here (tests, oracles).
+from remdm_jax.sampling.confidence import maskgit_mask_len  # noqa: F401
+from remdm_jax.sampling.fork_compat import (FORK_STRATEGIES, fork_conf_weights,  # noqa: F401
+                                            fork_decode, fork_posterior, fork_sigma, race)
+from remdm_jax.sampling.maskgit import maskgit_decode
 from remdm_jax.sampling.sampler import make_sampler
-from remdm_jax.diffusion.subs import NEG_INF
 from remdm_jax.types import DenoiseFn
 
 IMAGE_STRATEGIES = ("maskgit", "mdlm", "remdm_cap", "remdm_rescale", "remdm_conf", "remdm_loop",
                     "fb", "remdm_fb", "dfm")
-FORK_STRATEGIES = ("mdlm", "remdm_cap", "remdm_rescale", "remdm_conf", "fb", "remdm_fb")
 CLEAN_ALPHA = {"uniform": "linear", "cosine": "cosine"}
 
 
@@ -140,75 +146,6 @@ class ImageSamplerConfig:
 
   def replace(self, **changes) -> "ImageSamplerConfig":
     return dataclasses.replace(self, **changes)
-
-
-# ------------------------------------------------------------------------------------------------
-# the per-step formulas (pure; also used by the tests' oracles)
-# ------------------------------------------------------------------------------------------------
-
-def maskgit_mask_len(unknown0, unknown, ratio_mask):
-  """Number of tokens re-masked after a MaskGIT step (§I.1 step 4): clip(floor(N0 m), 1, u - 1),
-  i.e. max(1, min(u - 1, floor(N0 m))). unknown0, unknown: int [B]; ratio_mask: float32 scalar
-  schedule value m. Returns int32 [B] (>= 1 even when u <= 1: the reference keeps one mask)."""
-  raw = jnp.floor(unknown0.astype(jnp.float32) * ratio_mask)
-  ml = jnp.maximum(1.0, jnp.minimum(unknown.astype(jnp.float32) - 1.0, raw))
-  return ml.astype(jnp.int32)
-
-
-def fork_sigma(strategy: str, alpha_t, alpha_s, eta: float):
-  """The fork's base sigma of a remdm_* step (§I.1): cap min((1-a_s)/a_t, eta), rescale
-  eta min((1-a_s)/a_t, 1), conf min((1-a_s)/a_t, 1) (times the weights), fb min((a_s-a_t)/a_t, 1),
-  mdlm 0."""
-  smax = (1.0 - alpha_s) / alpha_t
-  if strategy == "remdm_cap":
-    return jnp.minimum(smax, eta)
-  if strategy == "remdm_rescale":
-    return eta * jnp.minimum(smax, 1.0)
-  if strategy == "remdm_conf":
-    return jnp.minimum(smax, 1.0)
-  if strategy in ("fb", "remdm_fb"):
-    return jnp.minimum((alpha_s - alpha_t) / alpha_t, 1.0)
-  return jnp.zeros_like(alpha_t)
-
-
-def fork_conf_weights(neg_logprobs, tokens, mask_id: int, stale: bool = True):
-  """remdm_conf weights w [B, L] (§I.1): softmax over positions of the stored neg-log-probs, then 0
-  where `tokens == mask_id` (NaN -> 0). stale=True (the fork): masked positions' old values stay in
-  the softmax denominator; stale=False (clean): the softmax runs over decoded positions only."""
-  masked = tokens == mask_id
-  x = neg_logprobs if stale else jnp.where(masked, -jnp.inf, neg_logprobs)
-  w = jax.nn.softmax(x, axis=-1)
-  return jnp.nan_to_num(jnp.where(masked, 0.0, w))
-
-
-def fork_posterior(tokens, logits, alpha_t, alpha_s, sigma, mask_id: int, strategy: str):
-  """The fork's q(z_s | z_t) rows [B, L, K] over the codebook with slot K-1 as the mask (§I.1).
-
-  logits: [B, L, K] (codebook logits / temperature; entry K-1 is overwritten with -inf).
-  alpha_t, alpha_s: scalars or [B, 1, 1]. sigma: scalar or [B, L]. mdlm: q = x (mc_t - mc_s)/mc_t, slot = mc_s/mc_t (known tokens are kept by
-  the caller). remdm_*: masked q = (a_s - a_t(1-sigma))/(1-a_t) x + (1-a_s-a_t sigma)/(1-a_t) e_M;
-  decoded q = (1-sigma) onehot(z) + sigma e_M (onehot of an id >= K is all zeros).
-  Returns (q, log_softmax(logits with slot at -inf)).
-  """
-  K = logits.shape[-1]
-  lg = logits.astype(jnp.float32).at[..., K - 1].set(-jnp.inf)
-  logp = jax.nn.log_softmax(lg, axis=-1)
-  x = jnp.exp(logp)
-  e_m = jax.nn.one_hot(K - 1, K, dtype=jnp.float32)
-  if strategy == "mdlm":
-    mc_t, mc_s = 1.0 - alpha_t, 1.0 - alpha_s
-    q = x * (mc_t - mc_s) / mc_t
-    return jnp.where(jnp.arange(K) == K - 1, mc_s / mc_t, q), logp
-  sig = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), tokens.shape)[..., None]
-  case1 = ((alpha_s - alpha_t * (1.0 - sig)) / (1.0 - alpha_t) * x
-           + (1.0 - alpha_s - alpha_t * sig) / (1.0 - alpha_t) * e_m)
-  case2 = (1.0 - sig) * jax.nn.one_hot(tokens, K, dtype=jnp.float32) + sig * e_m
-  return jnp.where((tokens == mask_id)[..., None], case1, case2), logp
-
-
-def race(q, uniforms):
-  """The fork's exponential race argmax q / (1e-10 - log(U + 1e-10)) (float32)."""
-  return jnp.argmax(q / (1e-10 - jnp.log(uniforms + 1e-10)), axis=-1).astype(jnp.int32)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -370,114 +307,32 @@ def make_image_sampler(tokens_to_logits: DenoiseFn, cfg: ImageSamplerConfig, *,
       raise ValueError(f"tokens_to_logits returned V={lg.shape[-1]} < codebook_size={K}")
     return lg[..., :K].astype(jnp.float32) / temp
 
-  if cfg.strategy == "maskgit":
+  if cfg.strategy == "maskgit" or cfg.fork_compat:
     method = msched.parse_method(cfg.mask_schedule)
-    ctemp = float(cfg.choice_temperature)
 
     def core(params, key, batch_size, labels=None, image_tokens=None, noise=None,
              temperature=tau):
       B = batch_size
       tokens0 = initial(B, labels, image_tokens)
-      unknown0 = jnp.sum(tokens0 == m, axis=-1).astype(jnp.int32)
       temperature = jnp.asarray(temperature, jnp.float32)
 
-      def body(carry, xs):
-        tokens, rng, _ = carry
-        i = xs["step"]
+      def step_logits(tokens, i):
         t = (jnp.float32(T) - i.astype(jnp.float32)) / jnp.float32(T)
-        logits = codebook_logits(params, tokens, jnp.full((B,), t), step_temp(temperature, i))
-        if noise is None:
-          rng, sample_rng = jax.random.split(rng)
-          sampled = jax.random.categorical(sample_rng, logits, axis=-1).astype(jnp.int32)
-        else:
-          sampled = jnp.argmax(logits + xs["categorical"], axis=-1).astype(jnp.int32)
-        unknown = tokens == m
-        sampled = jnp.where(unknown, sampled, tokens)
-        ratio = (i + 1).astype(jnp.float32) / jnp.float32(T)
-        mr = msched.mask_ratio(ratio, unknown0, method)
-        probs = jax.nn.softmax(logits, axis=-1)
-        sel = jnp.take_along_axis(probs, jnp.clip(sampled, 0, K - 1)[..., None], axis=-1)[..., 0]
-        sel = jnp.where(unknown, sel, jnp.inf)
-        n_unknown = jnp.sum(unknown, axis=-1).astype(jnp.int32)
-        mask_len = maskgit_mask_len(unknown0, n_unknown, mr)
-        if noise is None:
-          rng, choice_rng = jax.random.split(rng)
-          g = jax.random.gumbel(choice_rng, sel.shape)
-        else:
-          g = xs["choice"]
-        score = jnp.log(sel) + jnp.float32(ctemp) * (1.0 - ratio) * g
-        # The reference masks score < sort(score)[mask_len]: the mask_len lowest among the
-        # unknown (known ones score +inf), i.e. min(mask_len, #unknown) positions.
-        remask = select_top_n(score, jnp.minimum(mask_len, n_unknown), largest=False)
-        new_tokens = jnp.where(remask, m, sampled).astype(jnp.int32)
-        return (new_tokens, rng, sampled), ((sampled, new_tokens) if cfg.record_steps else None)
+        return codebook_logits(params, tokens, jnp.full((B,), t), step_temp(temperature, i))
 
-      xs = {"step": jnp.arange(T, dtype=jnp.int32)}
-      if noise is not None:
-        xs["categorical"], xs["choice"] = noise["categorical"], noise["choice"]
-      (tokens, _, last), rec = lax.scan(body, (tokens0, key, tokens0), xs)
-      info = {"nfe": T, "tokens": tokens}
-      if cfg.record_steps:
-        info["final_seqs"] = jnp.swapaxes(rec[0], 0, 1)
-        info["states"] = jnp.swapaxes(rec[1], 0, 1)
-      out = last[:, 1:] if class_token else last
-      return out, info
-
-    return ImageSampler(core, cfg, N, L, K, m, class_token, class_offset, T, jit)
-
-  if cfg.fork_compat:
-    method = msched.parse_method(cfg.mask_schedule)
-    eta = 0.0 if cfg.eta is None else float(cfg.eta)
-    strategy = cfg.strategy
-
-    def core(params, key, batch_size, labels=None, image_tokens=None, noise=None,
-             temperature=tau):
-      B = batch_size
-      tokens0 = initial(B, labels, image_tokens)
-      unknown0 = jnp.sum(tokens0 == m, axis=-1).astype(jnp.int32)[:, None, None]
-      temperature = jnp.asarray(temperature, jnp.float32)
-      neg0 = jnp.full((B, L), -jnp.inf, jnp.float32)  # [UNVERIFIED] initial value of the fork
-
-      def body(carry, xs):
-        tokens, neg, rng = carry
-        i = xs["step"].astype(jnp.float32)
-        t = (jnp.float32(T) - i) / jnp.float32(T)
-        s = (jnp.float32(T) - i - 1.0) / jnp.float32(T)
-        logits = codebook_logits(params, tokens, jnp.full((B,), t),
-                                 step_temp(temperature, xs["step"]))
-        a_t = jnp.broadcast_to(msched.alpha(t, unknown0, method), (B, 1, 1))
-        a_s = jnp.broadcast_to(msched.alpha(s, unknown0, method), (B, 1, 1))
-        sigma = fork_sigma(strategy, a_t, a_s, eta)
-        sigma = sigma[..., 0]  # [B, 1]
-        if strategy == "remdm_conf":
-          sigma = fork_conf_weights(neg, tokens, m, cfg.conf_stale) * sigma
-        sigma = jnp.broadcast_to(sigma, (B, L))
-        q, logp = fork_posterior(tokens, logits, a_t, a_s, sigma, m, strategy)
-        if noise is None:
-          rng, sample_rng = jax.random.split(rng)
-          u = jax.random.uniform(sample_rng, q.shape)
-        else:
-          u = xs["uniforms"]
-        sampled = race(q, u)
-        sampled = jnp.where(sampled == K - 1, m, sampled)
-        if strategy == "mdlm":
-          sampled = jnp.where(tokens == m, sampled, tokens)
-        new_neg = -jnp.take_along_axis(logp, jnp.clip(sampled, 0, K - 1)[..., None],
-                                       axis=-1)[..., 0]
-        neg = jnp.where(sampled != m, new_neg, neg)
-        if class_token:
-          sampled = sampled.at[:, 0].set(tokens[:, 0])
-          neg = neg.at[:, 0].set(-jnp.inf)
-        return (sampled, neg, rng), (sampled if cfg.record_steps else None)
-
-      xs = {"step": jnp.arange(T, dtype=jnp.int32)}
-      if noise is not None:
-        xs["uniforms"] = noise["uniforms"]
-      (tokens, _, _), rec = lax.scan(body, (tokens0, neg0, key), xs)
-      info = {"nfe": T}
-      if cfg.record_steps:
-        info["final_seqs"] = jnp.swapaxes(rec, 0, 1)
-      return (tokens[:, 1:] if class_token else tokens), info
+      if cfg.strategy == "maskgit":
+        last, info = maskgit_decode(
+            step_logits, tokens0, key, num_steps=T, mask_id=m,
+            mask_ratio=lambda r, n0: msched.mask_ratio(r, n0, method),
+            choice_temperature=float(cfg.choice_temperature), noise=noise,
+            record_steps=cfg.record_steps)
+      else:
+        last, info = fork_decode(
+            step_logits, tokens0, key, num_steps=T, mask_id=m, strategy=cfg.strategy,
+            eta=0.0 if cfg.eta is None else float(cfg.eta),
+            alpha=lambda t, n0: msched.alpha(t, n0, method), conf_stale=cfg.conf_stale,
+            class_token=class_token, noise=noise, record_steps=cfg.record_steps)
+      return (last[:, 1:] if class_token else last), info
 
     return ImageSampler(core, cfg, N, L, K, m, class_token, class_offset, T, jit)
 

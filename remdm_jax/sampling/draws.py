@@ -19,6 +19,17 @@ float64 / float32: the reference's exponential race argmax_k q_k / E_k, E_k = 1e
   over the full unnormalised row (float32 is biased: rare tokens are under-sampled).
   Replay: `race_argmax(..., uniforms=U)` runs the same race on given U (e.g. another
   implementation's recorded draws) instead of drawing them.
+
+Key schemes (one per driver; all keep "a draw is a function of (key, row, step, position)"):
+  sampler (`sampling.sampler`, semi-AR, the block strategy path): step key fold_in(key, i), split
+    into (Bernoulli, token) keys; position keys fold_in(fold_in(token key, b), l).
+  block decoding (`sampling.blocks` with the confidence rules of `sampling.confidence`): row key
+    r_b = fold_in(key, b) (or the caller's per-row keys, `block_row_keys`); global step j uses
+    fold_in(r_b, j) split into (token, confidence) keys (`step_keys`), and generated position g
+    uses fold_in(that key, g) (`offset_position_keys`). A row's draws therefore depend only on its
+    own key, never on the batch, its index in it or its padding.
+  MaskGIT and the images fork mode reproduce their references' key chains (`jax.random.split`
+  per step, draws over the whole [B, L, K] array), see `sampling.maskgit` / `sampling.fork_compat`.
 """
 from __future__ import annotations
 
@@ -31,6 +42,36 @@ _TWO32 = 4294967296.0
 def row_keys(key: jax.Array, batch: int) -> jax.Array:
   """[B] keys fold_in(key, b)."""
   return jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(batch, dtype=jnp.uint32))
+
+
+def block_row_keys(key: jax.Array, batch: int) -> jax.Array:
+  """[B] typed row keys of block decoding. key: one key (typed, or raw uint32 key data) -> fold_in
+  (key, b); [B] keys (typed, or raw data [B, 2]) -> themselves. ValueError for another shape."""
+  if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.wrap_key_data(key)
+  if key.ndim == 0:
+    return jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(batch, dtype=jnp.uint32))
+  if key.shape != (batch,):
+    raise ValueError(f"key shape {key.shape} must be () or [B={batch}]")
+  return key
+
+
+def step_keys(rows: jax.Array, j) -> tuple[jax.Array, jax.Array]:
+  """(token keys [B], confidence keys [B]): split(fold_in(r_b, j)) of every row key r_b."""
+  sk = jax.vmap(lambda k: jax.random.fold_in(k, j))(rows)
+  tok, conf = jax.vmap(jax.random.split, out_axes=1)(sk)
+  return tok, conf
+
+
+def offset_position_keys(keys: jax.Array, g0, n: int) -> jax.Array:
+  """[B, n] keys fold_in(keys[b], g0 + j), j < n (g0 may be traced)."""
+  pos = (g0 + jnp.arange(n)).astype(jnp.uint32)
+  return jax.vmap(lambda k: jax.vmap(lambda g: jax.random.fold_in(k, g))(pos))(keys)
+
+
+def uniform_rows(keys: jax.Array, vocab: int, dtype) -> jax.Array:
+  """[..., V] U[0, 1) rows of `dtype`, row [...] from keys[...] (float64 needs x64)."""
+  return _per_key(keys, lambda k: jax.random.uniform(k, (vocab,), dtype))
 
 
 def position_keys(key: jax.Array, rows: jax.Array, positions: jax.Array) -> jax.Array:

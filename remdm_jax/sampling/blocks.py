@@ -1,0 +1,412 @@
+"""Semi-autoregressive block decoding over a canvas for large masked LMs (LLaDA-class), one
+compiled program per configuration (SPEC_DOMAINS §L.1, §L.3, §L.5): the driver of the
+confidence-ranked rules (`sampling.confidence`) and of every `SamplerConfig` strategy in blocks
+(`sampling.sampler`). Never imports Flax: the model is reached through
+`logits_fn(params, tokens int32 [B, L], attention_mask int32 [B, L]) -> logits [B, L, V]`
+(`types.MaskedLMFn`). The LLaDA wiring (its token ids, tokenizer, CLI) is `llm.generate`.
+
+Layout: x = [left-padded prompt (P), MASK x G]; G = gen_length is cut into nb = G / block_length
+blocks, each decoded with S = steps / nb steps (the prompt and pads are never masked). Rules:
+
+* "llada" - the official ML-GSAI/LLaDA `generate` (§L.3). Per block, n_i = the block's actual
+  mask count spread over S steps (`num_transfer_tokens`, the first rem steps +1). Per step:
+  logits (CFG: un = the same call with the prompt set to MASK, batched as 2B rows;
+  logits = un + (s + 1)(cond - un)); then `confidence.propose` (x0 and its confidence, the EOS
+  options) and `confidence.commit` (the n_i masked block positions of largest confidence take x0).
+* "llada_conf" - the authors' baseline `llada_conf_sample` (§L.1): k = G / T per step
+  (constant), x0 ~ Cat(softmax(logits)) at temperature 1, confidence p[x0], the top-k masked
+  block positions take x0.
+* "remdm_llada" - the authors' `llada_remdm_sample` (§L.1): per block conf_cache = +inf,
+  tau = int(7 block_length / 8), 2S iterations; iteration i in [tau, tau + S) first remasks the
+  r = `remdm_number` positions with the smallest conf_cache (`confidence.remdm_remask`), then
+  decodes r (else k); the cache stores p[x0] at decode time. 2S NFE per block. The rule is
+  consistent only when S >= tau (steps per block = block_length, k = 1); other sizes raise
+  ValueError (the reference silently runs a truncated window there, §L.1).
+* "strategy" - a `SamplerConfig` strategy (mdlm, remdm_cap, remdm_rescale, remdm_conf,
+  remdm_switch, remdm_loop, fb, dfm): per block, the sampler core (`sampling.make_sampler`, S grid
+  steps + its final argmax step = S + 1 NFE per block) runs with everything outside the current
+  block frozen; the attention mask rides inside params. This path uses ONE key for the batch
+  (`key`, or `key[0]` when per-row keys are given) and the sampler's own per-(row, position)
+  draws, so it is batch-size invariant but not invariant to a row's index in the batch.
+
+Both LLaDA reference samplers draw over the full vocabulary, mask token included (x0 may be MASK,
+which then stays masked); this port keeps that. Only the current block's logits are used: the
+block gate gives every other position confidence -inf.
+
+Randomness (`draws` module docstring, "block decoding"): row b uses its own key (`key` [B], or
+fold_in(key, b) for one key); global step j (= block * iters_per_block + i) uses
+fold_in(row key, j), split into (token, confidence) keys, and generated position g (0..G-1) uses
+fold_in(that key, g). So a row's output depends only on its prompt and its key, not on the batch
+or its padding (with position-invariant logits). Injected noise (tests / replay):
+`noise={"u": [n_iter, B, G, V], "conf_u": [n_iter, B, G]}` replaces the drawn uniforms u (Gumbel /
+race) and the random-remasking confidences.
+
+EOS: with `stop_at_eos` (default on for llada_conf / remdm_llada / strategy, as their early
+return; off for "llada") a row whose generated slice holds EOS after a block is frozen (per-row
+done flag); when every row is done the remaining blocks are skipped (lax.cond). Earlier blocks
+never change, so the text before the first EOS is the same as without stopping. The references
+check the whole x (prompt included) at batch size 1; here only the generated slice.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from remdm_jax.sampling import confidence as conf_k
+from remdm_jax.sampling import draws
+from remdm_jax.sampling.config import SamplerConfig
+from remdm_jax.sampling.sampler import make_sampler
+from remdm_jax.types import MaskedLMFn
+
+RULES = conf_k.LLADA_RULES
+REMASKING = conf_k.REMASKING
+GEN_PRECISIONS = ("exact32", "float64")
+_IDS = ("mask_id", "eos_id", "eot_id", "pad_id")
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockConfig:
+  """Settings of block decoding (module docstring). `llm.generate.GenConfig` is this with LLaDA's
+  token ids as defaults.
+
+  Attributes:
+    rule: "llada" | "llada_conf" | "remdm_llada" | "strategy" (then `sampler` is used).
+    gen_length (G), block_length, steps (T, total over all blocks; S = T / (G / block_length)).
+    temperature: Gumbel temperature of "llada" (0 = argmax). The two reference rules sample at 1.
+    remasking: "low_confidence" | "random" ("llada").
+    cfg_scale: s >= 0 (0 = no CFG).
+    logits_eos_inf, confidence_eos_eot_inf, official_eos_quirk: the EOS options of "llada"
+      (`confidence.propose`).
+    remdm_number: r of "remdm_llada".
+    stop_at_eos: None = rule default (True for llada_conf / remdm_llada / strategy, False for
+      llada).
+    precision: "exact32" (default) | "float64" (the references' float64 draws; needs x64).
+    mask_id, eos_id, eot_id, pad_id: token ids (required; GenConfig defaults to LLaDA's).
+    sampler: the `SamplerConfig` of rule "strategy" (its num_steps must equal S).
+  Raises: ValueError naming the bad field.
+  """
+
+  rule: str = "llada"
+  gen_length: int = 128
+  block_length: int = 128
+  steps: int = 128
+  temperature: float = 0.0
+  remasking: str = "low_confidence"
+  cfg_scale: float = 0.0
+  logits_eos_inf: bool = False
+  confidence_eos_eot_inf: bool = False
+  official_eos_quirk: bool = False
+  remdm_number: int = 1
+  stop_at_eos: Optional[bool] = None
+  precision: str = "exact32"
+  mask_id: Optional[int] = None
+  eos_id: Optional[int] = None
+  eot_id: Optional[int] = None
+  pad_id: Optional[int] = None
+  sampler: Optional[SamplerConfig] = None
+
+  def __post_init__(self):
+    name = type(self).__name__
+
+    def bad(field, why):
+      raise ValueError(f"{name}.{field}={getattr(self, field)!r}: {why}")
+
+    if self.rule not in RULES + ("strategy",):
+      bad("rule", f"must be one of {RULES + ('strategy',)}")
+    for f in ("gen_length", "block_length", "steps", "remdm_number"):
+      v = getattr(self, f)
+      if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        bad(f, "must be an int >= 1")
+    for f in _IDS:
+      v = getattr(self, f)
+      if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+        bad(f, "must be an int >= 0 (a token id)")
+    if self.gen_length % self.block_length:
+      raise ValueError(f"{name}: gen_length={self.gen_length} is not divisible by "
+                       f"block_length={self.block_length}")
+    nb = self.gen_length // self.block_length
+    if self.steps % nb:
+      raise ValueError(f"{name}: steps={self.steps} is not divisible by the number of blocks "
+                       f"gen_length/block_length={nb}")
+    if self.remasking not in REMASKING:
+      bad("remasking", f"must be one of {REMASKING}")
+    if self.precision not in GEN_PRECISIONS:
+      bad("precision", f"must be one of {GEN_PRECISIONS}")
+    if not self.temperature >= 0:
+      bad("temperature", "must be >= 0")
+    if not self.cfg_scale >= 0:
+      bad("cfg_scale", "must be >= 0")
+    if self.pad_id == self.mask_id:
+      raise ValueError(f"{name}: pad_id={self.pad_id} must differ from mask_id={self.mask_id}")
+    S = self.steps_per_block
+    if self.rule in ("llada_conf", "remdm_llada"):
+      if self.gen_length % self.steps:
+        raise ValueError(f"{name}: rule {self.rule!r} needs gen_length={self.gen_length} "
+                         f"divisible by steps={self.steps} (k = G/T tokens per step)")
+    if self.rule == "remdm_llada":
+      tau = self.remask_start
+      if S < tau:
+        raise ValueError(
+            f"{name}: rule 'remdm_llada' needs steps per block S={S} >= tau=int(7*"
+            f"block_length/8)={tau} (i.e. steps = gen_length); the reference's window "
+            f"[tau, tau+S) would be cut short at 2S and its pre-window steps over-decode")
+      if self.remdm_number > tau * self.tokens_per_step:
+        bad("remdm_number", f"must be <= the {tau * self.tokens_per_step} tokens decoded before "
+            f"the remask window (tau={tau})")
+    if self.rule == "strategy":
+      if not isinstance(self.sampler, SamplerConfig):
+        bad("sampler", "rule 'strategy' needs a SamplerConfig")
+      if self.sampler.num_steps != S:
+        raise ValueError(f"{name}: sampler.num_steps={self.sampler.num_steps} must equal the "
+                         f"steps per block S={S}")
+
+  @property
+  def num_blocks(self) -> int:
+    return self.gen_length // self.block_length
+
+  @property
+  def steps_per_block(self) -> int:
+    return self.steps // self.num_blocks
+
+  @property
+  def tokens_per_step(self) -> int:
+    """k = G / T of the reference rules."""
+    return self.gen_length // self.steps
+
+  @property
+  def remask_start(self) -> int:
+    return int(self.block_length / 8 * 7)
+
+  @property
+  def iters_per_block(self) -> int:
+    """Denoiser calls per block: S (llada, llada_conf), 2S (remdm_llada), S + 1 (strategy)."""
+    S = self.steps_per_block
+    return {"remdm_llada": 2 * S, "strategy": S + 1}.get(self.rule, S)
+
+  @property
+  def stops(self) -> bool:
+    return self.rule != "llada" if self.stop_at_eos is None else bool(self.stop_at_eos)
+
+  def confidence_spec(self) -> conf_k.ConfidenceSpec:
+    """The `confidence.ConfidenceSpec` of a llada / llada_conf / remdm_llada config."""
+    return conf_k.ConfidenceSpec(
+        rule=self.rule, mask_id=int(self.mask_id), eos_id=int(self.eos_id),
+        eot_id=int(self.eot_id), temperature=float(self.temperature), remasking=self.remasking,
+        logits_eos_inf=self.logits_eos_inf, confidence_eos_eot_inf=self.confidence_eos_eot_inf,
+        official_eos_quirk=self.official_eos_quirk, precision=self.precision)
+
+  def replace(self, **kw):
+    return dataclasses.replace(self, **kw)
+
+
+def num_transfer_tokens(mask_count: jax.Array, steps: int) -> jax.Array:
+  """Official `get_num_transfer_tokens`: int32 [B, steps], count // steps each, the first
+  count % steps steps one more."""
+  base = mask_count // steps
+  rem = mask_count % steps
+  return (base[:, None] + (jnp.arange(steps)[None, :] < rem[:, None])).astype(jnp.int32)
+
+
+def check_prompt(prompt, attention_mask, cfg: BlockConfig):
+  """Validates a left-padded batch; returns (prompt int32 [B, P], mask int32 [B, P]) as numpy."""
+  prompt = np.asarray(prompt)
+  if prompt.ndim != 2 or prompt.shape[1] < 1:
+    raise ValueError(f"prompt shape {prompt.shape} must be [B, P] with P >= 1")
+  am = np.ones_like(prompt) if attention_mask is None else np.asarray(attention_mask)
+  if am.shape != prompt.shape:
+    raise ValueError(f"attention_mask shape {am.shape} != prompt shape {prompt.shape}")
+  if not np.all((am == 0) | (am == 1)):
+    raise ValueError("attention_mask must hold only 0 and 1")
+  if np.any(np.diff(am.astype(np.int64), axis=1) < 0):
+    raise ValueError("prompts must be LEFT-padded: attention_mask has a 1 before a 0 in a row")
+  if np.any(am.sum(1) == 0):
+    raise ValueError("a prompt row is all padding")
+  if np.any((prompt == cfg.mask_id) & (am == 1)):
+    raise ValueError(f"prompt holds the mask id {cfg.mask_id} at a real position")
+  return prompt.astype(np.int32), am.astype(np.int32)
+
+
+def make_block_generate(logits_fn: MaskedLMFn, cfg: BlockConfig, *, jit: bool = True, mesh=None,
+                        data_axes: Sequence[str] = ("data", "fsdp")):
+  """-> gen(params, prompt int32 [B, P], attention_mask [B, P], key, noise=None)
+  -> (tokens int32 [B, G], info {"nfe": int32, "done": bool [B]}).
+
+  mesh: optional; the batch (prompt, mask, per-row keys) is placed split over `data_axes` when B
+  is divisible by their size (else replicated), so fsdp devices do not all compute every row.
+  Parameters keep their own (e.g. fsdp x tensor) shardings. Results do not depend on the mesh.
+
+  `gen` validates on the host (`check_prompt`, noise shapes, x64 for float64) and then calls ONE
+  jitted program per (shapes, cfg): blocks are a `lax.scan`, steps an inner `lax.scan`.
+  Raises: ValueError naming the bad argument.
+  """
+  if not isinstance(cfg, BlockConfig):
+    raise ValueError(f"cfg must be a BlockConfig (e.g. llm.generate.GenConfig), got "
+                     f"{type(cfg).__name__}")
+  core = functools.partial(_generate_core, logits_fn, cfg)
+  fn = jax.jit(core) if jit else core
+
+  def gen(params, prompt, attention_mask=None, key=None, noise=None):
+    prompt, am = check_prompt(prompt, attention_mask, cfg)
+    B = prompt.shape[0]
+    if (cfg.precision == "float64" or cfg.rule == "strategy" and cfg.sampler.precision
+        == "float64") and not jax.config.jax_enable_x64:
+      raise ValueError("precision 'float64' needs jax_enable_x64 "
+                       "(use `with jax.enable_x64(True):`)")
+    if key is None:
+      raise ValueError("key is required")
+    if noise is not None:
+      n_iter = cfg.num_blocks * cfg.iters_per_block
+      noise = dict(noise)
+      for name, shp in (("u", (n_iter, B, cfg.gen_length)), ("conf_u", (n_iter, B,
+                                                                          cfg.gen_length))):
+        if name in noise and tuple(np.shape(noise[name]))[:3] != shp:
+          raise ValueError(f"noise[{name!r}] shape {np.shape(noise[name])} must start with "
+                           f"{shp} [iterations, B, G]")
+      unknown = set(noise) - {"u", "conf_u"}
+      if unknown:
+        raise ValueError(f"unknown noise entries {sorted(unknown)}")
+      if cfg.rule == "strategy":
+        raise ValueError("injected noise is not supported for rule 'strategy'")
+    prompt, am = jnp.asarray(prompt), jnp.asarray(am)
+    if mesh is not None:
+      from jax.sharding import NamedSharding, PartitionSpec as PS
+      n = int(np.prod([mesh.shape[a] for a in data_axes]))
+      spec = PS(tuple(data_axes)) if B % n == 0 else PS()
+      put = lambda a: jax.device_put(a, NamedSharding(mesh, spec))
+      prompt, am = put(prompt), put(am)
+      key = jnp.asarray(key)
+      if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)
+      key = put(key) if key.ndim == 1 else key
+    return fn(params, prompt, am, key, noise)
+
+  gen.core = core
+  gen.cfg = cfg
+  return gen
+
+
+def _generate_core(logits_fn, cfg: BlockConfig, params, prompt, am, key, noise):
+  B, P = prompt.shape
+  G, Bk, nb = cfg.gen_length, cfg.block_length, cfg.num_blocks
+  L = P + G
+  m = cfg.mask_id
+  if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.wrap_key_data(key)
+  rows = draws.block_row_keys(key, B)
+  x = jnp.concatenate([prompt, jnp.full((B, G), m, jnp.int32)], axis=1)
+  am_full = jnp.concatenate([am, jnp.ones((B, G), jnp.int32)], axis=1)
+  prompt_index = jnp.concatenate([am.astype(bool), jnp.zeros((B, G), bool)], axis=1)
+
+  def model_logits(p, tokens):
+    if cfg.cfg_scale > 0:
+      un = jnp.where(prompt_index, m, tokens)
+      both = logits_fn(p, jnp.concatenate([tokens, un]), jnp.concatenate([am_full, am_full]))
+      cond, unc = both[:B], both[B:]
+      return unc + (cfg.cfg_scale + 1.0) * (cond - unc)
+    return logits_fn(p, tokens, am_full)
+
+  n_iter = cfg.iters_per_block
+
+  def block_noise(b):
+    if noise is None:
+      return None
+    out = {}
+    for name, arr in noise.items():
+      blk = lax.dynamic_slice_in_dim(jnp.asarray(arr), b * n_iter, n_iter, axis=0)
+      out[name] = lax.dynamic_slice_in_dim(blk, b * Bk, Bk, axis=2)
+    return out
+
+  def run_block(carry, b):
+    x, done, nfe = carry
+    start = P + b * Bk
+    if cfg.rule == "strategy":
+      x_new, calls = _strategy_block(model_logits, cfg, params, x, start, done, key, b, B, L)
+    else:
+      x_new, calls = _confidence_block(model_logits, cfg, params, x, start, b, done, rows,
+                                       block_noise(b), B)
+    if cfg.stops:
+      done = done | jnp.any(x_new[:, P:] == cfg.eos_id, axis=1)
+    return (x_new, done, nfe + calls)
+
+  def scan_body(carry, b):
+    carry = lax.cond(jnp.all(carry[1]), lambda c, b: c, run_block, carry, b)
+    return carry, None
+
+  carry = (x, jnp.zeros((B,), bool), jnp.zeros((), jnp.int32))
+  (x, done, nfe), _ = lax.scan(scan_body, carry, jnp.arange(nb, dtype=jnp.int32))
+  return x[:, P:], {"nfe": nfe, "done": done}
+
+
+def _confidence_block(model_logits, cfg: BlockConfig, params, x, start, b, done, rows, noise, B):
+  """One block of the llada / llada_conf / remdm_llada rules (`confidence` kernels); returns
+  (x, NFE)."""
+  Bk, S, m = cfg.block_length, cfg.steps_per_block, cfg.mask_id
+  spec = cfg.confidence_spec()
+  fdt = spec.conf_dtype
+  rule = cfg.rule
+  k = cfg.tokens_per_step
+  r = cfg.remdm_number
+  tau = cfg.remask_start
+  n_iter = cfg.iters_per_block
+  g0 = b * Bk  # first generated position of the block
+  active = ~done
+
+  blk0 = lax.dynamic_slice_in_dim(x, start, Bk, axis=1)
+  sched = num_transfer_tokens(jnp.sum(blk0 == m, axis=1, dtype=jnp.int32), S)  # [B, S]
+
+  def step(carry, i):
+    x, cache = carry
+    blk = lax.dynamic_slice_in_dim(x, start, Bk, axis=1)
+    if rule == "remdm_llada":
+      in_win = (i >= tau) & (i < tau + S)
+      blk, cache = conf_k.remdm_remask(blk, cache, jnp.where(in_win & active, r, 0), m)
+      x = lax.dynamic_update_slice_in_dim(x, blk, start, axis=1)
+    masked = blk == m
+    logits = model_logits(params, x)
+    lg = lax.dynamic_slice_in_dim(logits, start, Bk, axis=1).astype(jnp.float32)  # [B, Bk, V]
+    tok_keys, conf_keys = draws.step_keys(rows, b * n_iter + i)
+    u = None if noise is None or "u" not in noise else noise["u"][i]
+    conf_u = None if noise is None or "conf_u" not in noise else noise["conf_u"][i]
+    x0, conf = conf_k.propose(spec, lg, draws.offset_position_keys(tok_keys, g0, Bk),
+                              draws.offset_position_keys(conf_keys, g0, Bk), u, conf_u)
+    if rule == "llada":
+      n = sched[:, jnp.minimum(i, S - 1)]
+    elif rule == "remdm_llada":
+      n = jnp.where(in_win, r, k)
+    else:
+      n = k
+    conf = conf_k.gate(conf, masked, fdt)
+    blk, take = conf_k.commit(blk, x0, conf, jnp.where(active, n, 0))
+    if rule == "remdm_llada":
+      cache = jnp.where(take, conf.astype(cache.dtype), cache)
+    x = lax.dynamic_update_slice_in_dim(x, blk, start, axis=1)
+    return (x, cache), None
+
+  cache = jnp.full((B, Bk), jnp.inf, fdt)
+  (x, _), _ = lax.scan(step, (x, cache), jnp.arange(n_iter, dtype=jnp.int32))
+  return x, jnp.int32(n_iter)
+
+
+def _strategy_block(model_logits, cfg: BlockConfig, params, x, start, done, key, b, B, L):
+  """One block of a probabilistic strategy: the sampler core with everything outside the block
+  frozen. Returns (x, NFE)."""
+  Bk = cfg.block_length
+  pos = jnp.arange(L)
+  in_blk = (pos >= start) & (pos < start + Bk)
+  frozen = ~in_blk[None, :] | done[:, None]
+
+  def denoise(p, tokens, t):
+    del t  # LLaDA is not time-conditioned
+    return model_logits(p, tokens)
+
+  s = make_sampler(denoise, cfg.sampler, seq_len=L, mask_id=cfg.mask_id, jit=False)
+  kb = jax.random.fold_in(key if key.ndim == 0 else key[0], b)  # one key for the whole batch
+  out, info = s.core(params, kb, B, prompt=x, prompt_mask=frozen)
+  x = jnp.where(frozen, x, out).astype(jnp.int32)
+  return x, info["nfe"]

@@ -1,0 +1,214 @@
+"""Confidence-ranked commit steps: pure per-step kernels of the sampler family (SPEC_DOMAINS §I.1,
+§L.1, §L.3). Every kernel picks positions with `ranked.select_top_n` and draws its noise with
+`draws`; the loops that drive them are `sampling.maskgit` and `sampling.blocks`. Never imports
+Flax.
+
+MaskGIT (§I.1; google-research/maskgit `libml/parallel_decode.py`), `maskgit_step`: sample every
+masked position from the codebook logits, keep the known ones, confidence p(sampled) (+inf for
+known), Gumbel-annealed ranking log(conf) + choice_temperature (1 - r) g, re-mask the `mask_len`
+lowest (`maskgit_mask_len`).
+
+LLaDA rules over one block of W positions (`ConfidenceSpec.rule`), `propose` + `commit`:
+  llada       the official ML-GSAI/LLaDA `generate` (§L.3): x0 = argmax(logits) at temperature 0,
+              else the Gumbel step (float64: exp(l) / (-log u)^T as the reference; exact32:
+              argmax(l + T g), g from 32-bit integers); confidence softmax(logits)[x0]
+              ("low_confidence") or a float32 uniform ("random"); the EOS / EOT options.
+  llada_conf  the authors' `llada_conf_sample` (§L.1): x0 ~ Cat(softmax(logits)) at temperature
+              1 (float64: the exponential race; exact32: Gumbel-max from 32-bit integers),
+              confidence p[x0].
+  remdm_llada `llada_remdm_sample` (§L.1): llada_conf's proposal, plus `remdm_remask` before the
+              model call (re-mask the r smallest cached confidences).
+`commit` writes x0 at the n masked positions of largest confidence (n per row).
+
+Keys (`draws` module docstring, "block decoding"): the caller passes per-position token and
+confidence keys [B, W]; injected noise (`u` [B, W, V] uniforms, `conf_u` [B, W]) replaces them.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from remdm_jax.sampling import draws
+from remdm_jax.sampling.ranked import select_top_n
+
+LLADA_RULES = ("llada", "llada_conf", "remdm_llada")
+REMASKING = ("low_confidence", "random")
+
+
+# ------------------------------------------------------------------------------------ MaskGIT
+
+def maskgit_mask_len(unknown0, unknown, ratio_mask):
+  """Number of tokens re-masked after a MaskGIT step (§I.1 step 4): clip(floor(N0 m), 1, u - 1),
+  i.e. max(1, min(u - 1, floor(N0 m))). unknown0, unknown: int [B]; ratio_mask: float32 scalar
+  schedule value m. Returns int32 [B] (>= 1 even when u <= 1: the reference keeps one mask)."""
+  raw = jnp.floor(unknown0.astype(jnp.float32) * ratio_mask)
+  ml = jnp.maximum(1.0, jnp.minimum(unknown.astype(jnp.float32) - 1.0, raw))
+  return ml.astype(jnp.int32)
+
+
+def maskgit_step(tokens, logits, *, mask_id: int, unknown0, ratio, mask_ratio,
+                 choice_temperature: float, sample_key=None, choice_key=None,
+                 categorical_gumbel=None, choice_gumbel=None):
+  """One MaskGIT decoding step (§I.1 steps 1-4).
+
+  Args:
+    tokens: int32 [B, L] current state (mask_id = unknown).
+    logits: float32 [B, L, K] codebook logits, temperature already applied.
+    mask_id: the mask id (>= K). unknown0: int32 [B] masked count at the start.
+    ratio: float32 scalar progress r = (step + 1) / T. mask_ratio: float32 schedule value at r.
+    choice_temperature: Gumbel scale of the ranking.
+    sample_key, choice_key: the reference's per-step keys (`jax.random.categorical`, `gumbel`),
+      or categorical_gumbel [B, L, K] / choice_gumbel [B, L] injected Gumbels instead.
+  Returns:
+    (new_tokens int32 [B, L] after re-masking, sampled int32 [B, L] before re-masking).
+  """
+  K = logits.shape[-1]
+  m = mask_id
+  if categorical_gumbel is None:
+    sampled = jax.random.categorical(sample_key, logits, axis=-1).astype(jnp.int32)
+  else:
+    sampled = jnp.argmax(logits + categorical_gumbel, axis=-1).astype(jnp.int32)
+  unknown = tokens == m
+  sampled = jnp.where(unknown, sampled, tokens)
+  probs = jax.nn.softmax(logits, axis=-1)
+  sel = jnp.take_along_axis(probs, jnp.clip(sampled, 0, K - 1)[..., None], axis=-1)[..., 0]
+  sel = jnp.where(unknown, sel, jnp.inf)
+  n_unknown = jnp.sum(unknown, axis=-1).astype(jnp.int32)
+  mask_len = maskgit_mask_len(unknown0, n_unknown, mask_ratio)
+  g = jax.random.gumbel(choice_key, sel.shape) if choice_gumbel is None else choice_gumbel
+  score = jnp.log(sel) + jnp.float32(choice_temperature) * (1.0 - ratio) * g
+  # The reference masks score < sort(score)[mask_len]: the mask_len lowest among the unknown
+  # (known ones score +inf), i.e. min(mask_len, #unknown) positions.
+  remask = select_top_n(score, jnp.minimum(mask_len, n_unknown), largest=False)
+  return jnp.where(remask, m, sampled).astype(jnp.int32), sampled
+
+
+# ------------------------------------------------------------------------------- LLaDA rules
+
+@dataclasses.dataclass(frozen=True)
+class ConfidenceSpec:
+  """Static settings of the LLaDA proposal kernels (module docstring).
+
+  Attributes:
+    rule: one of `LLADA_RULES`. mask_id, eos_id, eot_id: token ids.
+    temperature: Gumbel temperature of "llada" (0 = argmax); the other rules sample at 1.
+    remasking: "low_confidence" | "random" ("llada").
+    logits_eos_inf, confidence_eos_eot_inf, official_eos_quirk: the EOS options of "llada".
+    precision: "exact32" | "float64" (needs x64).
+  """
+
+  rule: str
+  mask_id: int
+  eos_id: int
+  eot_id: int
+  temperature: float = 0.0
+  remasking: str = "low_confidence"
+  logits_eos_inf: bool = False
+  confidence_eos_eot_inf: bool = False
+  official_eos_quirk: bool = False
+  precision: str = "exact32"
+
+  def __post_init__(self):
+    if self.rule not in LLADA_RULES:
+      raise ValueError(f"ConfidenceSpec.rule={self.rule!r} must be one of {LLADA_RULES}")
+    if self.remasking not in REMASKING:
+      raise ValueError(f"ConfidenceSpec.remasking={self.remasking!r} must be one of {REMASKING}")
+    if self.precision not in ("exact32", "float64"):
+      raise ValueError(f"ConfidenceSpec.precision={self.precision!r} must be 'exact32' or "
+                       "'float64'")
+
+  @property
+  def conf_dtype(self):
+    """dtype of the ranked confidences (float64 with precision "float64")."""
+    return jnp.float64 if self.precision == "float64" else jnp.float32
+
+
+def gumbel_argmax_tempered(lg, temperature: float, keys, u, precision: str):
+  """Official `add_gumbel_noise` + argmax: argmax exp(l) / (-log u)^T in float64, or the exact32
+  equivalent argmax(l + T g). temperature 0: argmax(l). lg [B, W, V]; keys [B, W] position keys;
+  u: None or injected uniforms [B, W, V]. Returns int32 [B, W]."""
+  if temperature == 0:
+    return jnp.argmax(lg, axis=-1).astype(jnp.int32)
+  V = lg.shape[-1]
+  if precision == "float64":
+    if u is None:
+      u = draws.uniform_rows(keys, V, jnp.float64)
+    u = u.astype(jnp.float64)
+    score = jnp.exp(lg.astype(jnp.float64)) / (-jnp.log(u)) ** temperature
+    return jnp.argmax(score, axis=-1).astype(jnp.int32)
+  if u is not None:
+    g = -jnp.log(-jnp.log(u.astype(jnp.float32)))
+  else:
+    g = draws.gumbel_from_bits(draws.position_bits(keys, V))
+  return jnp.argmax(lg + jnp.float32(temperature) * g, axis=-1).astype(jnp.int32)
+
+
+def propose(spec: ConfidenceSpec, lg, tok_keys, conf_keys, u=None, conf_u=None):
+  """The candidate tokens and their confidences over a block window (module docstring).
+
+  Args:
+    spec: `ConfidenceSpec`.
+    lg: float32 [B, W, V] logits of the window (after CFG).
+    tok_keys, conf_keys: [B, W] position keys (`draws.offset_position_keys`).
+    u: optional injected uniforms [B, W, V] (Gumbel / race); conf_u: optional [B, W] ("random").
+  Returns:
+    (x0 int32 [B, W], conf [B, W]: float32, or float64 for the float64 llada_conf / remdm_llada).
+  """
+  if spec.rule == "llada":
+    if spec.logits_eos_inf:
+      lg = lg.at[..., spec.eos_id].set(-jnp.inf)
+    x0 = gumbel_argmax_tempered(lg, spec.temperature, tok_keys, u, spec.precision)
+    lc = lg
+    if spec.confidence_eos_eot_inf:
+      if not spec.official_eos_quirk:
+        lc = lc.at[..., spec.eos_id].set(-jnp.inf)
+      lc = lc.at[..., spec.eot_id].set(-jnp.inf)
+    if spec.remasking == "low_confidence":
+      p = jax.nn.softmax(lc, axis=-1)
+      conf = jnp.take_along_axis(p, x0[..., None], axis=-1)[..., 0]
+    elif conf_u is not None:
+      conf = conf_u.astype(jnp.float32)
+    else:
+      conf = jax.vmap(jax.vmap(lambda kk: jax.random.uniform(kk, (), jnp.float32)))(conf_keys)
+    return x0, conf
+  fdt = spec.conf_dtype
+  V = lg.shape[-1]
+  p = jax.nn.softmax(lg.astype(fdt), axis=-1)
+  if spec.precision == "float64":
+    uu = u if u is not None else draws.uniform_rows(tok_keys, V, fdt)
+    x0 = draws.race_argmax(None, p, uniforms=uu.astype(fdt))
+  else:
+    logp = jax.nn.log_softmax(lg, axis=-1)
+    if u is not None:
+      g = -jnp.log(-jnp.log(u.astype(jnp.float32)))
+      x0 = jnp.argmax(logp + g, axis=-1).astype(jnp.int32)
+    else:
+      x0 = draws.gumbel_argmax(tok_keys, logp)
+  conf = jnp.take_along_axis(p, x0[..., None], axis=-1)[..., 0]
+  return x0, conf
+
+
+def gate(conf, masked, dtype):
+  """Confidence of the masked window positions in `dtype`, -inf elsewhere (never committed)."""
+  return jnp.where(masked, conf.astype(dtype), -jnp.inf)
+
+
+def commit(blk, x0, conf, n):
+  """Writes x0 at the n positions of largest (gated) confidence per row.
+
+  blk, x0: int32 [B, W]; conf: float [B, W] (from `gate`); n: int32 [B] or scalar (0 = no change).
+  Returns (new blk int32 [B, W], taken bool [B, W])."""
+  take = select_top_n(conf, n)
+  return jnp.where(take, x0, blk).astype(jnp.int32), take
+
+
+def remdm_remask(blk, cache, n, mask_id: int):
+  """remdm_llada's re-mask before the model call (§L.1): the n positions with the smallest cached
+  confidence take mask_id and their cache entries reset to +inf.
+
+  blk int32 [B, W]; cache float [B, W] (+inf = never committed in this window); n int32 [B].
+  Returns (blk, cache)."""
+  sel = select_top_n(cache, n, largest=False)
+  return jnp.where(sel, mask_id, blk), jnp.where(sel, jnp.inf, cache)

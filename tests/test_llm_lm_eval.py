@@ -163,6 +163,12 @@ def test_generate_until_strategy_on_dream_and_gen_length_from_request(tmp_path):
       (8, 4, "strategy", 2)
   out = lm.generate_until([_Req(c, {"until": ["\n"], "max_gen_toks": 6}) for c in CONTEXTS[:2]])
   assert len(out) == 2 and all(isinstance(t, str) and "\n" not in t for t in out)
+  lm = _adapter(d, rule="dream_entropy", temperature=0.2, top_p=0.9, alg_temp=0.1, steps=4,
+                batch_size=2)
+  cfg = lm.gen_config(8)
+  assert (cfg.rule, cfg.top_p, cfg.alg_temp, cfg.sampler) == ("dream_entropy", 0.9, 0.1, None)
+  out = lm.generate_until([_Req(c, {"until": ["\n"], "max_gen_toks": 8}) for c in CONTEXTS[:2]])
+  assert len(out) == 2 and all(isinstance(t, str) and "\n" not in t for t in out)
 
 
 def test_loglikelihood_and_greedy_check(tiny_llada):

@@ -11,9 +11,11 @@ exactly as transformers' `apply_chat_template(..., add_generation_prompt=True)`,
 without extra special tokens; without `--chat` the prompt is encoded as plain text (the
 tokenizer's post-processor adds BOS where the model's tokenizer does).
 
-`--sampler` is `llada` (official generate), `llada_conf`, `remdm_llada`, or a `SamplerConfig`
-strategy (mdlm, remdm_cap, remdm_rescale, remdm_conf, remdm_loop, remdm_switch, fb, dfm). Bad
-flags exit with status 2 and one line naming the flag.
+`--sampler` is `llada` (official generate), `llada_conf`, `remdm_llada`, Dream's
+`dream_origin` / `dream_maskgit_plus` / `dream_topk_margin` / `dream_entropy` (with
+--temperature, --top_p, --top_k, --alg_temp, --eps), or a `SamplerConfig` strategy (mdlm,
+remdm_cap, remdm_rescale, remdm_conf, remdm_loop, remdm_switch, fb, dfm). Bad flags exit with
+status 2 and one line naming the flag.
 """
 from __future__ import annotations
 
@@ -40,7 +42,12 @@ def add_generation_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--cfg_scale", type=float, default=0.0)
   p.add_argument("--remdm_number", type=int, default=1)
   p.add_argument("--eta", type=float, default=None, help="ReMDM eta of a strategy sampler")
-  p.add_argument("--top_p", type=float, default=None)
+  p.add_argument("--top_p", type=float, default=None, help="nucleus of a strategy sampler or "
+                 "of the Dream rules")
+  p.add_argument("--top_k", type=int, default=None, help="top-k of the Dream rules")
+  p.add_argument("--alg_temp", type=float, default=None, help="commit temperature of the Dream "
+                 "confidence rules (None / 0 = top-n)")
+  p.add_argument("--eps", type=float, default=1e-3, help="schedule end of the Dream rules")
   p.add_argument("--precision", default="exact32", help="exact32 | float64 (enables x64)")
   p.add_argument("--logits_eos_inf", action="store_true")
   p.add_argument("--confidence_eos_eot_inf", action="store_true")
@@ -64,6 +71,12 @@ def gen_config_from_args(args, mcfg) -> GenConfig:
   strategy = args.sampler in STRATEGIES
   if not strategy and args.sampler not in RULES:
     raise ValueError(f"--sampler={args.sampler!r} is not one of {RULES + STRATEGIES}")
+  dream = args.sampler.startswith("dream_")
+  for flag in ("top_k", "alg_temp"):
+    if getattr(args, flag) is not None and not dream:
+      raise ValueError(f"--{flag} applies only to the Dream rules (--sampler=dream_*)")
+  if args.top_p is not None and not (dream or strategy):
+    raise ValueError("--top_p applies to a strategy sampler or the Dream rules")
   nb = args.gen_length // max(args.block_length, 1)
   sampler = None
   if strategy:
@@ -74,11 +87,11 @@ def gen_config_from_args(args, mcfg) -> GenConfig:
   stop = None if args.stop_at_eos is None else args.stop_at_eos == "true"
   pick = lambda v, d: d if v is None else v
   eot = pick(args.eot_id, mcfg.eot_token_id)
-  if eot is None:
-    if args.confidence_eos_eot_inf:
-      raise ValueError("--confidence_eos_eot_inf needs an end-of-turn id: config.json has no "
-                       "eot_token_id and the tokenizer no end-of-turn token; pass --eot_id")
-    eot = mcfg.eos_token_id  # unused: only --confidence_eos_eot_inf reads the EoT id
+  if eot is None and args.confidence_eos_eot_inf:
+    raise ValueError("--confidence_eos_eot_inf needs an end-of-turn id: config.json has no "
+                     "eot_token_id and the tokenizer no end-of-turn token; pass --eot_id")
+  extra = dict(top_p=args.top_p, top_k=args.top_k, alg_temp=args.alg_temp,
+               eps=args.eps) if dream else {}
   return GenConfig(
       rule="strategy" if strategy else args.sampler, gen_length=args.gen_length,
       block_length=args.block_length, steps=args.steps, temperature=args.temperature,
@@ -86,7 +99,7 @@ def gen_config_from_args(args, mcfg) -> GenConfig:
       logits_eos_inf=args.logits_eos_inf, confidence_eos_eot_inf=args.confidence_eos_eot_inf,
       official_eos_quirk=args.official_eos_quirk, stop_at_eos=stop, precision=args.precision,
       mask_id=pick(args.mask_id, mcfg.mask_token_id), eos_id=pick(args.eos_id, mcfg.eos_token_id),
-      eot_id=eot, pad_id=pick(args.pad_id, mcfg.pad_token_id), sampler=sampler)
+      eot_id=eot, pad_id=pick(args.pad_id, mcfg.pad_token_id), sampler=sampler, **extra)
 
 
 def load_model(args):

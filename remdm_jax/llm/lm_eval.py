@@ -36,11 +36,13 @@ Requests:
 
 model_args (all optional except checkpoint):
   checkpoint (or pretrained / model_dir): the local model folder.   arch: llada | dream.
-  rule: llada | llada_conf | remdm_llada | a ReMDM strategy (mdlm, remdm_cap, remdm_rescale,
-    remdm_conf, remdm_switch, remdm_loop, fb, dfm) | any other rule `GenConfig` knows;
+  rule: llada | llada_conf | remdm_llada | dream_origin | dream_maskgit_plus |
+    dream_topk_margin | dream_entropy | a ReMDM strategy (mdlm, remdm_cap, remdm_rescale,
+    remdm_conf, remdm_switch, remdm_loop, fb, dfm);
   steps, gen_length, block_length, temperature, remasking, cfg (guidance, generation and
-    likelihood), remdm_number, eta, top_p, precision, logits_eos_inf, confidence_eos_eot_inf,
-    official_eos_quirk, stop_at_eos, and any other `GenConfig` field by name;
+    likelihood), remdm_number, eta, top_p (a strategy's or Dream's), top_k, alg_temp, eps,
+    precision, logits_eos_inf, confidence_eos_eot_inf, official_eos_quirk, stop_at_eos, and any
+    other `GenConfig` field by name;
   mc_num (128), mc_batch_size, is_check_greedy (false), seed (0), max_length (model's),
   mask_id / eos_id / eot_id / pad_id, param_dtype / compute_dtype (bfloat16),
   mesh (data x fsdp x tensor, written with "x": e.g. 1x-1x1, the default: all devices fsdp).
@@ -151,6 +153,8 @@ class RemdmLM(_LMBase):
     known = G.RULES + STRATEGIES
     if self.rule not in known:
       raise ValueError(f"model_args rule={self.rule!r} must be one of {known}")
+    if self.rule.startswith("dream_") and "top_p" in self.sampler_args:
+      self.gen_args["top_p"] = self.sampler_args.pop("top_p")  # Dream's own nucleus
     if self.rule not in STRATEGIES and self.sampler_args:
       raise ValueError(f"model_args {sorted(self.sampler_args)} apply only to the ReMDM "
                        f"strategies {STRATEGIES}, not rule={self.rule!r}")
@@ -167,8 +171,7 @@ class RemdmLM(_LMBase):
     blk = G_len if blk is None else blk
     steps = a.pop("steps", G_len)
     lm = self.lm
-    eot = lm.eot_id if lm.eot_id is not None else lm.eos_id  # read only by the EoT options
-    ids = dict(mask_id=lm.mask_id, eos_id=lm.eos_id, eot_id=eot, pad_id=lm.pad_id)
+    ids = dict(mask_id=lm.mask_id, eos_id=lm.eos_id, eot_id=lm.eot_id, pad_id=lm.pad_id)
     sampler = None
     rule = self.rule
     if rule in STRATEGIES:

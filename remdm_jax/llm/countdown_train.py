@@ -12,8 +12,8 @@ answer position masked with probability t; weighting "elbo" = sum over masked an
 of -log p_theta(x_0 | x_t) / t divided by B * G (the bound); "uniform" (the default here) = the
 mean of -log p_theta over the masked positions. Both are minimised by the true conditionals; the
 uniform one avoids the 1/t weights (up to 1/eps = 1000) and their gradient variance.
-This module is the small training helper of the slow test; the DiT trainer
-(`remdm_jax.training`) is the project's real trainer.
+Training runs through the library's one trainer (`remdm_jax.training.trainer.run`) with the
+`sft_spec` model spec and the resumable `sft_batches` pipeline.
 """
 from __future__ import annotations
 
@@ -118,18 +118,73 @@ def sft_loss(logits_fn, params, x, am, key, p_len: int, t_min: float = 1e-3,
   raise ValueError(f"weighting={weighting!r} must be 'elbo' or 'uniform'")
 
 
+def sft_spec(cfg: M.LLaDAConfig, p_len: int, weighting: str = "uniform"):
+  """The trainer's `ModelSpec` of the LLaDA SFT on the Countdown codec: init = `M.init_model`,
+  loss(params, (tokens [B, P + G], attention_mask [B, P + G]), key, train) = `sft_loss` with the
+  second half of split(key) (the first half draws the batch rows in `sft_batches`); parameter
+  key `jax.random.key(seed)`, training key `jax.random.key(seed + 1)`."""
+  from remdm_jax.training.spec import ModelSpec
+  if weighting not in ("elbo", "uniform"):
+    raise ValueError(f"weighting={weighting!r} must be 'elbo' or 'uniform'")
+  gd, _ = M.abstract_model(cfg)
+  f = M.make_logits_fn(gd)
+
+  def init(key):
+    return M.init_model(cfg, key)[1]
+
+  def loss(params, batch, key, train: bool):
+    del train  # no dropout in LLaDA
+    x, am = batch
+    _, kl = jax.random.split(key)
+    return sft_loss(f, params, x, am, kl, p_len, weighting=weighting), {}
+
+  return ModelSpec(name="llada_countdown", init=init, loss=loss,
+                   model_config=dict(dataclasses.asdict(cfg), codec=codec_info(p_len)),
+                   keys=lambda seed: (jax.random.key(seed), jax.random.key(seed + 1)))
+
+
+def codec_info(p_len: int) -> dict:
+  """The character codec and slot layout (stored with the model)."""
+  return {"chars": CHARS, "pad": PAD, "eos": EOS, "eot": EOT, "mask": MASK, "p_len": int(p_len)}
+
+
+def sft_batches(x: np.ndarray, am: np.ndarray, batch_size: int, seed: int):
+  """The resumable batch pipeline of the SFT: batch i = rows idx of (x, am) with idx =
+  randint(split(fold_in(key(seed + 1), i))[0], (batch_size,), 0, N) (uniform with replacement;
+  the same draws as the training key of `sft_spec`)."""
+  from remdm_jax.data import StepBatches
+  n = int(x.shape[0])
+  base = jax.random.key(seed + 1)
+  draw = jax.jit(lambda i: jax.random.randint(
+      jax.random.split(jax.random.fold_in(base, i))[0], (batch_size,), 0, n))
+
+  def make(i):
+    idx = np.asarray(draw(np.int32(i)))
+    return x[idx], am[idx]
+
+  return StepBatches(make, {"seed": int(seed), "rows": n, "batch_size": int(batch_size),
+                            "width": int(x.shape[1])})
+
+
 def train(problems: Sequence[dict], *, steps: int, batch_size: int = 64, lr: float = 3e-3,
           warmup: int = 100, seed: int = 0, p_len: int | None = None,
           g_len: int | None = None, model: dict | None = None,
           callback: Callable[[int, Any, float], None] | None = None,
-          callback_every: int = 0, weighting: str = "uniform") -> Trained:
+          callback_every: int = 0, weighting: str = "uniform", workdir: str | None = None,
+          save_every: int = 500, log: Callable[[str], None] | None = None) -> Trained:
   """Trains `model_config(**model)` for exactly `steps` AdamW steps (warmup + cosine decay to
-  lr/20, weight decay 0.01) on minibatches drawn uniformly with replacement from `problems`
-  (the draws and masks follow `seed`; deterministic for a seed on one backend).
+  lr/20, b2 0.99, weight decay 0.01, no clipping, no EMA) on minibatches drawn uniformly with
+  replacement from `problems` (the draws and masks follow `seed`; deterministic for a seed on one
+  backend), through the library's trainer (`remdm_jax.training.trainer.run`, one device).
   `callback(step, params, loss)` runs after every `callback_every`-th step (0 = never).
+  workdir: None (in memory) or a folder for checkpoints every `save_every` steps, metrics.jsonl
+  and resume (re-running with the same arguments continues from the latest checkpoint).
   The defaults are the slow test's settings. Raises ValueError on steps or batch_size < 1, an
   unknown weighting, no problems, or a problem that does not fit the slots."""
-  import optax
+  from remdm_jax import sharding as mesh_lib
+  from remdm_jax.training import trainer as TR
+  from remdm_jax.training.config import (CheckpointConfig, OptimConfig, RunConfig,
+                                         TrainConfig)
   if steps < 1 or batch_size < 1:
     raise ValueError(f"steps={steps} and batch_size={batch_size} must be >= 1")
   if weighting not in ("elbo", "uniform"):
@@ -137,33 +192,28 @@ def train(problems: Sequence[dict], *, steps: int, batch_size: int = 64, lr: flo
   P0, G0 = slot_lengths(problems)
   p_len, g_len = p_len or P0, g_len or G0
   cfg = model_config(**(model or {}))
-  gd, params = M.init_model(cfg, jax.random.key(seed))
-  f = M.make_logits_fn(gd)
-  from remdm_jax.training.config import OptimConfig
-  from remdm_jax.training.trainer import make_optimizer
-  opt, _ = make_optimizer(OptimConfig(lr=lr, warmup_steps=min(warmup, steps - 1),
-                                      schedule="cosine", min_lr=lr / 20, b2=0.99,
-                                      weight_decay=0.01, grad_clip=0.0), steps)
-  opt_state = opt.init(params)
-  data_x, data_am = (jnp.asarray(a) for a in make_batch(problems, p_len, g_len))
-
-  @jax.jit
-  def step(p, s, i):
-    k = jax.random.fold_in(jax.random.key(seed + 1), i)
-    kd, kl = jax.random.split(k)
-    idx = jax.random.randint(kd, (batch_size,), 0, data_x.shape[0])
-    loss, g = jax.value_and_grad(
-        lambda q: sft_loss(f, q, data_x[idx], data_am[idx], kl, p_len, weighting=weighting))(p)
-    u, s = opt.update(g, s, p)
-    return optax.apply_updates(p, u), s, loss
-
-  losses = []
-  for i in range(steps):
-    params, opt_state, loss = step(params, opt_state, jnp.int32(i))
-    losses.append(loss)
-    if callback is not None and callback_every and (i + 1) % callback_every == 0:
-      callback(i + 1, params, float(loss))
-  return Trained(cfg, f, params, np.asarray(jax.device_get(losses), np.float32), p_len, g_len)
+  x, am = make_batch(problems, p_len, g_len)
+  spec = sft_spec(cfg, p_len, weighting)
+  run_cfg = RunConfig(
+      optim=OptimConfig(lr=lr, warmup_steps=min(warmup, steps - 1), schedule="cosine",
+                        min_lr=lr / 20, b2=0.99, weight_decay=0.01, grad_clip=0.0,
+                        ema_decay=0.0),
+      train=TrainConfig(num_steps=steps, seed=seed, log_every=min(100, steps), eval_every=0),
+      checkpoint=CheckpointConfig(save_every=save_every, keep=2),
+      mesh=mesh_lib.MeshConfig(shape=(1, 1, 1)), batch_size=batch_size)
+  job = TR.TrainJob(spec=spec, config=run_cfg,
+                    data=lambda: (sft_batches(x, am, batch_size, seed), None),
+                    tokens_per_step=batch_size * (p_len + g_len),
+                    meta={"train": {"steps": steps, "batch_size": batch_size, "lr": lr,
+                                    "warmup": warmup, "seed": seed, "weighting": weighting,
+                                    "problems": len(problems)}})
+  cb = None
+  if callback is not None and callback_every:
+    cb = lambda step, state, m: callback(step, state.params, m["loss"])
+  out = TR.run(job, workdir, mesh=mesh_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1]),
+               log=log or (lambda _: None), callback=cb, callback_every=callback_every)
+  gd, _ = M.abstract_model(cfg)
+  return Trained(cfg, M.make_logits_fn(gd), out["state"].params, out["losses"], p_len, g_len)
 
 
 def init_untrained(seed: int = 0, model: dict | None = None):

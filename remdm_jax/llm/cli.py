@@ -2,6 +2,8 @@
 
   python -m remdm_jax.llm.cli --model_dir=/path/LLaDA-8B-Instruct --sampler=remdm_llada \\
       --gen_length=32 --block_length=32 --steps=32 --prompt="Question: ... Answer: "
+  python -m remdm_jax.llm.cli --model_dir=remdm_jax/assets/models/countdown_llada \\
+      --sampler=llada --gen_length=15 --block_length=15 --steps=15 --prompt=3,5,2,13
 
 `--sampler` is `llada` (official generate), `llada_conf`, `remdm_llada`, or a `SamplerConfig`
 strategy (mdlm, remdm_cap, remdm_rescale, remdm_conf, remdm_loop, remdm_switch, fb, dfm). Bad
@@ -20,7 +22,8 @@ from remdm_jax.sampling.config import STRATEGIES, SamplerConfig
 
 def add_generation_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--model_dir", required=True, help="local HF LLaDA folder (config.json, "
-                 "safetensors, tokenizer.json)")
+                 "safetensors, tokenizer.json), or the shipped tiny Countdown model "
+                 "remdm_jax/assets/models/countdown_llada")
   p.add_argument("--sampler", default="llada", help=f"one of {RULES + STRATEGIES}")
   p.add_argument("--gen_length", type=int, default=32)
   p.add_argument("--block_length", type=int, default=32)
@@ -87,10 +90,32 @@ def load_for_generation(args):
     over["param_dtype"] = args.param_dtype
   if args.compute_dtype:
     over["compute_dtype"] = args.compute_dtype
+  from remdm_jax.llm import countdown_train
+  if countdown_train.is_model_folder(args.model_dir):  # the shipped tiny Countdown model
+    mcfg, gd, params, tok, _ = countdown_train.load_model(args.model_dir, mesh=mesh, **over)
+    return mcfg, gd, params, tok, mesh
   mcfg, gd, params = weights.load_llada(args.model_dir, mesh=mesh, **over)
   tok = weights.Tokenizer(args.model_dir)
   del jax
   return mcfg, gd, params, tok, mesh
+
+
+def token_string(tok, token_id: int):
+  """The string of a special id for `generate.decode_outputs` (HF tokenizers: tok.tok)."""
+  return (tok.tok if hasattr(tok, "tok") else tok).id_to_token(token_id)
+
+
+def pad_prompts_to(x, am, width: int, pad_id: int):
+  """Left-pads prompts (int32 [B, P], mask [B, P]) to `width` columns (a model trained with a
+  fixed prompt slot, e.g. the Countdown one); ValueError when P > width > 0."""
+  import numpy as np
+  if width <= 0 or x.shape[1] == width:
+    return x, am
+  if x.shape[1] > width:
+    raise ValueError(f"a prompt has {x.shape[1]} tokens; this model's prompt slot holds {width}")
+  extra = width - x.shape[1]
+  return (np.concatenate([np.full((x.shape[0], extra), pad_id, x.dtype), x], 1),
+          np.concatenate([np.zeros((x.shape[0], extra), am.dtype), am], 1))
 
 
 def run_cli(main_fn, parser: argparse.ArgumentParser, argv=None) -> int:
@@ -118,11 +143,12 @@ def _generate_main(args):
   cfg = gen_config_from_args(args, mcfg)
   prompts = [tok.encode(p) for p in args.prompt]
   x, am = G.left_pad(prompts, cfg.pad_id)
+  x, am = pad_prompts_to(x, am, getattr(tok, "prompt_length", 0), cfg.pad_id)
   gen = G.make_generate(make_logits_fn(gd), cfg, mesh=mesh)
   keys = jax.random.split(jax.random.key(args.seed), len(prompts))
   out, info = gen(params, x, am, keys)
   texts = G.decode_outputs(np.asarray(out), tok, stops=args.stop or (),
-                           eos_token=tok.tok.id_to_token(cfg.eos_id))
+                           eos_token=token_string(tok, cfg.eos_id))
   for t in texts:
     print(json.dumps({"text": t}))
   print(json.dumps({"nfe": int(info["nfe"])}), file=sys.stderr)

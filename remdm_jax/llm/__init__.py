@@ -15,7 +15,8 @@ Modules:
                four algorithms and every remdm_jax.sampling strategy in semi-autoregressive
                blocks (Flax-free; the rules live in sampling.confidence / sampling.blocks)
   countdown    cd3 problems, prompt, reference scorer, pass@k;  countdown_eval: the command
-  countdown_train  a tiny LLaDA trained from scratch on generated Countdown (the slow test)
+  countdown_train  a tiny LLaDA trained from scratch on generated Countdown through the
+               library's trainer (the slow test; the shipped countdown_llada; its codec)
   truthfulqa   BLEU / ROUGE max / diff / acc for user-supplied TruthfulQA data
   cli          `python -m remdm_jax.llm.cli` plain generation
 """

@@ -4,6 +4,8 @@
       --gen_length=32 --block_length=32 --steps=32 --prompt="Question: ... Answer: "
   python -m remdm_jax.llm.cli --model_dir=/path/LLaDA-8B-Instruct --chat \\
       --prompt="What is 2 + 3?" --gen_length=64 --block_length=32 --steps=64
+  python -m remdm_jax.llm.cli --model_dir=remdm_jax/assets/models/countdown_llada \\
+      --sampler=llada --gen_length=15 --block_length=15 --steps=15 --prompt=3,5,2,13
 
 `--model_dir` is a LLaDA-family or Dream folder (`remdm_jax.llm.load.load_lm` tells them apart).
 `--chat` renders each prompt as one user turn (plus `--system`) with the folder's chat template,
@@ -30,7 +32,8 @@ from remdm_jax.sampling.config import STRATEGIES, SamplerConfig
 
 def add_generation_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--model_dir", required=True, help="local HF LLaDA or Dream folder "
-                 "(config.json, safetensors, tokenizer.json)")
+                 "(config.json, safetensors, tokenizer.json), or the shipped tiny Countdown "
+                 "model remdm_jax/assets/models/countdown_llada")
   p.add_argument("--arch", default=None, choices=[None, "llada", "dream"],
                  help="default: from config.json")
   p.add_argument("--sampler", default="llada", help=f"one of {RULES + STRATEGIES}")
@@ -139,6 +142,24 @@ def encode_prompts(tok, prompts, chat: bool = False, system: Optional[str] = Non
   return [chat_prompt(tok, p, system) for p in prompts]
 
 
+def token_string(tok, token_id: int):
+  """The string of a special id for `generate.decode_outputs` (HF tokenizers: tok.tok)."""
+  return (tok.tok if hasattr(tok, "tok") else tok).id_to_token(token_id)
+
+
+def pad_prompts_to(x, am, width: int, pad_id: int):
+  """Left-pads prompts (int32 [B, P], mask [B, P]) to `width` columns (a model trained with a
+  fixed prompt slot, e.g. the Countdown one); ValueError when P > width > 0."""
+  import numpy as np
+  if width <= 0 or x.shape[1] == width:
+    return x, am
+  if x.shape[1] > width:
+    raise ValueError(f"a prompt has {x.shape[1]} tokens; this model's prompt slot holds {width}")
+  extra = width - x.shape[1]
+  return (np.concatenate([np.full((x.shape[0], extra), pad_id, x.dtype), x], 1),
+          np.concatenate([np.zeros((x.shape[0], extra), am.dtype), am], 1))
+
+
 def run_cli(main_fn, parser: argparse.ArgumentParser, argv=None) -> int:
   """Parses, runs main_fn(args); a ValueError becomes one line on stderr and exit status 2."""
   args = parser.parse_args(argv)
@@ -163,6 +184,7 @@ def _generate_main(args):
   cfg = gen_config_from_args(args, lm.cfg)
   prompts = encode_prompts(lm.tokenizer, args.prompt, args.chat, args.system)
   x, am = G.left_pad(prompts, cfg.pad_id)
+  x, am = pad_prompts_to(x, am, getattr(lm.tokenizer, "prompt_length", 0), cfg.pad_id)
   gen = G.make_generate(lm.logits_fn, cfg, mesh=mesh)
   keys = jax.random.split(jax.random.key(args.seed), len(prompts))
   out, info = gen(lm.params, x, am, keys)

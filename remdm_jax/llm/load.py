@@ -15,6 +15,7 @@ import dataclasses
 import os
 from typing import Any, Optional
 
+from remdm_jax.llm import countdown_train
 from remdm_jax.llm import model as llada_model
 from remdm_jax.llm import weights as llada_weights
 from remdm_jax.llm.dream import model as dream_model
@@ -120,6 +121,12 @@ def load_lm(model_dir: str, *, mesh=None, rules=None, arch: Optional[str] = None
   """
   if not isinstance(model_dir, str) or not os.path.isdir(model_dir):
     raise ValueError(f"model_dir={model_dir!r} is not a folder")
+  if countdown_train.is_model_folder(model_dir):  # the shipped tiny Countdown model (own codec)
+    if arch not in (None, "llada"):
+      raise ValueError(f"arch={arch!r}: {model_dir} is a Countdown LLaDA model folder")
+    cfg, gd, params, tok, _ = countdown_train.load_model(
+        model_dir, mesh=mesh, **{k: v for k, v in overrides.items() if v is not None})
+    return LoadedLM("llada", cfg, gd, params, llada_model.make_logits_fn(gd), tok, model_dir)
   arch, cfg = config_for(model_dir, arch, **overrides)
   if arch == "llada":
     gd, params = llada_weights.load_params(model_dir, cfg, mesh=mesh, rules=rules)

@@ -4,7 +4,7 @@ Tokens: [class token 17 + label, 64 pixels in 0..16 (17 grey levels)], mask id 2
 The existing DiT (no time conditioning) and MDLM loss; position 0 is masked in training like any
 other token, and frozen (the class prompt) when sampling.
 
-Command (CPU):
+Command (CPU; checkpoints every 100 steps in <out>.train, re-run the command to resume):
   python -m remdm_jax.images.digits train-model --config=configs/digits.py --out=/tmp/digits1
   python -m remdm_jax.images.digits train-model --config=configs/digits.py:continue \
       --init=/tmp/digits1 --out=/tmp/digits2
@@ -28,7 +28,9 @@ def get_config(preset=None):
                                            min_lr=1e-4, grad_clip=1.0, ema_decay=0.999))
   c.train = ml_collections.ConfigDict(dict(num_steps=600, seed=0, log_every=100, eval_every=300,
                                            eval_batches=0))
-  # class_visible: the denoiser always sees the class token (see digits._class_visible_trainer).
+  c.checkpoint = ml_collections.ConfigDict(dict(save_every=100, keep=2))
+  # class_visible: the denoiser always sees the class token (trainer.dit_spec visible_prefix=1;
+  # see digits.train_model).
   c.digits = ml_collections.ConfigDict(dict(batch_size=64, test_fraction=0.2, split_seed=0,
                                             class_visible=True))
   if preset in (None, ""):

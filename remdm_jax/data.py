@@ -461,6 +461,51 @@ class DataIterator(Iterator[np.ndarray]):
     self._step = step
 
 
+class StepBatches(Iterator[Any]):
+  """A resumable batch pipeline whose batch n is a pure function of n: `make(n)` -> a numpy
+  array or a pytree of them (this process's rows). For in-memory data sets drawn by seed
+  (the Countdown SFT, the digits models); the trainer saves `get_state()` with each checkpoint.
+
+  State: {"step": n (batches produced), **identity}; `set_state` raises ValueError when a saved
+  identity field differs (another seed / data set / batch size) or the step is negative.
+  `num_batches`: None = endless, else StopIteration after that many batches.
+  """
+
+  def __init__(self, make: Callable[[int], Any], identity: dict[str, Any] | None = None,
+               num_batches: int | None = None, step: int = 0):
+    self._make = make
+    self._identity = dict(identity or {})
+    self._num = num_batches
+    self._step = int(step)
+
+  @property
+  def step(self) -> int:
+    return self._step
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if self._num is not None and self._step >= self._num:
+      raise StopIteration
+    batch = self._make(self._step)
+    self._step += 1
+    return batch
+
+  def get_state(self) -> dict[str, Any]:
+    return {"step": self._step, **self._identity}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    for k, v in self._identity.items():
+      if k in state and state[k] != v:
+        raise ValueError(f"batch pipeline state mismatch: saved {k}={state[k]!r}, current "
+                         f"{k}={v!r}")
+    step = int(state["step"])
+    if step < 0:
+      raise ValueError(f"batch pipeline state step={step} must be >= 0")
+    self._step = step
+
+
 def make_dataset(cfg: DataConfig, split: str = "train", *, tokenizer=None, shuffle: bool | None = None,
                  num_epochs: int | None = -1, process_index: int = 0, process_count: int = 1,
                  packed: np.ndarray | None = None) -> DataIterator:

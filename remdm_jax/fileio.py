@@ -103,3 +103,32 @@ def check_output_path(path: str, overwrite: bool, flag: str = "--output") -> str
   except OSError as e:
     raise ValueError(f"{flag}={path}: cannot write to {folder} ({e.strerror or e})") from e
   return path
+
+
+def check_output_dir(path: str, overwrite: bool, *, flag: str, is_ours, what: str) -> str:
+  """The absolute path of an output FOLDER, checked BEFORE any work: ValueError (one line, naming
+  `flag`) if it is a file, exists without `overwrite`, exists but `is_ours(path)` is False (an
+  output folder replaces only a folder the tool itself wrote, never an arbitrary one), or its
+  parent cannot be created or written.
+
+  Args:
+    is_ours: path -> bool, recognises a folder this tool wrote (e.g. by its metadata.json).
+    what: what the folder holds, for the message ("digits model").
+  """
+  path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+  if os.path.lexists(path) and not os.path.isdir(path):
+    raise ValueError(f"{flag}={path} exists and is not a folder; give a new folder path")
+  if os.path.isdir(path):
+    if not overwrite:
+      raise ValueError(f"{flag}={path} exists; pass --overwrite to replace it")
+    if not is_ours(path):
+      raise ValueError(f"{flag}={path} is not a {what} folder written by this tool; refusing "
+                       "to replace it (give a new path)")
+  parent = os.path.dirname(path)
+  try:
+    os.makedirs(parent, exist_ok=True)
+    with tempfile.TemporaryFile(dir=parent, prefix=".tmp-probe-"):
+      pass
+  except OSError as e:
+    raise ValueError(f"{flag}={path}: cannot write to {parent} ({e.strerror or e})") from e
+  return path

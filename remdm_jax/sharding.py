@@ -353,9 +353,10 @@ def _is_key(x) -> bool:
   return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
-def put_global(tree, sharding: jax.sharding.Sharding):
+def put_global(tree, sharding):
   """Places every leaf of `tree` (numpy, Python scalars, jax Arrays; typed PRNG keys too) onto
-  `sharding`, which may span several processes. Every process must pass the same values (a
+  `sharding` (one Sharding for every leaf, or a tree of them like `tree`, as `jax.device_put`
+  takes), which may span several processes. Every process must pass the same values (a
   multi-process run reads only the parts its own devices hold; nothing is compared).
 
   In one process this is `jax.device_put`. Across processes, `jax.device_put` fails for an array
@@ -367,15 +368,17 @@ def put_global(tree, sharding: jax.sharding.Sharding):
   if jax.process_count() == 1:
     return jax.device_put(tree, sharding)
 
-  def put(x):
+  def put(x, sh):
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
-      return jax.device_put(x, sharding)  # already global: a collective reshard
+      return jax.device_put(x, sh)  # already global: a collective reshard
     if _is_key(x):
       impl = jax.random.key_impl(x)
-      return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=impl)
+      return jax.random.wrap_key_data(put(jax.random.key_data(x), sh), impl=impl)
     host = np.asarray(jax.device_get(x))
-    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
-  return jax.tree.map(put, tree)
+    return jax.make_array_from_callback(host.shape, sh, lambda idx: host[idx])
+  if isinstance(sharding, jax.sharding.Sharding):
+    return jax.tree.map(lambda x: put(x, sharding), tree)
+  return jax.tree.map(put, tree, sharding)
 
 
 def to_host(x):

@@ -114,7 +114,6 @@ def test_no_step_loop_in_a_domain_file():
   assert not bad, "step loops outside sampling/: " + ", ".join(bad)
 
 
-@pytest.mark.xfail(strict=True, reason="countdown_train and digits train through the trainer")
 def test_one_trainer():
   _, _, trees = _graph()
   bad = []

@@ -15,9 +15,13 @@ the training split. Its 128-d penultimate features give **digits-FID** (Fréchet
 features of all 1,797 real digits, scipy `sqrtm`), its softmax gives **digits-IS**
 (exp E_x KL(p(y|x) || p(y))) and the **class accuracy** of class-conditional samples.
 
-CLI:
+CLI (both train through the library's one trainer, `remdm_jax.training.trainer.run`):
   python -m remdm_jax.images.digits train-model --config=configs/digits.py --out=DIR
   python -m remdm_jax.images.digits train-classifier --out=DIR
+--out is required and must be a new folder; an existing one is replaced only with --overwrite
+and only if this tool wrote it (its metadata.json says so). Checkpoints and metrics.jsonl go to
+--workdir (default DIR.train); after Ctrl-C / SIGTERM / a kill, re-running the same command
+resumes from the latest checkpoint.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +52,7 @@ ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
                       "models")
 MODEL_PATH = os.path.join(ASSETS, "digits_mdlm")
 CLASSIFIER_PATH = os.path.join(ASSETS, "digits_classifier")
+CLASSIFIER_FORMAT = "remdm-jax digits classifier"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -108,7 +113,8 @@ def experiment_config(config):
   from remdm_jax.diffusion.losses import LossConfig
   from remdm_jax.models.dit import DiTConfig
   from remdm_jax.sharding import MeshConfig
-  from remdm_jax.training.trainer import ExperimentConfig, OptimConfig, TrainConfig
+  from remdm_jax.training.config import (CheckpointConfig, ExperimentConfig, OptimConfig,
+                                         TrainConfig)
   raw = dict(_to_plain(config))
   model = dataclass_from_dict(DiTConfig, raw["model"], "model")
   if model.vocab_size != VOCAB or model.max_seq_len < SEQ_LEN:
@@ -117,10 +123,13 @@ def experiment_config(config):
   loss = dataclass_from_dict(LossConfig, raw["loss"], "loss")
   if loss.mask_id != MASK_ID:
     raise ValueError(f"loss.mask_id={loss.mask_id} must be {MASK_ID} for digits")
+  ckpt = dict(save_every=100, keep=2)
+  ckpt.update(dict(raw.get("checkpoint") or {}))
   exp = ExperimentConfig(model=model, data=None, loss=loss,
                          optim=dataclass_from_dict(OptimConfig, raw.get("optim"), "optim"),
                          train=dataclass_from_dict(TrainConfig, raw.get("train"), "train"),
-                         mesh=MeshConfig(shape=(1, 1, 1)))
+                         mesh=MeshConfig(shape=(1, 1, 1)),
+                         checkpoint=dataclass_from_dict(CheckpointConfig, ckpt, "checkpoint"))
   digits = {"batch_size": 64, "test_fraction": 0.2, "split_seed": 0, "class_visible": True}
   for k, v in dict(raw.get("digits") or {}).items():
     if k not in digits:
@@ -129,106 +138,136 @@ def experiment_config(config):
   return exp, digits
 
 
-def _class_visible_trainer():
-  from remdm_jax.training.trainer import Trainer
+def _epoch_batches(seqs: np.ndarray, batch_size: int, seed: int):
+  """The digits MDLM's resumable pipeline: epochs of `len(seqs) // batch_size` batches, each
+  epoch a fresh permutation drawn from one `np.random.RandomState(seed)` (the remainder of an
+  epoch is dropped); batch i is a pure function of i (the permutations are replayed on resume)."""
+  from remdm_jax.data import StepBatches
+  n = len(seqs)
+  if batch_size < 1 or batch_size > n:
+    raise ValueError(f"digits.batch_size={batch_size} must lie in [1, {n}]")
+  per_epoch = n // batch_size
+  cache = {"epoch": -1, "rs": None, "order": None}
 
-  class ClassVisibleTrainer(Trainer):
-    """The library's Trainer whose denoiser always sees the true class token at position 0
-    (the MDLM loss may still mask it in z_t; the model input gets it back), so the model learns
-    p(pixels | class) from every noise level, including the all-masked start of sampling. With
-    the class token masked like a pixel (plain Trainer), the state "class known, all pixels
-    masked" almost never occurs in training (probability (1 - t) t^64), and conditional samples
-    ignore the class. The position-0 term of the NELBO is then ~0 (it is read off the input)."""
+  def make(i):
+    epoch, j = divmod(i, per_epoch)
+    if epoch < cache["epoch"] or cache["rs"] is None:
+      cache.update(epoch=-1, rs=np.random.RandomState(seed))
+    while cache["epoch"] < epoch:
+      cache["order"] = cache["rs"].permutation(n)
+      cache["epoch"] += 1
+    return seqs[cache["order"][j * batch_size:(j + 1) * batch_size]]
 
-    def _with_class(self, fn, batch):
-      base = self.apply
-      cls = batch[:, :1]
-
-      def apply(p, z, sigma, dropout_key=None):
-        return base(p, z.at[:, :1].set(cls), sigma, dropout_key=dropout_key)
-
-      self.apply = apply
-      try:
-        return fn()
-      finally:
-        self.apply = base
-
-    def _train_step(self, state, batch):
-      return self._with_class(lambda: Trainer._train_step(self, state, batch), batch)
-
-    def _eval_step(self, params, batch, key):
-      return self._with_class(lambda: Trainer._eval_step(self, params, batch, key), batch)
-
-  return ClassVisibleTrainer
+  return StepBatches(make, {"seed": int(seed), "rows": n, "batch_size": int(batch_size)})
 
 
 def train_model(config, out_dir: Optional[str] = None, log=print, init: Optional[str] = None,
-                history: Optional[list] = None) -> dict:
-  """Trains the class-conditional MDLM with the library's `Trainer` (MDLM loss) on the digits
-  training split and (if `out_dir`) saves the EMA params with `checkpoint.save_params`.
+                history: Optional[list] = None, workdir: Optional[str] = None,
+                overwrite: bool = False) -> dict:
+  """Trains the class-conditional MDLM through the library's trainer (`training.trainer.run`,
+  `dit_spec` with the MDLM loss; with `digits.class_visible` the denoiser always sees the class
+  token: `visible_prefix=1`) on the digits training split and (if `out_dir`) saves the EMA params
+  with `checkpoint.save_params`.
+
+  Why class_visible: with the class token masked like a pixel, the state "class known, all pixels
+  masked" almost never occurs in training (probability (1 - t) t^64), and conditional samples
+  ignore the class; with it visible the model learns p(pixels | class) from every noise level,
+  including the all-masked start of sampling (the position-0 NELBO term is then ~0).
+
   init: optional params folder to continue from (params and EMA start there; fresh optimizer
   state and schedule). history: earlier runs' records, stored in the metadata.
-  Returns {"steps", "seconds", "train_loss", "val_nelbo" (nats/token, held-out, EMA), "out"}."""
+  workdir: None (in memory) or a folder for checkpoints (`checkpoint.save_every`), metrics.jsonl
+  and resume: re-running with the same workdir continues from its latest checkpoint.
+  out_dir: checked before any work (`check_model_output`; an existing folder needs
+  `overwrite=True` and must be one this module wrote).
+  Returns {"steps", "seconds", "train_loss", "val_nelbo" (nats/token, held-out, EMA), "out",
+  "workdir"}."""
   from remdm_jax import sharding as mesh_lib
-  from remdm_jax.training.trainer import Trainer
+  from remdm_jax.training.trainer import TrainJob, dit_spec, run
+  from remdm_jax.config_utils import _to_plain
   cfg, dig = experiment_config(config)
+  if out_dir:
+    out_dir = check_model_output(out_dir, overwrite, "out")
   xtr, ytr = load_digits_split("train", dig["test_fraction"], dig["split_seed"])
   xte, yte = load_digits_split("test", dig["test_fraction"], dig["split_seed"])
   train_seq, test_seq = to_sequences(xtr, ytr), to_sequences(xte, yte)
   bs = int(dig["batch_size"])
   mesh = mesh_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-  trainer = (_class_visible_trainer() if dig["class_visible"] else Trainer)(cfg, mesh)
-  state = trainer.init_state()
+  p0 = None
   if init is not None:
     from remdm_jax.checkpoint import load_params
     p0, _, meta0 = load_params(init)
-    p0 = jax.device_put(p0, trainer.param_shardings)
-    state = state.replace(params=p0, ema_params=jax.tree.map(jnp.copy, p0))
     history = list(meta0.get("history", [])) + [
         {k: meta0.get(k) for k in ("step", "train_seconds", "val_nelbo_nats_per_token",
                                    "train_config")}]
-  rs = np.random.RandomState(cfg.train.seed)
-  order, pos = rs.permutation(len(train_seq)), 0
   n_val = (len(test_seq) // bs) * bs
 
   def val_batches():
     return [test_seq[i:i + bs] for i in range(0, n_val, bs)]
 
+  plain = _to_plain(config)
+  job = TrainJob(spec=dit_spec(cfg, mesh, visible_prefix=1 if dig["class_visible"] else 0),
+                 config=cfg, data=lambda: (_epoch_batches(train_seq, bs, cfg.train.seed),
+                                           val_batches if n_val else None),
+                 tokens_per_step=bs * SEQ_LEN, meta={"config": plain, "init": init},
+                 config_dict=plain, init_params=p0)
   t0 = time.time()
-  losses, val = [], float("nan")
-  for step in range(1, cfg.train.num_steps + 1):
-    if pos + bs > len(order):
-      order, pos = rs.permutation(len(train_seq)), 0
-    batch = train_seq[order[pos:pos + bs]]
-    pos += bs
-    state, metrics = trainer.train_step(state, trainer.put_batch(batch))
-    if step % cfg.train.log_every == 0 or step == cfg.train.num_steps:
-      losses.append(float(metrics["loss"]))
-      el = time.time() - t0
-      log(f"step {step}/{cfg.train.num_steps} loss {losses[-1]:.4f} "
-          f"({el / step:.3f} s/step, ETA {el / step * (cfg.train.num_steps - step):.0f} s)")
-    if cfg.train.eval_every and (step % cfg.train.eval_every == 0 or step == cfg.train.num_steps):
-      val = trainer.evaluate(state, val_batches())["nats"]
-      log(f"step {step}: held-out NELBO (EMA) {val:.4f} nats/token")
+  res = run(job, workdir, mesh=mesh, log=log)
   secs = time.time() - t0
+  val = float(res["validation"].get("nats", float("nan")))
   out = None
   if out_dir:
     from remdm_jax.checkpoint import save_params
-    from remdm_jax.config_utils import _to_plain
-    out = save_params(out_dir, jax.device_get(state.ema_params),
-                      model_config=dict(json.loads(json.dumps(_to_plain(config)["model"]))),
+    out = save_params(out_dir, jax.device_get(res["state"].ema_params),
+                      model_config=dict(json.loads(json.dumps(plain["model"]))),
                       extra_metadata={
                           "step": cfg.train.num_steps, "dataset": "sklearn load_digits",
                           "layout": {"levels": LEVELS, "class_offset": CLASS_OFFSET,
                                      "mask_id": MASK_ID, "seq_len": SEQ_LEN},
-                          "train_config": _to_plain(config), "train_seconds": round(secs, 1),
+                          "train_config": plain, "train_seconds": round(secs, 1),
                           "val_nelbo_nats_per_token": val,
                           "loss_schedule": cfg.loss.schedule,
                           "history": list(history or []),
                           "total_steps": cfg.train.num_steps + sum(
                               int(h.get("step") or 0) for h in (history or []))})
   return {"steps": cfg.train.num_steps, "seconds": secs,
-          "train_loss": losses[-1] if losses else float("nan"), "val_nelbo": val, "out": out}
+          "train_loss": float(res["train"].get("loss", float("nan"))), "val_nelbo": val,
+          "out": out, "workdir": res["workdir"]}
+
+
+def _metadata(path: str) -> dict:
+  try:
+    with open(os.path.join(path, "metadata.json")) as f:
+      meta = json.load(f)
+  except (OSError, ValueError):
+    return {}
+  return meta if isinstance(meta, dict) else {}
+
+
+def is_model_folder(path: str) -> bool:
+  """True for a digits MDLM folder written by `train_model` (metadata.json: the params format
+  of `checkpoint.save_params` and dataset "sklearn load_digits")."""
+  meta = _metadata(path)
+  return meta.get("format") == "remdm-jax-params" and meta.get("dataset") == "sklearn load_digits"
+
+
+def is_classifier_folder(path: str) -> bool:
+  """True for a digits classifier folder written by `save_classifier`."""
+  return _metadata(path).get("format") == CLASSIFIER_FORMAT
+
+
+def check_model_output(path: str, overwrite: bool = False, flag: str = "out") -> str:
+  """`fileio.check_output_dir` for a digits MDLM folder (absolute path; ValueError)."""
+  from remdm_jax.fileio import check_output_dir
+  return check_output_dir(path, overwrite, flag=flag, is_ours=is_model_folder,
+                          what="digits model")
+
+
+def check_classifier_output(path: str, overwrite: bool = False, flag: str = "out") -> str:
+  """`fileio.check_output_dir` for a digits classifier folder (absolute path; ValueError)."""
+  from remdm_jax.fileio import check_output_dir
+  return check_output_dir(path, overwrite, flag=flag, is_ours=is_classifier_folder,
+                          what="digits classifier")
 
 
 def load_model(path: Optional[str] = None):
@@ -277,34 +316,48 @@ def classifier_apply(params: dict, pixels):
   return h @ params[f"w{n_layers - 1}"] + params[f"b{n_layers - 1}"], h
 
 
-def train_classifier(seed: int = 0, steps: int = 3000, lr: float = 1e-3, weight_decay: float = 1e-4,
-                     test_fraction: float = 0.2, split_seed: int = 0, log=print):
-  """Trains the judge on the digits training split (AdamW, mini-batches of 128, light pixel-shift
-  augmentation). Returns (params, held-out accuracy)."""
+def classifier_spec(sizes=CLASSIFIER_SIZES):
+  """The judge as a trainer `ModelSpec`: init = `init_classifier` (parameter key PRNGKey(seed)),
+  loss(params, (pixels [B, 64] in 0..16, labels int [B]), key, train) = mean softmax
+  cross-entropy (optax), aux = batch accuracy; the key is unused."""
   import optax
-  xtr, ytr = load_digits_split("train", test_fraction, split_seed)
-  xte, yte = load_digits_split("test", test_fraction, split_seed)
-  params = init_classifier(jax.random.PRNGKey(seed))
-  tx = optax.adamw(optax.cosine_decay_schedule(lr, steps), weight_decay=weight_decay)
-  opt = tx.init(params)
+  from remdm_jax.training.spec import ModelSpec
+  sizes = tuple(int(s) for s in sizes)
 
-  def loss_fn(p, x, y):
-    logits, _ = classifier_apply(p, x)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+  def loss(params, batch, key, train: bool):
+    del key, train
+    x, y = batch
+    logits, _ = classifier_apply(params, x)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return ce, {"accuracy": jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32))}
 
-  @jax.jit
-  def step(p, o, x, y):
-    loss, g = jax.value_and_grad(loss_fn)(p, x, y)
-    upd, o = tx.update(g, o, p)
-    return optax.apply_updates(p, upd), o, loss
+  return ModelSpec(name="digits_classifier", init=lambda key: init_classifier(key, sizes),
+                   loss=loss, model_config={"sizes": list(sizes)},
+                   keys=lambda seed: (jax.random.PRNGKey(seed), jax.random.PRNGKey(seed)))
 
-  rs = np.random.RandomState(seed)
-  imgs = xtr.reshape(-1, 8, 8)
-  for i in range(steps):
-    idx = rs.randint(0, len(xtr), 128)
-    b = imgs[idx]
-    shift = rs.randint(-1, 2, size=2)             # +-1 pixel shift, zero fill
-    b = np.roll(b, tuple(shift), axis=(1, 2))
+
+def classifier_batches(pixels: np.ndarray, labels: np.ndarray, seed: int, batch_size: int = 128):
+  """The judge's resumable pipeline: step i draws `batch_size` rows uniformly with replacement
+  and one +-1 pixel shift per batch (zero fill) from one `np.random.RandomState(seed)` stream
+  (idx = randint(0, n, B), shift = randint(-1, 2, 2) per step; replayed on resume).
+  Yields (pixels int32 [B, 64], labels int32 [B])."""
+  from remdm_jax.data import StepBatches
+  imgs = np.asarray(pixels, np.int32).reshape(-1, 8, 8)
+  labels = np.asarray(labels, np.int32)
+  n = len(imgs)
+  cache = {"next": 0, "rs": np.random.RandomState(seed)}
+
+  def make(i):
+    if i < cache["next"]:
+      cache.update(next=0, rs=np.random.RandomState(seed))
+    rs = cache["rs"]
+    while True:
+      idx = rs.randint(0, n, batch_size)
+      shift = rs.randint(-1, 2, size=2)
+      cache["next"] += 1
+      if cache["next"] > i:
+        break
+    b = np.roll(imgs[idx], tuple(shift), axis=(1, 2))
     if shift[0] == 1:
       b[:, 0] = 0
     elif shift[0] == -1:
@@ -313,12 +366,49 @@ def train_classifier(seed: int = 0, steps: int = 3000, lr: float = 1e-3, weight_
       b[:, :, 0] = 0
     elif shift[1] == -1:
       b[:, :, -1] = 0
-    params, opt, loss = step(params, opt, b.reshape(-1, 64), ytr[idx])
-    if (i + 1) % 1000 == 0:
-      log(f"classifier step {i + 1}/{steps} loss {float(loss):.4f}")
+    return b.reshape(-1, NUM_PIXELS), labels[idx]
+
+  return StepBatches(make, {"seed": int(seed), "rows": n, "batch_size": int(batch_size)})
+
+
+def train_classifier(seed: int = 0, steps: int = 3000, lr: float = 1e-3, weight_decay: float = 1e-4,
+                     test_fraction: float = 0.2, split_seed: int = 0, log=print,
+                     workdir: Optional[str] = None, save_every: int = 500):
+  """Trains the judge on the digits training split through the library's trainer (AdamW with
+  cosine decay from `lr` to 0 over `steps`, weight decay `weight_decay`, no clipping, no EMA;
+  mini-batches of 128 with +-1 pixel shifts: `classifier_batches`). workdir: None (in memory)
+  or a folder for checkpoints every `save_every` steps and resume. Returns (params, held-out
+  accuracy)."""
+  from remdm_jax import sharding as mesh_lib
+  from remdm_jax.training.config import CheckpointConfig, OptimConfig, RunConfig, TrainConfig
+  from remdm_jax.training.trainer import TrainJob, run
+  if steps < 1:
+    raise ValueError(f"steps={steps} must be >= 1")
+  xtr, ytr = load_digits_split("train", test_fraction, split_seed)
+  xte, yte = load_digits_split("test", test_fraction, split_seed)
+  run_cfg = RunConfig(
+      optim=OptimConfig(lr=lr, warmup_steps=0, schedule="cosine", min_lr=0.0,
+                        weight_decay=weight_decay, grad_clip=0.0, ema_decay=0.0),
+      train=TrainConfig(num_steps=steps, seed=seed, log_every=min(1000, steps), eval_every=0),
+      checkpoint=CheckpointConfig(save_every=save_every, keep=2),
+      mesh=_one_device_mesh_config(), batch_size=128)
+  job = TrainJob(spec=classifier_spec(), config=run_cfg,
+                 data=lambda: (classifier_batches(xtr, ytr, seed), None),
+                 tokens_per_step=128 * NUM_PIXELS,
+                 meta={"train": {"steps": steps, "lr": lr, "weight_decay": weight_decay,
+                                 "seed": seed, "test_fraction": test_fraction,
+                                 "split_seed": split_seed}})
+  res = run(job, workdir, mesh=mesh_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1]),
+            log=log)
+  params = jax.device_get(res["state"].params)
   acc = float(np.mean(np.argmax(np.asarray(classifier_apply(params, xte)[0]), -1) == yte))
   log(f"classifier held-out accuracy {acc:.4f} ({len(yte)} images)")
-  return jax.device_get(params), acc
+  return params, acc
+
+
+def _one_device_mesh_config():
+  from remdm_jax.sharding import MeshConfig
+  return MeshConfig(shape=(1, 1, 1))
 
 
 def save_classifier(path: str, params: dict, metadata: dict) -> str:
@@ -432,46 +522,87 @@ def save_grid_png(path: str, pixels, ncol: int = 10, titles=None, scale: int = 4
 # CLI
 # ------------------------------------------------------------------------------------------------
 
+def _check_workdir(workdir: str) -> str:
+  """A training workdir: new, empty, or one the trainer wrote (config.json / metrics.jsonl /
+  checkpoints/); anything else is refused (ValueError) so that no user folder is touched."""
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  if os.path.lexists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"--workdir={workdir} exists and is not a folder")
+  if os.path.isdir(workdir) and os.listdir(workdir) and not any(
+      os.path.exists(os.path.join(workdir, n)) for n in ("checkpoints", "metrics.jsonl",
+                                                         "config.json")):
+    raise ValueError(f"--workdir={workdir} is a folder that no training run wrote; give a new "
+                     "or empty folder")
+  return workdir
+
+
 def main(argv=None) -> int:
+  """CLI (module docstring). Exit 0; 2 on bad input (one `error:` line, before any work); 3 on a
+  non-finite loss; 130 / 143 after Ctrl-C / SIGTERM (a checkpoint is saved: re-run the same
+  command to resume)."""
   ap = argparse.ArgumentParser(prog="python -m remdm_jax.images.digits", description=__doc__.split(
       "\n")[0])
   sub = ap.add_subparsers(dest="cmd", required=True)
   m = sub.add_parser("train-model", help="train the class-conditional MDLM (configs/digits.py)")
   m.add_argument("--config", default="configs/digits.py", help="configs/digits.py[:preset]")
-  m.add_argument("--out", default=MODEL_PATH)
   m.add_argument("--steps", type=int, default=None, help="override train.num_steps")
   m.add_argument("--init", default=None, help="continue from this params folder")
   c = sub.add_parser("train-classifier", help="train the digits judge (MLP)")
-  c.add_argument("--out", default=CLASSIFIER_PATH)
   c.add_argument("--steps", type=int, default=3000)
   c.add_argument("--seed", type=int, default=0)
+  c.add_argument("--save-every", type=int, default=500, help="checkpoint every this many steps")
+  for q in (m, c):
+    q.add_argument("--out", default=None, help="output model folder (required; never the "
+                   "shipped models by default)")
+    q.add_argument("--workdir", default=None, help="checkpoints + metrics.jsonl (default: "
+                   "<out>.train); re-running the same command resumes from it")
+    q.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out folder that this tool wrote")
   args = ap.parse_args(argv)
-  if args.cmd == "train-model":
-    try:
+  from remdm_jax.training.trainer import TrainingInterrupted
+  try:
+    if not args.out:
+      raise ValueError(f"--out is required (a new folder for the trained {args.cmd[6:]}; the "
+                       "shipped models are never a default output)")
+    if args.steps is not None and args.steps < 1:
+      raise ValueError(f"--steps={args.steps} must be >= 1")
+    if args.cmd == "train-model":
+      out = check_model_output(args.out, args.overwrite, "--out")
+    else:
+      out = check_classifier_output(args.out, args.overwrite, "--out")
+    workdir = _check_workdir(args.workdir or out + ".train")
+    if args.cmd == "train-model":
       config = load_config(args.config)
       if args.steps is not None:
-        if args.steps < 1:
-          raise ValueError(f"--steps={args.steps} must be >= 1")
         config.train.num_steps = args.steps
-      res = train_model(config, args.out, init=args.init)
-    except (ValueError, FileNotFoundError) as e:
-      print(f"error: {e}", file=sys.stderr)
-      return 2
-    print(json.dumps({k: v for k, v in res.items()}, default=str))
-  else:
-    if args.steps < 1:
-      print(f"error: --steps={args.steps} must be >= 1", file=sys.stderr)
-      return 2
+      res = train_model(config, out, init=args.init, workdir=workdir, overwrite=True)
+      print(json.dumps({k: v for k, v in res.items()}, default=str))
+      return 0
+    if not 0 <= args.seed < 2**32:
+      raise ValueError(f"--seed={args.seed} must lie in [0, 2**32)")
     t0 = time.time()
-    params, acc = train_classifier(seed=args.seed, steps=args.steps)
-    save_classifier(args.out, params, {"format": "remdm-jax digits classifier", "sizes":
-                                       list(CLASSIFIER_SIZES), "held_out_accuracy": acc,
-                                       "steps": args.steps, "seed": args.seed,
-                                       "train_seconds": round(time.time() - t0, 1),
-                                       "input": "pixels / 16, row-major 8x8",
-                                       "split": "sklearn train_test_split(test_size=0.2, "
-                                                "random_state=0, stratify=y)"})
-    print(json.dumps({"held_out_accuracy": acc, "out": args.out}))
+    if args.save_every < 1:
+      raise ValueError(f"--save-every={args.save_every} must be >= 1")
+    params, acc = train_classifier(seed=args.seed, steps=args.steps, workdir=workdir,
+                                   save_every=args.save_every)
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except FloatingPointError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 3
+  except TrainingInterrupted as e:
+    how = (f"checkpoint of step {e.checkpoint_step} in {e.directory}; re-run the same command "
+           "to resume" if e.checkpoint_step is not None else "no checkpoint was saved")
+    print(f"interrupted by {e.signal_name} after step {e.step}; {how}", file=sys.stderr)
+    return 143 if e.signal_name == "SIGTERM" else 130
+  save_classifier(out, params, {"format": CLASSIFIER_FORMAT, "sizes": list(CLASSIFIER_SIZES),
+                                "held_out_accuracy": acc, "steps": args.steps,
+                                "seed": args.seed, "train_seconds": round(time.time() - t0, 1),
+                                "input": "pixels / 16, row-major 8x8",
+                                "split": "sklearn train_test_split(test_size=0.2, "
+                                         "random_state=0, stratify=y)"})
+  print(json.dumps({"held_out_accuracy": acc, "out": out, "workdir": workdir}))
   return 0
 
 

@@ -1,11 +1,23 @@
-"""Command-line helpers shared by the LLaDA commands, and a plain generation command:
+"""Command-line helpers shared by the large-LM commands, and a plain generation command:
 
   python -m remdm_jax.llm.cli --model_dir=/path/LLaDA-8B-Instruct --sampler=remdm_llada \\
       --gen_length=32 --block_length=32 --steps=32 --prompt="Question: ... Answer: "
+  python -m remdm_jax.llm.cli --model_dir=/path/LLaDA-8B-Instruct --chat \\
+      --prompt="What is 2 + 3?" --gen_length=64 --block_length=32 --steps=64
+  python -m remdm_jax.llm.cli --model_dir=remdm_jax/assets/models/countdown_llada \\
+      --sampler=llada --gen_length=15 --block_length=15 --steps=15 --prompt=3,5,2,13
 
-`--sampler` is `llada` (official generate), `llada_conf`, `remdm_llada`, or a `SamplerConfig`
-strategy (mdlm, remdm_cap, remdm_rescale, remdm_conf, remdm_loop, remdm_switch, fb, dfm). Bad
-flags exit with status 2 and one line naming the flag.
+`--model_dir` is a LLaDA-family or Dream folder (`remdm_jax.llm.load.load_lm` tells them apart).
+`--chat` renders each prompt as one user turn (plus `--system`) with the folder's chat template,
+exactly as transformers' `apply_chat_template(..., add_generation_prompt=True)`, and encodes it
+without extra special tokens; without `--chat` the prompt is encoded as plain text (the
+tokenizer's post-processor adds BOS where the model's tokenizer does).
+
+`--sampler` is `llada` (official generate), `llada_conf`, `remdm_llada`, Dream's
+`dream_origin` / `dream_maskgit_plus` / `dream_topk_margin` / `dream_entropy` (with
+--temperature, --top_p, --top_k, --alg_temp, --eps), or a `SamplerConfig` strategy (mdlm,
+remdm_cap, remdm_rescale, remdm_conf, remdm_loop, remdm_switch, fb, dfm). Bad flags exit with
+status 2 and one line naming the flag.
 """
 from __future__ import annotations
 
@@ -19,8 +31,11 @@ from remdm_jax.sampling.config import STRATEGIES, SamplerConfig
 
 
 def add_generation_flags(p: argparse.ArgumentParser) -> None:
-  p.add_argument("--model_dir", required=True, help="local HF LLaDA folder (config.json, "
-                 "safetensors, tokenizer.json)")
+  p.add_argument("--model_dir", required=True, help="local HF LLaDA or Dream folder "
+                 "(config.json, safetensors, tokenizer.json), or the shipped tiny Countdown "
+                 "model remdm_jax/assets/models/countdown_llada")
+  p.add_argument("--arch", default=None, choices=[None, "llada", "dream"],
+                 help="default: from config.json")
   p.add_argument("--sampler", default="llada", help=f"one of {RULES + STRATEGIES}")
   p.add_argument("--gen_length", type=int, default=32)
   p.add_argument("--block_length", type=int, default=32)
@@ -30,16 +45,23 @@ def add_generation_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--cfg_scale", type=float, default=0.0)
   p.add_argument("--remdm_number", type=int, default=1)
   p.add_argument("--eta", type=float, default=None, help="ReMDM eta of a strategy sampler")
-  p.add_argument("--top_p", type=float, default=None)
+  p.add_argument("--top_p", type=float, default=None, help="nucleus of a strategy sampler or "
+                 "of the Dream rules")
+  p.add_argument("--top_k", type=int, default=None, help="top-k of the Dream rules")
+  p.add_argument("--alg_temp", type=float, default=None, help="commit temperature of the Dream "
+                 "confidence rules (None / 0 = top-n)")
+  p.add_argument("--eps", type=float, default=1e-3, help="schedule end of the Dream rules")
   p.add_argument("--precision", default="exact32", help="exact32 | float64 (enables x64)")
   p.add_argument("--logits_eos_inf", action="store_true")
   p.add_argument("--confidence_eos_eot_inf", action="store_true")
   p.add_argument("--official_eos_quirk", action="store_true")
   p.add_argument("--stop_at_eos", default=None, choices=[None, "true", "false"])
-  p.add_argument("--mask_id", type=int, default=None, help="default: config.json mask_token_id")
-  p.add_argument("--eos_id", type=int, default=None)
-  p.add_argument("--eot_id", type=int, default=None)
-  p.add_argument("--pad_id", type=int, default=None)
+  p.add_argument("--mask_id", type=int, default=None, help="default: config.json "
+                 "mask_token_id, else the tokenizer's mask token")
+  p.add_argument("--eos_id", type=int, default=None, help="default: config.json / tokenizer")
+  p.add_argument("--eot_id", type=int, default=None, help="end of turn; default: config.json "
+                 "eot_token_id, else the tokenizer's <|eot_id|> (LLaDA) / <|im_end|> (Dream)")
+  p.add_argument("--pad_id", type=int, default=None, help="default: config.json / tokenizer / EOS")
   p.add_argument("--param_dtype", default=None, help="default: bfloat16")
   p.add_argument("--compute_dtype", default=None, help="default: bfloat16")
   p.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor sizes (default all fsdp)")
@@ -52,6 +74,12 @@ def gen_config_from_args(args, mcfg) -> GenConfig:
   strategy = args.sampler in STRATEGIES
   if not strategy and args.sampler not in RULES:
     raise ValueError(f"--sampler={args.sampler!r} is not one of {RULES + STRATEGIES}")
+  dream = args.sampler.startswith("dream_")
+  for flag in ("top_k", "alg_temp"):
+    if getattr(args, flag) is not None and not dream:
+      raise ValueError(f"--{flag} applies only to the Dream rules (--sampler=dream_*)")
+  if args.top_p is not None and not (dream or strategy):
+    raise ValueError("--top_p applies to a strategy sampler or the Dream rules")
   nb = args.gen_length // max(args.block_length, 1)
   sampler = None
   if strategy:
@@ -61,6 +89,12 @@ def gen_config_from_args(args, mcfg) -> GenConfig:
                             time_independent=True)
   stop = None if args.stop_at_eos is None else args.stop_at_eos == "true"
   pick = lambda v, d: d if v is None else v
+  eot = pick(args.eot_id, mcfg.eot_token_id)
+  if eot is None and args.confidence_eos_eot_inf:
+    raise ValueError("--confidence_eos_eot_inf needs an end-of-turn id: config.json has no "
+                     "eot_token_id and the tokenizer no end-of-turn token; pass --eot_id")
+  extra = dict(top_p=args.top_p, top_k=args.top_k, alg_temp=args.alg_temp,
+               eps=args.eps) if dream else {}
   return GenConfig(
       rule="strategy" if strategy else args.sampler, gen_length=args.gen_length,
       block_length=args.block_length, steps=args.steps, temperature=args.temperature,
@@ -68,16 +102,16 @@ def gen_config_from_args(args, mcfg) -> GenConfig:
       logits_eos_inf=args.logits_eos_inf, confidence_eos_eot_inf=args.confidence_eos_eot_inf,
       official_eos_quirk=args.official_eos_quirk, stop_at_eos=stop, precision=args.precision,
       mask_id=pick(args.mask_id, mcfg.mask_token_id), eos_id=pick(args.eos_id, mcfg.eos_token_id),
-      eot_id=pick(args.eot_id, mcfg.eot_token_id), pad_id=pick(args.pad_id, mcfg.pad_token_id),
-      sampler=sampler)
+      eot_id=eot, pad_id=pick(args.pad_id, mcfg.pad_token_id), sampler=sampler, **extra)
 
 
-def load_for_generation(args):
-  """-> (model cfg, graphdef, params, tokenizer, mesh). Weights stream into the mesh, which spans
-  every process of a multi-process job (`remdm_jax.launch`, README "Multi-host")."""
-  import jax
+def load_model(args):
+  """-> (LoadedLM, mesh): weights stream into the mesh, which spans every process of a
+  multi-process job (`remdm_jax.launch`, README "Multi-host"); --mask_id / --eos_id / --eot_id /
+  --pad_id override the ids of config.json and the tokenizer files (validated against the
+  vocabulary, `remdm_jax.llm.model.resolve_ids`)."""
   from remdm_jax import distributed
-  from remdm_jax.llm import weights
+  from remdm_jax.llm.load import load_lm
   from remdm_jax import sharding as mesh_lib
   distributed.initialize_from_env()  # before anything creates the JAX backend
   try:
@@ -85,15 +119,48 @@ def load_for_generation(args):
   except ValueError:
     raise ValueError(f"--mesh={args.mesh!r} must be 3 comma-separated ints") from None
   mesh = mesh_lib.make_mesh(shape)
-  over = {}
-  if args.param_dtype:
-    over["param_dtype"] = args.param_dtype
-  if args.compute_dtype:
-    over["compute_dtype"] = args.compute_dtype
-  mcfg, gd, params = weights.load_llada(args.model_dir, mesh=mesh, **over)
-  tok = weights.Tokenizer(args.model_dir)
-  del jax
-  return mcfg, gd, params, tok, mesh
+  over = dict(param_dtype=args.param_dtype, compute_dtype=args.compute_dtype,
+              mask_token_id=args.mask_id, eos_token_id=args.eos_id,
+              eot_token_id=args.eot_id, pad_token_id=args.pad_id)
+  lm = load_lm(args.model_dir, mesh=mesh, arch=getattr(args, "arch", None), **over)
+  if lm.tokenizer is None:
+    raise ValueError(f"--model_dir={args.model_dir!r} has no tokenizer.json")
+  return lm, mesh
+
+
+def load_for_generation(args):
+  """-> (model cfg, graphdef, params, tokenizer, mesh) (`load_model`, older form)."""
+  lm, mesh = load_model(args)
+  return lm.cfg, lm.graphdef, lm.params, lm.tokenizer, mesh
+
+
+def encode_prompts(tok, prompts, chat: bool = False, system: Optional[str] = None):
+  """Prompt strings -> token lists: plain `tok.encode(p)`, or with `chat` one user turn (after
+  `system`) rendered by the folder's chat template and encoded without special tokens."""
+  if not chat:
+    if system:
+      raise ValueError("--system needs --chat")
+    return [tok.encode(p) for p in prompts]
+  from remdm_jax.llm.tokenizer import chat_prompt
+  return [chat_prompt(tok, p, system) for p in prompts]
+
+
+def token_string(tok, token_id: int):
+  """The string of a special id for `generate.decode_outputs` (HF tokenizers: tok.tok)."""
+  return (tok.tok if hasattr(tok, "tok") else tok).id_to_token(token_id)
+
+
+def pad_prompts_to(x, am, width: int, pad_id: int):
+  """Left-pads prompts (int32 [B, P], mask [B, P]) to `width` columns (a model trained with a
+  fixed prompt slot, e.g. the Countdown one); ValueError when P > width > 0."""
+  import numpy as np
+  if width <= 0 or x.shape[1] == width:
+    return x, am
+  if x.shape[1] > width:
+    raise ValueError(f"a prompt has {x.shape[1]} tokens; this model's prompt slot holds {width}")
+  extra = width - x.shape[1]
+  return (np.concatenate([np.full((x.shape[0], extra), pad_id, x.dtype), x], 1),
+          np.concatenate([np.zeros((x.shape[0], extra), am.dtype), am], 1))
 
 
 def run_cli(main_fn, parser: argparse.ArgumentParser, argv=None) -> int:
@@ -113,22 +180,23 @@ def run_cli(main_fn, parser: argparse.ArgumentParser, argv=None) -> int:
 def _generate_main(args):
   import jax
   from remdm_jax.llm import generate as G
-  from remdm_jax.llm.model import make_logits_fn
   if not args.prompt:
     raise ValueError("--prompt is required (repeat it for a batch)")
-  mcfg, gd, params, tok, mesh = load_for_generation(args)
-  cfg = gen_config_from_args(args, mcfg)
-  prompts = [tok.encode(p) for p in args.prompt]
+  lm, mesh = load_model(args)
+  cfg = gen_config_from_args(args, lm.cfg)
+  prompts = encode_prompts(lm.tokenizer, args.prompt, args.chat, args.system)
   x, am = G.left_pad(prompts, cfg.pad_id)
-  gen = G.make_generate(make_logits_fn(gd), cfg, mesh=mesh)
+  x, am = pad_prompts_to(x, am, getattr(lm.tokenizer, "prompt_length", 0), cfg.pad_id)
+  gen = G.make_generate(lm.logits_fn, cfg, mesh=mesh)
   keys = jax.random.split(jax.random.key(args.seed), len(prompts))
-  out, info = gen(params, x, am, keys)
+  out, info = gen(lm.params, x, am, keys)
   from remdm_jax.sharding import to_host
   out = to_host(out)  # all rows on every process (several processes: a collective)
   if jax.process_index() != 0:  # process 0 prints
     return
-  texts = G.decode_outputs(out, tok, stops=args.stop or (),
-                           eos_token=tok.tok.id_to_token(cfg.eos_id))
+  texts = G.decode_outputs(out, lm.tokenizer, stops=args.stop or (),
+                           eos_token=lm.token_text(cfg.eos_id),
+                           eot_token=lm.token_text(lm.eot_id))
   for t in texts:
     print(json.dumps({"text": t}))
   print(json.dumps({"nfe": int(info["nfe"])}), file=sys.stderr)
@@ -139,6 +207,8 @@ def main(argv: Optional[list] = None) -> int:
   add_generation_flags(p)
   p.add_argument("--prompt", action="append", default=[])
   p.add_argument("--stop", action="append", default=[])
+  p.add_argument("--chat", action="store_true", help="apply the folder's chat template")
+  p.add_argument("--system", default=None, help="system message (with --chat)")
   return run_cli(_generate_main, p, argv)
 
 

@@ -8,6 +8,15 @@ reference scorer, pass@1 (c/10 estimator) and pass@10.
 
 Problems: `--data=cd3_test.json` (user-supplied, {"input": "a,b,c,t", ...} records; the paper's
 256 = `--limit=256`) or, without it, `--num_problems` generated offline with `--problem_seed`.
+The shipped tiny model (`--model_dir=remdm_jax/assets/models/countdown_llada`, trained from
+scratch by `llm.countdown_train`) gets its own format: zero-shot "a,b,c,t\n" prompts left-padded
+to its prompt slot, generated problems from its task (numbers 1..6); use gen = block = steps = 15:
+
+  python -m remdm_jax.llm.countdown_eval --model_dir=remdm_jax/assets/models/countdown_llada \\
+      --sampler=remdm_llada --gen_length=15 --block_length=15 --steps=15 --repeats=1 \\
+      --num_problems=64 --problem_seed=7 --out_dir=runs/countdown_tiny
+
+(problem seed 7 = the held-out problems of its training.)
 Writes (atomically) `<out_dir>/samples.jsonl` (one line per problem: input, prompt, completions,
 correct, pass@1) and `<out_dir>/summary.json` (mean pass@1 / pass@10, settings, NFE, seconds).
 Rows are batched `--batch_size` at a time (left-padded); row r of problem p, repeat j uses key
@@ -35,18 +44,20 @@ def evaluate(gen, params, tok, cfg, problems, *, repeats=10, batch_size=8, seed=
   from remdm_jax.llm import generate as G
   if repeats < 1 or batch_size < 1:
     raise ValueError(f"repeats={repeats} and batch_size={batch_size} must be >= 1")
-  prompts = [cd.build_prompt(p) for p in problems]
+  build = getattr(tok, "build_prompt", cd.build_prompt)  # the tiny model: zero-shot "a,b,c,t\n"
+  prompts = [build(p) for p in problems]
   ids = [tok.encode(p) for p in prompts]
   rows = [(i, j) for i in range(len(problems)) for j in range(repeats)]
   base = jax.random.key(seed)
   texts: dict = {}
   nfe = 0
-  eos_tok = tok.tok.id_to_token(cfg.eos_id) if hasattr(tok, "tok") else None
+  eos_tok = cli.token_string(tok, cfg.eos_id)
   for s in range(0, len(rows), batch_size):
     chunk = rows[s:s + batch_size]
     pad = batch_size - len(chunk)  # keep one compiled shape: pad with copies of the last row
     chunk_full = chunk + [chunk[-1]] * pad
     x, am = G.left_pad([ids[i] for i, _ in chunk_full], cfg.pad_id)
+    x, am = cli.pad_prompts_to(x, am, getattr(tok, "prompt_length", 0), cfg.pad_id)
     keys = jax.vmap(lambda i, j: jax.random.fold_in(jax.random.fold_in(base, i), j))(
         jnp_arr([i for i, _ in chunk_full]), jnp_arr([j for _, j in chunk_full]))
     out, info = gen(params, x, am, keys)
@@ -85,9 +96,13 @@ def write_outputs(out_dir: str, records: list[dict], summary: dict) -> None:
     json.dump(summary, f, indent=1, sort_keys=True)
 
 
+def _model_task(model_dir: str) -> dict:
+  with open(os.path.join(model_dir, "metadata.json")) as f:
+    return dict(json.load(f).get("task") or {})
+
+
 def _main(args):
   from remdm_jax.llm import generate as G
-  from remdm_jax.llm.model import make_logits_fn
   if args.repeats < 1:
     raise ValueError(f"--repeats={args.repeats} must be >= 1")
   if args.data:
@@ -97,12 +112,17 @@ def _main(args):
   else:
     if args.num_problems < 1:
       raise ValueError(f"--num_problems={args.num_problems} must be >= 1")
-    problems = cd.generate_problems(args.num_problems, args.problem_seed)
+    from remdm_jax.llm import countdown_train
+    task = {}
+    if countdown_train.is_model_folder(args.model_dir):  # its own task (numbers 1..6)
+      task = _model_task(args.model_dir)
+    problems = cd.generate_problems(args.num_problems, args.problem_seed, **task)
   if not args.out_dir:
     raise ValueError("--out_dir is required")
-  mcfg, gd, params, tok, mesh = cli.load_for_generation(args)
-  cfg = cli.gen_config_from_args(args, mcfg)
-  gen = G.make_generate(make_logits_fn(gd), cfg, mesh=mesh)
+  lm, mesh = cli.load_model(args)
+  params, tok = lm.params, lm.tokenizer
+  cfg = cli.gen_config_from_args(args, lm.cfg)
+  gen = G.make_generate(lm.logits_fn, cfg, mesh=mesh)
   t0 = time.time()
   records, summary = evaluate(
       gen, params, tok, cfg, problems, repeats=args.repeats, batch_size=args.batch_size,

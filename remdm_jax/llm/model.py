@@ -39,12 +39,14 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from remdm_jax.llm.tokenizer import HFTokenizer
 
 POSITIONS = ("absolute", "from_first_token")
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -52,7 +54,17 @@ _DTYPES = ("float32", "bfloat16", "float16")
 # HF config.json key -> LLaDAConfig field (LLaDA's `configuration_llada.py` names).
 _HF_KEYS = ("d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_hidden_size", "vocab_size",
             "embedding_size", "rope_theta", "rms_norm_eps", "include_qkv_bias",
-            "max_sequence_length", "mask_token_id", "eos_token_id", "pad_token_id")
+            "max_sequence_length")
+
+# The special ids (SPEC_DOMAINS §L.4): field -> (CLI flag, tokenizer special-token names, token
+# strings looked up in the tokenizer, default of LLaDA-8B's tokenizer).
+LLADA_8B_VOCAB = 126464
+ID_FIELDS = {
+    "mask_token_id": ("--mask_id", ("mask_token",), ("<|mdm_mask|>",), 126336),
+    "eos_token_id": ("--eos_id", ("eos_token",), (), 126081),
+    "eot_token_id": ("--eot_id", ("eot_token",), ("<|eot_id|>",), 126348),
+    "pad_token_id": ("--pad_id", ("pad_token",), (), 126081),
+}
 
 # config.json options whose other values change the architecture (and are not implemented).
 _HF_SUPPORTED = {"block_type": "llama", "layer_norm_type": "rms", "activation_type": "silu",
@@ -72,7 +84,9 @@ class LLaDAConfig:
     rope_theta: RoPE base (LLaDA-8B: 500000). rms_norm_eps: 1e-5.
     include_qkv_bias: biases on q/k/v (False for LLaDA-8B).
     max_sequence_length: longest accepted input (4096).
-    mask_token_id, eos_token_id, eot_token_id, pad_token_id: LLaDA: 126336, 126081, 126348, 126081.
+    mask_token_id, eos_token_id, eot_token_id, pad_token_id: LLaDA-8B: 126336, 126081, 126348,
+      126081. eot_token_id may be None (a tokenizer without an end-of-turn token); the others are
+      ints in [0, embedding_size). `from_hf_dict` resolves each (`resolve_ids`).
     param_dtype: dtype the parameters are stored in ("bfloat16" for the 8B model).
     compute_dtype: dtype of the matmuls (float32 accumulation); norms, RoPE, softmax and the
       residual stream are float32; logits float32.
@@ -94,7 +108,7 @@ class LLaDAConfig:
   max_sequence_length: int = 4096
   mask_token_id: int = 126336
   eos_token_id: int = 126081
-  eot_token_id: int = 126348
+  eot_token_id: Optional[int] = 126348
   pad_token_id: int = 126081
   param_dtype: str = "bfloat16"
   compute_dtype: str = "bfloat16"
@@ -123,10 +137,14 @@ class LLaDAConfig:
       bad("n_kv_heads", f"must divide n_heads={self.n_heads}")
     if self.embedding_size < self.vocab_size:
       bad("embedding_size", f"must be >= vocab_size={self.vocab_size}")
-    for f in ("mask_token_id", "eos_token_id", "eot_token_id", "pad_token_id"):
+    for f in ID_FIELDS:
       v = getattr(self, f)
-      if not isinstance(v, (int, np.integer)) or not 0 <= v < self.embedding_size:
-        bad(f, f"must be an int in [0, embedding_size={self.embedding_size})")
+      if v is None and f == "eot_token_id":
+        continue
+      if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or \
+          not 0 <= v < self.embedding_size:
+        bad(f, f"must be an int in [0, embedding_size={self.embedding_size}) (override: "
+            f"{ID_FIELDS[f][0]})")
     if not self.rope_theta > 0:
       bad("rope_theta", "must be > 0")
     if not self.rms_norm_eps > 0:
@@ -142,28 +160,42 @@ class LLaDAConfig:
     return self.d_model // self.n_heads
 
   @classmethod
-  def from_hf_dict(cls, d: dict, **overrides) -> "LLaDAConfig":
-    """From the dict of a LLaDA `config.json` (unknown keys ignored; `overrides` win)."""
+  def from_hf_dict(cls, d: dict, token_ids: Optional[dict] = None, **overrides) -> "LLaDAConfig":
+    """From the dict of a LLaDA `config.json` (unknown keys ignored; `overrides` win).
+
+    token_ids: {field: id} found in the tokenizer files (`ids_from_tokenizer`), used for the
+      special ids config.json lacks. The ids are resolved by `resolve_ids`.
+    Raises ValueError for unsupported architecture options or an invalid / unresolvable id (one
+    line naming the key, where its value came from and the flag that overrides it).
+    """
+    if not isinstance(d, dict):
+      raise ValueError(f"LLaDA config.json must hold a JSON object, got {type(d).__name__}")
     unsupported = [f"{k}={d[k]!r}" for k, ok in _HF_SUPPORTED.items()
                    if k in d and d[k] is not None and d[k] != ok]
     if unsupported:
       raise ValueError(f"LLaDA config.json options not supported by this port: {unsupported} "
                        f"(supported: {_HF_SUPPORTED})")
     kw = {k: d[k] for k in _HF_KEYS if k in d and d[k] is not None}
-    if "eot_token_id" not in overrides and "eot_token_id" in d:
-      kw["eot_token_id"] = d["eot_token_id"]
-    kw.update(overrides)
+    kw.update({k: v for k, v in overrides.items() if k not in ID_FIELDS})
+    sizes = {f.name: f.default for f in dataclasses.fields(cls)}
+    sizes.update(kw)
+    vocab = sizes["vocab_size"]
+    emb = sizes["embedding_size"] if sizes["embedding_size"] is not None else vocab
+    kw.update(resolve_ids(d, token_ids, {k: v for k, v in overrides.items() if k in ID_FIELDS},
+                          vocab_size=vocab, embedding_size=emb))
     return cls(**kw)
 
   @classmethod
-  def from_hf_config(cls, path: str, **overrides) -> "LLaDAConfig":
-    """From a `config.json` file or a folder holding one. Raises ValueError if missing."""
-    if os.path.isdir(path):
-      path = os.path.join(path, "config.json")
-    if not os.path.isfile(path):
-      raise ValueError(f"LLaDA config.json not found at {path!r}")
-    with open(path) as f:
-      return cls.from_hf_dict(json.load(f), **overrides)
+  def from_hf_config(cls, path: str, token_ids: Optional[dict] = None,
+                     **overrides) -> "LLaDAConfig":
+    """From a `config.json` file or a folder holding one (`from_hf_dict`). When `token_ids` is
+    None and the folder has tokenizer files, the ids config.json lacks come from them
+    (`ids_from_tokenizer`). Raises ValueError naming the file if it is missing or not JSON."""
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    d = read_config_json(path, "LLaDA")
+    if token_ids is None:
+      token_ids = ids_from_tokenizer(folder)
+    return cls.from_hf_dict(d, token_ids=token_ids, **overrides)
 
   @classmethod
   def llada_8b(cls, **overrides) -> "LLaDAConfig":
@@ -178,6 +210,90 @@ class LLaDAConfig:
               pad_token_id=0, param_dtype="float32", compute_dtype="float32")
     kw.update(overrides)
     return cls(**kw)
+
+
+def read_config_json(path: str, arch: str) -> dict:
+  """The dict of `config.json` (a file or a folder holding one). ValueError naming the file when it
+  is missing, unreadable or not a JSON object."""
+  if os.path.isdir(path):
+    path = os.path.join(path, "config.json")
+  if not os.path.isfile(path):
+    raise ValueError(f"{arch} config.json not found at {path!r}")
+  try:
+    with open(path, encoding="utf-8") as f:
+      d = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f"{path}: not a valid config.json ({type(e).__name__}: {e})") from None
+  if not isinstance(d, dict):
+    raise ValueError(f"{path}: config.json must hold a JSON object")
+  return d
+
+
+def ids_from_tokenizer(folder: str, fields=None) -> dict:
+  """{field: id} of the special ids found in a folder's tokenizer files (tokenizer.json plus
+  tokenizer_config.json / special_tokens_map.json, `remdm_jax.llm.tokenizer`): a named special
+  token (`mask_token`, `eos_token`, `eot_token`, `pad_token`) first, else a known token string
+  (`<|mdm_mask|>`, `<|eot_id|>`). Empty when the folder has no tokenizer.json."""
+  fields = ID_FIELDS if fields is None else fields
+  if not folder or not os.path.isfile(os.path.join(folder, "tokenizer.json")):
+    return {}
+  tok = HFTokenizer(folder)
+  out = {}
+  for f, (_, names, strings, _) in fields.items():
+    for i in [tok.special_id(n) for n in names] + [tok.token_id(s) for s in strings]:
+      if i is not None:
+        out[f] = int(i)
+        break
+  return out
+
+
+def resolve_ids(config: dict, token_ids: Optional[dict], overrides: dict, *, vocab_size: int,
+                embedding_size: int, fields=None, defaults_vocab: int = LLADA_8B_VOCAB,
+                defaults_name: str = "LLaDA-8B") -> dict:
+  """Resolves the special ids of a checkpoint (SPEC_DOMAINS §L.4), field by field, from the first
+  source that has one:
+    1. `overrides` (the CLI flags --mask_id / --eos_id / --eot_id / --pad_id);
+    2. config.json's key of the same name (`mask_token_id`, ...);
+    3. the tokenizer files (`token_ids`, from `ids_from_tokenizer`);
+    4. the LLaDA-8B tokenizer's id, only when it is valid for this model: the model's vocab_size
+       is at least `defaults_vocab` (126464, LLaDA's tokenizer) so the id names a real token;
+    5. pad_token_id falls back to the EOS id (LLaDA pads with EOS); eot_token_id to None (no
+       end-of-turn token; the rules that need it then ask for --eot_id).
+  A mask or EOS id found nowhere, or any id that is not an int in [0, embedding_size), is one
+  ValueError naming the key, where its value came from and the flag that overrides it.
+
+  fields: {field: (flag, special names, token strings, 8B default)} (default `ID_FIELDS`);
+  defaults_vocab / defaults_name: the vocabulary size and name of the model whose defaults these
+  are (Dream passes its own).
+  Returns {field: int or None}.
+  """
+  fields = ID_FIELDS if fields is None else fields
+  token_ids = token_ids or {}
+  out = {}
+  for f, (flag, _, _, default) in fields.items():
+    if overrides.get(f) is not None:
+      v, src = overrides[f], f"{flag}"
+    elif config.get(f) is not None:
+      v, src = config[f], f"config.json {f}"
+    elif token_ids.get(f) is not None:
+      v, src = token_ids[f], f"the tokenizer files' {f[:-3]}"
+    elif default is not None and vocab_size >= defaults_vocab and default < vocab_size:
+      v, src = default, f"the {defaults_name} default {f}"
+    elif f == "pad_token_id" and out.get("eos_token_id") is not None:
+      v, src = out["eos_token_id"], "the EOS id"
+    elif f == "eot_token_id":
+      out[f] = None
+      continue
+    else:
+      raise ValueError(f"{f}: config.json has no {f!r}, the tokenizer files name none and the "
+                       f"{defaults_name} default does not fit vocab_size={vocab_size}; "
+                       f"pass {flag}")
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or \
+        not 0 <= int(v) < embedding_size:
+      raise ValueError(f"{f}={v!r} (from {src}) is outside the vocabulary [0, {embedding_size}); "
+                       f"set {flag} to an id inside it")
+    out[f] = int(v)
+  return out
 
 
 def _param(value, axes) -> nnx.Param:
@@ -259,8 +375,9 @@ class LLaDABlock(nnx.Module):
     self.ff_out = Linear(cfg.mlp_hidden_size, d, ("mlp", "embed"), cfg, rngs=rngs)
     self.cfg = cfg
 
-  def __call__(self, x, cos, sin, bias):
-    """x [B, L, d] float32; cos/sin [B, L, D]; bias [B, 1, 1, L] float32 -> [B, L, d] float32."""
+  def __call__(self, x, cos, sin, keep):
+    """x [B, L, d] float32; cos/sin [B, L, D]; keep bool [B, 1, 1, L] (key is a real token)
+    -> [B, L, d] float32."""
     cfg = self.cfg
     dt = jnp.dtype(cfg.compute_dtype)
     B, L, _ = x.shape
@@ -269,26 +386,36 @@ class LLaDABlock(nnx.Module):
     q = apply_rope(self.q_proj(n, dt).reshape(B, L, N, D), cos, sin)
     k = apply_rope(self.k_proj(n, dt).reshape(B, L, K, D), cos, sin)
     v = self.v_proj(n, dt).reshape(B, L, K, D)
-    if K != N:
-      k = jnp.repeat(k, N // K, axis=2)
-      v = jnp.repeat(v, N // K, axis=2)
-    s = jnp.einsum("bqhd,bkhd->bhqk", q.astype(dt), k.astype(dt),
-                   preferred_element_type=jnp.float32) / math.sqrt(D)
-    s = jnp.where(bias, s, jnp.finfo(jnp.float32).min)
-    w = jax.nn.softmax(s, axis=-1)
-    a = jnp.einsum("bhqk,bkhd->bqhd", w.astype(dt), v.astype(dt),
-                   preferred_element_type=jnp.float32)
+    a = attention(q, k, v, keep, dt)
     x = x + self.attn_out(a.reshape(B, L, N * D), dt)
     n = self.ff_norm(x)
     h = jax.nn.silu(self.ff_proj(n, dt)) * self.up_proj(n, dt)
     return x + self.ff_out(h, dt)
 
 
-def _stacked_blocks(cfg: LLaDAConfig, rngs: nnx.Rngs) -> LLaDABlock:
-  """A block whose parameters carry a leading [n_layers] axis (logical name "layers")."""
-  keys = jax.random.split(rngs.params(), cfg.n_layers)
-  gd, _ = nnx.split(nnx.eval_shape(lambda: LLaDABlock(cfg, rngs=nnx.Rngs(0))))
-  states = jax.vmap(lambda k: nnx.split(LLaDABlock(cfg, rngs=nnx.Rngs(params=k)))[1])(keys)
+def attention(q, k, v, keep, dt):
+  """Bidirectional grouped-query attention: q [B, L, N, D], k / v [B, L, K, D] (K divides N; q
+  head j uses kv head j // (N / K), torch's `repeat_kv`), keep bool [B, 1, 1, L] (masked keys get
+  finfo(float32).min, so a row never becomes NaN). Scores and softmax in float32, matmuls in dt
+  with float32 accumulation. Returns float32 [B, L, N, D]."""
+  N, K, D = q.shape[2], k.shape[2], q.shape[3]
+  if K != N:
+    k = jnp.repeat(k, N // K, axis=2)
+    v = jnp.repeat(v, N // K, axis=2)
+  s = jnp.einsum("bqhd,bkhd->bhqk", q.astype(dt), k.astype(dt),
+                 preferred_element_type=jnp.float32) / math.sqrt(D)
+  s = jnp.where(keep, s, jnp.finfo(jnp.float32).min)
+  w = jax.nn.softmax(s, axis=-1)
+  return jnp.einsum("bhqk,bkhd->bqhd", w.astype(dt), v.astype(dt),
+                    preferred_element_type=jnp.float32)
+
+
+def stacked_layers(make_layer, n_layers: int, rngs: nnx.Rngs):
+  """A layer module whose parameters carry a leading [n_layers] axis (logical name "layers"),
+  `make_layer(rngs)` building one layer; run it with `lax.scan` over the split state."""
+  keys = jax.random.split(rngs.params(), n_layers)
+  states = jax.vmap(lambda k: nnx.split(make_layer(nnx.Rngs(params=k)))[1])(keys)
+  gd, _ = nnx.split(nnx.eval_shape(lambda: make_layer(nnx.Rngs(0))))
 
   def add_axis(v):
     names = v.get_metadata().get("out_sharding")
@@ -296,6 +423,27 @@ def _stacked_blocks(cfg: LLaDAConfig, rngs: nnx.Rngs) -> LLaDABlock:
 
   states = jax.tree.map(add_axis, states, is_leaf=lambda x: isinstance(x, nnx.Variable))
   return nnx.merge(gd, states)
+
+
+def _stacked_blocks(cfg: LLaDAConfig, rngs: nnx.Rngs) -> LLaDABlock:
+  """A block whose parameters carry a leading [n_layers] axis (logical name "layers")."""
+  return stacked_layers(lambda r: LLaDABlock(cfg, rngs=r), cfg.n_layers, rngs)
+
+
+def run_layers(layers, x, run, scan: bool):
+  """x -> run(layer, x) through every layer: a Python loop over an `nnx.List`, or `lax.scan`
+  over the stacked state of `stacked_layers` (one compiled layer)."""
+  if scan:
+    gd, st = nnx.split(layers)
+
+    def body(x, layer_state):
+      return run(nnx.merge(gd, layer_state), x), None
+
+    x, _ = jax.lax.scan(body, x, st)
+    return x
+  for layer in layers:
+    x = run(layer, x)
+  return x
 
 
 class LLaDAModel(nnx.Module):
@@ -336,16 +484,7 @@ class LLaDAModel(nnx.Module):
 
     if cfg.remat:
       run = nnx.remat(run)
-    if cfg.scan_layers:
-      gd, st = nnx.split(self.blocks)
-
-      def body(x, layer_state):
-        return run(nnx.merge(gd, layer_state), x), None
-
-      x, _ = jax.lax.scan(body, x, st)
-    else:
-      for block in self.blocks:
-        x = run(block, x)
+    x = run_layers(self.blocks, x, run, cfg.scan_layers)
     return self.ln_f(x)
 
   def __call__(self, tokens, attention_mask=None):

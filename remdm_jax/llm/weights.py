@@ -25,7 +25,6 @@ import json
 import os
 import re
 import struct
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +33,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from remdm_jax.llm.model import LLaDAConfig, abstract_model
+from remdm_jax.llm.tokenizer import HFTokenizer
 from remdm_jax.models.keys import check_keys
 
 _ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
@@ -41,6 +41,7 @@ _ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np
 _PREFIX = "model.transformer."
 _LINEARS = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
 _BLOCK_RE = re.compile(r"blocks\.(\d+)\.(\w+)\.(weight|bias)")
+_STACKED = ("blocks", "layers")  # parameter groups stacked along a layer axis with scan_layers
 
 
 def _np_dtype(code: str):
@@ -53,13 +54,22 @@ def _np_dtype(code: str):
 
 
 def read_safetensors_header(path: str) -> tuple[dict, int]:
-  """(header dict {key: {"dtype", "shape", "data_offsets"}}, byte offset of the data section)."""
+  """(header dict {key: {"dtype", "shape", "data_offsets"}}, byte offset of the data section).
+  ValueError naming the file when it is not a safetensors file."""
+  size = os.path.getsize(path)
   with open(path, "rb") as f:
     raw = f.read(8)
     if len(raw) != 8:
       raise ValueError(f"{path}: not a safetensors file (too short)")
     (n,) = struct.unpack("<Q", raw)
-    header = json.loads(f.read(n))
+    if n > size - 8:
+      raise ValueError(f"{path}: not a safetensors file (header length {n} > file size {size})")
+    try:
+      header = json.loads(f.read(n))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+      raise ValueError(f"{path}: not a safetensors file (header is not JSON)") from None
+  if not isinstance(header, dict):
+    raise ValueError(f"{path}: not a safetensors file (header is not a JSON object)")
   header.pop("__metadata__", None)
   return header, 8 + n
 
@@ -135,8 +145,33 @@ def load_params(model_dir: str, cfg: LLaDAConfig, mesh=None, rules=None):
   Raises:
     ValueError naming every missing / unexpected / mis-shaped key (checked before any tensor read).
   """
-  from remdm_jax import sharding as mesh_lib
   gd, abstract = abstract_model(cfg)
+  state = stream_params(model_dir, abstract, lambda k: hf_key_to_path(k, cfg.scan_layers),
+                        _hf_name, param_dtype=cfg.param_dtype, scan_layers=cfg.scan_layers,
+                        mesh=mesh, rules=rules, arch="LLaDA")
+  return gd, state
+
+
+def stream_params(model_dir: str, abstract, key_fn, name_fn, *, param_dtype: str,
+                  scan_layers: bool, mesh=None, rules=None, arch: str = "model"):
+  """The architecture-independent streaming loader (module docstring).
+
+  Args:
+    model_dir: folder with the safetensors.
+    abstract: nnx.State of ShapeDtypeStruct parameters (`nnx.eval_shape` of the model).
+    key_fn: HF key -> (param path tuple, layer index or None, transpose?) or None (unknown key).
+    name_fn: (param path, layer or None) -> HF key (names the missing keys).
+    param_dtype: dtype the parameters are stored in on device.
+    scan_layers: parameters under "blocks" / "layers" are stacked along a leading layer axis.
+    mesh, rules: as in `load_params`.
+    arch: model name used in the error message.
+  Returns:
+    params nnx.State with the structure of `abstract`.
+  Raises:
+    ValueError naming every missing / unexpected / mis-shaped key before any tensor is read, or
+    naming the file of a truncated tensor.
+  """
+  from remdm_jax import sharding as mesh_lib
   flat = {_path_key(p): v for p, v in nnx.to_flat_state(abstract)}
   if mesh is not None:
     rules = mesh_lib.DEFAULT_RULES if rules is None else rules
@@ -151,7 +186,7 @@ def load_params(model_dir: str, cfg: LLaDAConfig, mesh=None, rules=None):
   for path in checkpoint_files(model_dir):
     header, start = read_safetensors_header(path)
     for key, meta in header.items():
-      target = hf_key_to_path(key, cfg.scan_layers)
+      target = key_fn(key)
       if target is None or target[0] not in flat:
         unexpected.append(key)
         continue
@@ -171,14 +206,14 @@ def load_params(model_dir: str, cfg: LLaDAConfig, mesh=None, rules=None):
       entries[(tpath, layer)] = (path, start, meta, tr, key)
   missing = []
   for tpath, v in flat.items():
-    layers = range(v.shape[0]) if (cfg.scan_layers and tpath[0] == "blocks") else [None]
+    layers = range(v.shape[0]) if (scan_layers and tpath[0] in _STACKED) else [None]
     for layer in layers:
       if (tpath, layer) not in entries:
-        missing.append(_hf_name(tpath, layer))
-  check_keys(f"checkpoint {model_dir!r} does not match the LLaDA config", sorted(missing),
+        missing.append(name_fn(tpath, layer))
+  check_keys(f"checkpoint {model_dir!r} does not match the {arch} config", sorted(missing),
              sorted(unexpected), bad_shape)
   # Pass 2: stream tensor by tensor (file order, so each shard file is read once, sequentially).
-  dtype = np.dtype(jnp.dtype(cfg.param_dtype))
+  dtype = np.dtype(jnp.dtype(param_dtype))
   values: dict = {}
   setter = jax.jit(lambda a, x, i: a.at[i].set(x), donate_argnums=(0,))
   for (tpath, layer), (path, start, meta, tr, key) in sorted(
@@ -201,9 +236,8 @@ def load_params(model_dir: str, cfg: LLaDAConfig, mesh=None, rules=None):
           else sub
       values[tpath] = setter(values[tpath], mesh_lib.put_global(host, sub), layer)
     del host, arr
-  state = nnx.from_flat_state([(p, v.replace(values[_path_key(p)]))
-                               for p, v in nnx.to_flat_state(abstract)])
-  return gd, state
+  return nnx.from_flat_state([(p, v.replace(values[_path_key(p)]))
+                              for p, v in nnx.to_flat_state(abstract)])
 
 
 def _hf_name(tpath, layer) -> str:
@@ -218,37 +252,19 @@ def _hf_name(tpath, layer) -> str:
 
 def load_llada(model_dir: str, mesh=None, rules=None, **cfg_overrides):
   """config.json + weights of a local HF LLaDA folder -> (cfg, graphdef, params). Nothing is
-  downloaded. cfg_overrides: LLaDAConfig fields (e.g. param_dtype, compute_dtype, scan_layers)."""
+  downloaded. cfg_overrides: LLaDAConfig fields (e.g. param_dtype, compute_dtype, scan_layers,
+  mask_token_id, eot_token_id); special ids config.json lacks come from the folder's tokenizer
+  files (`LLaDAConfig.from_hf_config`, `model.resolve_ids`)."""
   if not os.path.isdir(model_dir):
     raise ValueError(f"model_dir={model_dir!r} is not a folder")
+  cfg_overrides = {k: v for k, v in cfg_overrides.items() if v is not None}
   cfg = LLaDAConfig.from_hf_config(model_dir, **cfg_overrides)
   gd, params = load_params(model_dir, cfg, mesh=mesh, rules=rules)
   return cfg, gd, params
 
 
-class Tokenizer:
-  """A local `tokenizer.json` (the `tokenizers` package): encode / decode, special-token ids."""
-
-  def __init__(self, path: str):
-    if os.path.isdir(path):
-      path = os.path.join(path, "tokenizer.json")
-    if not os.path.isfile(path):
-      raise ValueError(f"tokenizer.json not found at {path!r}")
-    from tokenizers import Tokenizer as _T
-    self.tok = _T.from_file(path)
-
-  def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-    return list(self.tok.encode(text, add_special_tokens=add_special_tokens).ids)
-
-  def decode(self, ids, skip_special_tokens: bool = False) -> str:
-    return self.tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
-
-  def token_id(self, token: str) -> Optional[int]:
-    return self.tok.token_to_id(token)
-
-  @property
-  def vocab_size(self) -> int:
-    return self.tok.get_vocab_size()
+# The tokenizer of a model folder (tokenizer.json + its config files and chat template).
+Tokenizer = HFTokenizer
 
 
 def save_hf_checkpoint(model_dir: str, cfg: LLaDAConfig, params, *, shards: int = 1,
@@ -293,7 +309,8 @@ def save_hf_checkpoint(model_dir: str, cfg: LLaDAConfig, params, *, shards: int 
         "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.rms_norm_eps,
         "include_qkv_bias": cfg.include_qkv_bias, "max_sequence_length": cfg.max_sequence_length,
         "mask_token_id": cfg.mask_token_id, "eos_token_id": cfg.eos_token_id,
-        "eot_token_id": cfg.eot_token_id, "pad_token_id": cfg.pad_token_id,
-        "model_type": "llada"}
+        "pad_token_id": cfg.pad_token_id, "model_type": "llada"}
+  if cfg.eot_token_id is not None:
+    hf["eot_token_id"] = cfg.eot_token_id
   with atomic_open(os.path.join(model_dir, "config.json")) as f:
     json.dump(hf, f, indent=1)

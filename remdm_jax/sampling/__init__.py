@@ -10,6 +10,8 @@ Public API:
   CBGGuidance, cfg_denoise_fn, cfg_log_probs, cfg_model_calls, classifier_term   (guidance)
   select_top_n, ranked_commit                             (ranked: confidence-ranked commits)
   maskgit_step, ConfidenceSpec, propose, commit, remdm_remask   (confidence: per-step kernels)
+  DreamSpec, dream_propose, dream_schedule                (confidence: Dream's rules)
+  torch_linspace_f32                                      (schedule: torch's float32 linspace)
   maskgit_decode                                          (maskgit: MaskGIT decoding loop)
   BlockConfig, make_block_generate                        (blocks: semi-AR block decoding)
   fork_decode                                             (fork_compat: the image fork's mode)
@@ -22,8 +24,8 @@ from remdm_jax.sampling.ar import ARCFG, FUDGEGuidance, make_ar_sampler
 from remdm_jax.sampling.blocks import BlockConfig, make_block_generate
 from remdm_jax.sampling.conf import conf_sigma, conf_weights
 from remdm_jax.sampling.config import PRESETS, STRATEGIES, SamplerConfig
-from remdm_jax.sampling.confidence import (ConfidenceSpec, commit, maskgit_step, propose,
-                                           remdm_remask)
+from remdm_jax.sampling.confidence import (ConfidenceSpec, DreamSpec, commit, dream_propose,
+                                           dream_schedule, maskgit_step, propose, remdm_remask)
 from remdm_jax.sampling.fork_compat import fork_decode
 from remdm_jax.sampling.guidance import (CBGGuidance, cfg_denoise_fn, cfg_log_probs,
                                          cfg_mix, cfg_model_calls, classifier_term)
@@ -34,7 +36,7 @@ from remdm_jax.sampling.ranked import ranked_commit, select_top_n
 from remdm_jax.sampling.sampler import Sampler, make_sampler
 from remdm_jax.sampling.semi_ar import make_semi_ar_sampler, semi_ar_sample
 from remdm_jax.sampling.schedule import (StepSchedule, dfm_grid, expected_unmask_buffer,
-                                         step_schedule, uniform_grid)
+                                         step_schedule, torch_linspace_f32, uniform_grid)
 
 __all__ = [
     "PRESETS", "STRATEGIES", "SamplerConfig", "nucleus_filter", "conf_sigma", "conf_weights",
@@ -44,4 +46,5 @@ __all__ = [
     "ranked_commit", "make_semi_ar_sampler", "semi_ar_sample", "make_ar_sampler", "ARCFG",
     "FUDGEGuidance", "cfg_mix", "ConfidenceSpec", "commit", "maskgit_step", "propose",
     "remdm_remask", "maskgit_decode", "BlockConfig", "make_block_generate", "fork_decode",
+    "DreamSpec", "dream_propose", "dream_schedule", "torch_linspace_f32",
 ]

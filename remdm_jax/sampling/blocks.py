@@ -22,6 +22,14 @@ blocks, each decoded with S = steps / nb steps (the prompt and pads are never ma
   decodes r (else k); the cache stores p[x0] at decode time. 2S NFE per block. The rule is
   consistent only when S >= tau (steps per block = block_length, k = 1); other sizes raise
   ValueError (the reference silently runs a truncated window there, §L.1).
+* "dream_origin", "dream_maskgit_plus", "dream_topk_margin", "dream_entropy" - Dream's
+  `_sample` algorithms (HKUNLP Dream-v0 `generation_utils.py`; `confidence` module docstring):
+  per block, S steps over t_i = linspace(1, eps, S + 1); origin transfers each masked position
+  with probability 1 - t_{i+1}/t_i, the confidence rules commit n_i = int(M (1 - t_{i+1}/t_i))
+  (M at the last step) by top-n or by Gumbel-top-n over conf / alg_temp; tokens from Dream's
+  `sample_tokens` (temperature, top-p, top-k). One block (block_length = gen_length) is Dream's
+  own decoding; more blocks run it semi-autoregressively. Injected noise: `u` gives the token
+  Gumbels, `conf_u` the origin transfer uniforms / the alg_temp Gumbels (g = -log(-log u)).
 * "strategy" - a `SamplerConfig` strategy (mdlm, remdm_cap, remdm_rescale, remdm_conf,
   remdm_switch, remdm_loop, fb, dfm): per block, the sampler core (`sampling.make_sampler`, S grid
   steps + its final argmax step = S + 1 NFE per block) runs with everything outside the current
@@ -65,7 +73,7 @@ from remdm_jax.sampling.sampler import make_sampler
 from remdm_jax.sharding import put_global
 from remdm_jax.types import MaskedLMFn
 
-RULES = conf_k.LLADA_RULES
+RULES = conf_k.LLADA_RULES + conf_k.DREAM_RULES
 REMASKING = conf_k.REMASKING
 GEN_PRECISIONS = ("exact32", "float64")
 _IDS = ("mask_id", "eos_id", "eot_id", "pad_id")
@@ -77,18 +85,23 @@ class BlockConfig:
   token ids as defaults.
 
   Attributes:
-    rule: "llada" | "llada_conf" | "remdm_llada" | "strategy" (then `sampler` is used).
+    rule: "llada" | "llada_conf" | "remdm_llada" | "dream_origin" | "dream_maskgit_plus" |
+      "dream_topk_margin" | "dream_entropy" | "strategy" (then `sampler` is used).
     gen_length (G), block_length, steps (T, total over all blocks; S = T / (G / block_length)).
-    temperature: Gumbel temperature of "llada" (0 = argmax). The two reference rules sample at 1.
+    temperature: Gumbel temperature of "llada" and the Dream rules (0 = argmax; sampling at
+      temperature T is sampling softmax(logits / T) in both). llada_conf / remdm_llada sample at 1.
+    top_p, top_k, alg_temp, eps: the Dream rules' nucleus, top-k, commit temperature and
+      schedule end (`confidence.DreamSpec`; None / None / None / 1e-3 as Dream's defaults).
     remasking: "low_confidence" | "random" ("llada").
     cfg_scale: s >= 0 (0 = no CFG).
     logits_eos_inf, confidence_eos_eot_inf, official_eos_quirk: the EOS options of "llada"
       (`confidence.propose`).
     remdm_number: r of "remdm_llada".
     stop_at_eos: None = rule default (True for llada_conf / remdm_llada / strategy, False for
-      llada).
+      llada and the Dream rules, which generate the full length as their references).
     precision: "exact32" (default) | "float64" (the references' float64 draws; needs x64).
-    mask_id, eos_id, eot_id, pad_id: token ids (required; GenConfig defaults to LLaDA's).
+    mask_id, eos_id, eot_id, pad_id: token ids (required; GenConfig defaults to LLaDA's). eot_id
+      may be None (no end-of-turn token) unless confidence_eos_eot_inf is set.
     sampler: the `SamplerConfig` of rule "strategy" (its num_steps must equal S).
   Raises: ValueError naming the bad field.
   """
@@ -111,6 +124,10 @@ class BlockConfig:
   eot_id: Optional[int] = None
   pad_id: Optional[int] = None
   sampler: Optional[SamplerConfig] = None
+  top_p: Optional[float] = None
+  top_k: Optional[int] = None
+  alg_temp: Optional[float] = None
+  eps: float = 1e-3
 
   def __post_init__(self):
     name = type(self).__name__
@@ -126,6 +143,10 @@ class BlockConfig:
         bad(f, "must be an int >= 1")
     for f in _IDS:
       v = getattr(self, f)
+      if f == "eot_id" and v is None:  # a model without an end-of-turn token
+        if self.confidence_eos_eot_inf:
+          bad(f, "confidence_eos_eot_inf needs the model's end-of-turn id (--eot_id)")
+        continue
       if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
         bad(f, "must be an int >= 0 (a token id)")
     if self.gen_length % self.block_length:
@@ -160,6 +181,14 @@ class BlockConfig:
       if self.remdm_number > tau * self.tokens_per_step:
         bad("remdm_number", f"must be <= the {tau * self.tokens_per_step} tokens decoded before "
             f"the remask window (tau={tau})")
+    dream = self.rule in conf_k.DREAM_RULES
+    for f in ("top_p", "top_k", "alg_temp"):
+      if getattr(self, f) is not None and not dream:
+        bad(f, f"applies only to the Dream rules {conf_k.DREAM_RULES}")
+    if dream:
+      self.dream_spec()  # validates top_p / top_k / alg_temp / eps
+      if self.precision != "exact32":
+        bad("precision", "the Dream rules draw in exact32 (float32 like the reference)")
     if self.rule == "strategy":
       if not isinstance(self.sampler, SamplerConfig):
         bad("sampler", "rule 'strategy' needs a SamplerConfig")
@@ -192,13 +221,23 @@ class BlockConfig:
 
   @property
   def stops(self) -> bool:
-    return self.rule != "llada" if self.stop_at_eos is None else bool(self.stop_at_eos)
+    if self.stop_at_eos is None:
+      return self.rule in ("llada_conf", "remdm_llada", "strategy")
+    return bool(self.stop_at_eos)
+
+  def dream_spec(self) -> conf_k.DreamSpec:
+    """The `confidence.DreamSpec` of a Dream-rule config."""
+    return conf_k.DreamSpec(rule=self.rule, mask_id=int(self.mask_id),
+                            temperature=float(self.temperature), top_p=self.top_p,
+                            top_k=self.top_k, alg_temp=self.alg_temp, eps=float(self.eps))
 
   def confidence_spec(self) -> conf_k.ConfidenceSpec:
     """The `confidence.ConfidenceSpec` of a llada / llada_conf / remdm_llada config."""
     return conf_k.ConfidenceSpec(
         rule=self.rule, mask_id=int(self.mask_id), eos_id=int(self.eos_id),
-        eot_id=int(self.eot_id), temperature=float(self.temperature), remasking=self.remasking,
+        # eot_id is read only with confidence_eos_eot_inf, which requires it (__post_init__)
+        eot_id=int(self.eos_id if self.eot_id is None else self.eot_id),
+        temperature=float(self.temperature), remasking=self.remasking,
         logits_eos_inf=self.logits_eos_inf, confidence_eos_eot_inf=self.confidence_eos_eot_inf,
         official_eos_quirk=self.official_eos_quirk, precision=self.precision)
 
@@ -345,12 +384,13 @@ def _generate_core(logits_fn, cfg: BlockConfig, params, prompt, am, key, noise):
 
 
 def _confidence_block(model_logits, cfg: BlockConfig, params, x, start, b, done, rows, noise, B):
-  """One block of the llada / llada_conf / remdm_llada rules (`confidence` kernels); returns
-  (x, NFE)."""
+  """One block of the confidence-ranked rules (llada / llada_conf / remdm_llada and the Dream
+  rules, `confidence` kernels); returns (x, NFE)."""
   Bk, S, m = cfg.block_length, cfg.steps_per_block, cfg.mask_id
-  spec = cfg.confidence_spec()
-  fdt = spec.conf_dtype
   rule = cfg.rule
+  dream = rule in conf_k.DREAM_RULES
+  spec = cfg.dream_spec() if dream else cfg.confidence_spec()
+  fdt = jnp.float32 if dream else spec.conf_dtype
   k = cfg.tokens_per_step
   r = cfg.remdm_number
   tau = cfg.remask_start
@@ -360,6 +400,7 @@ def _confidence_block(model_logits, cfg: BlockConfig, params, x, start, b, done,
 
   blk0 = lax.dynamic_slice_in_dim(x, start, Bk, axis=1)
   sched = num_transfer_tokens(jnp.sum(blk0 == m, axis=1, dtype=jnp.int32), S)  # [B, S]
+  factors = jnp.asarray(conf_k.dream_schedule(S, cfg.eps)) if dream else None  # [S] float32
 
   def step(carry, i):
     x, cache = carry
@@ -372,10 +413,21 @@ def _confidence_block(model_logits, cfg: BlockConfig, params, x, start, b, done,
     logits = model_logits(params, x)
     lg = lax.dynamic_slice_in_dim(logits, start, Bk, axis=1).astype(jnp.float32)  # [B, Bk, V]
     tok_keys, conf_keys = draws.step_keys(rows, b * n_iter + i)
+    tok_keys = draws.offset_position_keys(tok_keys, g0, Bk)
+    conf_keys = draws.offset_position_keys(conf_keys, g0, Bk)
     u = None if noise is None or "u" not in noise else noise["u"][i]
     conf_u = None if noise is None or "conf_u" not in noise else noise["conf_u"][i]
-    x0, conf = conf_k.propose(spec, lg, draws.offset_position_keys(tok_keys, g0, Bk),
-                              draws.offset_position_keys(conf_keys, g0, Bk), u, conf_u)
+    if dream:
+      x0, conf = conf_k.dream_propose(spec, lg, tok_keys, u)
+      masked = masked & active[:, None]
+      if rule == "dream_origin":
+        blk, take = conf_k.dream_origin_commit(blk, x0, masked, factors[i], conf_keys, conf_u)
+      else:
+        n = conf_k.dream_transfer_count(masked, factors[i], i == S - 1)
+        blk, take = conf_k.dream_rank_commit(spec, blk, x0, conf, masked, n, conf_keys, conf_u)
+      x = lax.dynamic_update_slice_in_dim(x, blk, start, axis=1)
+      return (x, cache), None
+    x0, conf = conf_k.propose(spec, lg, tok_keys, conf_keys, u, conf_u)
     if rule == "llada":
       n = sched[:, jnp.minimum(i, S - 1)]
     elif rule == "remdm_llada":

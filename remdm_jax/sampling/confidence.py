@@ -20,6 +20,26 @@ LLaDA rules over one block of W positions (`ConfidenceSpec.rule`), `propose` + `
               model call (re-mask the r smallest cached confidences).
 `commit` writes x0 at the n masked positions of largest confidence (n per row).
 
+Dream rules (HKUNLP Dream-v0 `generation_utils.py`: `_sample` with `sample_tokens`; `DreamSpec`),
+over one window of W positions with S steps and t_i = linspace(1, eps, S + 1) (torch's float32
+linspace, `schedule.torch_linspace_f32`):
+  dream_origin        each masked position transfers with probability 1 - t_{i+1} / t_i (1 at
+                      the last step) and takes a token drawn by `dream_propose`; the others stay
+                      masked (a random order; the count per row is random).
+  dream_maskgit_plus  confidence p[x0];
+  dream_topk_margin   confidence p_(1) - p_(2) (the two largest filtered probabilities);
+  dream_entropy       confidence sum_v p_v log(p_v + 1e-10) (negative entropy);
+                      for these three, n_i = int(M (1 - t_{i+1} / t_i)) in float32 (all M at the
+                      last step; M = the row's masked count) positions commit: the top-n
+                      confidences (`alg_temp` = None / 0), or a draw without replacement from
+                      softmax(conf / alg_temp) (Gumbel-top-n: conf / alg_temp + g).
+`dream_propose` is `sample_tokens`: logits / temperature (temperature > 0), top-p (sorted
+cumulative softmax > top_p removed, shifted to keep the first; finfo(float32).min fill), top-k
+(below the k-th largest removed), softmax; x0 ~ Cat(p) by Gumbel-max on log p at temperature > 0,
+else argmax. Dream counts M as the batch mean; here each row uses its own count, equal to the mean
+whenever every row has as many masks (same prompt padding and no drawn mask token), and batch
+invariant otherwise.
+
 Keys (`draws` module docstring, "block decoding"): the caller passes per-position token and
 confidence keys [B, W]; injected noise (`u` [B, W, V] uniforms, `conf_u` [B, W]) replaces them.
 """
@@ -34,6 +54,7 @@ from remdm_jax.sampling import draws
 from remdm_jax.sampling.ranked import select_top_n
 
 LLADA_RULES = ("llada", "llada_conf", "remdm_llada")
+DREAM_RULES = ("dream_origin", "dream_maskgit_plus", "dream_topk_margin", "dream_entropy")
 REMASKING = ("low_confidence", "random")
 
 
@@ -212,3 +233,140 @@ def remdm_remask(blk, cache, n, mask_id: int):
   Returns (blk, cache)."""
   sel = select_top_n(cache, n, largest=False)
   return jnp.where(sel, mask_id, blk), jnp.where(sel, jnp.inf, cache)
+
+
+# -------------------------------------------------------------------------------- Dream rules
+
+@dataclasses.dataclass(frozen=True)
+class DreamSpec:
+  """Static settings of the Dream kernels (module docstring; Dream's `DreamGenerationConfig`).
+
+  Attributes:
+    rule: one of `DREAM_RULES`. mask_id: the mask id.
+    temperature: logits / temperature and sampling (0 = argmax). top_p: None or in (0, 1]
+      (1 = off). top_k: None or >= 1. alg_temp: None / 0 = top-n commits, > 0 = sampled commits.
+    eps: the last time of the schedule linspace(1, eps, S + 1) (Dream: 1e-3).
+  """
+
+  rule: str
+  mask_id: int
+  temperature: float = 0.0
+  top_p: float | None = None
+  top_k: int | None = None
+  alg_temp: float | None = None
+  eps: float = 1e-3
+
+  def __post_init__(self):
+    if self.rule not in DREAM_RULES:
+      raise ValueError(f"DreamSpec.rule={self.rule!r} must be one of {DREAM_RULES}")
+    if not self.temperature >= 0:
+      raise ValueError(f"DreamSpec.temperature={self.temperature!r} must be >= 0")
+    if self.top_p is not None and not 0 < self.top_p <= 1:
+      raise ValueError(f"DreamSpec.top_p={self.top_p!r} must be in (0, 1]")
+    if self.top_k is not None and (isinstance(self.top_k, bool) or int(self.top_k) != self.top_k
+                                   or self.top_k < 1):
+      raise ValueError(f"DreamSpec.top_k={self.top_k!r} must be an int >= 1")
+    if self.alg_temp is not None and not self.alg_temp >= 0:
+      raise ValueError(f"DreamSpec.alg_temp={self.alg_temp!r} must be >= 0")
+    if not 0 <= self.eps < 1:
+      raise ValueError(f"DreamSpec.eps={self.eps!r} must be in [0, 1)")
+
+
+def dream_schedule(steps: int, eps: float):
+  """Host float32 [S] factors of the Dream rules: f_i = 1 - t_{i+1} / t_i for i < S - 1 and 1 at
+  the last step, t = torch's float32 linspace(1, eps, S + 1) (the origin transfer probability and
+  the confidence rules' n_i = int(M f_i))."""
+  import numpy as np
+  from remdm_jax.sampling.schedule import torch_linspace_f32
+  t = torch_linspace_f32(1.0, eps, steps + 1)
+  f = (np.float32(1) - t[1:] / t[:-1]).astype(np.float32)
+  f[-1] = np.float32(1)
+  return f
+
+
+def dream_filter_logits(lg, temperature: float, top_p, top_k):
+  """`sample_tokens` steps 1-3 on float32 logits [..., V]: / temperature (> 0), top-p, top-k
+  (removed entries take finfo(float32).min, as the reference's masked_fill)."""
+  lg = lg.astype(jnp.float32)
+  fmin = jnp.finfo(jnp.float32).min
+  if temperature > 0:
+    lg = lg / jnp.float32(temperature)
+  if top_p is not None and top_p < 1:
+    order = jnp.argsort(-lg, axis=-1, stable=True)
+    srt = jnp.take_along_axis(lg, order, axis=-1)
+    cum = jnp.cumsum(jax.nn.softmax(srt, axis=-1), axis=-1)
+    remove = cum > jnp.float32(top_p)
+    remove = jnp.concatenate([jnp.zeros_like(remove[..., :1]), remove[..., :-1]], axis=-1)
+    inv = jnp.argsort(order, axis=-1)
+    lg = jnp.where(jnp.take_along_axis(remove, inv, axis=-1), fmin, lg)
+  if top_k is not None:
+    k = min(int(top_k), lg.shape[-1])
+    kth = jax.lax.top_k(lg, k)[0][..., -1:]
+    lg = jnp.where(lg < kth, fmin, lg)
+  return lg
+
+
+def dream_propose(spec: DreamSpec, lg, tok_keys, u=None):
+  """Dream's `sample_tokens` over a window (module docstring).
+
+  Args:
+    spec: `DreamSpec`. lg: float32 [B, W, V] logits (re-aligned: row i predicts token i).
+    tok_keys: [B, W] position keys (exact32 Gumbel from 32-bit integers, `draws`).
+    u: optional injected uniforms [B, W, V] (Gumbel g = -log(-log u)).
+  Returns:
+    (x0 int32 [B, W], confidence float32 [B, W]: p[x0] (origin, maskgit_plus), the top-2 margin
+    (topk_margin) or the negative entropy (entropy)).
+  """
+  lg = dream_filter_logits(lg, spec.temperature, spec.top_p, spec.top_k)
+  p = jax.nn.softmax(lg, axis=-1)
+  if spec.temperature > 0:
+    if u is not None:
+      g = -jnp.log(-jnp.log(u.astype(jnp.float32)))
+    else:
+      g = draws.gumbel_from_bits(draws.position_bits(tok_keys, lg.shape[-1]))
+    x0 = jnp.argmax(jnp.log(p) + g, axis=-1).astype(jnp.int32)
+    conf = jnp.take_along_axis(p, x0[..., None], axis=-1)[..., 0]
+  else:
+    x0 = jnp.argmax(p, axis=-1).astype(jnp.int32)
+    conf = jnp.max(p, axis=-1)
+  if spec.rule == "dream_topk_margin":
+    top2 = jax.lax.top_k(p, 2)[0]
+    conf = top2[..., 0] - top2[..., 1]
+  elif spec.rule == "dream_entropy":
+    conf = jnp.sum(p * jnp.log(p + jnp.float32(1e-10)), axis=-1)
+  return x0, conf
+
+
+def dream_origin_commit(blk, x0, masked, p_transfer, conf_keys=None, conf_u=None):
+  """dream_origin: every masked position transfers with probability p_transfer (float32 scalar;
+  exact Bernoulli from 32-bit integers, or conf_u < p with injected uniforms [B, W]) and takes x0.
+  Returns (blk int32 [B, W], taken bool [B, W])."""
+  if conf_u is not None:
+    fire = conf_u.astype(jnp.float32) < p_transfer
+  else:
+    bits = jax.vmap(jax.vmap(lambda k: jax.random.bits(k, (), jnp.uint32)))(conf_keys)
+    fire = draws.bernoulli_from_bits(bits, p_transfer)
+  take = masked & fire
+  return jnp.where(take, x0, blk).astype(jnp.int32), take
+
+
+def dream_transfer_count(masked, factor, last):
+  """n = int(M f) in float32 (M = the row's masked count), M at the last step: int32 [B]."""
+  M = jnp.sum(masked, axis=-1, dtype=jnp.int32)
+  n = jnp.floor(M.astype(jnp.float32) * factor).astype(jnp.int32)
+  return jnp.where(last, M, n)
+
+
+def dream_rank_commit(spec: DreamSpec, blk, x0, conf, masked, n, conf_keys=None, conf_u=None):
+  """The confidence rules' commit: the n masked positions of largest confidence (alg_temp None /
+  0), or n drawn without replacement from softmax(conf / alg_temp) by Gumbel-top-n (g from the
+  confidence keys, or -log(-log conf_u) injected). Returns (blk int32 [B, W], taken [B, W])."""
+  score = gate(conf, masked, jnp.float32)
+  if spec.alg_temp:
+    if conf_u is not None:
+      g = -jnp.log(-jnp.log(conf_u.astype(jnp.float32)))
+    else:
+      g = draws.gumbel_from_bits(
+          jax.vmap(jax.vmap(lambda k: jax.random.bits(k, (), jnp.uint32)))(conf_keys))
+    score = jnp.where(masked, score / jnp.float32(spec.alg_temp) + g, -jnp.inf)
+  return commit(blk, x0, score, n)

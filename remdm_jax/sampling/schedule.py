@@ -199,3 +199,22 @@ def expected_unmask_buffer(sched: StepSchedule, seq_len: int, uses_conf: bool) -
   k = int(np.ceil(lam + 6.0 * np.sqrt(lam) + 8.0))
   k = -(-k // 8) * 8
   return max(1, min(seq_len, k))
+
+
+def torch_linspace_f32(start: float, end: float, n: int) -> np.ndarray:
+  """float32 [n]: CPU `torch.linspace(start, end, n)` (default float32) bit for bit, for the
+  references that build schedules with it (Dream's `timesteps = linspace(1, eps, steps + 1)`,
+  LLaDA's `_forward_process` mask counts). torch computes step = f32((e - s) / f32(n - 1)) and
+  rounds s + step i (first half) or e - step (n - 1 - i) (second half) once; `np.linspace` then a
+  float32 cast differs from it in most step counts (checked against torch for n <= 2049)."""
+  n = int(n)
+  if n < 1:
+    raise ValueError(f"n={n} must be >= 1")
+  s, e = np.float32(start), np.float32(end)
+  if n == 1:
+    return np.array([s], np.float32)
+  step = np.float64(np.float32((e - s) / np.float32(n - 1)))
+  idx = np.arange(n, dtype=np.float64)
+  lo = np.float64(s) + step * idx
+  hi = np.float64(e) - step * (n - 1 - idx)
+  return np.where(np.arange(n) < n // 2, lo, hi).astype(np.float32)

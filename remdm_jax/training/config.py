@@ -1,5 +1,6 @@
-"""Config dataclasses of a training run: `OptimConfig`, `TrainConfig`, `CheckpointConfig` and the
-`ExperimentConfig` that bundles them with the model / data / loss / mesh / distributed sections.
+"""Config dataclasses of a training run: `OptimConfig`, `TrainConfig`, `CheckpointConfig`, the
+`RunConfig` that bundles them with the mesh (any model kind) and the `ExperimentConfig` that
+bundles them with the DiT's model / data / loss / mesh / distributed sections.
 
 This module imports no trainer code (only `remdm_jax.sharding` for `MeshConfig`), so `config_utils`,
 the trainer and tools can all import it without a cycle. `remdm_jax.training.trainer` re-exports
@@ -128,6 +129,32 @@ class CheckpointConfig:
   def __post_init__(self):
     _check(self.save_every >= 1, "checkpoint", "save_every", self.save_every, "must be >= 1")
     _check(self.keep >= 1, "checkpoint", "keep", self.keep, "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """The sections of a training run that do not describe the model or its data: what
+  `trainer.run` needs besides a `ModelSpec` and a batch pipeline (`ExperimentConfig` has the same
+  sections and can be used in its place).
+
+  Attributes:
+    optim, train, mesh, checkpoint: as in `ExperimentConfig`.
+    batch_size: global rows per step (None: not checked); must be divisible by the mesh's
+      data x fsdp size and by the number of processes.
+  """
+
+  optim: OptimConfig = OptimConfig()
+  train: TrainConfig = TrainConfig()
+  mesh: MeshConfig = MeshConfig()
+  checkpoint: CheckpointConfig = CheckpointConfig()
+  batch_size: int | None = None
+
+  def __post_init__(self):
+    _check(self.batch_size is None or self.batch_size >= 1, "run", "batch_size",
+           self.batch_size, "must be None or >= 1")
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,28 +1,44 @@
-"""MDLM / ReMDM / AR training: one code path for 1 CPU, 8 GPUs or a TPU pod (SPEC §3).
+"""The one trainer of remdm-jax: every model kind (DiT MDLM / ReMDM / AR / UDLM, the QM9 noisy
+classifier and class-conditional DiTs, the LLaDA Countdown SFT, the digits judge) trains here
+(SPEC §3), on 1 CPU, 8 GPUs or a TPU pod.
 
-Pieces (each usable alone; `train` strings them together):
+What the trainer is given (`remdm_jax.training.spec`):
+  * a `ModelSpec`: `init(key) -> params` (an nnx.State whose Variables carry logical axis names,
+    or a plain dict of arrays, which is replicated) and `loss(params, batch, key, train) ->
+    (loss, aux)`; `dit_spec` builds it for a DiT `ExperimentConfig`;
+  * a `RunConfig` (or an `ExperimentConfig`, which has the same sections): optimizer, loop,
+    mesh rules, checkpointing;
+  * a batch pipeline: an iterator of this process's rows (a numpy array or a pytree of arrays with
+    the batch as leading dim) with `get_state()` / `set_state()` (`data.DataIterator`,
+    `data.StepBatches`).
+
+Pieces (each usable alone; `run` strings them together, `train(config, workdir)` is the DiT entry):
   * `make_optimizer`: AdamW (b1 0.9, b2 0.999, eps 1e-8, wd 0) after clipping the global gradient
     norm; learning rate: linear warm-up from 0 over `warmup_steps`, then constant or cosine decay
     to `min_lr` (SPEC §3.3). optax evaluates the schedule at the number of updates done so far,
     so update n (0-based) uses lr(n) and the first update uses lr(0) = 0 (as the reference's
-    LambdaLR warm-up does).
+    LambdaLR warm-up does). The only optimizer set-up of the library.
   * `TrainState`: step, params (float32), opt_state, ema_params, key (raw uint32[2]).
   * EMA after every optimizer step: decay_n = min(decay_max, (1 + n)/(10 + n)), n = number of
-    updates including the current one; ema <- decay_n ema + (1 - decay_n) params (SPEC §3.3).
+    updates including the current one; ema <- decay_n ema + (1 - decay_n) params (SPEC §3.3);
+    decay_max 0 gives ema = params.
   * `Trainer`: builds the mesh shardings, the sharded initialiser (jit with out_shardings, straight
     from abstract shapes, nothing materialised on one host first; every optimizer-state leaf,
     optax's scalar `count` included, gets an explicit NamedSharding derived structurally from the
-    parameters' shardings), the jitted train step (in/out shardings, donated state; optional
-    gradient accumulation over `train.grad_accum_steps` microbatches) and the eval step (EMA
-    params, no dropout). Randomness of step n: fold_in(state.key, n) -> (loss key, dropout key);
-    so a resumed run draws exactly the same numbers as an uninterrupted one.
-  * `train(config, workdir)`: the loop: batches prefetched to the devices (`train.prefetch`),
-    progress line + JSONL metrics every `log_every` steps, validation every `eval_every` steps,
-    orbax checkpoints every `save_every` steps (state + data iterator position), resume from the
-    latest checkpoint (refused when the stored run differs in model type / shape, objective,
-    seq_len or tokenizer), stop with FloatingPointError on a non-finite loss (the bad state is
-    never saved: losses are checked before every save), RuntimeError at the step after a failed
-    background save, and a checkpoint + `TrainingInterrupted` on SIGINT / SIGTERM.
+    parameters' shardings), the jitted train step (in/out shardings, donated state) and the eval
+    step (EMA params, `train=False`). Randomness of step n: `loss(params, batch,
+    fold_in(state.key, n), True)`; so a resumed run draws exactly the same numbers as an
+    uninterrupted one.
+  * `run(job, workdir)`: the loop: batches prefetched to the devices (`train.prefetch`), progress
+    line (steps, loss, tokens/s, ETA) + JSONL metrics every `log_every` steps, validation every
+    `eval_every` steps, orbax checkpoints every `save_every` steps (state + batch pipeline
+    position), resume from the latest checkpoint (refused when the stored run differs: model
+    kind / config, or the job's own check), stop with FloatingPointError on a non-finite loss (the
+    bad state is never saved: losses are checked before every save), RuntimeError at the step
+    after a failed background save, and a checkpoint + `TrainingInterrupted` on SIGINT / SIGTERM.
+    `workdir=None` runs the same loop in memory (no checkpoints, no files).
+  * `train(config, workdir)`: a DiT `ExperimentConfig` (or its ml_collections ConfigDict): the
+    corpus pipeline of `remdm_jax.data` + `dit_spec` + `run`.
 The config dataclasses live in `remdm_jax.training.config` (re-exported here).
 """
 from __future__ import annotations
@@ -39,14 +55,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from remdm_jax import config_utils
 from remdm_jax import sharding as mesh_lib
+from remdm_jax.training.spec import (ModelSpec, TrainJob, default_keys,  # noqa: F401
+                                     default_resume_diffs, dit_spec)
 
 # The config dataclasses live in `training.config`; re-exported here for compatibility.
 from remdm_jax.training.config import (LR_SCHEDULES, CheckpointConfig,  # noqa: E402,F401
-                                       ExperimentConfig, OptimConfig, TrainConfig)
+                                       ExperimentConfig, OptimConfig, RunConfig, TrainConfig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -127,47 +145,47 @@ def _opt_state_shardings(abstract_opt_state, params_shardings, params_abstract, 
 
 
 class Trainer:
-  """Jitted, sharded init / train step / eval step for one ExperimentConfig on one mesh.
+  """Jitted, sharded init / train step / eval step for one model spec on one mesh.
 
   Args:
-    cfg: ExperimentConfig (model, loss, optim, train, mesh sections are used here).
+    cfg: a `RunConfig` or an `ExperimentConfig` (sections optim, train, mesh are used here).
     mesh: a ("data", "fsdp", "tensor") mesh (`mesh_lib.make_mesh`).
+    spec: the model kind (`spec.ModelSpec`); None: `dit_spec(cfg, mesh)` of an ExperimentConfig.
   Attributes:
-    state_shardings: TrainState of NamedShardings; abstract_state: TrainState of ShapeDtypeStructs
-    (with .sharding) -- the restore target; param_shardings; batch_sharding; data_shard:
-    (index, count), this process feeds row block `index` of `count` of every global batch;
+    spec; state_shardings: TrainState of NamedShardings; abstract_state: TrainState of
+    ShapeDtypeStructs (with .sharding) -- the restore target; param_shardings; batch_sharding
+    (every batch leaf: rows over ("data", "fsdp"), other dims replicated); data_shard:
+    (index, count), this process feeds row block `index` of `count` of every global batch
+    (`sharding.process_data_shard`);
     replication: `mesh_lib.ReplicationReport` of the parameter dims that could not be sharded
     (their size does not divide the mesh axes); `replication.warning()` is None when nothing was
     lost.
   """
 
-  def __init__(self, cfg: ExperimentConfig, mesh: Mesh):
-    from remdm_jax.diffusion import losses
-    from remdm_jax.models import dit
-    self.cfg, self.mesh = cfg, mesh
+  def __init__(self, cfg, mesh: Mesh, spec: ModelSpec | None = None):
+    if spec is None:
+      if not isinstance(cfg, ExperimentConfig):
+        raise ValueError("Trainer(cfg, mesh) without a spec needs an ExperimentConfig (a DiT); "
+                         f"got {type(cfg).__name__}")
+      spec = dit_spec(cfg, mesh)
+    self.cfg, self.mesh, self.spec = cfg, mesh, spec
     self.tx, self.lr_fn = make_optimizer(cfg.optim, cfg.train.num_steps)
-    self.graphdef, abstract_params = dit.abstract_params(cfg.model)
-    self.apply = dit.make_apply_fn(self.graphdef)
-    self.loss = losses.loss_fn(cfg.loss)
     rules = cfg.mesh.rules
-    self.param_shardings = mesh_lib.param_shardings(abstract_params, mesh, rules)
-    self.replication = mesh_lib.replication_report(abstract_params, mesh, rules)
-    self.batch_sharding = mesh_lib.batch_sharding(mesh)
     self.data_shard = mesh_lib.process_data_shard(mesh)  # (index, count) of this process's rows
     rep = mesh_lib.replicated(mesh)
     self.replicated = rep
-    self.accum = int(cfg.train.grad_accum_steps)
-
-    model_cfg, tx = cfg.model, self.tx
+    self.batch_sharding = NamedSharding(mesh, PartitionSpec(mesh_lib.BATCH_AXES))
+    tx, keys = self.tx, spec.keys or default_keys
 
     def init(seed):
-      key = jax.random.PRNGKey(seed)
-      k_params, k_train = jax.random.split(key)
-      _, params = dit.init_params(model_cfg, k_params)
+      k_params, k_train = keys(seed)
+      params = spec.init(k_params)
       return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                        ema_params=jax.tree.map(jnp.copy, params), key=k_train)
+                        ema_params=jax.tree.map(jnp.copy, params), key=_raw_key(k_train))
 
     abstract = jax.eval_shape(init, 0)
+    self.param_shardings = mesh_lib.param_shardings(abstract.params, mesh, rules)
+    self.replication = mesh_lib.replication_report(abstract.params, mesh, rules)
     opt_sh = _opt_state_shardings(abstract.opt_state, self.param_shardings, abstract.params, mesh)
     self.state_shardings = TrainState(step=rep, params=self.param_shardings, opt_state=opt_sh,
                                       ema_params=self.param_shardings, key=rep)
@@ -183,57 +201,14 @@ class Trainer:
                              out_shardings=rep)
 
   # -- pure functions ----------------------------------------------------------------------------
-  def _microbatched_apply(self, params, drop_key):
-    """apply_fn(z [B, L], sigma [B]) -> logits [B, L, V] run as `grad_accum_steps` microbatches.
+  def _train_loss(self, params, batch, step_key):
+    return self.spec.loss(params, batch, step_key, True)
 
-    Microbatch j holds rows i with i % k == j (so every device's rows are spread over all
-    microbatches and each microbatch is sharded like the batch). The microbatches run one after
-    another in a `lax.scan` whose body is rematerialised, so the backward pass recomputes one
-    microbatch's forward at a time and accumulates the parameter gradient over the scan: the
-    transformer's activation memory is that of B/k rows; the loss and its gradient are exactly
-    those of the full batch (same noise, same formula), up to float summation order. The logits
-    of the whole batch are still formed (the loss needs them). With dropout the k microbatches
-    draw their own dropout bits (fold_in(dropout key, j)): same distribution, other masks.
-    """
-    k = self.accum
-    spec = jax.sharding.PartitionSpec(None, mesh_lib.BATCH_AXES, None)
-    micro_sh = NamedSharding(self.mesh, spec)
-
-    @jax.checkpoint
-    def one(z_j, sigma_j, j, kw_j):
-      key_j = None if drop_key is None else jax.random.fold_in(drop_key, j)
-      return self.apply(params, z_j, sigma_j, dropout_key=key_j, **kw_j)
-
-    def split_rows(a):  # [B, ...] -> [k, B/k, ...], microbatch j = rows i with i % k == j
-      return jnp.swapaxes(a.reshape(a.shape[0] // k, k, *a.shape[1:]), 0, 1)
-
-    def apply_fn(z, sigma, **kw):  # kw: per-row model inputs, e.g. labels [B] (SPEC_DOMAINS §M.3)
-      b, length = z.shape
-      zs = jax.lax.with_sharding_constraint(split_rows(z), micro_sh)  # [k, B/k, L]
-      kws = {name: split_rows(v) for name, v in kw.items()}
-      _, logits = jax.lax.scan(lambda c, xs: (c, one(*xs)), None,
-                               (zs, split_rows(sigma), jnp.arange(k, dtype=jnp.int32), kws))
-      v = logits.shape[-1]
-      return jnp.swapaxes(logits, 0, 1).reshape(b, length, v)
-    return apply_fn
-
-  def _objective(self, params, batch: jax.Array, step_key: jax.Array):
-    """(loss, aux) of a global batch with the randomness of `step_key` (-> loss key, dropout key)."""
-    loss_key, drop_key = jax.random.split(step_key)
-    drop_key = drop_key if self.cfg.model.dropout > 0 else None
-    if self.accum > 1:
-      apply_fn = self._microbatched_apply(params, drop_key)
-    else:
-      apply_fn = lambda z, sigma, **kw: self.apply(params, z, sigma, dropout_key=drop_key, **kw)
-    return self.loss(apply_fn, batch, loss_key)
-
-  def _train_step(self, state: TrainState, batch: jax.Array):
-    """One AdamW update + EMA. batch: int32 [B, L] global ([B, L + 1] with the class label in the
-    last column when loss.num_classes > 0; the loss splits it and passes `labels=` to the model).
-    Returns (state, metrics)."""
+  def _train_step(self, state: TrainState, batch):
+    """One AdamW update + EMA of the global `batch`. Returns (state, metrics)."""
     step_key = jax.random.fold_in(state.key, state.step)
-    (loss, aux), grads = jax.value_and_grad(self._objective, has_aux=True)(state.params, batch,
-                                                                          step_key)
+    (loss, aux), grads = jax.value_and_grad(self._train_loss, has_aux=True)(state.params, batch,
+                                                                           step_key)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     n = state.step + 1
@@ -245,16 +220,16 @@ class Trainer:
     return TrainState(step=n, params=params, opt_state=opt_state, ema_params=ema,
                       key=state.key), metrics
 
-  def loss_and_grad(self, state: TrainState, batch: jax.Array):
+  def loss_and_grad(self, state: TrainState, batch):
     """(loss, grads) that train step `state.step` computes for `batch` (same randomness; jitted;
     tests and diagnostics)."""
-    fn = jax.jit(lambda p, b, k: jax.value_and_grad(self._objective, has_aux=True)(p, b, k))
+    fn = jax.jit(lambda p, b, k: jax.value_and_grad(self._train_loss, has_aux=True)(p, b, k))
     (loss, _), grads = fn(state.params, batch, jax.random.fold_in(state.key, state.step))
     return loss, grads
 
-  def _eval_step(self, params, batch: jax.Array, key: jax.Array):
-    """NELBO of a batch under `params` (the EMA params), no dropout. Returns aux + loss."""
-    loss, aux = self.loss(lambda z, sigma, **kw: self.apply(params, z, sigma, **kw), batch, key)
+  def _eval_step(self, params, batch, key: jax.Array):
+    """The loss of a batch under `params` (the EMA params) with train=False. Returns aux + loss."""
+    loss, aux = self.spec.loss(params, batch, key, False)
     return dict(aux, loss=loss)
 
   # -- helpers -----------------------------------------------------------------------------------
@@ -263,19 +238,34 @@ class Trainer:
     seed = self.cfg.train.seed if seed is None else seed
     return self._init(int(seed))
 
-  def put_batch(self, local_batch: np.ndarray) -> jax.Array:
-    """This process's rows [B/P, L] -> the global [B, L] array sharded over ("data", "fsdp").
+  def state_from_params(self, params, seed: int | None = None) -> TrainState:
+    """A fresh state (optimizer, key, step 0 of `seed`) whose params and EMA are `params` (a
+    host or device pytree of the spec's structure), placed on the parameter shardings (also
+    across processes: every process passes the same values)."""
+    state = self.init_state(seed)
+    p0 = mesh_lib.put_global(params, self.param_shardings)
+    p0 = jax.tree.map(lambda a, ref: a.astype(ref.dtype), p0, state.params)
+    return state.replace(params=p0, ema_params=jax.tree.map(jnp.copy, p0))
+
+  def put_batch(self, local_batch):
+    """This process's rows ([B/P, ...] numpy, or a pytree of them) -> the global batch sharded
+    over ("data", "fsdp").
 
     P = `data_shard[1]` (`sharding.process_data_shard`): the number of distinct row blocks the
     processes feed (the process count on a `make_mesh` mesh); the global shape is given
     explicitly, so a process feeding the wrong number of rows raises instead of silently
     building an inconsistent array."""
-    local = np.asarray(local_batch)
-    shape = (local.shape[0] * self.data_shard[1],) + local.shape[1:]
-    return jax.make_array_from_process_local_data(self.batch_sharding, local, shape)
+    count = self.data_shard[1]
+
+    def put(a):
+      a = np.asarray(a)
+      return jax.make_array_from_process_local_data(
+          self.batch_sharding, a, (a.shape[0] * count,) + a.shape[1:])
+    return jax.tree.map(put, local_batch)
 
   def evaluate(self, state: TrainState, batches) -> dict[str, float]:
-    """Mean of the eval metrics over `batches` (iterable of local numpy batches)."""
+    """Mean of the eval metrics over `batches` (iterable of local numpy batches); also "nats"
+    (= loss), "bits", "ppl_bound" (exp of the loss) and "batches"."""
     base = jax.random.PRNGKey(self.cfg.train.eval_seed)
     sums: dict[str, float] = {}
     count = 0
@@ -293,6 +283,13 @@ class Trainer:
     mean["ppl_bound"] = math.exp(min(mean["loss"], 700.0))
     mean["batches"] = count
     return mean
+
+
+def _raw_key(key) -> jax.Array:
+  """A raw uint32[2] key (typed `jax.random.key` keys are unwrapped; same bits)."""
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return jax.random.key_data(key)
+  return key
 
 
 # ----------------------------------------------------------------------------------------------
@@ -427,66 +424,104 @@ def _load_split(cfg: ExperimentConfig, split: str, tokenizer) -> np.ndarray:
   return packed
 
 
-def _check_resume(cfg: ExperimentConfig, ckptr, latest: int, workdir: str) -> None:
+def _check_resume(job: TrainJob, ckptr, latest: int, workdir: str) -> None:
   """Before any work: the workdir's checkpoint must come from a compatible run."""
-  if not cfg.checkpoint.resume:
+  if not job.config.checkpoint.resume:
     raise ValueError(f"workdir={workdir} already holds checkpoints (latest step {latest}) but "
                      "checkpoint.resume=False; use a new workdir or delete "
                      f"{ckptr.directory}")
-  stored = ckptr.restore_meta(latest).get("config") or {}
-  diffs = config_utils.resume_mismatch(cfg.to_dict(), stored)
+  stored = ckptr.restore_meta(latest)
+  diffs = (job.resume_diffs(stored) if job.resume_diffs is not None
+           else default_resume_diffs(job.spec, stored))
   if diffs:
     raise ValueError(f"cannot resume workdir={workdir} (checkpoint step {latest}): the config "
                      f"differs in {'; '.join(diffs)}; use a new workdir")
 
 
-def train(config, workdir: str, *, step_wrapper: Callable | None = None,
-          log: Callable[[str], None] = print) -> dict:
-  """Trains (or resumes) the experiment described by `config` in `workdir`.
+class _NoCheckpoints:
+  """The checkpointer of an in-memory run (`run(job, None)`): saves nothing."""
+
+  directory = None
+
+  def latest_step(self):
+    return None
+
+  def should_save(self, step):
+    return False
+
+  def save(self, *a, **k):
+    pass
+
+  def wait_until_finished(self):
+    pass
+
+  def check_for_errors(self):
+    pass
+
+  def close(self, **k):
+    pass
+
+
+def run(job: TrainJob, workdir: str | None, *, mesh: Mesh | None = None,
+        step_wrapper: Callable | None = None, log: Callable[[str], None] = print,
+        callback: Callable[[int, TrainState, dict], None] | None = None,
+        callback_every: int = 0) -> dict:
+  """Trains (or resumes) `job` in `workdir`: the one training loop of remdm-jax.
 
   Before any work: the workdir is created and checked writable (stale temp files removed), the
-  config is validated, and a workdir with checkpoints must come from a compatible run (same
-  model type / shape, objective, mask id, seq_len, tokenizer: `config_utils.RESUME_FIELDS`).
-  SIGINT (Ctrl-C) and SIGTERM stop the loop after the current step: its state is checkpointed,
-  then `TrainingInterrupted` is raised (a second signal aborts at once). With several processes
-  (`remdm_jax.distributed`), a signal to ANY process stops every process after the same step
-  (JAX's pre-emption sync point), where all of them save that step's checkpoint together. A failed
-  asynchronous checkpoint save raises RuntimeError at the next step.
+  batch size is checked against the mesh, and a workdir with checkpoints must come from a
+  compatible run (`job.resume_diffs`). SIGINT (Ctrl-C) and SIGTERM stop the loop after the
+  current step: its state is checkpointed, then `TrainingInterrupted` is raised (a second signal
+  aborts at once). With several processes (`remdm_jax.distributed`), a signal to ANY process
+  stops every process after the same step (JAX's pre-emption sync point), where all of them save
+  that step's checkpoint together. A failed asynchronous checkpoint save raises RuntimeError at
+  the next step.
 
   Args:
-    config: ExperimentConfig or an ml_collections ConfigDict (converted by config_utils).
-    workdir: output folder: metrics.jsonl, checkpoints/, config.json.
+    job: `spec.TrainJob` (model spec, run config, batch pipeline, metadata).
+    workdir: output folder (metrics.jsonl, checkpoints/, config.json), or None: the same loop in
+      memory (no files, no checkpoints, no resume).
+    mesh: default `sharding.make_mesh(job.config.mesh.shape)`.
     step_wrapper: optional f(train_step) -> train_step (instrumentation / fault-injection tests).
     log: where progress lines go (process 0 only).
+    callback: optional f(step, state, train metrics as floats), called every `callback_every`
+      steps (after the NaN check of that step).
   Returns:
     {"step": final step, "train": last train metrics, "validation": last eval metrics,
-     "checkpoint_step": latest saved step, "workdir": absolute path}.
+     "checkpoint_step": latest saved step, "workdir": absolute path or None, "state": the final
+     TrainState (on the devices), "losses": float32 [n] the loss of every step run by this call}.
   Raises:
-    ValueError (one line) for bad config / workdir / incompatible resume; FloatingPointError
-    naming the step when a loss is not finite (the last good checkpoint stays); RuntimeError when
-    a checkpoint save fails; TrainingInterrupted after SIGINT / SIGTERM.
+    ValueError (one line) for a bad workdir / batch size / incompatible resume;
+    FloatingPointError naming the step when a loss is not finite (the last good checkpoint
+    stays); RuntimeError when a checkpoint save fails; TrainingInterrupted after SIGINT / SIGTERM.
   """
   from remdm_jax import checkpoint as ckpt_lib
-  from remdm_jax import data as data_lib
-  from remdm_jax import distributed
   from remdm_jax.fileio import atomic_open
-  from remdm_jax.tokenizers import get_tokenizer
   from remdm_jax.training.metrics import MetricsWriter, format_progress
   from remdm_jax.training.prefetch import DevicePrefetcher, with_states
 
-  cfg = config if isinstance(config, ExperimentConfig) else config_utils.experiment_from_config(
-      config)
-  distributed.maybe_initialize(cfg.distributed)
+  cfg = job.config
   primary = jax.process_index() == 0
   log = log if primary else (lambda _: None)
-  workdir = prepare_workdir(workdir, primary=primary)
-  mesh = mesh_lib.make_mesh(cfg.mesh.shape)
-  tokenizer = get_tokenizer(cfg.data.tokenizer)
-  _validate_setup(cfg, mesh, tokenizer)
+  if workdir is not None:
+    workdir = prepare_workdir(workdir, primary=primary)
+  mesh = mesh_lib.make_mesh(cfg.mesh.shape) if mesh is None else mesh
+  batch_size = getattr(cfg, "batch_size", None)
+  if batch_size is not None:
+    div = mesh_lib.batch_divisor(mesh)
+    if batch_size % div or batch_size % jax.process_count():
+      raise ValueError(f"batch_size={batch_size} is not divisible by the mesh's data x fsdp = "
+                       f"{div} and the {jax.process_count()} processes")
+  if callback_every < 0:
+    raise ValueError(f"callback_every={callback_every} must be >= 0")
 
-  ckptr = ckpt_lib.TrainCheckpointer(
-      os.path.join(workdir, ckpt_lib.CHECKPOINTS_SUBDIR), save_every=cfg.checkpoint.save_every,
-      keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
+  if workdir is None:
+    ckptr = _NoCheckpoints()
+  else:
+    ckptr = ckpt_lib.TrainCheckpointer(
+        os.path.join(workdir, ckpt_lib.CHECKPOINTS_SUBDIR),
+        save_every=cfg.checkpoint.save_every, keep=cfg.checkpoint.keep,
+        async_save=cfg.checkpoint.async_save)
   writer = prefetcher = None
   # Installed before data loading, restore and compilation, so that a Ctrl-C / SIGTERM arriving
   # during start-up is never swallowed by a library: it is honoured before the first step.
@@ -494,59 +529,45 @@ def train(config, workdir: str, *, step_wrapper: Callable | None = None,
   try:
     latest = ckptr.latest_step()
     if latest is not None:
-      _check_resume(cfg, ckptr, latest, workdir)
-    if primary:
+      _check_resume(job, ckptr, latest, workdir)
+    if primary and workdir is not None and job.config_dict is not None:
       with atomic_open(os.path.join(workdir, "config.json")) as f:
-        json.dump(cfg.to_dict(), f, indent=2, sort_keys=True, default=ckpt_lib.json_default)
+        json.dump(dict(job.config_dict), f, indent=2, sort_keys=True,
+                  default=ckpt_lib.json_default)
         f.write("\n")
 
-    # this process's block of every global batch (the process index / count on a make_mesh mesh)
-    pi, pc = mesh_lib.process_data_shard(mesh)
-    t0 = time.perf_counter()
-    log(f"loading data: {cfg.data.source} ({cfg.data.tokenizer} tokens, seq_len "
-        f"{cfg.data.seq_len}) ...")
-    train_packed = _load_split(cfg, "train", tokenizer)
-    train_it = data_lib.make_dataset(cfg.data, "train", packed=train_packed, process_index=pi,
-                                     process_count=pc)
-    val_packed = None
-    if cfg.train.eval_every > 0:
-      val_packed = _load_split(cfg, "validation", tokenizer)
-      if len(val_packed) < cfg.data.batch_size:
-        log(f"warning: validation split has {len(val_packed)} sequences < batch "
-            f"{cfg.data.batch_size}; validation disabled")
-        val_packed = None
-    log(f"data ready: {len(train_packed):,} training sequences ({time.perf_counter() - t0:.1f} s)")
-
-    trainer = Trainer(cfg, mesh)
+    train_it, eval_batches = job.data()
+    trainer = Trainer(cfg, mesh, job.spec)
     warning = trainer.replication.warning()
     if warning:
       log(f"warning: {warning}")
     step_fn = trainer.train_step if step_wrapper is None else step_wrapper(trainer.train_step)
-    writer = MetricsWriter(workdir, enabled=primary)
-    meta = {"model_config": cfg.model.to_dict(), "config": cfg.to_dict()}
+    writer = MetricsWriter(workdir or ".", enabled=primary and workdir is not None)
+    meta = {"kind": job.spec.name, "model_config": dict(job.spec.model_config),
+            **dict(job.meta)}
 
     if latest is not None:
       state, data_state, _ = ckptr.restore(trainer.abstract_state, latest)
       train_it.set_state(data_state)
       log(f"resumed from step {latest} ({ckptr.directory})")
+    elif job.init_params is not None:
+      state = trainer.state_from_params(job.init_params)
     else:
       state = trainer.init_state()
     writer.truncate_after(latest or 0)  # records past the restored step are dropped
     start = int(jax.device_get(state.step))
     num_steps = cfg.train.num_steps
-    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+    tokens_per_step = job.tokens_per_step
 
     def run_eval(step):
-      it = data_lib.make_dataset(cfg.data, "validation", packed=val_packed, process_index=pi,
-                                 process_count=pc)
-      n = len(it) if cfg.train.eval_batches <= 0 else min(len(it), cfg.train.eval_batches)
-      res = trainer.evaluate(state, (next(it) for _ in range(n)))
+      res = trainer.evaluate(state, eval_batches())
       writer.write(step, "validation", res)
       log(f"step {step}/{num_steps} | validation nats/tok {res['nats']:.4f} | bits/tok "
           f"{res['bits']:.4f} | ppl bound {res['ppl_bound']:.2f}")
       return res
 
     pending: list[tuple[int, dict]] = []
+    losses: list[float] = []
     last_train, last_val = {}, {}
     t_mark, step_mark, paused = time.perf_counter(), start, 0.0
 
@@ -566,6 +587,7 @@ def train(config, workdir: str, *, step_wrapper: Callable | None = None,
                    else "no checkpoint was saved")
           raise FloatingPointError(f"training stopped: loss is {float(m['loss'])} at step {s} "
                                    f"(update {s - 1} -> {s}); {where}")
+        losses.append(float(m["loss"]))
       now = time.perf_counter()
       rate = ((step - step_mark) * tokens_per_step / max(now - t_mark - paused, 1e-9)
               if step > step_mark else float("nan"))
@@ -592,7 +614,11 @@ def train(config, workdir: str, *, step_wrapper: Callable | None = None,
         raise TrainingInterrupted(stop.name, start, ckptr.latest_step(), ckptr.directory)
       log(f"compiling the train step (step {start + 1}) ...")
     for step in range(start + 1, num_steps + 1):
-      batch, data_state = next(prefetcher)
+      try:
+        batch, data_state = next(prefetcher)
+      except StopIteration:
+        raise ValueError(f"the batch pipeline ended after step {step - 1} of {num_steps}; "
+                         "give a repeating pipeline or fewer train.num_steps") from None
       state, metrics = step_fn(state, batch)
       pending.append((step, metrics))
       if step == start + 1:  # exclude compilation from the throughput
@@ -603,22 +629,30 @@ def train(config, workdir: str, *, step_wrapper: Callable | None = None,
       last = step == num_steps
       if step % cfg.train.log_every == 0 or last:
         flush(step)
-      if val_packed is not None and (step % cfg.train.eval_every == 0 or last):
+      if callback is not None and callback_every and step % callback_every == 0:
+        flush(step)
+        t0 = time.perf_counter()
+        callback(step, state, dict(last_train))
+        paused += time.perf_counter() - t0
+      if eval_batches is not None and cfg.train.eval_every > 0 and (
+          step % cfg.train.eval_every == 0 or last):
         flush(step)
         t0 = time.perf_counter()
         last_val = run_eval(step)
         paused += time.perf_counter() - t0
-      if ckptr.should_save(step) or last:
+      if ckptr.should_save(step) or (last and workdir is not None):
         save(step, data_state)
       if stop.should_stop(step - start):  # every process, every step (same step everywhere)
         if stop.synced:
           log(f"{stop.name}: stopping at step {step} (agreed by all {jax.process_count()} "
               "processes)")
-        if saved_step != step:
+        if saved_step != step and workdir is not None:
           save(step, data_state)
+        flush(step)
         ckptr.wait_until_finished()
         ckptr.check_for_errors()
         raise TrainingInterrupted(stop.name, step, ckptr.latest_step(), ckptr.directory)
+    flush(num_steps)
     ckptr.wait_until_finished()
     ckptr.check_for_errors()
     failed = False
@@ -634,4 +668,79 @@ def train(config, workdir: str, *, step_wrapper: Callable | None = None,
       writer.close()
     ckptr.close(raise_errors=not failed)
   return {"step": num_steps, "train": last_train, "validation": last_val,
-          "checkpoint_step": saved_step, "workdir": workdir}
+          "checkpoint_step": saved_step, "workdir": workdir, "state": state,
+          "losses": np.asarray(losses, np.float32)}
+
+
+def train(config, workdir: str, *, step_wrapper: Callable | None = None,
+          log: Callable[[str], None] = print) -> dict:
+  """Trains (or resumes) the DiT experiment described by `config` in `workdir` (`run` with
+  `dit_spec`, the corpus pipeline of `remdm_jax.data` and validation on its split).
+
+  Before any work: the workdir is created and checked writable (stale temp files removed), the
+  config is validated, and a workdir with checkpoints must come from a compatible run (same
+  model type / shape, objective, mask id, seq_len, tokenizer: `config_utils.RESUME_FIELDS`).
+  Signals, NaN stop and failed saves as in `run`.
+
+  Args:
+    config: ExperimentConfig or an ml_collections ConfigDict (converted by config_utils).
+    workdir: output folder: metrics.jsonl, checkpoints/, config.json.
+    step_wrapper: optional f(train_step) -> train_step (instrumentation / fault-injection tests).
+    log: where progress lines go (process 0 only).
+  Returns:
+    `run`'s dict: {"step", "train", "validation", "checkpoint_step", "workdir", "state",
+    "losses"}.
+  Raises:
+    ValueError (one line) for bad config / workdir / incompatible resume; FloatingPointError
+    naming the step when a loss is not finite (the last good checkpoint stays); RuntimeError when
+    a checkpoint save fails; TrainingInterrupted after SIGINT / SIGTERM.
+  """
+  from remdm_jax import data as data_lib
+  from remdm_jax import distributed
+  from remdm_jax.tokenizers import get_tokenizer
+
+  cfg = config if isinstance(config, ExperimentConfig) else config_utils.experiment_from_config(
+      config)
+  distributed.maybe_initialize(cfg.distributed)
+  primary = jax.process_index() == 0
+  log = log if primary else (lambda _: None)
+  workdir = prepare_workdir(workdir, primary=primary)
+  mesh = mesh_lib.make_mesh(cfg.mesh.shape)
+  tokenizer = get_tokenizer(cfg.data.tokenizer)
+  _validate_setup(cfg, mesh, tokenizer)
+  # this process's block of every global batch (the process index / count on a make_mesh mesh)
+  pi, pc = mesh_lib.process_data_shard(mesh)
+
+  def data():
+    t0 = time.perf_counter()
+    log(f"loading data: {cfg.data.source} ({cfg.data.tokenizer} tokens, seq_len "
+        f"{cfg.data.seq_len}) ...")
+    train_packed = _load_split(cfg, "train", tokenizer)
+    train_it = data_lib.make_dataset(cfg.data, "train", packed=train_packed, process_index=pi,
+                                     process_count=pc)
+    val_packed = None
+    if cfg.train.eval_every > 0:
+      val_packed = _load_split(cfg, "validation", tokenizer)
+      if len(val_packed) < cfg.data.batch_size:
+        log(f"warning: validation split has {len(val_packed)} sequences < batch "
+            f"{cfg.data.batch_size}; validation disabled")
+        val_packed = None
+    log(f"data ready: {len(train_packed):,} training sequences ({time.perf_counter() - t0:.1f} s)")
+    if val_packed is None:
+      return train_it, None
+
+    def eval_batches():
+      it = data_lib.make_dataset(cfg.data, "validation", packed=val_packed, process_index=pi,
+                                 process_count=pc)
+      n = len(it) if cfg.train.eval_batches <= 0 else min(len(it), cfg.train.eval_batches)
+      return (next(it) for _ in range(n))
+    return train_it, eval_batches
+
+  stored_cfg = cfg.to_dict()
+  job = TrainJob(
+      spec=dit_spec(cfg, mesh), config=cfg, data=data,
+      tokens_per_step=cfg.data.batch_size * cfg.data.seq_len,
+      meta={"config": stored_cfg}, config_dict=stored_cfg,
+      resume_diffs=lambda stored: config_utils.resume_mismatch(stored_cfg,
+                                                               stored.get("config") or {}))
+  return run(job, workdir, mesh=mesh, step_wrapper=step_wrapper, log=log)

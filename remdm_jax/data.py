@@ -414,8 +414,9 @@ class DataIterator(Iterator[np.ndarray]):
   State: {"step": n} = number of global batches already produced (so epoch = n * B // N), plus
   identity fields (seed, num_examples, batch_size, shuffle, split) that `set_state` checks,
   raising ValueError on a mismatch (global batch n is the same for any process count, which is
-  therefore not checked: a state saved by P processes resumes with any other count). The state is a dict of Python ints /
-  bools / str: save it as JSON (e.g. orbax `JsonSave`) next to the model checkpoint.
+  therefore not checked: a state saved by P processes resumes with any other count). The state
+  is a dict of Python ints / bools / str: save it as JSON (e.g. orbax `JsonSave`) next to the
+  model checkpoint.
   """
 
   def __init__(self, dataset: grain.MapDataset, identity: dict[str, Any], step: int = 0):

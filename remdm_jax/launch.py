@@ -138,14 +138,23 @@ def launch(num_processes: int, cmd: Sequence[str], *, devices_per_process: Optio
   port = free_port()
   base = dict(os.environ if env is None else env)
   procs: list[subprocess.Popen] = []
-  pumps: list[threading.Thread] = []
+  threads: list[threading.Thread] = []
+  ended: dict[int, tuple[float, int]] = {}  # process index -> (time it ended, return code)
+  lock = threading.Lock()
   state = {"signals": 0, "deadline": None}
 
+  def reap(i, p):  # one thread per child: the order of death is known to the millisecond
+    rc = p.wait()
+    with lock:
+      ended[i] = (time.monotonic(), rc)
+
   def signal_all(sig):
-    for p in procs:
-      if p.poll() is None:
+    for i, p in enumerate(procs):
+      with lock:
+        if i in ended:
+          continue
         try:
-          p.send_signal(sig)
+          os.kill(p.pid, sig)  # not yet reaped: the pid is still this child's
         except ProcessLookupError:
           pass
 
@@ -176,46 +185,46 @@ def launch(num_processes: int, cmd: Sequence[str], *, devices_per_process: Optio
         signal_all(signal.SIGKILL)
         return 127
       procs.append(p)
+      t = threading.Thread(target=reap, args=(i, p), daemon=True)
+      t.start()
+      threads.append(t)
       if prefix:
         for stream, out in ((p.stdout, sys.stdout), (p.stderr, sys.stderr)):
           t = threading.Thread(target=_pump, args=(stream, f"[p{i}] ", out), daemon=True)
           t.start()
-          pumps.append(t)
+          threads.append(t)
     while True:
-      rcs = [p.poll() for p in procs]
-      if all(rc is not None for rc in rcs):
+      with lock:
+        done = dict(ended)
+      if len(done) == num_processes:
         break
-      # 130 / 143: an interrupted child that saved its state (train.py after SIGINT / SIGTERM
+      # failures in the order the processes ended (the first is the cause: the others die of
+      # it); 130 / 143 is an interrupted child that saved its state (train.py after a signal
       # reached one process directly): the others are finishing the same agreed step
-      bad = [(i, rc) for i, rc in enumerate(rcs) if rc not in (None, 0) + INTERRUPTED]
+      bad = sorted((t, i, rc) for i, (t, rc) in done.items() if rc not in (0,) + INTERRUPTED)
       if bad and status is None and state["signals"] == 0:
-        # the likely cause first: a death by a signal other than SIGABRT (JAX aborts a survivor)
-        bad.sort(key=lambda b: (not (b[1] < 0 and b[1] != -signal.SIGABRT), b[0]))
-        i, rc = bad[0]
-        status = exit_status(rc)
-        alive = [j for j, r in enumerate(rcs) if r is None]
-        what = "; ".join(f"process {j} (pid {procs[j].pid}) {describe(r)}" for j, r in bad)
+        status = exit_status(bad[0][2])
+        alive = [j for j in range(num_processes) if j not in done]
+        what = "; ".join(f"process {j} (pid {procs[j].pid}) {describe(rc)}" for _, j, rc in bad)
         log(f"{what}; stopping processes {alive}")
         signal_all(signal.SIGKILL)
-      elif any(rc is not None for rc in rcs) and state["deadline"] is None:
+      elif done and state["deadline"] is None:
         state["deadline"] = time.monotonic() + grace  # one ended well: the rest must follow
       if state["deadline"] is not None and time.monotonic() > state["deadline"]:
-        alive = [j for j, r in enumerate(rcs) if r is None]
+        alive = [j for j in range(num_processes) if j not in done]
         log(f"processes {alive} still running {grace:g} s later: killing them")
         signal_all(signal.SIGKILL)
         state["deadline"] = float("inf")
-      time.sleep(0.05)
+      time.sleep(0.02)
   finally:
     for s, h in old.items():
       signal.signal(s, h)
     signal_all(signal.SIGKILL)
-    for p in procs:
-      p.wait()
-    for t in pumps:
+    for t in threads:
       t.join(timeout=5)
-  if status is None:
-    rcs = [p.returncode for p in procs]
-    status = next((exit_status(rc) for rc in rcs if rc != 0), 0)
+  if status is None:  # the first process (in time) that ended non-zero, else 0
+    bad = sorted((t, rc) for t, rc in ended.values() if rc != 0)
+    status = exit_status(bad[0][1]) if bad else 0
   return status
 
 

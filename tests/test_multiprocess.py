@@ -173,6 +173,32 @@ def test_killing_the_launcher_kills_its_children(mp_env, tmp_path):
   assert not alive, alive
 
 
+_RAISE_CHILD = """
+import time
+from remdm_jax import distributed
+assert distributed.initialize_from_env()
+import jax
+from jax.experimental import multihost_utils
+for i in range(10_000):
+  multihost_utils.sync_global_devices(f"step{i}")
+  if jax.process_index() == 1 and i == 3:
+    raise RuntimeError("injected failure in process 1")
+  time.sleep(0.01)
+"""
+
+
+def test_an_uncaught_exception_in_one_process_ends_the_job_at_once(mp_env):
+  """distributed's excepthook: traceback + exit 1 at once (not JAX's exit barrier, which would
+  wait its shutdown timeout and then abort every process)."""
+  t0 = time.monotonic()
+  rc, out, err = _run(["-c", _RAISE_CHILD], mp_env, n=2, devices=1, timeout=120)
+  assert rc == 1, (out[-2000:], err[-2000:])
+  assert time.monotonic() - t0 < 45
+  assert "[p1] error: process 1 of 2 failed:" in err and "injected failure in process 1" in err
+  assert re.search(r"launch: process 1 \(pid \d+\) exited with status 1; stopping processes "
+                   r"\[0\]", err), err[-2000:]
+
+
 # ------------------------------------------------------------------------------------------------
 # each process feeds only its rows of every global batch
 # ------------------------------------------------------------------------------------------------

@@ -304,8 +304,7 @@ def generate(model: LoadedModel, cfg: SamplerConfig, *, num_samples: int, batch_
   if mesh is not None:  # placed once here (the semi-AR path does not place its inputs)
     from jax.sharding import NamedSharding, PartitionSpec as P
     rep = NamedSharding(mesh, P())
-    params = mesh_lib.put_global(params, rep)
-    kwargs = mesh_lib.put_global(kwargs, NamedSharding(mesh, P(mesh.axis_names, None)))
+    params = mesh_lib.put_global(params, rep)  # (the prompt stays numpy: it is checked first)
     put_key = lambda k: mesh_lib.put_global(k, rep)  # noqa: E731
   root = jax.random.PRNGKey(seed)
   out, spent = [], []

@@ -412,8 +412,8 @@ def test_sigterm_to_the_launcher_saves_the_same_step_in_both(fault_chain):
 # ------------------------------------------------------------------------------------------------
 
 def test_sample_py_two_processes_equal_one(mp_env, tmp_path):
-  common = ["--preset=mdlm", "--steps=8", "--num_samples=8", "--batch_size=8", "--scorer=none",
-            "--noprogress", "--show=1"]
+  common = ["--preset=remdm_loop", "--steps=8", "--num_samples=8", "--batch_size=4",
+            "--prompt=And", "--scorer=none", "--noprogress", "--show=1"]  # 2 batches of 4
   rc, out, err = _run(["sample.py", f"--output={tmp_path / 'two.jsonl'}"] + common, mp_env,
                       n=2, devices=2)
   assert rc == 0, (out[-2000:], err[-2000:])
@@ -429,7 +429,7 @@ def test_sample_py_two_processes_equal_one(mp_env, tmp_path):
   assert two == one
 
 
-def test_molecules_and_llada_two_processes_equal_one(mp_env, tmp_path):
+def test_molecules_semi_ar_and_llada_two_processes_equal_one(mp_env, tmp_path):
   (tmp_path / "two").mkdir()
   rc, out, err = _run([os.path.join(MP, "gen_child.py"), str(tmp_path / "two" / "out.npz")],
                       mp_env, n=2, devices=2)
@@ -441,8 +441,9 @@ def test_molecules_and_llada_two_processes_equal_one(mp_env, tmp_path):
   rc, out1, err1 = _run([os.path.join(MP, "gen_child.py"), str(tmp_path / "one.npz")], env1)
   assert rc == 0, err1[-2000:]
   two, one = np.load(tmp_path / "two" / "out.npz"), np.load(tmp_path / "one.npz")
-  assert sorted(two.files) == ["llada", "molecules"]
+  assert sorted(two.files) == ["llada", "molecules", "semi_ar"]
   assert two["molecules"].shape == (16, 32) and two["llada"].shape == (8, 8)
+  assert two["semi_ar"].shape == (4, 192)
   for k in two.files:
     np.testing.assert_array_equal(two[k], one[k])
   assert hashlib.sha256(b"".join(np.ascontiguousarray(two[k]).tobytes()

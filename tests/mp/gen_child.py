@@ -1,6 +1,7 @@
-"""Child of tests/test_multiprocess.py: molecule sampling and LLaDA block generation, run either as
-one process of a `remdm_jax.launch` job (batches split over the devices of all processes) or alone
-(one device, no mesh: the reference). Process 0 writes OUT (npz); every process prints one
+"""Child of tests/test_multiprocess.py: molecule sampling, semi-autoregressive text generation
+with a prompt (`generation.generate`) and LLaDA block generation, run either as one process of a
+`remdm_jax.launch` job (batches split over the devices of all processes) or alone (one device,
+no mesh: the reference). Process 0 writes OUT (npz); every process prints one
 `digest <pid> <sha256>` line of what it gathered.
 
   python tests/mp/gen_child.py OUT
@@ -34,6 +35,14 @@ model = mol.load_qm9_model()
 cfg = SamplerConfig(strategy="remdm_cap", num_steps=8, eta=0.05)
 out["molecules"], _ = mol.sample_molecules(model, cfg, num_samples=16, batch_size=8, seed=3,
                                            label=1, mesh=mesh)
+
+# semi-autoregressive text (2 windows of the shipped bible model) with a prompt
+from remdm_jax import generation  # noqa: E402
+
+text_model = generation.load_model(generation.shipped_model_path("bible_byte_mdlm"))
+out["semi_ar"], _ = generation.generate(
+    text_model, SamplerConfig.preset("mdlm", num_steps=4), num_samples=4, batch_size=4, seed=2,
+    prompt="And", progress=False, num_strides=1, stride_length=64, mesh=mesh)
 
 # LLaDA block generation: a tiny random model (parameters fsdp-sharded over every device of the
 # job when multi-process), 8 prompts, per-row keys

@@ -196,8 +196,6 @@ def launch(num_processes: int, cmd: Sequence[str], *, devices_per_process: Optio
     while True:
       with lock:
         done = dict(ended)
-      if len(done) == num_processes:
-        break
       # failures in the order the processes ended (the first is the cause: the others die of
       # it); 130 / 143 is an interrupted child that saved its state (train.py after a signal
       # reached one process directly): the others are finishing the same agreed step
@@ -206,7 +204,7 @@ def launch(num_processes: int, cmd: Sequence[str], *, devices_per_process: Optio
         status = exit_status(bad[0][2])
         alive = [j for j in range(num_processes) if j not in done]
         what = "; ".join(f"process {j} (pid {procs[j].pid}) {describe(rc)}" for _, j, rc in bad)
-        log(f"{what}; stopping processes {alive}")
+        log(f"{what}; stopping processes {alive}" if alive else what)
         signal_all(signal.SIGKILL)
       elif done and state["deadline"] is None:
         state["deadline"] = time.monotonic() + grace  # one ended well: the rest must follow
@@ -215,6 +213,8 @@ def launch(num_processes: int, cmd: Sequence[str], *, devices_per_process: Optio
         log(f"processes {alive} still running {grace:g} s later: killing them")
         signal_all(signal.SIGKILL)
         state["deadline"] = float("inf")
+      if len(done) == num_processes:
+        break
       time.sleep(0.02)
   finally:
     for s, h in old.items():

@@ -195,8 +195,9 @@ def test_an_uncaught_exception_in_one_process_ends_the_job_at_once(mp_env):
   assert rc == 1, (out[-2000:], err[-2000:])
   assert time.monotonic() - t0 < 45
   assert "[p1] error: process 1 of 2 failed:" in err and "injected failure in process 1" in err
-  assert re.search(r"launch: process 1 \(pid \d+\) exited with status 1; stopping processes "
-                   r"\[0\]", err), err[-2000:]
+  # process 1 ended first and is named first (process 0 may have died of it in the same instant)
+  assert re.search(r"launch: process 1 \(pid \d+\) exited with status 1(; |$)", err, re.M), (
+      err[-2000:])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -385,8 +386,9 @@ def test_kill9_one_process_ends_the_job_and_a_restart_resumes(fault_chain, run_1
   f = fault_chain
   assert f["kill_rc"] == 137, f["kill_err"][-2000:]
   assert f["kill_wall"] < 15, f["kill_wall"]  # the launcher stops the survivor at once
-  assert re.search(rf"launch: process [01] \(pid {f['victim']}\) was killed by SIGKILL; "
-                   r"stopping processes \[[01]\]", f["kill_err"]), f["kill_err"][-2000:]
+  # the victim is named first (the survivor may die of it within the same instant)
+  assert re.search(rf"^launch: process [01] \(pid {f['victim']}\) was killed by SIGKILL(; |$)",
+                   f["kill_err"], re.M), f["kill_err"][-2000:]
   assert f"resumed from step {f['resumed_from']}" in f["term_out"]
   # nothing lost or duplicated in the metrics file: every step once, the uninterrupted losses
   losses = _train_losses(f["workdir"])

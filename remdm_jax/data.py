@@ -42,6 +42,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import grain
+import jax
 import numpy as np
 
 from remdm_jax import registry
@@ -462,10 +463,25 @@ class DataIterator(Iterator[np.ndarray]):
     self._step = step
 
 
+def process_rows(batch: Any, index: int, count: int) -> Any:
+  """Rows [index B / count, (index + 1) B / count) of every leaf of a GLOBAL batch (B rows);
+  ValueError when B is not divisible by `count` (the number of processes feeding rows)."""
+  def take(a):
+    a = np.asarray(a)
+    if a.shape[0] % count:
+      raise ValueError(f"a global batch of {a.shape[0]} rows does not split over {count} "
+                       "processes (make the batch size a multiple of the process count)")
+    k = a.shape[0] // count
+    return a[index * k:(index + 1) * k]
+  return batch if count == 1 else jax.tree.map(take, batch)
+
+
 class StepBatches(Iterator[Any]):
-  """A resumable batch pipeline whose batch n is a pure function of n: `make(n)` -> a numpy
-  array or a pytree of them (this process's rows). For in-memory data sets drawn by seed
-  (the Countdown SFT, the digits models); the trainer saves `get_state()` with each checkpoint.
+  """A resumable batch pipeline whose batch n is a pure function of n: `make(n)` -> the GLOBAL
+  batch n, a numpy array or a pytree of them. For in-memory data sets drawn by seed (the
+  Countdown SFT, the digits models); the trainer saves `get_state()` with each checkpoint and
+  keeps this process's row block (`for_process`, as `sharding.process_data_shard` assigns it), so
+  the same pipeline trains in one or several processes.
 
   State: {"step": n (batches produced), **identity}; `set_state` raises ValueError when a saved
   identity field differs (another seed / data set / batch size) or the step is negative.
@@ -473,11 +489,16 @@ class StepBatches(Iterator[Any]):
   """
 
   def __init__(self, make: Callable[[int], Any], identity: dict[str, Any] | None = None,
-               num_batches: int | None = None, step: int = 0):
+               num_batches: int | None = None, step: int = 0, shard: tuple[int, int] = (0, 1)):
     self._make = make
     self._identity = dict(identity or {})
     self._num = num_batches
     self._step = int(step)
+    self._shard = (int(shard[0]), int(shard[1]))
+
+  def for_process(self, index: int, count: int) -> "StepBatches":
+    """The same pipeline (same state) yielding rows block `index` of `count` of each batch."""
+    return StepBatches(self._make, self._identity, self._num, self._step, (index, count))
 
   @property
   def step(self) -> int:
@@ -489,7 +510,7 @@ class StepBatches(Iterator[Any]):
   def __next__(self):
     if self._num is not None and self._step >= self._num:
       raise StopIteration
-    batch = self._make(self._step)
+    batch = process_rows(self._make(self._step), *self._shard)
     self._step += 1
     return batch
 

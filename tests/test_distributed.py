@@ -120,3 +120,24 @@ def test_maybe_initialize_without_config_or_env_does_nothing(monkeypatch):
   assert distributed.initialize_from_env() is False
   assert not distributed.preemption_sync_enabled()
   assert distributed.any_process(True) and not distributed.any_process(False)
+
+
+def test_step_batches_split_global_batches_over_processes():
+  """A StepBatches pipeline (Countdown SFT, digits) yields GLOBAL batches; each process keeps its
+  row block, the blocks tile the batch with no gap or duplicate, and the state is shared."""
+  from remdm_jax import data
+  rows = np.arange(48).reshape(12, 4)
+
+  def make(n):
+    return rows[(np.arange(6) + 6 * n) % 12], np.full((6,), n)
+  whole = data.StepBatches(make, {"seed": 0})
+  parts = [whole.for_process(i, 3) for i in range(3)]
+  for n in range(3):
+    ref = next(whole)
+    got = [next(p) for p in parts]
+    np.testing.assert_array_equal(np.concatenate([g[0] for g in got]), ref[0])
+    np.testing.assert_array_equal(np.concatenate([g[1] for g in got]), ref[1])
+    assert all(g[0].shape == (2, 4) for g in got)
+  assert parts[1].get_state() == whole.get_state() == {"step": 3, "seed": 0}
+  with pytest.raises(ValueError, match="6 rows does not split over 4 processes"):
+    next(whole.for_process(0, 4))

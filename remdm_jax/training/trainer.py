@@ -58,6 +58,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from remdm_jax import config_utils
+from remdm_jax import data as data_lib
 from remdm_jax import sharding as mesh_lib
 from remdm_jax.training.spec import (ModelSpec, TrainJob, default_keys,  # noqa: F401
                                      default_resume_diffs, dit_spec)
@@ -415,7 +416,6 @@ def _validate_setup(cfg: ExperimentConfig, mesh: Mesh, tokenizer) -> None:
 
 
 def _load_split(cfg: ExperimentConfig, split: str, tokenizer) -> np.ndarray:
-  from remdm_jax import data as data_lib
   packed = data_lib.packed_split(cfg.data, split, tokenizer)
   if len(packed):
     head = np.asarray(packed[: min(len(packed), 4096)])
@@ -538,6 +538,12 @@ def run(job: TrainJob, workdir: str | None, *, mesh: Mesh | None = None,
 
     train_it, eval_batches = job.data()
     trainer = Trainer(cfg, mesh, job.spec)
+    if isinstance(train_it, data_lib.StepBatches):  # global batches: keep this process's rows
+      train_it = train_it.for_process(*trainer.data_shard)
+      if eval_batches is not None:
+        global_eval = eval_batches
+        eval_batches = lambda: (data_lib.process_rows(b, *trainer.data_shard)  # noqa: E731
+                                for b in global_eval())
     warning = trainer.replication.warning()
     if warning:
       log(f"warning: {warning}")
@@ -695,7 +701,6 @@ def train(config, workdir: str, *, step_wrapper: Callable | None = None,
     naming the step when a loss is not finite (the last good checkpoint stays); RuntimeError when
     a checkpoint save fails; TrainingInterrupted after SIGINT / SIGTERM.
   """
-  from remdm_jax import data as data_lib
   from remdm_jax import distributed
   from remdm_jax.tokenizers import get_tokenizer
 

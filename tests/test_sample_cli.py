@@ -103,13 +103,20 @@ def test_semi_ar_cli_summary_is_pluralised(ckpts, tmp_path):
     (["--scorer=MDLM"], "is not an autoregressive (causal) model"),
     (["--tokenizer=TMP/missing.json"], "tokenizer file not found"),
     (["--num_strides=abc"], "--num_strides=abc"),  # absl flag-parse errors too (not FATAL, 1)
+    # issue 19: the QM9 UDLM ran with the masked-diffusion sampler (exit 0); other domains' models
+    (["--checkpoint=UDLM"], "is a udlm model of the molecules domain"),
+    (["--checkpoint=QM9"], "is a mdlm model of the molecules domain"),
+    (["--checkpoint=DIGITS"], "is a mdlm model of the images domain"),
 ])
 def test_sample_py_bad_input_is_one_clear_line(ckpts, tmp_path, args, needle):
   """Each bad input: exit 2, one `sample.py: error:` line naming it, before any sampling."""
   (tmp_path / "exists.jsonl").write_text("keep\n")
   (tmp_path / "a_file").write_text("")
   names = dict(BAD_VOCAB=ckpts["bad_vocab"], AR=ckpts["ar"], DAMAGED=ckpts["damaged"],
-               V300=ckpts["v300"], MDLM=ckpts["mdlm"], TMP=str(tmp_path))
+               V300=ckpts["v300"], MDLM=ckpts["mdlm"], TMP=str(tmp_path),
+               UDLM=os.path.join(generation.ASSETS_DIR, "qm9_udlm"),
+               QM9=os.path.join(generation.ASSETS_DIR, "qm9_cond_mdlm"),
+               DIGITS=os.path.join(generation.ASSETS_DIR, "digits_mdlm"))
   for k, v in names.items():
     args = [a.replace("=" + k, "=" + v) for a in args]
   if not any(a.startswith("--checkpoint") for a in args):

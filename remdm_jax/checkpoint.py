@@ -32,14 +32,13 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from typing import Mapping
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from remdm_jax.fileio import atomic_open
+from remdm_jax.fileio import atomic_open, check_writable_folder
 from remdm_jax.sharding import param_shardings, path_str
 
 PARAMS_FORMAT = "remdm-jax-params"
@@ -402,13 +401,7 @@ def check_model_output(path, overwrite: bool, *, flag: str = "--output",
     if not overwrite:
       raise ValueError(f"{flag}={path} exists (a remdm-jax model folder); pass {overwrite_flag} "
                        "to replace it, or choose a new path")
-  parent = os.path.dirname(path)
-  try:
-    os.makedirs(parent, exist_ok=True)
-    with tempfile.TemporaryFile(dir=parent, prefix=".tmp-probe-"):
-      pass
-  except OSError as e:
-    raise ValueError(f"{flag}={path}: cannot write to {parent} ({e.strerror or e})") from e
+  check_writable_folder(os.path.dirname(path), flag, path)
   return path
 
 

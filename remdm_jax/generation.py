@@ -203,7 +203,7 @@ def check_model_use(model: "LoadedModel", entry: str, *, kinds: tuple, domains: 
   article = "an" if kind == "ar" else "a"
   raise ValueError(f"{model.path} is {article} {kind} model of the {domain or 'unknown'} domain; "
                    f"{entry} "
-                   f"samples {'/'.join(kinds)} models of the "
+                   f"takes {'/'.join(kinds)} models of the "
                    f"{'/'.join(d or 'unknown' for d in domains)} domain{hint}")
 
 

@@ -266,7 +266,7 @@ def test_model_kind_and_domain_are_checked_against_the_entry_point():
   assert generation.model_kind(udlm.config, udlm.stored_metadata) == "udlm"
   assert generation.model_domain(udlm.stored_metadata) == "molecules"
   with pytest.raises(ValueError, match=r"qm9_udlm is a udlm model of the molecules domain; "
-                                       r"sample.py samples mdlm models .*molecules.sample"):
+                                       r"sample.py takes mdlm models .*molecules.sample"):
     generation.check_model_use(udlm, "sample.py", kinds=("mdlm",), domains=("text", None))
   with pytest.raises(ValueError, match="is a udlm model, not a masked-diffusion denoiser"):
     generation.generate(udlm, SamplerConfig.preset("mdlm", num_steps=2), num_samples=1,

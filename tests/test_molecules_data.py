@@ -167,6 +167,18 @@ def test_metrics_hand_list():
   assert none["num_valid"] == 0 and none["unique_frac"] == 0.0 and np.isnan(none["ring_count_valid_mean"])
   with pytest.raises(ValueError, match="property"):
     evaluate_samples(["C"], ref, properties=("logp",))
+  # issue 19: an empty reference called everything novel; a string was iterated by character
+  with pytest.raises(ValueError, match="reference set is empty"):
+    evaluate_samples(["C"], set())
+  with pytest.raises(ValueError, match="samples must be a list of SMILES strings, got one string"):
+    evaluate_samples("CCO", ref)
+  with pytest.raises(ValueError, match="reference must be a list of SMILES strings"):
+    evaluate_samples(["C"], "CCO")
+  with pytest.raises(ValueError, match="sample 3 is not a string"):
+    evaluate_samples(["C", 3], ref)
+  no_ref = evaluate_samples(samples, None)
+  assert no_ref["num_novel"] is None and np.isnan(no_ref["novel_frac"])
+  assert no_ref["num_valid"] == 7 and np.isnan(no_ref["ring_count_novel_mean"])
 
 
 def test_qm9_all_fit_in_32_tokens():

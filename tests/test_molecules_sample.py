@@ -89,13 +89,38 @@ def test_guided_denoise_errors(model, classifier):
     (["--model=ar", "--strategy=remdm_cap"], "error: --strategy=remdm_cap does not apply"),
     (["--model=ar", "--guidance=cbg", "--top_k=36"], "error: --top_k=36 must be in [1, V = 35]"),
     (["--model=ar", "--guidance=cbg", "--top_k=0"], "error: --top_k=0 must be in [1, V = 35]"),
+    # issue 19: silent (exit 0) or tracebacks before
+    (["--seed=-1"], "error: --seed=-1 must be an int in [0, 2^32)"),
+    (["--seed=18446744073709551616"], "error: --seed=18446744073709551616 must be an int in"),
+    (["--model=udlm", "--eta=0.5"], "error: --eta=0.5 does not apply to the UDLM model"),
+    (["--model=udlm", "--strategy=remdm_cap"], "error: --strategy=remdm_cap does not apply to "
+                                               "the UDLM model"),
+    (["--model=udlm", "--noise_removal"], "error: --noise_removal applies to masked diffusion"),
+    (["--guidance=cbg", "--approx", "--classifier=UDLM_DIR"],
+     "error: UDLM_DIR is a udlm model of the molecules domain; molecules.sample --classifier "
+     "takes classifier"),
+    (["--model=CLF"], "error: CLF is a classifier model"),
+    (["--classifier=CLF"], "error: --classifier=CLF applies only to --guidance=cbg"),
+    (["--model=DIGITS"], "error: checkpoint/tokenizer vocab mismatch"),
+    (["--output=TMP/exists.jsonl"], "error: --output=TMP/exists.jsonl exists; pass --overwrite"),
 ])
-def test_cli_rejects_ignored_or_bad_flags_in_one_line(capsys, args, needle):
+def test_cli_rejects_ignored_or_bad_flags_in_one_line(capsys, tmp_path, monkeypatch, args,
+                                                      needle):
   """Flags that the chosen sampler would silently ignore, and a bad --label, are one-line errors
   with exit status 2 before any sampling (the shipped models; nothing is drawn)."""
+  from remdm_jax.generation import ASSETS_DIR
+  monkeypatch.setenv("REMDM_OUTPUT_DIR", str(tmp_path))
+  (tmp_path / "exists.jsonl").write_text("keep\n")
+  names = dict(UDLM_DIR=os.path.join(ASSETS_DIR, "qm9_udlm"), TMP=str(tmp_path),
+               CLF=os.path.join(ASSETS_DIR, "qm9_classifier"),
+               DIGITS=os.path.join(ASSETS_DIR, "digits_mdlm"))
+  for k, v in names.items():
+    args = [a.replace("=" + k, "=" + v) for a in args]
+    needle = needle.replace(k, v)
   assert S.main(args + ["--num_samples=1"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith(needle), err
+  assert sorted(os.listdir(tmp_path)) == ["exists.jsonl"]
 
 
 def test_classifier_one_hot_input_matches_tokens(model, classifier):
@@ -213,3 +238,26 @@ def test_sweep_point_settings_tell_runs_apart(model):
   assert sweep.point_settings(dict(ctx, fudge_top_k=4), "AR", "D-CBG") != f_all
   assert sweep.point_settings(ctx, "MDLM", "D-CFG") == sweep.point_settings(
       dict(ctx, eta=0.5, approx=False), "MDLM", "D-CFG")  # irrelevant knobs do not matter
+
+
+def test_cli_writes_jsonl_output(model, tmp_path, capsys):
+  """Issue 19 item 8: molecules.sample printed only to stdout; --output writes JSONL (atomically,
+  an existing file needs --overwrite)."""
+  pytest.importorskip("rdkit")
+  import json
+  out = tmp_path / "mols.jsonl"
+  args = ["--model", model.path, "--num_samples=3", "--batch_size=2", "--steps=4", "--seed=5",
+          "--output", str(out)]
+  assert S.main(args) == 0
+  recs = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [r["index"] for r in recs] == [0, 1, 2]
+  toks, _ = S.sample_molecules(model, SamplerConfig(strategy="mdlm", num_steps=4),
+                               num_samples=3, batch_size=2, seed=5, label=1)
+  assert [r["tokens"] for r in recs] == toks.tolist()
+  assert [r["smiles"] for r in recs] == model.tokenizer.decode_batch(toks)
+  for r in recs:
+    assert r["seed"] == 5 and r["steps"] == 4 and r["kind"] == "mdlm" and r["label"] == 1
+    assert isinstance(r["valid"], bool) and (r["ring_count"] is None) == (not r["valid"])
+  printed = capsys.readouterr()
+  assert f"wrote 3 molecules to {out}" in printed.err
+  assert S.main(args) == 2 and "exists; pass --overwrite" in capsys.readouterr().err

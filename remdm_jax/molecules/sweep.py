@@ -45,7 +45,6 @@ import sys
 import time
 from typing import Optional
 
-import numpy as np
 
 from remdm_jax.fileio import atomic_open, check_output_path
 from remdm_jax.sampling import SamplerConfig

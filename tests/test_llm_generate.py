@@ -93,9 +93,8 @@ def ref_official(model, prompt, am, steps, gen_length, block_length, temperature
         noisy = np.exp(logits.astype(np.float64)) / (-np.log(noise)) ** temperature
       x0 = np.argmax(noisy, -1)
       if confidence_eos_eot_inf and quirk:  # `logits_with_noise[.., EOS] = logits[.., EOT] = -inf`
-        noisy = noisy.copy()
-        noisy[:, :, EOS] = -np.inf
-        logits[:, :, EOT] = -np.inf
+        noisy[:, :, EOS] = -np.inf  # at temperature 0 `noisy` IS `logits` (add_gumbel_noise
+        logits[:, :, EOT] = -np.inf  # returns its input): both reach the confidence softmax
       elif confidence_eos_eot_inf:  # bonsai: both on logits
         logits[:, :, EOS] = -np.inf
         logits[:, :, EOT] = -np.inf
@@ -205,24 +204,51 @@ def test_official_generate_matches_reference(case, precision):
 
 
 def test_eos_quirk_flag_changes_only_what_it_should():
-  """official_eos_quirk=True: only EOT's confidence logit is -inf (the chained assignment);
-  default: EOS and EOT (bonsai). With EOS likely the two differ, each equal to its transcription."""
+  """official_eos_quirk=True: the chained assignment - at temperature > 0 only EOT's confidence
+  logit is -inf; at temperature 0 the noisy logits alias the logits, so EOS and EOT both are, as
+  in the default (bonsai: EOS and EOT at every temperature). With EOS likely, quirk and default
+  differ at temperature 1 and agree at 0, each equal to its transcription."""
   A, Q = toy_tables(2)
   A[:, EOS] += 1.0
   prompt, am = _prompts()
   base = dict(rule="llada", gen_length=GEN, block_length=8, steps=8, confidence_eos_eot_inf=True,
               mask_id=MASK, eos_id=EOS, eot_id=EOT, pad_id=PAD)
   key = jax.random.key(0)
-  outs = []
-  for quirk in (True, False):
-    gen = G.make_generate(toy_jax(A, Q), G.GenConfig(**base, official_eos_quirk=quirk))
-    got = np.asarray(gen(None, prompt, am, key)[0])
-    want = ref_official(lambda x, m: toy_np(A, Q, x, m), prompt, am, 8, GEN, 8, 0.0, 0.0,
-                        "low_confidence", False, True, None, None, quirk=quirk)
-    np.testing.assert_array_equal(got, want)
-    outs.append(got)
-  assert np.any(outs[0] == EOS)
-  assert not np.array_equal(outs[0], outs[1])
+  u = np.random.default_rng(3).uniform(1e-6, 1, size=(8, prompt.shape[0], GEN, V))
+  for temp in (1.0, 0.0):
+    outs = []
+    for quirk in (True, False):
+      gen = G.make_generate(toy_jax(A, Q), G.GenConfig(**base, official_eos_quirk=quirk,
+                                                       temperature=temp))
+      got = np.asarray(gen(None, prompt, am, key, noise={"u": u.astype(np.float32)})[0])
+      want = ref_official(lambda x, m: toy_np(A, Q, x, m), prompt, am, 8, GEN, 8, temp, 0.0,
+                          "low_confidence", False, True, u, None, quirk=quirk)
+      np.testing.assert_array_equal(got, want)
+      outs.append(got)
+    assert np.any(outs[0] == EOS)
+    assert np.array_equal(outs[0], outs[1]) == (temp == 0.0), temp
+
+
+def test_eos_quirk_at_temperature_0_masks_eos_and_eot_smallest_case():
+  """Issue 19 item 1, the smallest case: gen = block = steps = 2, a one-token prompt, temperature
+  0. Position 0 prefers EOS, position 1 a plain token with lower probability. The official code
+  zeroes EOS's confidence too (aliasing), so position 1 commits first and then position 0 sees a
+  different context; masking EoT alone (the old quirk mode) committed position 0 first."""
+  A = np.zeros((3, V), np.float32)
+  A[:, MASK] = -16
+  A[1, EOS] = 3.0          # gen position 0: EOS, p ~ 0.6
+  A[2, 5] = 1.5            # gen position 1: token 5, p ~ 0.25
+  Q = np.zeros((V, V), np.float32)
+  Q[5, 7] = 8.0            # once token 5 is in the context, position 0 prefers token 7
+  prompt, am = np.array([[2]], np.int32), np.ones((1, 1), np.int32)
+  cfg = G.GenConfig(rule="llada", gen_length=2, block_length=2, steps=2, temperature=0.0,
+                    confidence_eos_eot_inf=True, official_eos_quirk=True, mask_id=MASK,
+                    eos_id=EOS, eot_id=EOT, pad_id=PAD)
+  got = np.asarray(G.make_generate(toy_jax(A, Q), cfg)(None, prompt, am, jax.random.key(0))[0])
+  want = ref_official(lambda x, m: toy_np(A, Q, x, m), prompt, am, 2, 2, 2, 0.0, 0.0,
+                      "low_confidence", False, True, None, None, quirk=True)
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(got, [[7, 5]])
 
 
 @pytest.mark.parametrize("blk,steps,r", [(32, 32, 1), (32, 32, 4), (16, 32, 1), (8, 32, 2)])

@@ -14,7 +14,9 @@ LLaDA rules over one block of W positions (`ConfidenceSpec.rule`), `propose` + `
   llada       the official ML-GSAI/LLaDA `generate` (§L.3): x0 = argmax(logits) at temperature 0,
               else the Gumbel step (float64: exp(l) / (-log u)^T as the reference; exact32:
               argmax(l + T g), g from 32-bit integers); confidence softmax(logits)[x0]
-              ("low_confidence") or a float32 uniform ("random"); the EOS / EOT options.
+              ("low_confidence") or a float32 uniform ("random"); the EOS / EOT options
+              (`ConfidenceSpec`; the official chained-assignment quirk masks EOS and EOT at
+              temperature 0, EOT alone at temperature > 0).
   llada_conf  the authors' `llada_conf_sample` (§L.1): x0 ~ Cat(softmax(logits)) at temperature
               1 (float64: the exponential race; exact32: Gumbel-max from 32-bit integers),
               confidence p[x0].
@@ -119,7 +121,11 @@ class ConfidenceSpec:
     rule: one of `LLADA_RULES`. mask_id, eos_id, eot_id: token ids.
     temperature: Gumbel temperature of "llada" (0 = argmax); the other rules sample at 1.
     remasking: "low_confidence" | "random" ("llada").
-    logits_eos_inf, confidence_eos_eot_inf, official_eos_quirk: the EOS options of "llada".
+    logits_eos_inf, confidence_eos_eot_inf, official_eos_quirk: the EOS options of "llada":
+      logits_eos_inf sets the EOS logit to -inf before x0 is drawn; confidence_eos_eot_inf sets
+      the EOS and EOT logits to -inf in the confidence softmax; with official_eos_quirk the
+      official chained assignment decides instead: EOS and EOT at temperature 0 (the noisy
+      logits alias the logits there), EOT alone at temperature > 0.
     precision: "exact32" | "float64" (needs x64).
   """
 
@@ -186,7 +192,10 @@ def propose(spec: ConfidenceSpec, lg, tok_keys, conf_keys, u=None, conf_u=None):
     x0 = gumbel_argmax_tempered(lg, spec.temperature, tok_keys, u, spec.precision)
     lc = lg
     if spec.confidence_eos_eot_inf:
-      if not spec.official_eos_quirk:
+      # The official `logits_with_noise[.., EOS] = logits[.., EOT] = -inf` runs after
+      # add_gumbel_noise, which at temperature 0 returns `logits` itself: the two names alias, so
+      # EOS and EOT both reach the confidence softmax as -inf; at temperature > 0 only EOT does.
+      if not spec.official_eos_quirk or spec.temperature == 0:
         lc = lc.at[..., spec.eos_id].set(-jnp.inf)
       lc = lc.at[..., spec.eot_id].set(-jnp.inf)
     if spec.remasking == "low_confidence":

@@ -115,7 +115,7 @@ def ref_official(model, prompt, am, steps, gen_length, block_length, temperature
 
 
 def ref_conf_remdm(model, prompt, mask_length, sampling_steps, block_size, remdm_number, u,
-                   remdm):
+                   remdm, stop_at_eos=True):
   """guanghanwang/ReMDM-LLaDA eval_llada.py llada_conf_sample / llada_remdm_sample (§L.1),
   batch 1, EOS early exit; u: [iterations, 1, G, V] uniforms of `_sample_categorical`."""
   Pn = prompt.shape[1]
@@ -151,7 +151,7 @@ def ref_conf_remdm(model, prompt, mask_length, sampling_steps, block_size, remdm
       xt[0, sel] = x0[0, sel]
       cache[0, sel] = conf[0, sel]
       it += 1
-    if np.sum(xt[:, Pn:] == EOS) > 0:
+    if stop_at_eos and np.sum(xt[:, Pn:] == EOS) > 0:
       return xt[:, Pn:], nfe
   return xt[:, Pn:], nfe
 
@@ -249,6 +249,52 @@ def test_eos_quirk_at_temperature_0_masks_eos_and_eot_smallest_case():
                       "low_confidence", False, True, None, None, quirk=True)
   np.testing.assert_array_equal(got, want)
   np.testing.assert_array_equal(got, [[7, 5]])
+
+
+def test_a_mask_committed_in_an_earlier_block_keeps_competing_smallest_case():
+  """Issue 19 item 2: the official gate `x0_p[:, prompt_len + (num_block + 1) * block_length:] =
+  -inf` excludes only later blocks. gen 4, blocks of 2, one step each, a one-token prompt: in
+  block 1 position 0 draws the mask token (committed, it stays masked) and position 1 token 4;
+  then position 0 prefers token 6 with confidence ~1 and takes one of block 2's two commits, so
+  position 3 stays masked: [6, 4, 6, MASK]. Gating every position outside the current block
+  gave [MASK, 4, 6, 6]."""
+  A = np.zeros((5, V), np.float32)
+  A[1, MASK], A[1, 6] = 4.0, 2.0   # gen position 0: the mask token first
+  A[2, 4] = 3.0                    # gen position 1: token 4
+  A[3, 8], A[4, 9] = 9.5, 9.8      # block 2: less confident once token 4 pushes token 6
+  Q = np.zeros((V, V), np.float32)
+  Q[4, 6] = 10.0
+  prompt, am = np.array([[2]], np.int32), np.ones((1, 1), np.int32)
+  cfg = G.GenConfig(rule="llada", gen_length=4, block_length=2, steps=2, mask_id=MASK,
+                    eos_id=EOS, eot_id=EOT, pad_id=PAD)
+  got = np.asarray(G.make_generate(toy_jax(A, Q), cfg)(None, prompt, am, jax.random.key(0))[0])
+  want = ref_official(lambda x, m: toy_np(A, Q, x, m), prompt, am, 2, 4, 2, 0.0, 0.0,
+                      "low_confidence", False, False, None, None)
+  np.testing.assert_array_equal(want, [[6, 4, 6, MASK]])
+  np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("remdm", [False, True])
+def test_conf_and_remdm_llada_with_mask_draws_match_reference(remdm):
+  """The ReMDM-LLaDA samplers share the gate: with a model that often draws the mask token in
+  the first block, later blocks commit those positions as the transcription does."""
+  gen_len, blk, steps = 16, 8, 16
+  A, Q = toy_tables(4, L=4 + gen_len)
+  Q[MASK, :] = 0         # masks in the context do not shift the logits
+  A[4:12, MASK] += 17.0  # the first block draws the mask token often (gating earlier blocks out
+                         # too changed 4 / 2 of the 16 tokens at this seed)
+  prompt = np.array([[3, 7, 1, 2]], np.int32)
+  cfg = G.GenConfig(rule="remdm_llada" if remdm else "llada_conf", gen_length=gen_len,
+                    block_length=blk, steps=steps, remdm_number=1, precision="float64",
+                    mask_id=MASK, eos_id=EOS, eot_id=EOT, pad_id=PAD, stop_at_eos=False)
+  n_it = (gen_len // blk) * cfg.iters_per_block
+  u = np.random.default_rng(5).uniform(size=(n_it, 1, gen_len, V))
+  want, _ = ref_conf_remdm(lambda x, m: toy_np(A, Q, x, m), prompt, gen_len, steps, blk, 1, u,
+                           remdm, stop_at_eos=False)
+  with jax.enable_x64(True):
+    got, _ = G.make_generate(toy_jax(A, Q), cfg)(None, prompt, None, jax.random.key(0),
+                                                 noise={"u": u})
+  np.testing.assert_array_equal(np.asarray(got), want)
 
 
 @pytest.mark.parametrize("blk,steps,r", [(32, 32, 1), (32, 32, 4), (16, 32, 1), (8, 32, 2)])

@@ -38,8 +38,14 @@ blocks, each decoded with S = steps / nb steps (the prompt and pads are never ma
   draws, so it is batch-size invariant but not invariant to a row's index in the batch.
 
 Both LLaDA reference samplers draw over the full vocabulary, mask token included (x0 may be MASK,
-which then stays masked); this port keeps that. Only the current block's logits are used: the
-block gate gives every other position confidence -inf.
+which then stays masked); this port keeps that. Their block gate is
+`x0_p[:, prompt_len + (num_block + 1) * block_length:] = -inf`: it excludes only LATER blocks.
+So a mask can survive a block (the model drew the mask token there and it was committed), and
+such a position of an earlier block, still holding the mask id, is a candidate again in every
+later block, competing with the current block's positions for the n_i commits; this port follows
+the references (the confidence rules propose over every generated position and gate those after
+the current block; a masked earlier position may thus be committed later, and masks can remain
+in the output). The Dream rules use the same gate (one block is Dream's own decoding).
 
 Randomness (`draws` module docstring, "block decoding"): row b uses its own key (`key` [B], or
 fold_in(key, b) for one key); global step j (= block * iters_per_block + i) uses
@@ -353,14 +359,11 @@ def _generate_core(logits_fn, cfg: BlockConfig, params, prompt, am, key, noise):
 
   n_iter = cfg.iters_per_block
 
-  def block_noise(b):
+  def block_noise(b):  # the block's iterations, every generated position
     if noise is None:
       return None
-    out = {}
-    for name, arr in noise.items():
-      blk = lax.dynamic_slice_in_dim(jnp.asarray(arr), b * n_iter, n_iter, axis=0)
-      out[name] = lax.dynamic_slice_in_dim(blk, b * Bk, Bk, axis=2)
-    return out
+    return {name: lax.dynamic_slice_in_dim(jnp.asarray(arr), b * n_iter, n_iter, axis=0)
+            for name, arr in noise.items()}
 
   def run_block(carry, b):
     x, done, nfe = carry
@@ -385,8 +388,17 @@ def _generate_core(logits_fn, cfg: BlockConfig, params, prompt, am, key, noise):
 
 def _confidence_block(model_logits, cfg: BlockConfig, params, x, start, b, done, rows, noise, B):
   """One block of the confidence-ranked rules (llada / llada_conf / remdm_llada and the Dream
-  rules, `confidence` kernels); returns (x, NFE)."""
+  rules, `confidence` kernels); returns (x, NFE).
+
+  The candidates are every generated position up to the end of the current block that still
+  holds the mask id: the references' gate `x0_p[:, prompt_len + (num_block + 1) *
+  block_length:] = -inf` excludes only LATER blocks, so a position of an earlier block that kept
+  the mask id (the model drew the mask token there, which both references allow) competes again
+  (module docstring). The llada count n_i comes from the current block's masks at its start, as
+  `get_num_transfer_tokens(block_mask_index, steps)`."""
   Bk, S, m = cfg.block_length, cfg.steps_per_block, cfg.mask_id
+  G = cfg.gen_length
+  P = x.shape[1] - G
   rule = cfg.rule
   dream = rule in conf_k.DREAM_RULES
   spec = cfg.dream_spec() if dream else cfg.confidence_spec()
@@ -395,8 +407,8 @@ def _confidence_block(model_logits, cfg: BlockConfig, params, x, start, b, done,
   r = cfg.remdm_number
   tau = cfg.remask_start
   n_iter = cfg.iters_per_block
-  g0 = b * Bk  # first generated position of the block
   active = ~done
+  reach = (jnp.arange(G) < (b + 1) * Bk)[None, :]  # [1, G]: not a later block
 
   blk0 = lax.dynamic_slice_in_dim(x, start, Bk, axis=1)
   sched = num_transfer_tokens(jnp.sum(blk0 == m, axis=1, dtype=jnp.int32), S)  # [B, S]
@@ -404,28 +416,28 @@ def _confidence_block(model_logits, cfg: BlockConfig, params, x, start, b, done,
 
   def step(carry, i):
     x, cache = carry
-    blk = lax.dynamic_slice_in_dim(x, start, Bk, axis=1)
+    gen = x[:, P:]
     if rule == "remdm_llada":
       in_win = (i >= tau) & (i < tau + S)
-      blk, cache = conf_k.remdm_remask(blk, cache, jnp.where(in_win & active, r, 0), m)
-      x = lax.dynamic_update_slice_in_dim(x, blk, start, axis=1)
-    masked = blk == m
+      gen, cache = conf_k.remdm_remask(gen, cache, jnp.where(in_win & active, r, 0), m)
+      x = lax.dynamic_update_slice_in_dim(x, gen, P, axis=1)
+    masked = (gen == m) & reach
     logits = model_logits(params, x)
-    lg = lax.dynamic_slice_in_dim(logits, start, Bk, axis=1).astype(jnp.float32)  # [B, Bk, V]
+    lg = logits[:, P:].astype(jnp.float32)  # [B, G, V]
     tok_keys, conf_keys = draws.step_keys(rows, b * n_iter + i)
-    tok_keys = draws.offset_position_keys(tok_keys, g0, Bk)
-    conf_keys = draws.offset_position_keys(conf_keys, g0, Bk)
+    tok_keys = draws.offset_position_keys(tok_keys, 0, G)
+    conf_keys = draws.offset_position_keys(conf_keys, 0, G)
     u = None if noise is None or "u" not in noise else noise["u"][i]
     conf_u = None if noise is None or "conf_u" not in noise else noise["conf_u"][i]
     if dream:
       x0, conf = conf_k.dream_propose(spec, lg, tok_keys, u)
       masked = masked & active[:, None]
       if rule == "dream_origin":
-        blk, take = conf_k.dream_origin_commit(blk, x0, masked, factors[i], conf_keys, conf_u)
+        gen, take = conf_k.dream_origin_commit(gen, x0, masked, factors[i], conf_keys, conf_u)
       else:
         n = conf_k.dream_transfer_count(masked, factors[i], i == S - 1)
-        blk, take = conf_k.dream_rank_commit(spec, blk, x0, conf, masked, n, conf_keys, conf_u)
-      x = lax.dynamic_update_slice_in_dim(x, blk, start, axis=1)
+        gen, take = conf_k.dream_rank_commit(spec, gen, x0, conf, masked, n, conf_keys, conf_u)
+      x = lax.dynamic_update_slice_in_dim(x, gen, P, axis=1)
       return (x, cache), None
     x0, conf = conf_k.propose(spec, lg, tok_keys, conf_keys, u, conf_u)
     if rule == "llada":
@@ -435,13 +447,13 @@ def _confidence_block(model_logits, cfg: BlockConfig, params, x, start, b, done,
     else:
       n = k
     conf = conf_k.gate(conf, masked, fdt)
-    blk, take = conf_k.commit(blk, x0, conf, jnp.where(active, n, 0))
+    gen, take = conf_k.commit(gen, x0, conf, jnp.where(active, n, 0))
     if rule == "remdm_llada":
       cache = jnp.where(take, conf.astype(cache.dtype), cache)
-    x = lax.dynamic_update_slice_in_dim(x, blk, start, axis=1)
+    x = lax.dynamic_update_slice_in_dim(x, gen, P, axis=1)
     return (x, cache), None
 
-  cache = jnp.full((B, Bk), jnp.inf, fdt)
+  cache = jnp.full((B, G), jnp.inf, fdt)
   (x, _), _ = lax.scan(step, (x, cache), jnp.arange(n_iter, dtype=jnp.int32))
   return x, jnp.int32(n_iter)
 

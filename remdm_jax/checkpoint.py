@@ -476,8 +476,8 @@ def check_finite(params, where: str) -> None:
       continue
     bad = int(jax.device_get(jax.numpy.sum(~jax.numpy.isfinite(leaf))))
     if bad:
-      raise ValueError(f"{where}: parameter {path_str(path)!r} holds {bad} non-finite value(s) "
-                       "(NaN or inf); the file is corrupted or the model diverged")
+      raise ValueError(f"{where}: parameter {path_str(path)!r} holds non-finite values ({bad} "
+                       "NaN or inf); the file is corrupted or the model diverged")
 
 
 def save_params(directory, params, *, model_config: dict,

@@ -121,7 +121,7 @@ def check_output_dir(path: str, overwrite: bool, *, flag: str, is_ours, what: st
   """The absolute path of an output FOLDER, checked BEFORE any work: ValueError (one line, naming
   `flag`) if it is a file, exists without `overwrite`, exists but `is_ours(path)` is False (an
   output folder replaces only a folder the tool itself wrote, never an arbitrary one), or its
-  parent cannot be created or written.
+  parent cannot be created or written (`check_writable_folder`; nothing is created).
 
   Args:
     is_ours: path -> bool, recognises a folder this tool wrote (e.g. by its metadata.json).
@@ -136,11 +136,5 @@ def check_output_dir(path: str, overwrite: bool, *, flag: str, is_ours, what: st
     if not is_ours(path):
       raise ValueError(f"{flag}={path} is not a {what} folder written by this tool; refusing "
                        "to replace it (give a new path)")
-  parent = os.path.dirname(path)
-  try:
-    os.makedirs(parent, exist_ok=True)
-    with tempfile.TemporaryFile(dir=parent, prefix=".tmp-probe-"):
-      pass
-  except OSError as e:
-    raise ValueError(f"{flag}={path}: cannot write to {parent} ({e.strerror or e})") from e
+  check_writable_folder(os.path.dirname(path), flag, path)
   return path

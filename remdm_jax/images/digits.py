@@ -218,7 +218,7 @@ def train_model(config, out_dir: Optional[str] = None, log=print, init: Optional
   out = None
   if out_dir:
     from remdm_jax.checkpoint import save_params
-    out = save_params(out_dir, jax.device_get(res["state"].ema_params),
+    out = save_params(out_dir, jax.device_get(res["state"].ema_params), overwrite=overwrite,
                       model_config=dict(json.loads(json.dumps(plain["model"]))),
                       extra_metadata={
                           "step": cfg.train.num_steps, "dataset": "sklearn load_digits",

@@ -498,3 +498,21 @@ def test_block_generation_drives_the_text_dit():
   out, info = G.make_generate(logits_fn, cfg)(params, prompt, am, jax.random.key(1))
   out = np.asarray(out)
   assert out.shape == (2, 16) and not np.any(out == m) and int(info["nfe"]) == 10
+
+
+@pytest.mark.parametrize("what,kw,prompt,needle", [
+    ("mask id >= V", dict(mask_id=V + 4), [[1, 2]], "GenConfig.mask_id=20 is outside the model "
+                                                    "vocabulary [0, 16)"),
+    ("EOS id >= V", dict(eos_id=99), [[1, 2]], "GenConfig.eos_id=99 is outside"),
+    ("prompt id >= V", {}, [[1, V]], "prompt token id 16 is outside the model vocabulary"),
+    ("negative prompt id", {}, [[1, -3]], "prompt token id -3 is outside"),
+    ("float prompt", {}, [[1.5, 2.0]], "prompt must hold integer token ids, got dtype float64"),
+])
+def test_ids_outside_the_vocabulary_are_refused(what, kw, prompt, needle):
+  """Issue 19 item 7: make_generate accepted these silently (ids clamped by the gathers)."""
+  A, Q = toy_tables(0)
+  ids = dict(mask_id=MASK, eos_id=EOS, eot_id=EOT, pad_id=PAD)
+  cfg = G.GenConfig(rule="llada", gen_length=4, block_length=4, steps=4, **dict(ids, **kw))
+  with pytest.raises(ValueError) as e:
+    G.make_generate(toy_jax(A, Q), cfg)(None, np.array(prompt), None, jax.random.key(0))
+  assert needle in str(e.value), (what, str(e.value))

@@ -163,16 +163,29 @@ def pad_prompts_to(x, am, width: int, pad_id: int):
           np.concatenate([np.zeros((x.shape[0], extra), am.dtype), am], 1))
 
 
+def check_common_flags(args) -> None:
+  """The flags every LLaDA command shares, before any work: --seed in [0, 2^32) (a negative seed
+  was silently folded, 2^64 overflowed with a traceback), --batch_size >= 1."""
+  from remdm_jax.checks import check_seed
+  if hasattr(args, "seed"):
+    check_seed(args.seed, "--seed")
+  if hasattr(args, "batch_size") and args.batch_size < 1:
+    raise ValueError(f"--batch_size={args.batch_size} must be >= 1")
+
+
 def run_cli(main_fn, parser: argparse.ArgumentParser, argv=None) -> int:
-  """Parses, runs main_fn(args); a ValueError becomes one line on stderr and exit status 2."""
+  """Parses, checks the shared flags, runs main_fn(args); a ValueError (or a missing file, a
+  missing extra, an OSError) becomes one line on stderr and exit status 2."""
   args = parser.parse_args(argv)
   if getattr(args, "precision", None) == "float64":
     import jax
     jax.config.update("jax_enable_x64", True)
   try:
+    check_common_flags(args)
     main_fn(args)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
+  except (ValueError, FileNotFoundError, ImportError, OSError) as e:
+    text = " ".join(str(e).split()) or type(e).__name__
+    print(f"error: {text}", file=sys.stderr)
     return 2
   return 0
 

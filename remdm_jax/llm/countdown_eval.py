@@ -31,6 +31,7 @@ import sys
 import time
 from typing import Optional
 
+from remdm_jax.checks import check_seed
 from remdm_jax.llm import cli
 from remdm_jax.llm import countdown as cd
 
@@ -101,10 +102,31 @@ def _model_task(model_dir: str) -> dict:
     return dict(json.load(f).get("task") or {})
 
 
+def check_outputs(out_dir: str, overwrite: bool) -> tuple[str, str]:
+  """The two output files under --out_dir, checked BEFORE any work (the evaluation used to run
+  to the end and then fail to write): ValueError (one line) if --out_dir is a file, cannot be
+  created or written, or already holds results without --overwrite."""
+  from remdm_jax.fileio import check_output_path
+  if not out_dir:
+    raise ValueError("--out_dir is required")
+  out_dir = os.path.abspath(os.path.expanduser(out_dir))
+  if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+    raise ValueError(f"--out_dir={out_dir} exists and is not a folder")
+  return tuple(check_output_path(os.path.join(out_dir, name), overwrite, "--out_dir")
+               for name in ("samples.jsonl", "summary.json"))
+
+
 def _main(args):
   from remdm_jax.llm import generate as G
   if args.repeats < 1:
     raise ValueError(f"--repeats={args.repeats} must be >= 1")
+  if args.limit is not None and not args.data:
+    raise ValueError(f"--limit={args.limit} applies only to --data (use --num_problems for the "
+                     "generated problems)")
+  if args.limit is not None and args.limit < 1:
+    raise ValueError(f"--limit={args.limit} must be >= 1 (omit it for every problem)")
+  check_seed(args.problem_seed, "--problem_seed")
+  check_outputs(args.out_dir, args.overwrite)
   if args.data:
     if not os.path.isfile(args.data):
       raise ValueError(f"--data={args.data!r} does not exist")
@@ -117,8 +139,6 @@ def _main(args):
     if countdown_train.is_model_folder(args.model_dir):  # its own task (numbers 1..6)
       task = _model_task(args.model_dir)
     problems = cd.generate_problems(args.num_problems, args.problem_seed, **task)
-  if not args.out_dir:
-    raise ValueError("--out_dir is required")
   lm, mesh = cli.load_model(args)
   params, tok = lm.params, lm.tokenizer
   cfg = cli.gen_config_from_args(args, lm.cfg)
@@ -148,7 +168,10 @@ def main(argv: Optional[list] = None) -> int:
   p.add_argument("--num_problems", type=int, default=256)
   p.add_argument("--problem_seed", type=int, default=0)
   p.add_argument("--repeats", type=int, default=10)
-  p.add_argument("--out_dir", default=None)
+  p.add_argument("--out_dir", default=None,
+                 help="results folder (samples.jsonl, summary.json); required")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace samples.jsonl / summary.json already in --out_dir")
   return cli.run_cli(_main, p, argv)
 
 

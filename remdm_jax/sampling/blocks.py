@@ -259,11 +259,15 @@ def num_transfer_tokens(mask_count: jax.Array, steps: int) -> jax.Array:
   return (base[:, None] + (jnp.arange(steps)[None, :] < rem[:, None])).astype(jnp.int32)
 
 
-def check_prompt(prompt, attention_mask, cfg: BlockConfig):
-  """Validates a left-padded batch; returns (prompt int32 [B, P], mask int32 [B, P]) as numpy."""
+def check_prompt(prompt, attention_mask, cfg: BlockConfig, vocab_size: Optional[int] = None):
+  """Validates a left-padded batch; returns (prompt int32 [B, P], mask int32 [B, P]) as numpy.
+  With `vocab_size` (the model's V) every real prompt id must lie in [0, V). ValueError naming
+  the bad value otherwise (a float or out-of-vocabulary id was silently cast or clamped)."""
   prompt = np.asarray(prompt)
   if prompt.ndim != 2 or prompt.shape[1] < 1:
     raise ValueError(f"prompt shape {prompt.shape} must be [B, P] with P >= 1")
+  if not (np.issubdtype(prompt.dtype, np.integer) or prompt.dtype == bool):
+    raise ValueError(f"prompt must hold integer token ids, got dtype {prompt.dtype}")
   am = np.ones_like(prompt) if attention_mask is None else np.asarray(attention_mask)
   if am.shape != prompt.shape:
     raise ValueError(f"attention_mask shape {am.shape} != prompt shape {prompt.shape}")
@@ -275,7 +279,23 @@ def check_prompt(prompt, attention_mask, cfg: BlockConfig):
     raise ValueError("a prompt row is all padding")
   if np.any((prompt == cfg.mask_id) & (am == 1)):
     raise ValueError(f"prompt holds the mask id {cfg.mask_id} at a real position")
+  real = prompt[am == 1]
+  hi = np.iinfo(np.int32).max if vocab_size is None else int(vocab_size)
+  bad = real[(real < 0) | (real >= hi)]
+  if bad.size:
+    raise ValueError(f"prompt token id {int(bad[0])} is outside the model vocabulary [0, {hi})")
   return prompt.astype(np.int32), am.astype(np.int32)
+
+
+def check_ids(cfg: BlockConfig, vocab_size: int) -> None:
+  """Every token id of `cfg` (mask, EOS, EoT, pad) must lie in the model vocabulary [0, V): an
+  id >= V was silently clamped by the gathers (the mask id never matched, EOS never stopped).
+  ValueError naming the field otherwise."""
+  for f in _IDS:
+    v = getattr(cfg, f)
+    if v is not None and not 0 <= int(v) < int(vocab_size):
+      raise ValueError(f"{type(cfg).__name__}.{f}={v} is outside the model vocabulary "
+                       f"[0, {vocab_size}) (logits have V = {vocab_size})")
 
 
 def make_block_generate(logits_fn: MaskedLMFn, cfg: BlockConfig, *, jit: bool = True, mesh=None,
@@ -287,8 +307,10 @@ def make_block_generate(logits_fn: MaskedLMFn, cfg: BlockConfig, *, jit: bool = 
   is divisible by their size (else replicated), so fsdp devices do not all compute every row.
   Parameters keep their own (e.g. fsdp x tensor) shardings. Results do not depend on the mesh.
 
-  `gen` validates on the host (`check_prompt`, noise shapes, x64 for float64) and then calls ONE
-  jitted program per (shapes, cfg): blocks are a `lax.scan`, steps an inner `lax.scan`.
+  `gen` validates on the host (`check_prompt`: integer ids inside the model vocabulary V, read
+  from the logits' shape without compute; `check_ids`: mask / EOS / EoT / pad ids in [0, V);
+  noise shapes; x64 for float64) and then calls ONE jitted program per (shapes, cfg): blocks are
+  a `lax.scan`, steps an inner `lax.scan`.
   Raises: ValueError naming the bad argument.
   """
   if not isinstance(cfg, BlockConfig):
@@ -300,6 +322,11 @@ def make_block_generate(logits_fn: MaskedLMFn, cfg: BlockConfig, *, jit: bool = 
   def gen(params, prompt, attention_mask=None, key=None, noise=None):
     prompt, am = check_prompt(prompt, attention_mask, cfg)
     B = prompt.shape[0]
+    L = prompt.shape[1] + cfg.gen_length
+    V = jax.eval_shape(logits_fn, params, jax.ShapeDtypeStruct((B, L), jnp.int32),
+                       jax.ShapeDtypeStruct((B, L), jnp.int32)).shape[-1]  # no compute
+    check_ids(cfg, V)
+    check_prompt(prompt, am, cfg, V)
     if (cfg.precision == "float64" or cfg.rule == "strategy" and cfg.sampler.precision
         == "float64") and not jax.config.jax_enable_x64:
       raise ValueError("precision 'float64' needs jax_enable_x64 "

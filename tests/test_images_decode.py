@@ -471,3 +471,21 @@ def test_known_image_tokens_are_kept(strategy):
     known = img != MASK
     np.testing.assert_array_equal(out[known], img[known])
     assert out.max() < K and out.shape == (4, N)
+
+
+def test_labels_outside_the_classes_are_refused():
+  """Issue 19 item 7: a label past the model's classes was clamped by the embedding gather
+  (digits labels 11 or 500 gave all-zero images, exit 0)."""
+  cfg = dec.ImageSamplerConfig("maskgit", num_steps=2)
+  s = dec.make_image_sampler(table_jax, cfg, num_tokens=N, codebook_size=K, mask_id=MASK,
+                             num_classes=NCLS)
+  for bad in (NCLS, 500, -1):
+    with pytest.raises(ValueError, match=f"label {bad} is outside \\[0, num_classes=3\\)"):
+      s(None, jax.random.PRNGKey(0), labels=np.array([0, bad]))
+  # without num_classes: the class token must lie inside the model vocabulary V = 12 (and is
+  # not the mask id 11): labels 0..2 only
+  s2 = dec.make_image_sampler(table_jax, cfg, num_tokens=N, codebook_size=K, mask_id=MASK)
+  for bad in (3, 4, 500):
+    with pytest.raises(ValueError, match=f"label {bad} is outside"):
+      s2(None, jax.random.PRNGKey(0), labels=np.array([bad]))
+  assert s2(None, jax.random.PRNGKey(0), labels=np.array([0, 2])).shape == (2, N)

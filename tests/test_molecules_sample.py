@@ -261,3 +261,52 @@ def test_cli_writes_jsonl_output(model, tmp_path, capsys):
   printed = capsys.readouterr()
   assert f"wrote 3 molecules to {out}" in printed.err
   assert S.main(args) == 2 and "exists; pass --overwrite" in capsys.readouterr().err
+
+
+def test_sweep_resume_csv_seed_quick_and_eta(tmp_path, capsys):
+  """Issue 19 items 7/8: a binary or column-less CSV in --out_dir gave UnicodeDecodeError /
+  KeyError tracebacks (now one line before any work); a negative seed was taken; --quick ran exact
+  D-CBG (hours per point on a CPU) and its plot was empty at --min_novel 50; the ETA counted every
+  point as equally expensive."""
+  for name, content in (("binary", b"\xff\xfe\x00garbage\x81" * 20),
+                        ("columns", b"a,b,c\n1,2,3\n")):
+    d = tmp_path / name
+    d.mkdir()
+    (d / "qm9_sweep.csv").write_bytes(content)
+    assert sweep.main(["--out_dir", str(d), "--methods", "MDLM", "--guidances", "D-CFG",
+                       "--gammas", "1", "--steps", "2", "--num_samples", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a sweep CSV this command wrote" in err[0], err
+    assert "pass --fresh" in err[0]
+    assert (d / "qm9_sweep.csv").read_bytes() == content
+  assert sweep.main(["--out_dir", str(tmp_path / "s"), "--seed=-1"]) == 2
+  assert "--seed=-1 must be an int in [0, 2^32)" in capsys.readouterr().err
+  assert not (tmp_path / "s").exists()
+  import argparse
+  a = argparse.Namespace(quick=True, gammas="1,2,3,4,5", steps="32,64,128", methods="MDLM",
+                         num_samples=1024, approx=False, min_novel=None)
+  sweep.apply_defaults(a)
+  assert (a.approx, a.num_samples, a.min_novel, a.steps, a.gammas) == (True, 256, 12, "32",
+                                                                       "1,2,3")
+  b = argparse.Namespace(quick=False, num_samples=1024, approx=False, min_novel=None)
+  sweep.apply_defaults(b)
+  assert (b.approx, b.min_novel) == (False, 50)
+  rates = {("MDLM", "D-CFG", ""): [0.5], ("MDLM", "D-CBG", "exact"): [40.0]}
+  pending = [("MDLM", "D-CFG", 2.0, 64), ("MDLM", "D-CBG", 1.0, 32), ("ReMDM", "D-CFG", 1.0, 32)]
+  # 64 * 0.5 + 32 * 40 + 32 * 40 (ReMDM not measured yet: the largest rate)
+  assert sweep.estimate_seconds(rates, pending, approx=False) == 32 + 1280 + 1280
+  assert sweep.estimate_seconds({}, pending, approx=False) is None
+
+
+def test_sweep_main_runs_resumes_and_reports_progress(model, tmp_path, capsys):
+  pytest.importorskip("rdkit")
+  d = str(tmp_path / "sw")
+  args = ["--out_dir", d, "--model", model.path, "--methods", "MDLM", "--guidances", "D-CFG",
+          "--gammas", "1,2", "--steps", "2", "--num_samples", "4", "--batch_size", "4"]
+  assert sweep.main(args) == 0
+  err = capsys.readouterr().err
+  assert "step 2/2" in err and "ETA" in err  # progress within a point
+  rows = list(csv.DictReader(open(os.path.join(d, "qm9_sweep.csv"))))
+  assert [r["status"] for r in rows] == ["ok", "ok"] and rows[0]["num_samples"] == "4"
+  assert sweep.main(args) == 0
+  assert err.count("from ") == 0 and capsys.readouterr().err.count("from ") == 2  # resumed

@@ -264,6 +264,8 @@ def sample_molecules(model: LoadedModel, sampler_cfg: SamplerConfig, *, num_samp
                      mesh: Optional[jax.sharding.Mesh] = None) -> tuple[np.ndarray, dict]:
   """Draws `num_samples` token rows int32 [N, 32] (batch b uses fold_in(PRNGKey(seed), b)).
 
+  progress: a line on stderr with the batch and, for masked diffusion, the denoiser step within
+    it (`generation.StepProgress`; the samples are the same with and without).
   noise_removal: False (the molecules default) stops after the last grid step with no final
   argmax step, as the QM9 guidance reference does (SPEC_DOMAINS §M.4); a row that still holds a
   mask token then decodes to an invalid SMILES. True adds the SPEC §4.5 final step (one more NFE).
@@ -288,6 +290,8 @@ def sample_molecules(model: LoadedModel, sampler_cfg: SamplerConfig, *, num_samp
     raise ValueError(f"batch_size={batch_size!r} must be an int >= 1")
   check_seed(seed)
   batch_size = min(batch_size, num_samples)
+  n_batches = -(-num_samples // batch_size)
+  meter = None
   kind = model_kind(model)
   if kind == "classifier":
     raise ValueError(f"{model.path} is a classifier, not a generative model (give it as the "
@@ -302,8 +306,15 @@ def sample_molecules(model: LoadedModel, sampler_cfg: SamplerConfig, *, num_samp
                          f"{mesh.devices.size} devices of the sampling mesh")
       from jax.sharding import NamedSharding, PartitionSpec as P
       params = mesh_lib.put_global(params, NamedSharding(mesh, P()))  # once, not per batch
+    if progress:  # denoiser steps within each batch (a D-CBG batch can take minutes)
+      meter = generation.StepProgress(f"{sampler_cfg.strategy} T={sampler_cfg.num_steps}",
+                                      num_batches=n_batches, batch_size=batch_size,
+                                      seq_len=model.seq_len, nfe=sampler_cfg.num_steps)
+      denoise = generation.with_progress(denoise, meter)
     sampler = make_sampler(denoise, sampler_cfg, seq_len=model.seq_len, mask_id=model.mask_id,
                            noise_removal=bool(noise_removal), mesh=mesh, **kwargs)
+    if meter is not None:
+      meter.nfe = max(1, int(sampler.nfe))
     nfe = sampler.nfe * (G.cfg_model_calls(guidance.gamma) if isinstance(guidance, CFG) else 1)
   else:
     if sampler_cfg.strategy != "mdlm":
@@ -320,11 +331,13 @@ def sample_molecules(model: LoadedModel, sampler_cfg: SamplerConfig, *, num_samp
       sampler, params = _ar_sampler(model, guidance, label, batch_size, classifier, top_k)
       nfe = sampler.model_rows
   root = jax.random.PRNGKey(seed)
-  n_batches = -(-num_samples // batch_size)
   out = []
   start = time.perf_counter()
   info = {}
   for b in range(n_batches):
+    if meter is not None:
+      meter.start_batch(b)
+
     def run_batch():
       toks, info = sampler.sample_with_info(params, jax.random.fold_in(root, b),
                                             batch_size=batch_size)
@@ -339,7 +352,10 @@ def sample_molecules(model: LoadedModel, sampler_cfg: SamplerConfig, *, num_samp
               else np.zeros((0, model.seq_len), np.int32))
       raise Interrupted(done, f"interrupted in batch {b + 1}/{n_batches}") from None
     out.append(np.asarray(toks))
-    if progress:
+    if meter is not None:
+      jax.effects_barrier()  # every step's callback has run
+      meter.end_batch()
+    elif progress:
       el = time.perf_counter() - start
       print(f"\r{min((b + 1) * batch_size, num_samples)}/{num_samples} molecules {el:.0f}s "
             f"ETA {el / (b + 1) * (n_batches - b - 1):.0f}s", end="", file=sys.stderr, flush=True)

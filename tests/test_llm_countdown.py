@@ -3,6 +3,7 @@ the countdown_eval command on a tiny random model folder."""
 import json
 import os
 
+import numpy as np
 import pytest
 
 from remdm_jax.llm import countdown as cd
@@ -297,3 +298,36 @@ def test_countdown_eval_bad_input_before_any_work(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], (extra, err)
   assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_countdown_evaluate_stops_on_ctrl_c_keeping_finished_problems():
+  """Ctrl-C inside a compiled generation program (here a slow fake) stops within a bounded time;
+  the problems whose every repeat finished are kept and the summary says interrupted."""
+  import _thread
+  import threading
+  import time
+  from types import SimpleNamespace
+  from remdm_jax.llm import countdown_eval
+  from remdm_jax.llm import countdown_train as T
+  tok = T.CharTokenizer(12)
+  cfg = SimpleNamespace(eos_id=T.EOS, pad_id=T.PAD)
+  calls = []
+
+  def gen(params, x, am, keys):
+    calls.append(1)
+    if len(calls) == 2:  # the second batch: Ctrl-C arrives while it "runs" for 3 s
+      threading.Timer(0.1, _thread.interrupt_main).start()
+      time.sleep(3.0)
+    ans = tok.encode("1+2=3,3+3=6", add_special_tokens=False)
+    out = np.full((x.shape[0], len(ans) + 1), T.EOS, np.int32)
+    out[:, :len(ans)] = ans
+    return out, {"nfe": 4}
+
+  problems = [{"input": "1,2,3,6"}, {"input": "2,2,2,6"}, {"input": "1,1,1,3"}]
+  t0 = time.perf_counter()
+  records, summary = countdown_eval.evaluate(gen, None, tok, cfg, problems, repeats=2,
+                                             batch_size=2)
+  assert time.perf_counter() - t0 < 2.5
+  assert summary["interrupted"] and [r["input"] for r in records] == ["1,2,3,6"]
+  assert records[0]["completions"] == ["1+2=3,3+3=6"] * 2 and records[0]["pass@1"] == 1.0
+  time.sleep(3.0)  # let the abandoned fake finish

@@ -187,7 +187,17 @@ def run_cli(main_fn, parser: argparse.ArgumentParser, argv=None) -> int:
     text = " ".join(str(e).split()) or type(e).__name__
     print(f"error: {text}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt as e:  # Ctrl-C: what was finished is written by main_fn (130)
+    from remdm_jax.interrupt import EXIT_INTERRUPTED, hard_exit
+    print(f"\n{e or 'interrupted'}", file=sys.stderr)
+    hard_exit(EXIT_INTERRUPTED)
   return 0
+
+
+def _gen_to_host(gen, params, x, am, keys, to_host):
+  """gen(...) with its tokens gathered to every host (several processes: a collective)."""
+  out, info = gen(params, x, am, keys)
+  return to_host(out), info
 
 
 def _generate_main(args):
@@ -202,9 +212,9 @@ def _generate_main(args):
   x, am = pad_prompts_to(x, am, getattr(lm.tokenizer, "prompt_length", 0), cfg.pad_id)
   gen = G.make_generate(lm.logits_fn, cfg, mesh=mesh)
   keys = jax.random.split(jax.random.key(args.seed), len(prompts))
-  out, info = gen(lm.params, x, am, keys)
+  from remdm_jax.interrupt import call_interruptibly
   from remdm_jax.sharding import to_host
-  out = to_host(out)  # all rows on every process (several processes: a collective)
+  out, info = call_interruptibly(lambda: _gen_to_host(gen, lm.params, x, am, keys, to_host))
   if jax.process_index() != 0:  # process 0 prints
     return
   texts = G.decode_outputs(out, lm.tokenizer, stops=args.stop or (),

@@ -39,7 +39,10 @@ from remdm_jax.llm import countdown as cd
 def evaluate(gen, params, tok, cfg, problems, *, repeats=10, batch_size=8, seed=0,
              progress=None) -> tuple[list[dict], dict]:
   """Runs `gen` (from `generate.make_generate`) on every (problem, repeat); returns (per-problem
-  records, summary)."""
+  records, summary). Ctrl-C stops within a fraction of a second (`interrupt.call_interruptibly`):
+  the records then hold the problems whose every repeat had finished, and summary["interrupted"]
+  is True."""
+  from remdm_jax.interrupt import call_interruptibly
   import jax
   import numpy as np
   from remdm_jax.llm import generate as G
@@ -52,6 +55,7 @@ def evaluate(gen, params, tok, cfg, problems, *, repeats=10, batch_size=8, seed=
   base = jax.random.key(seed)
   texts: dict = {}
   nfe = 0
+  interrupted = False
   eos_tok = cli.token_string(tok, cfg.eos_id)
   for s in range(0, len(rows), batch_size):
     chunk = rows[s:s + batch_size]
@@ -61,7 +65,11 @@ def evaluate(gen, params, tok, cfg, problems, *, repeats=10, batch_size=8, seed=
     x, am = cli.pad_prompts_to(x, am, getattr(tok, "prompt_length", 0), cfg.pad_id)
     keys = jax.vmap(lambda i, j: jax.random.fold_in(jax.random.fold_in(base, i), j))(
         jnp_arr([i for i, _ in chunk_full]), jnp_arr([j for _, j in chunk_full]))
-    out, info = gen(params, x, am, keys)
+    try:
+      out, info = call_interruptibly(lambda: jax.device_get(gen(params, x, am, keys)))
+    except KeyboardInterrupt:
+      interrupted = True
+      break
     nfe += int(info["nfe"])
     dec = G.decode_outputs(np.asarray(out), tok, stops=cd.STOP, eos_token=eos_tok)
     for (i, j), t in zip(chunk, dec[:len(chunk)]):
@@ -70,6 +78,8 @@ def evaluate(gen, params, tok, cfg, problems, *, repeats=10, batch_size=8, seed=
       progress(min(s + batch_size, len(rows)), len(rows))
   records = []
   for i, p in enumerate(problems):
+    if any((i, j) not in texts for j in range(repeats)):
+      break  # interrupted: rows run problem by problem, so the finished ones come first
     comps = [texts[(i, j)] for j in range(repeats)]
     sc = cd.score_candidates(p, comps)
     records.append({"input": p["input"], "prompt": prompts[i], "completions": comps,
@@ -77,7 +87,7 @@ def evaluate(gen, params, tok, cfg, problems, *, repeats=10, batch_size=8, seed=
                     f"pass@{repeats}": sc[f"pass@{repeats}"]})
   n = max(len(records), 1)
   summary = {"num_problems": len(records), "repeats": repeats,
-             "pass@1": sum(r["pass@1"] for r in records) / n,
+             "pass@1": sum(r["pass@1"] for r in records) / n, "interrupted": interrupted,
              f"pass@{repeats}": sum(r[f"pass@{repeats}"] for r in records) / n,
              "nfe_total": nfe}
   return records, summary
@@ -156,6 +166,11 @@ def _main(args):
                   "data": args.data or f"generated(n={args.num_problems}, "
                                        f"seed={args.problem_seed})", "seed": args.seed})
   write_outputs(args.out_dir, records, summary)
+  if summary["interrupted"]:
+    from remdm_jax.interrupt import Interrupted
+    raise Interrupted(records, f"interrupted: the {len(records)} problems with every repeat "
+                               f"finished are in {args.out_dir} (summary.json says "
+                               "interrupted: true)")
   print(json.dumps({k: summary[k] for k in ("num_problems", "pass@1", f"pass@{args.repeats}",
                                             "seconds")}))
 

@@ -133,7 +133,13 @@ def load_model(path: str, tokenizer: Optional[str] = None, *, mask_id: Optional[
   if differ:
     raise ValueError(f"load_model overrides disagree with the checkpoint {path}: "
                      + ", ".join(differ))
-  cfg = dit.DiTConfig.from_dict({**model_config, **config_overrides})
+  try:
+    cfg = dit.DiTConfig.from_dict({**model_config, **config_overrides})
+  except ValueError as e:
+    if metadata.get("kind") == "llada_countdown" or "n_layers" in model_config:
+      raise ValueError(f"{path} is a LLaDA-architecture model, not a DiT; run it with python -m "
+                       "remdm_jax.llm.cli / remdm_jax.llm.countdown_eval") from None
+    raise ValueError(f"{path}: model_config.json is not a DiT config ({e})") from None
   name = tokenizer or metadata.get("tokenizer") or _VOCAB_TO_TOKENIZER.get(cfg.vocab_size) or "ids"
   if name == "ids":
     tok = get_tokenizer("ids", vocab_size=cfg.vocab_size, mask_id=mask_id)

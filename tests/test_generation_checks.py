@@ -321,3 +321,14 @@ def test_unwritable_output_keeps_the_samples(tmp_path):
   with open(path) as f:
     assert json.loads(f.read()) == {"a": 1}
   os.remove(path)
+
+
+def test_models_of_the_other_architecture_are_named():
+  """A LLaDA folder given to the DiT loaders (sample.py, molecules.sample, sample_digits) listed
+  unknown config keys; a DiT folder given to llm.cli said only that config.json was missing."""
+  from remdm_jax.llm import cli
+  with pytest.raises(ValueError, match="countdown_llada is a LLaDA-architecture model, not a DiT"):
+    generation.load_model(os.path.join(generation.ASSETS_DIR, "countdown_llada"))
+  with pytest.raises(ValueError, match="qm9_udlm is a remdm-jax DiT model folder, not a LLaDA"):
+    cli._check_not_a_dit_folder(os.path.join(generation.ASSETS_DIR, "qm9_udlm"))
+  cli._check_not_a_dit_folder(os.path.join(generation.ASSETS_DIR, "countdown_llada"))

@@ -310,3 +310,18 @@ def test_sweep_main_runs_resumes_and_reports_progress(model, tmp_path, capsys):
   assert [r["status"] for r in rows] == ["ok", "ok"] and rows[0]["num_samples"] == "4"
   assert sweep.main(args) == 0
   assert err.count("from ") == 0 and capsys.readouterr().err.count("from ") == 2  # resumed
+
+
+def test_sweep_output_failing_mid_run_is_one_line(model, tmp_path, capsys, monkeypatch):
+  """An output that cannot be written mid-run (disk full, read-only) was a 20-36-line OSError."""
+  pytest.importorskip("rdkit")
+
+  def full(path, rows):
+    raise OSError(28, "No space left on device", path)
+
+  monkeypatch.setattr(sweep, "write_csv", full)
+  args = ["--out_dir", str(tmp_path / "sw"), "--model", model.path, "--methods", "MDLM",
+          "--guidances", "D-CFG", "--gammas", "1", "--steps", "2", "--num_samples", "2"]
+  assert sweep.main(args) == 2
+  err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error")]
+  assert len(err) == 1 and "No space left on device" in err[0], err

@@ -180,57 +180,62 @@ def main(argv=None) -> int:
   except (ValueError, FileNotFoundError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  os.makedirs(args.out, exist_ok=True)
-  n = args.samples
-  labels = np.repeat(np.arange(dg.NUM_CLASSES), n // dg.NUM_CLASSES).astype(np.int32)
-  rows = []
-  xte, yte = dg.load_digits_split("test")
-  rows.append(dict(method="real", T=0, temperature=0.0, eta=0.0, nfe=0, samples=len(yte),
-                   digits_fid=judge.fid(xte), digits_is=judge.inception_score(xte),
-                   accuracy=judge.accuracy(xte, yte), seconds=0.0, includes_compile=0))
-  noise = np.random.RandomState(args.seed).randint(0, dg.LEVELS, size=(n, dg.NUM_PIXELS))
-  rows.append(dict(method="noise", T=0, temperature=0.0, eta=0.0, nfe=0, samples=n,
-                   digits_fid=judge.fid(noise), digits_is=judge.inception_score(noise),
-                   accuracy=judge.accuracy(noise, labels), seconds=0.0, includes_compile=0))
-  t_start = time.time()
-  samplers = {}
-  done_cost, total_cost = 0.0, float(sum(T for _, T, _ in cells))
-  for k, ((m, T, tau), cfg) in enumerate(zip(cells, cfgs)):
-    t0 = time.time()
-    fresh = (m, T) not in samplers
-    if fresh:   # one compiled program per (method, T); temperature is traced
-      samplers[(m, T)] = dg.make_digits_sampler(cfg, f)
-    sampler = samplers[(m, T)]
-    try:
-      pix = call_interruptibly(lambda: np.asarray(sampler(
-          params, jax.random.PRNGKey(args.seed), labels=labels, temperature=tau)))
-    except KeyboardInterrupt:
-      print(f"\ninterrupted in cell {k + 1}/{len(cells)}; the {k} finished cells are in "
-            f"{os.path.join(args.out, 'digits_sweep.csv')}", file=sys.stderr)
-      hard_exit(EXIT_INTERRUPTED)
-    secs = time.time() - t0
-    ev = judge.evaluate(pix, labels)
-    eta = cfg.sampler_config().eta if m != "maskgit" else 0.0
-    rows.append(dict(method=m, T=T, temperature=tau, eta=eta, nfe=int(sampler.nfe), samples=n,
-                     digits_fid=ev["fid"], digits_is=ev["is"], accuracy=ev["accuracy"],
-                     seconds=secs, includes_compile=int(fresh)))
-    if T == max(Ts) and abs(tau - 0.8) < 1e-9:
-      per = n // dg.NUM_CLASSES
-      pick = np.concatenate([np.arange(c * per, c * per + min(10, per)) for c in range(10)])
-      dg.save_grid_png(os.path.join(args.out, f"grid_{m}.png"), pix[pick], ncol=min(10, per))
-    done_cost += T
-    el = time.time() - t_start
-    eta_s = el / done_cost * (total_cost - done_cost)
-    print(f"[{k + 1}/{len(cells)}] {LABELS[m]:14s} T={T:3d} temp={tau:.1f}: FID {ev['fid']:.3f} "
-          f"IS {ev['is']:.3f} acc {ev['accuracy']:.3f} ({secs:.1f} s; ETA {eta_s:.0f} s)",
-          file=sys.stderr, flush=True)
-    write_csv(rows, os.path.join(args.out, "digits_sweep.csv"))   # partial results survive
-  plot(rows, os.path.join(args.out, "digits_sweep.png"))
-  with atomic_open(os.path.join(args.out, "digits_sweep.json"), "w") as fh:
-    json.dump({"samples": n, "seed": args.seed, "seconds": round(time.time() - t_start, 1),
-               "device": str(jax.devices()[0].platform)}, fh, indent=2)
-  print(json.dumps({"out": args.out, "cells": len(cells),
-                    "seconds": round(time.time() - t_start, 1)}))
+  try:
+    os.makedirs(args.out, exist_ok=True)
+    n = args.samples
+    labels = np.repeat(np.arange(dg.NUM_CLASSES), n // dg.NUM_CLASSES).astype(np.int32)
+    rows = []
+    xte, yte = dg.load_digits_split("test")
+    rows.append(dict(method="real", T=0, temperature=0.0, eta=0.0, nfe=0, samples=len(yte),
+                     digits_fid=judge.fid(xte), digits_is=judge.inception_score(xte),
+                     accuracy=judge.accuracy(xte, yte), seconds=0.0, includes_compile=0))
+    noise = np.random.RandomState(args.seed).randint(0, dg.LEVELS, size=(n, dg.NUM_PIXELS))
+    rows.append(dict(method="noise", T=0, temperature=0.0, eta=0.0, nfe=0, samples=n,
+                     digits_fid=judge.fid(noise), digits_is=judge.inception_score(noise),
+                     accuracy=judge.accuracy(noise, labels), seconds=0.0, includes_compile=0))
+    t_start = time.time()
+    samplers = {}
+    done_cost, total_cost = 0.0, float(sum(T for _, T, _ in cells))
+    for k, ((m, T, tau), cfg) in enumerate(zip(cells, cfgs)):
+      t0 = time.time()
+      fresh = (m, T) not in samplers
+      if fresh:   # one compiled program per (method, T); temperature is traced
+        samplers[(m, T)] = dg.make_digits_sampler(cfg, f)
+      sampler = samplers[(m, T)]
+      try:
+        pix = call_interruptibly(lambda: np.asarray(sampler(
+            params, jax.random.PRNGKey(args.seed), labels=labels, temperature=tau)))
+      except KeyboardInterrupt:
+        print(f"\ninterrupted in cell {k + 1}/{len(cells)}; the {k} finished cells are in "
+              f"{os.path.join(args.out, 'digits_sweep.csv')}", file=sys.stderr)
+        hard_exit(EXIT_INTERRUPTED)
+      secs = time.time() - t0
+      ev = judge.evaluate(pix, labels)
+      eta = cfg.sampler_config().eta if m != "maskgit" else 0.0
+      rows.append(dict(method=m, T=T, temperature=tau, eta=eta, nfe=int(sampler.nfe), samples=n,
+                       digits_fid=ev["fid"], digits_is=ev["is"], accuracy=ev["accuracy"],
+                       seconds=secs, includes_compile=int(fresh)))
+      if T == max(Ts) and abs(tau - 0.8) < 1e-9:
+        per = n // dg.NUM_CLASSES
+        pick = np.concatenate([np.arange(c * per, c * per + min(10, per)) for c in range(10)])
+        dg.save_grid_png(os.path.join(args.out, f"grid_{m}.png"), pix[pick], ncol=min(10, per))
+      done_cost += T
+      el = time.time() - t_start
+      eta_s = el / done_cost * (total_cost - done_cost)
+      print(f"[{k + 1}/{len(cells)}] {LABELS[m]:14s} T={T:3d} temp={tau:.1f}: FID {ev['fid']:.3f} "
+            f"IS {ev['is']:.3f} acc {ev['accuracy']:.3f} ({secs:.1f} s; ETA {eta_s:.0f} s)",
+            file=sys.stderr, flush=True)
+      write_csv(rows, os.path.join(args.out, "digits_sweep.csv"))   # partial results survive
+    plot(rows, os.path.join(args.out, "digits_sweep.png"))
+    with atomic_open(os.path.join(args.out, "digits_sweep.json"), "w") as fh:
+      json.dump({"samples": n, "seed": args.seed, "seconds": round(time.time() - t_start, 1),
+                 "device": str(jax.devices()[0].platform)}, fh, indent=2)
+    print(json.dumps({"out": args.out, "cells": len(cells),
+                      "seconds": round(time.time() - t_start, 1)}))
+  except OSError as e:  # an output that became unwritable mid-run: one line, exit 2
+    text = " ".join(str(e).split()) or type(e).__name__
+    print(f"error: {text} (the results written before it are kept)", file=sys.stderr)
+    return 2
   return 0
 
 

@@ -118,6 +118,7 @@ def load_model(args):
     shape = tuple(int(s) for s in args.mesh.split(","))
   except ValueError:
     raise ValueError(f"--mesh={args.mesh!r} must be 3 comma-separated ints") from None
+  _check_not_a_dit_folder(args.model_dir)
   mesh = mesh_lib.make_mesh(shape)
   over = dict(param_dtype=args.param_dtype, compute_dtype=args.compute_dtype,
               mask_token_id=args.mask_id, eos_token_id=args.eos_id,
@@ -126,6 +127,19 @@ def load_model(args):
   if lm.tokenizer is None:
     raise ValueError(f"--model_dir={args.model_dir!r} has no tokenizer.json")
   return lm, mesh
+
+
+def _check_not_a_dit_folder(model_dir: str) -> None:
+  """A remdm-jax DiT params folder (sample.py's, the QM9 or digits models) given as --model_dir
+  is named as such (it failed with "config.json not found")."""
+  import os
+  from remdm_jax.checkpoint import is_model_folder
+  from remdm_jax.llm import countdown_train
+  if (is_model_folder(model_dir) and not countdown_train.is_model_folder(model_dir)
+      and not os.path.isfile(os.path.join(model_dir, "config.json"))):
+    raise ValueError(f"--model_dir={model_dir} is a remdm-jax DiT model folder, not a LLaDA "
+                     "model; sample it with sample.py (text), remdm_jax.molecules.sample or "
+                     "remdm_jax.images.sample_digits")
 
 
 def load_for_generation(args):

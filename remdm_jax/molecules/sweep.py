@@ -375,57 +375,62 @@ def main(argv=None) -> int:
   except (ValueError, FileNotFoundError, ImportError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  grid = grid_points(methods, guidances, gammas, steps)
-  rows, start, ran = [], time.perf_counter(), 0
-  rates: dict = {}
-  for i, (method, guidance, gamma, T) in enumerate(grid):
-    base = dict(method=method, guidance=guidance, gamma=gamma, T=T, property=a.property,
-                settings=point_settings(ctx, method, guidance), seed=a.seed)
-    old = done.pop(point_key(base), None)
-    if old is not None and old["status"] == "ok" and all(
-        old.get(k) == v for k, v in (("num_samples", a.num_samples), ("seed", a.seed),
-                                     ("settings", base["settings"]))):
-      old["kept"] = old["num_novel"] >= a.min_novel
-      rows.append(old)
-      print(f"[{i + 1}/{len(grid)}] {method} {guidance} gamma={gamma:g} T={T}: from {csv_path}",
-            file=sys.stderr, flush=True)
-      continue
-    if old is not None and old["status"] == "ok":
-      print(f"[{i + 1}/{len(grid)}] {method} {guidance} gamma={gamma:g} T={T}: the CSV's point "
-            "has other settings / seed / num_samples; rerunning it", file=sys.stderr, flush=True)
-    try:
-      res = run_point(ctx, method, guidance, gamma, T)
-      ran += 1
-      rates.setdefault(point_cost_key(method, guidance, a.approx), []).append(
-          res["seconds"] / (1 if method == "AR" else T))
-      row = dict(base, **res, status="ok", kept=res["num_novel"] >= a.min_novel)
-      msg = (f"valid {res['valid_frac']:.3f} novel {res['num_novel']} novel mean "
-             f"{res['novel_mean']:.3f}{'' if row['kept'] else ' (dropped: < min_novel)'}")
-    except Interrupted:
+  try:
+    grid = grid_points(methods, guidances, gammas, steps)
+    rows, start, ran = [], time.perf_counter(), 0
+    rates: dict = {}
+    for i, (method, guidance, gamma, T) in enumerate(grid):
+      base = dict(method=method, guidance=guidance, gamma=gamma, T=T, property=a.property,
+                  settings=point_settings(ctx, method, guidance), seed=a.seed)
+      old = done.pop(point_key(base), None)
+      if old is not None and old["status"] == "ok" and all(
+          old.get(k) == v for k, v in (("num_samples", a.num_samples), ("seed", a.seed),
+                                       ("settings", base["settings"]))):
+        old["kept"] = old["num_novel"] >= a.min_novel
+        rows.append(old)
+        print(f"[{i + 1}/{len(grid)}] {method} {guidance} gamma={gamma:g} T={T}: from {csv_path}",
+              file=sys.stderr, flush=True)
+        continue
+      if old is not None and old["status"] == "ok":
+        print(f"[{i + 1}/{len(grid)}] {method} {guidance} gamma={gamma:g} T={T}: the CSV's point "
+              "has other settings / seed / num_samples; rerunning it", file=sys.stderr, flush=True)
+      try:
+        res = run_point(ctx, method, guidance, gamma, T)
+        ran += 1
+        rates.setdefault(point_cost_key(method, guidance, a.approx), []).append(
+            res["seconds"] / (1 if method == "AR" else T))
+        row = dict(base, **res, status="ok", kept=res["num_novel"] >= a.min_novel)
+        msg = (f"valid {res['valid_frac']:.3f} novel {res['num_novel']} novel mean "
+               f"{res['novel_mean']:.3f}{'' if row['kept'] else ' (dropped: < min_novel)'}")
+      except Interrupted:
+        write_csv(csv_path, rows + list(done.values()))
+        print(f"\ninterrupted in point {i + 1}/{len(grid)}; the {ran} points run (and earlier "
+              f"ones) are in {csv_path}; the same command resumes", file=sys.stderr)
+        hard_exit(EXIT_INTERRUPTED)
+      except Unavailable as e:
+        row = dict(base, status=f"skipped: {e}", kept=False)
+        msg = row["status"]
+      rows.append(row)
       write_csv(csv_path, rows + list(done.values()))
-      print(f"\ninterrupted in point {i + 1}/{len(grid)}; the {ran} points run (and earlier "
-            f"ones) are in {csv_path}; the same command resumes", file=sys.stderr)
-      hard_exit(EXIT_INTERRUPTED)
-    except Unavailable as e:
-      row = dict(base, status=f"skipped: {e}", kept=False)
-      msg = row["status"]
-    rows.append(row)
-    write_csv(csv_path, rows + list(done.values()))
-    el = time.perf_counter() - start
-    pending = [g for g in grid[i + 1:] if unavailable_reason(ctx, g[0], g[1], g[2]) is None]
-    eta = estimate_seconds(rates, pending, a.approx)
-    print(f"[{i + 1}/{len(grid)}] {method} {guidance} gamma={gamma:g} T={T}: {msg} | "
-          f"{el:.0f}s elapsed, ETA {'?' if eta is None else f'{eta:.0f}s'}", file=sys.stderr,
-          flush=True)
-  rows += list(done.values())  # earlier points outside this grid stay in the CSV and the plot
-  write_csv(csv_path, rows)
-  print(f"wrote {csv_path} ({ran} of {len(grid)} points run)")
-  plotted = [r for r in rows if r.get("num_samples") == a.num_samples]
-  if any(r.get("kept") for r in plotted):
-    print(f"wrote {plot_pareto(plotted, os.path.join(a.out_dir, 'qm9_pareto.png'), a.property)}")
-  else:
-    print(f"no plot: every point has fewer than --min_novel={a.min_novel} novel samples",
-          file=sys.stderr)
+      el = time.perf_counter() - start
+      pending = [g for g in grid[i + 1:] if unavailable_reason(ctx, g[0], g[1], g[2]) is None]
+      eta = estimate_seconds(rates, pending, a.approx)
+      print(f"[{i + 1}/{len(grid)}] {method} {guidance} gamma={gamma:g} T={T}: {msg} | "
+            f"{el:.0f}s elapsed, ETA {'?' if eta is None else f'{eta:.0f}s'}", file=sys.stderr,
+            flush=True)
+    rows += list(done.values())  # earlier points outside this grid stay in the CSV and the plot
+    write_csv(csv_path, rows)
+    print(f"wrote {csv_path} ({ran} of {len(grid)} points run)")
+    plotted = [r for r in rows if r.get("num_samples") == a.num_samples]
+    if any(r.get("kept") for r in plotted):
+      print(f"wrote {plot_pareto(plotted, os.path.join(a.out_dir, 'qm9_pareto.png'), a.property)}")
+    else:
+      print(f"no plot: every point has fewer than --min_novel={a.min_novel} novel samples",
+            file=sys.stderr)
+  except OSError as e:  # an output that became unwritable mid-run: one line, exit 2
+    text = " ".join(str(e).split()) or type(e).__name__
+    print(f"error: {text} (the results written before it are kept)", file=sys.stderr)
+    return 2
   return 0
 
 

@@ -20,6 +20,16 @@ matter because they are key-masked). "from_first_token" (Dream style): cumsum(ma
 left-padded row sees exactly the positions of the same prompt without pads. RoPE scores depend only
 on position differences, so the two agree up to float rounding.
 
+KV cache (Fast-dLLM style block decoding, `sampling.blocks` cache modes): `prefill` is the forward
+above that also returns every layer's keys (after RoPE) and values, cache {"k", "v"}
+[n_layers, B, L, K, D] in compute dtype; `window(tokens [B, W], start, cache)` runs only the
+query positions [start, start + W): their keys / values are computed, written into the cache
+(static shapes: `dynamic_update_slice`), and their queries attend over all L cached keys with the
+same key-padding mask. A window over unchanged tokens reproduces `prefill` (same keys / values,
+same logits up to float rounding); entries outside the window stay as they were (stale when the
+tokens they were computed from have changed: the approximation of the prefix / dual caches).
+Logits are computed only at the `width` requested positions.
+
 Parameter names follow bonsai's port and the HF keys `model.transformer.*` (see `weights.py`):
 `wte.embedding`, `blocks.{i}.{attn_norm,ff_norm}.weight`,
 `blocks.{i}.{q_proj,k_proj,v_proj,attn_out,ff_proj,up_proj,ff_out}.kernel` ([in, out], the
@@ -39,12 +49,13 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax import lax
 
 POSITIONS = ("absolute", "from_first_token")
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -259,16 +270,25 @@ class LLaDABlock(nnx.Module):
     self.ff_out = Linear(cfg.mlp_hidden_size, d, ("mlp", "embed"), cfg, rngs=rngs)
     self.cfg = cfg
 
-  def __call__(self, x, cos, sin, bias):
-    """x [B, L, d] float32; cos/sin [B, L, D]; bias [B, 1, 1, L] float32 -> [B, L, d] float32."""
+  def qkv(self, x, cos, sin):
+    """x [B, T, d] float32 -> q [B, T, N, D], k, v [B, T, K, D] (float32, RoPE applied to q, k)."""
     cfg = self.cfg
     dt = jnp.dtype(cfg.compute_dtype)
-    B, L, _ = x.shape
+    B, T, _ = x.shape
     N, K, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     n = self.attn_norm(x)
-    q = apply_rope(self.q_proj(n, dt).reshape(B, L, N, D), cos, sin)
-    k = apply_rope(self.k_proj(n, dt).reshape(B, L, K, D), cos, sin)
-    v = self.v_proj(n, dt).reshape(B, L, K, D)
+    q = apply_rope(self.q_proj(n, dt).reshape(B, T, N, D), cos, sin)
+    k = apply_rope(self.k_proj(n, dt).reshape(B, T, K, D), cos, sin)
+    v = self.v_proj(n, dt).reshape(B, T, K, D)
+    return q, k, v
+
+  def attend(self, x, q, k, v, bias):
+    """The rest of the block for queries x/q [B, T, ...] over keys/values k, v [B, S, K, D] (any
+    float dtype; used in compute dtype) with key mask bias [B, 1, 1, S] -> [B, T, d] float32."""
+    cfg = self.cfg
+    dt = jnp.dtype(cfg.compute_dtype)
+    B, T, _ = x.shape
+    N, K, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     if K != N:
       k = jnp.repeat(k, N // K, axis=2)
       v = jnp.repeat(v, N // K, axis=2)
@@ -278,10 +298,31 @@ class LLaDABlock(nnx.Module):
     w = jax.nn.softmax(s, axis=-1)
     a = jnp.einsum("bhqk,bkhd->bqhd", w.astype(dt), v.astype(dt),
                    preferred_element_type=jnp.float32)
-    x = x + self.attn_out(a.reshape(B, L, N * D), dt)
+    x = x + self.attn_out(a.reshape(B, T, N * D), dt)
     n = self.ff_norm(x)
     h = jax.nn.silu(self.ff_proj(n, dt)) * self.up_proj(n, dt)
     return x + self.ff_out(h, dt)
+
+  def __call__(self, x, cos, sin, bias):
+    """x [B, L, d] float32; cos/sin [B, L, D]; bias [B, 1, 1, L] bool -> [B, L, d] float32."""
+    q, k, v = self.qkv(x, cos, sin)
+    return self.attend(x, q, k, v, bias)
+
+  def prefill(self, x, cos, sin, bias):
+    """As __call__, also returning this layer's (k, v) [B, L, K, D] in compute dtype."""
+    dt = jnp.dtype(self.cfg.compute_dtype)
+    q, k, v = self.qkv(x, cos, sin)
+    k, v = k.astype(dt), v.astype(dt)
+    return self.attend(x, q, k, v, bias), (k, v)
+
+  def window(self, x, cos, sin, bias, k_cache, v_cache, start):
+    """Queries at positions [start, start + W) (x [B, W, d]) against the layer cache
+    k_cache / v_cache [B, L, K, D], whose entries at those positions are first replaced by the
+    window's own keys / values. -> (x [B, W, d], (k_cache, v_cache) updated)."""
+    q, k, v = self.qkv(x, cos, sin)
+    k_cache = lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), start, axis=1)
+    v_cache = lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), start, axis=1)
+    return self.attend(x, q, k_cache, v_cache, bias), (k_cache, v_cache)
 
 
 def _stacked_blocks(cfg: LLaDAConfig, rngs: nnx.Rngs) -> LLaDABlock:
@@ -314,8 +355,7 @@ class LLaDAModel(nnx.Module):
     self.ln_f = RMSNorm(cfg.d_model, cfg)
     self.ff_out = Linear(cfg.d_model, cfg.embedding_size, ("embed", "vocab"), cfg, rngs=rngs)
 
-  def hidden(self, tokens, attention_mask=None):
-    """Final hidden states after ln_f: float32 [B, L, d]."""
+  def _check(self, tokens, attention_mask):
     cfg = self.cfg
     if tokens.ndim != 2:
       raise ValueError(f"tokens shape {tokens.shape} must be [B, L]")
@@ -326,31 +366,104 @@ class LLaDAModel(nnx.Module):
       attention_mask = jnp.ones((B, L), jnp.int32)
     if attention_mask.shape != (B, L):
       raise ValueError(f"attention_mask shape {attention_mask.shape} != tokens shape {(B, L)}")
+    return attention_mask
+
+  def _embed(self, tokens):
+    return jnp.take(self.wte.embedding[...], tokens, axis=0).astype(jnp.float32)
+
+  def _layers(self, fn, x, per_layer=None):
+    """Runs fn(block, x, per_layer_i) -> (x, out_i) over the blocks (lax.scan over the stacked
+    parameters with scan_layers, else a Python loop); returns (x, outs stacked on axis 0)."""
+    cfg = self.cfg
+    if cfg.scan_layers:
+      gd, st = nnx.split(self.blocks)
+
+      def body(x, xs):
+        layer_state, extra = xs
+        return fn(nnx.merge(gd, layer_state), x, extra)
+
+      return jax.lax.scan(body, x, (st, per_layer))
+    outs = []
+    for i, block in enumerate(self.blocks):
+      extra = None if per_layer is None else jax.tree.map(lambda a: a[i], per_layer)
+      x, o = fn(block, x, extra)
+      outs.append(o)
+    stacked = None if outs[0] is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
+    return x, stacked
+
+  def hidden(self, tokens, attention_mask=None):
+    """Final hidden states after ln_f: float32 [B, L, d]."""
+    cfg = self.cfg
+    attention_mask = self._check(tokens, attention_mask)
     keep = (attention_mask != 0)[:, None, None, :]
     pos = positions_from_mask(attention_mask, cfg.positions)
     cos, sin = rope_cos_sin(pos, cfg.head_dim, cfg.rope_theta)
-    x = jnp.take(self.wte.embedding[...], tokens, axis=0).astype(jnp.float32)
+    x = self._embed(tokens)
 
     def run(block, x):
       return block(x, cos, sin, keep)
 
     if cfg.remat:
       run = nnx.remat(run)
-    if cfg.scan_layers:
-      gd, st = nnx.split(self.blocks)
-
-      def body(x, layer_state):
-        return run(nnx.merge(gd, layer_state), x), None
-
-      x, _ = jax.lax.scan(body, x, st)
-    else:
-      for block in self.blocks:
-        x = run(block, x)
+    x, _ = self._layers(lambda block, x, _: (run(block, x), None), x)
     return self.ln_f(x)
 
   def __call__(self, tokens, attention_mask=None):
     h = self.hidden(tokens, attention_mask)
     return self.ff_out(h, jnp.dtype(self.cfg.compute_dtype))
+
+  def _head(self, h, start, width):
+    h = lax.dynamic_slice_in_dim(h, start, width, axis=1)
+    return self.ff_out(self.ln_f(h), jnp.dtype(self.cfg.compute_dtype))
+
+  def prefill(self, tokens, attention_mask=None, start=0, width=None):
+    """Full forward that also returns the KV cache (module docstring "KV cache").
+
+    Args: tokens int32 [B, L]; attention_mask [B, L] (1 = real); start (int, may be traced) and
+      width (static int, default L - start): the positions whose logits are returned.
+    Returns: (logits float32 [B, width, V] at positions start..start+width-1, cache) with cache
+      {"k", "v"}: [n_layers, B, L, n_kv_heads, head_dim] in compute dtype (RoPE applied to k).
+    """
+    cfg = self.cfg
+    attention_mask = self._check(tokens, attention_mask)
+    L = tokens.shape[1]
+    width = L - start if width is None else width
+    keep = (attention_mask != 0)[:, None, None, :]
+    pos = positions_from_mask(attention_mask, cfg.positions)
+    cos, sin = rope_cos_sin(pos, cfg.head_dim, cfg.rope_theta)
+    x, (k, v) = self._layers(lambda block, x, _: block.prefill(x, cos, sin, keep),
+                             self._embed(tokens))
+    return self._head(x, start, width), {"k": k, "v": v}
+
+  def window(self, tokens, start, cache, attention_mask=None, width=None):
+    """Runs only the query positions [start, start + W) against `cache` and writes their keys /
+    values into it (module docstring "KV cache").
+
+    Args: tokens int32 [B, W] (the window's tokens); start int (may be traced; the window must lie
+      inside [0, L)); cache {"k", "v"} [n_layers, B, L, K, D] from `prefill` / `window`;
+      attention_mask [B, L] of the whole sequence; width (static int <= W, default W): logits of
+      the first `width` window positions are returned.
+    Returns: (logits float32 [B, width, V], updated cache).
+    """
+    cfg = self.cfg
+    B, W = tokens.shape
+    L = cache["k"].shape[2]
+    if attention_mask is None:
+      attention_mask = jnp.ones((B, L), jnp.int32)
+    if attention_mask.shape != (B, L) or cache["k"].shape[1] != B or W > L:
+      raise ValueError(f"window: tokens {tokens.shape}, attention_mask {attention_mask.shape} and "
+                       f"cache {cache['k'].shape} ([n_layers, B, L, K, D]) do not fit")
+    width = W if width is None else width
+    keep = (attention_mask != 0)[:, None, None, :]
+    pos = lax.dynamic_slice_in_dim(positions_from_mask(attention_mask, cfg.positions), start, W,
+                                   axis=1)
+    cos, sin = rope_cos_sin(pos, cfg.head_dim, cfg.rope_theta)
+
+    def fn(block, x, kv):
+      return block.window(x, cos, sin, keep, kv[0], kv[1], start)
+
+    x, (k, v) = self._layers(fn, self._embed(tokens), (cache["k"], cache["v"]))
+    return self._head(x, 0, width), {"k": k, "v": v}
 
 
 def init_model(cfg: LLaDAConfig, key) -> tuple[nnx.GraphDef, nnx.State]:
@@ -389,6 +502,51 @@ def make_logits_fn(graphdef: nnx.GraphDef) -> Callable[..., jax.Array]:
     return nnx.merge(graphdef, params)(tokens, attention_mask)
 
   return logits_fn
+
+
+CACHE_AXES = ("layers", "batch", "cache_len", "kv_heads", "head_dim")
+CACHE_RULES = (("batch", ("data", "fsdp")), ("kv_heads", "tensor"))
+
+
+def cache_sharding(mesh, cache_shape, rules=None):
+  """NamedSharding of a cache array [n_layers, B, L, K, D] by the logical-axis rules
+  (`remdm_jax.sharding`; CACHE_RULES add batch -> (data, fsdp), kv_heads -> tensor; a dim that
+  does not divide its mesh axes is replicated)."""
+  from remdm_jax import sharding as mesh_lib
+  rules = tuple(mesh_lib.DEFAULT_RULES if rules is None else rules) + CACHE_RULES
+  spec = mesh_lib.logical_to_spec(CACHE_AXES, cache_shape, mesh, rules)
+  return jax.sharding.NamedSharding(mesh, spec)
+
+
+def make_cache_fns(graphdef: nnx.GraphDef, mesh=None, rules=None):
+  """-> (prefill_fn, window_fn), the cache callables of `remdm_jax.types` (PrefillFn, WindowFn)
+  that the Flax-free block decoder takes (`sampling.blocks`, cache modes prefix / dual):
+
+    prefill_fn(params, tokens [B, L], attention_mask [B, L], start, width)
+        -> (logits float32 [B, width, V] at positions start.., cache)
+    window_fn(params, tokens [B, W], start, cache, attention_mask [B, L], width)
+        -> (logits float32 [B, width, V] at positions start.., cache)
+
+  cache = {"k", "v"}: [n_layers, B, L, n_kv_heads, head_dim] in compute dtype (bf16 at the 8B
+  shape), a pytree scanned with the stacked layers. With `mesh`, the cache is constrained to
+  `cache_sharding` (batch over data/fsdp, kv heads over tensor)."""
+
+  def constrain(cache):
+    if mesh is None:
+      return cache
+    return {n: lax.with_sharding_constraint(a, cache_sharding(mesh, a.shape, rules))
+            for n, a in cache.items()}
+
+  def prefill_fn(params, tokens, attention_mask, start, width):
+    logits, cache = nnx.merge(graphdef, params).prefill(tokens, attention_mask, start, width)
+    return logits, constrain(cache)
+
+  def window_fn(params, tokens, start, cache, attention_mask, width):
+    logits, cache = nnx.merge(graphdef, params).window(tokens, start, constrain(cache),
+                                                       attention_mask, width)
+    return logits, constrain(cache)
+
+  return prefill_fn, window_fn
 
 
 def count_params(cfg: LLaDAConfig) -> int:

@@ -6,6 +6,8 @@ schedule; threshold / factor / EB counts == numpy transcriptions of Fast-dLLM's
 confidences and end to end against a transcription of Fast-dLLM's `generate`; >= 1 commit per
 step and every block ends within its length; batch invariance under every mode; per-row NFE ==
 the counted model calls."""
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -416,3 +418,21 @@ def test_bad_configs_raise():
   with pytest.raises(ValueError, match="prefill_fn"):
     G.make_generate(toy(A, Q)[0], G.GenConfig(cache="dual", gen_length=16, block_length=8,
                                               steps=16, **IDS))
+
+
+def test_cli_cache_and_commit_flags(tmp_path, capsys):
+  from test_llm_countdown import tiny_model_dir
+  from remdm_jax.llm import cli
+  d = str(tmp_path / "model")
+  tiny_model_dir(d)
+  common = [f"--model_dir={d}", "--gen_length=8", "--block_length=4", "--steps=8",
+            "--param_dtype=float32", "--compute_dtype=float32", "--prompt=1+1=", "--prompt=22"]
+  assert cli.main(common + ["--cache=dual", "--commit=threshold", "--threshold=0.5",
+                            "--refresh_every=2"]) == 0
+  out, err = capsys.readouterr()
+  assert len(out.strip().splitlines()) == 2
+  stats = json.loads(err.strip().splitlines()[-1])
+  assert len(stats["row_nfe"]) == 2 and 2 <= stats["nfe"] <= 8
+  assert cli.main(common + ["--cache=full"]) == 2
+  assert "error: " in capsys.readouterr().err
+  assert cli.main(common + ["--sampler=remdm_llada", "--commit=eb"]) == 2

@@ -6,6 +6,14 @@
 `--sampler` is `llada` (official generate), `llada_conf`, `remdm_llada`, or a `SamplerConfig`
 strategy (mdlm, remdm_cap, remdm_rescale, remdm_conf, remdm_loop, remdm_switch, fb, dfm). Bad
 flags exit with status 2 and one line naming the flag.
+
+Speed (`sampling.blocks`, `sampling.kvcache`): `--cache none|prefix|dual` (KV cache, Fast-dLLM's
+prefix / dual cache), `--refresh_every k` (0 = refresh once per block, k = every k steps) and
+`--commit fixed|threshold|factor|eb` (adaptive commits for llada / llada_conf: `--threshold`,
+`--factor`, `--eb_gamma`), e.g.
+
+  python -m remdm_jax.llm.cli --model_dir=/path/LLaDA-8B-Instruct --gen_length=256 \
+      --block_length=32 --steps=256 --cache=dual --commit=threshold --threshold=0.9 --prompt=...
 """
 from __future__ import annotations
 
@@ -45,6 +53,14 @@ def add_generation_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor sizes (default all fsdp)")
   p.add_argument("--batch_size", type=int, default=8)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--cache", default="none", help="KV cache mode: none | prefix | dual")
+  p.add_argument("--refresh_every", type=int, default=0,
+                 help="refresh the cache every k steps (0 = once per block)")
+  p.add_argument("--commit", default="fixed",
+                 help="commit rule: fixed | threshold | factor | eb (adaptive: llada, llada_conf)")
+  p.add_argument("--threshold", type=float, default=0.9, help="tau of --commit=threshold")
+  p.add_argument("--factor", type=float, default=1.0, help="factor of --commit=factor")
+  p.add_argument("--eb_gamma", type=float, default=1e-3, help="entropy bound of --commit=eb")
 
 
 def gen_config_from_args(args, mcfg) -> GenConfig:
@@ -69,7 +85,17 @@ def gen_config_from_args(args, mcfg) -> GenConfig:
       official_eos_quirk=args.official_eos_quirk, stop_at_eos=stop, precision=args.precision,
       mask_id=pick(args.mask_id, mcfg.mask_token_id), eos_id=pick(args.eos_id, mcfg.eos_token_id),
       eot_id=pick(args.eot_id, mcfg.eot_token_id), pad_id=pick(args.pad_id, mcfg.pad_token_id),
-      sampler=sampler)
+      sampler=sampler, cache=args.cache, refresh_every=args.refresh_every, commit=args.commit,
+      threshold=args.threshold, factor=args.factor, eb_gamma=args.eb_gamma)
+
+
+def make_generator(graphdef, cfg: GenConfig, mesh=None):
+  """The block generator of `cfg` for a LLaDA graphdef (its cache callables when cfg.cache is
+  prefix / dual)."""
+  from remdm_jax.llm import generate as G
+  from remdm_jax.llm.model import make_cache_fns, make_logits_fn
+  pf, wf = make_cache_fns(graphdef, mesh=mesh) if cfg.cache != "none" else (None, None)
+  return G.make_generate(make_logits_fn(graphdef), cfg, mesh=mesh, prefill_fn=pf, window_fn=wf)
 
 
 def load_for_generation(args):
@@ -111,21 +137,21 @@ def _generate_main(args):
   import jax
   import numpy as np
   from remdm_jax.llm import generate as G
-  from remdm_jax.llm.model import make_logits_fn
   if not args.prompt:
     raise ValueError("--prompt is required (repeat it for a batch)")
   mcfg, gd, params, tok, mesh = load_for_generation(args)
   cfg = gen_config_from_args(args, mcfg)
   prompts = [tok.encode(p) for p in args.prompt]
   x, am = G.left_pad(prompts, cfg.pad_id)
-  gen = G.make_generate(make_logits_fn(gd), cfg, mesh=mesh)
+  gen = make_generator(gd, cfg, mesh)
   keys = jax.random.split(jax.random.key(args.seed), len(prompts))
   out, info = gen(params, x, am, keys)
   texts = G.decode_outputs(np.asarray(out), tok, stops=args.stop or (),
                            eos_token=tok.tok.id_to_token(cfg.eos_id))
   for t in texts:
     print(json.dumps({"text": t}))
-  print(json.dumps({"nfe": int(info["nfe"])}), file=sys.stderr)
+  print(json.dumps({"nfe": int(info["nfe"]),
+                    "row_nfe": np.asarray(info["row_nfe"]).tolist()}), file=sys.stderr)
 
 
 def main(argv: Optional[list] = None) -> int:

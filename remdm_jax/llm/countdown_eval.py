@@ -86,8 +86,6 @@ def write_outputs(out_dir: str, records: list[dict], summary: dict) -> None:
 
 
 def _main(args):
-  from remdm_jax.llm import generate as G
-  from remdm_jax.llm.model import make_logits_fn
   if args.repeats < 1:
     raise ValueError(f"--repeats={args.repeats} must be >= 1")
   if args.data:
@@ -102,7 +100,7 @@ def _main(args):
     raise ValueError("--out_dir is required")
   mcfg, gd, params, tok, mesh = cli.load_for_generation(args)
   cfg = cli.gen_config_from_args(args, mcfg)
-  gen = G.make_generate(make_logits_fn(gd), cfg, mesh=mesh)
+  gen = cli.make_generator(gd, cfg, mesh)
   t0 = time.time()
   records, summary = evaluate(
       gen, params, tok, cfg, problems, repeats=args.repeats, batch_size=args.batch_size,

@@ -315,14 +315,19 @@ class LLaDABlock(nnx.Module):
     k, v = k.astype(dt), v.astype(dt)
     return self.attend(x, q, k, v, bias), (k, v)
 
-  def window(self, x, cos, sin, bias, k_cache, v_cache, start):
-    """Queries at positions [start, start + W) (x [B, W, d]) against the layer cache
-    k_cache / v_cache [B, L, K, D], whose entries at those positions are first replaced by the
-    window's own keys / values. -> (x [B, W, d], (k_cache, v_cache) updated)."""
+  def window(self, x, cos, sin, bias, k_all, v_all, layer, start):
+    """Queries at positions [start, start + W) (x [B, W, d]) against this layer's entry of the
+    stacked cache k_all / v_all [n_layers, B, L, K, D], whose entries at those positions are first
+    replaced by the window's own keys / values (in place: a dynamic_update_slice of the carried
+    cache). -> (x [B, W, d], (k_all, v_all) updated)."""
     q, k, v = self.qkv(x, cos, sin)
-    k_cache = lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), start, axis=1)
-    v_cache = lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), start, axis=1)
-    return self.attend(x, q, k_cache, v_cache, bias), (k_cache, v_cache)
+    z = jnp.zeros((), jnp.int32)
+    at = (layer, z, start, z, z)
+    k_all = lax.dynamic_update_slice(k_all, k.astype(k_all.dtype)[None], at)
+    v_all = lax.dynamic_update_slice(v_all, v.astype(v_all.dtype)[None], at)
+    k_l = lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False)
+    v_l = lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False)
+    return self.attend(x, q, k_l, v_l, bias), (k_all, v_all)
 
 
 def _stacked_blocks(cfg: LLaDAConfig, rngs: nnx.Rngs) -> LLaDABlock:
@@ -459,11 +464,24 @@ class LLaDAModel(nnx.Module):
                                    axis=1)
     cos, sin = rope_cos_sin(pos, cfg.head_dim, cfg.rope_theta)
 
-    def fn(block, x, kv):
-      return block.window(x, cos, sin, keep, kv[0], kv[1], start)
+    x = self._embed(tokens)
+    k_all, v_all = cache["k"], cache["v"]
+    if cfg.scan_layers:  # the cache rides in the carry: updated in place, never copied
+      gd, st = nnx.split(self.blocks)
 
-    x, (k, v) = self._layers(fn, self._embed(tokens), (cache["k"], cache["v"]))
-    return self._head(x, 0, width), {"k": k, "v": v}
+      def body(carry, xs):
+        x, k_all, v_all = carry
+        layer_state, i = xs
+        x, (k_all, v_all) = nnx.merge(gd, layer_state).window(x, cos, sin, keep, k_all, v_all,
+                                                               i, start)
+        return (x, k_all, v_all), None
+
+      (x, k_all, v_all), _ = jax.lax.scan(body, (x, k_all, v_all),
+                                          (st, jnp.arange(cfg.n_layers, dtype=jnp.int32)))
+    else:
+      for i, block in enumerate(self.blocks):
+        x, (k_all, v_all) = block.window(x, cos, sin, keep, k_all, v_all, i, start)
+    return self._head(x, 0, width), {"k": k_all, "v": v_all}
 
 
 def init_model(cfg: LLaDAConfig, key) -> tuple[nnx.GraphDef, nnx.State]:

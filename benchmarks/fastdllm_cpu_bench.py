@@ -249,7 +249,8 @@ def main(argv=None):
         if "fastdllm" in rec:
           f = rec["fastdllm"]
           line += (f" | fastdllm nfe {f['nfe']:4d} cpu {f['cpu_s']:7.2f}s tok/cpu-s "
-                   f"{f['tok_per_cpu_s']:7.1f} | ours/theirs {f['cpu_s'] / rec['ours']['cpu_s']:.2f}x"
+                   f"{f['tok_per_cpu_s']:7.1f} | ours/theirs "
+                   f"{f['cpu_s'] / rec['ours']['cpu_s']:.2f}x"
                    f" agree {rec['agree_ours_fastdllm']:.3f}")
         print(line, flush=True)
   out = {"args": vars(a), "jax": jax.__version__, "torch": torch.__version__,

@@ -173,8 +173,8 @@ class BlockConfig:
             f"the remask window (tau={tau})")
     if self.cache not in kvcache.CACHE_MODES:
       bad("cache", f"must be one of {kvcache.CACHE_MODES}")
-    if (isinstance(self.refresh_every, bool) or not isinstance(self.refresh_every, (int, np.integer))
-        or self.refresh_every < 0):
+    r = self.refresh_every
+    if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 0:
       bad("refresh_every", "must be an int >= 0 (0 = once per block)")
     if self.commit not in conf_k.COMMIT_RULES:
       bad("commit", f"must be one of {conf_k.COMMIT_RULES}")

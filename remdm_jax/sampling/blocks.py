@@ -283,7 +283,8 @@ def make_block_generate(logits_fn: Optional[MaskedLMFn], cfg: BlockConfig, *, ji
   Parameters keep their own (e.g. fsdp x tensor) shardings. Results do not depend on the mesh.
 
   `gen` validates on the host (`check_prompt`, noise shapes, x64 for float64) and then calls ONE
-  jitted program per (shapes, cfg): blocks are a `lax.scan`, steps an inner `lax.scan`.
+  jitted program per (shapes, cfg): blocks are a `lax.scan` (unrolled for cache 'prefix', whose
+  window needs a static start), the steps of a block a `lax.while_loop`.
   Raises: ValueError naming the bad argument.
   """
   if not isinstance(cfg, BlockConfig):

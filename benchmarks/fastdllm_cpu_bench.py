@@ -125,7 +125,8 @@ def our_model(a, mask_id, state_dict=None):
                       pad_token_id=0, param_dtype="float32", compute_dtype="float32")
   if state_dict is None:
     gd, params = M.init_model(cfg, jax.random.key(a.seed))
-    params["ff_out"]["kernel"].value = params["ff_out"]["kernel"].value * a.logit_scale
+    head = params["ff_out"]["kernel"]
+    head[...] = head[...] * a.logit_scale
     return cfg, gd, params
   from safetensors.numpy import save_file
   tensors = {k: np.ascontiguousarray(v.detach().float().numpy()) for k, v in state_dict.items()

@@ -68,7 +68,7 @@ def main(argv=None):
   gd, params = M.init_sharded(mcfg, jax.random.key(0), mesh)
   if a.logit_scale != 1.0:
     head = params["ff_out"]["kernel"]
-    head.value = (head.value.astype(np.float32) * a.logit_scale).astype(head.value.dtype)
+    head[...] = (head[...].astype(np.float32) * a.logit_scale).astype(head[...].dtype)
   jax.block_until_ready(params)
   init_s = time.perf_counter() - t0
   lf = M.make_logits_fn(gd)

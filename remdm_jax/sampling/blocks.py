@@ -29,6 +29,18 @@ blocks, each decoded with S = steps / nb steps (the prompt and pads are never ma
   (`key`, or `key[0]` when per-row keys are given) and the sampler's own per-(row, position)
   draws, so it is batch-size invariant but not invariant to a row's index in the batch.
 
+Cache modes (`cache`, `refresh_every`; `kvcache`): every step's block logits come from one model
+call of the `kvcache.BlockModel` kernel: a full forward (`none`, or a refresh step), or a window
+against the KV cache (`prefix`: [start, L); `dual`: the block), the cache carried through the loop
+(NVlabs/Fast-dLLM's prefix / dual cache). The rules and the strategies use the same kernel (the
+strategies as the sampler's stateful model, `sampler.make_sampler(...).core(forward=...)`), and
+with CFG the unconditional rows get their own cache rows. Adaptive commits (`commit` = threshold /
+factor / eb, rules llada and llada_conf; `confidence` module docstring): each block is a
+`lax.while_loop` that runs while some live row still has a mask in the block (at most
+block_length steps: the mask is never proposed, so every step commits >= 1); fixed rules run their
+iters_per_block steps in the same loop. info["row_nfe"] counts, per row, the steps it took part in
+(a row finished with its block, or stopped at EOS, waits without counting).
+
 Both LLaDA reference samplers draw over the full vocabulary, mask token included (x0 may be MASK,
 which then stays masked); this port keeps that. Only the current block's logits are used: the
 block gate gives every other position confidence -inf.

@@ -157,3 +157,7 @@ def test_cli_dream_rule_on_dream_checkpoint(tmp_path, capsys):
   assert isinstance(json.loads(capsys.readouterr().out.splitlines()[0])["text"], str)
   assert cli.main(base + ["--sampler=llada", "--top_k=3"]) == 2
   assert "--top_k applies only to the Dream rules" in capsys.readouterr().err
+  # a Dream model has no KV cache: one error line before loading the weights
+  assert cli.main(base + ["--sampler=dream_entropy", "--cache=dual"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: cache='dual': the KV cache is implemented")

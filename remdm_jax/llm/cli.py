@@ -18,6 +18,14 @@ tokenizer's post-processor adds BOS where the model's tokenizer does).
 --temperature, --top_p, --top_k, --alg_temp, --eps), or a `SamplerConfig` strategy (mdlm,
 remdm_cap, remdm_rescale, remdm_conf, remdm_loop, remdm_switch, fb, dfm). Bad flags exit with
 status 2 and one line naming the flag.
+
+Speed (`sampling.blocks`, `sampling.kvcache`): `--cache none|prefix|dual` (KV cache, Fast-dLLM's
+prefix / dual cache; LLaDA-architecture models, every sampler), `--refresh_every k` (0 = refresh
+once per block, k = every k steps) and `--commit fixed|threshold|factor|eb` (adaptive commits for
+llada / llada_conf: `--threshold`, `--factor`, `--eb_gamma`), e.g.
+
+  python -m remdm_jax.llm.cli --model_dir=/path/LLaDA-8B-Instruct --gen_length=256 \\
+      --block_length=32 --steps=256 --cache=dual --commit=threshold --threshold=0.9 --prompt=...
 """
 from __future__ import annotations
 
@@ -67,6 +75,14 @@ def add_generation_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor sizes (default all fsdp)")
   p.add_argument("--batch_size", type=int, default=8)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--cache", default="none", help="KV cache mode: none | prefix | dual")
+  p.add_argument("--refresh_every", type=int, default=0,
+                 help="refresh the cache every k steps (0 = once per block)")
+  p.add_argument("--commit", default="fixed",
+                 help="commit rule: fixed | threshold | factor | eb (adaptive: llada, llada_conf)")
+  p.add_argument("--threshold", type=float, default=0.9, help="tau of --commit=threshold")
+  p.add_argument("--factor", type=float, default=1.0, help="factor of --commit=factor")
+  p.add_argument("--eb_gamma", type=float, default=1e-3, help="entropy bound of --commit=eb")
 
 
 def gen_config_from_args(args, mcfg) -> GenConfig:
@@ -102,7 +118,9 @@ def gen_config_from_args(args, mcfg) -> GenConfig:
       logits_eos_inf=args.logits_eos_inf, confidence_eos_eot_inf=args.confidence_eos_eot_inf,
       official_eos_quirk=args.official_eos_quirk, stop_at_eos=stop, precision=args.precision,
       mask_id=pick(args.mask_id, mcfg.mask_token_id), eos_id=pick(args.eos_id, mcfg.eos_token_id),
-      eot_id=eot, pad_id=pick(args.pad_id, mcfg.pad_token_id), sampler=sampler, **extra)
+      eot_id=eot, pad_id=pick(args.pad_id, mcfg.pad_token_id), sampler=sampler,
+      cache=args.cache, refresh_every=args.refresh_every, commit=args.commit,
+      threshold=args.threshold, factor=args.factor, eb_gamma=args.eb_gamma, **extra)
 
 
 def load_model(args):
@@ -111,8 +129,11 @@ def load_model(args):
   --pad_id override the ids of config.json and the tokenizer files (validated against the
   vocabulary, `remdm_jax.llm.model.resolve_ids`)."""
   from remdm_jax import distributed
-  from remdm_jax.llm.load import load_lm
+  from remdm_jax.llm.load import arch_of, check_cache, load_lm
   from remdm_jax import sharding as mesh_lib
+  cache = getattr(args, "cache", "none")
+  if cache != "none":  # before any work: the KV cache needs a LLaDA-architecture model
+    check_cache(arch_of(args.model_dir, getattr(args, "arch", None)), cache, args.model_dir)
   distributed.initialize_from_env()  # before anything creates the JAX backend
   try:
     shape = tuple(int(s) for s in args.mesh.split(","))
@@ -187,11 +208,12 @@ def _generate_main(args):
   prompts = encode_prompts(lm.tokenizer, args.prompt, args.chat, args.system)
   x, am = G.left_pad(prompts, cfg.pad_id)
   x, am = pad_prompts_to(x, am, getattr(lm.tokenizer, "prompt_length", 0), cfg.pad_id)
-  gen = G.make_generate(lm.logits_fn, cfg, mesh=mesh)
+  gen = lm.make_generator(cfg, mesh=mesh)
   keys = jax.random.split(jax.random.key(args.seed), len(prompts))
   out, info = gen(lm.params, x, am, keys)
   from remdm_jax.sharding import to_host
-  out = to_host(out)  # all rows on every process (several processes: a collective)
+  # all rows on every process (several processes: a collective)
+  out, row_nfe = to_host((out, info["row_nfe"]))
   if jax.process_index() != 0:  # process 0 prints
     return
   texts = G.decode_outputs(out, lm.tokenizer, stops=args.stop or (),
@@ -199,7 +221,8 @@ def _generate_main(args):
                            eot_token=lm.token_text(lm.eot_id))
   for t in texts:
     print(json.dumps({"text": t}))
-  print(json.dumps({"nfe": int(info["nfe"])}), file=sys.stderr)
+  print(json.dumps({"nfe": int(info["nfe"]),
+                    "row_nfe": row_nfe.tolist()}), file=sys.stderr)
 
 
 def main(argv: Optional[list] = None) -> int:

@@ -162,6 +162,8 @@ def run(argv) -> int:
   runtime = {k: getattr(FLAGS, k) for k in ("compute_dtype", "attention_impl")
              if getattr(FLAGS, k) is not None}
   model = generation.load_model(path, FLAGS.tokenizer, mask_id=FLAGS.mask_id, **runtime)
+  if not model.config.causal:  # (an AR model gets check_diffusion_model's own message)
+    generation.check_model_use(model, "sample.py", kinds=("mdlm",), domains=("text", None))
   generation.check_diffusion_model(model)
   overrides = {k: getattr(FLAGS, k) for k in _OVERRIDES if getattr(FLAGS, k) is not None}
   if overrides.get("top_p") == 1.0:
@@ -213,21 +215,44 @@ def run(argv) -> int:
         + (f"; semi-AR: {_plural(semi['num_strides'], 'stride')} of {semi['stride_length']} "
            f"-> {semi['length']} tokens" if semi else ""), file=sys.stderr)
 
-  # 3. Sample, write, then score.
-  tokens, stats = generation.generate(model, cfg, num_samples=FLAGS.num_samples,
-                                      batch_size=FLAGS.batch_size, seed=FLAGS.seed,
-                                      prompt=FLAGS.prompt, progress=FLAGS.progress and primary,
-                                      num_strides=semi.get("num_strides", 0),
-                                      stride_length=semi.get("stride_length"), mesh=mesh)
-  texts = [model.tokenizer.decode(t.tolist()) for t in tokens]
-  settings = generation.sampler_settings(cfg)
-  records = [dict(index=i, tokens=tok.tolist(), sampler=settings, seed=FLAGS.seed,
-                  checkpoint=model.path, tokenizer=model.tokenizer.name, prompt=FLAGS.prompt,
-                  **semi, **({"text": txt} if has_text else {}))
-             for i, (txt, tok) in enumerate(zip(texts, tokens))]
+  # 3. Sample, write, then score. Ctrl-C keeps the finished batches; a failed write keeps the
+  # samples in a rescue file.
+  from remdm_jax.interrupt import EXIT_INTERRUPTED, Interrupted, hard_exit
+
+  def records_of(tokens):
+    texts = [model.tokenizer.decode(t.tolist()) for t in tokens]
+    settings = generation.sampler_settings(cfg)
+    return texts, [dict(index=i, tokens=tok.tolist(), sampler=settings, seed=FLAGS.seed,
+                        checkpoint=model.path, tokenizer=model.tokenizer.name,
+                        prompt=FLAGS.prompt, **semi, **({"text": txt} if has_text else {}))
+                   for i, (txt, tok) in enumerate(zip(texts, tokens))]
+
+  def write(records):
+    out, failure = generation.write_jsonl_or_rescue(out_path, records)
+    if failure:
+      raise ValueError(f"{failure}; the {len(records)} samples were written to {out} instead")
+    return out
+
+  try:
+    tokens, stats = generation.generate(model, cfg, num_samples=FLAGS.num_samples,
+                                        batch_size=FLAGS.batch_size, seed=FLAGS.seed,
+                                        prompt=FLAGS.prompt, progress=FLAGS.progress and primary,
+                                        num_strides=semi.get("num_strides", 0),
+                                        stride_length=semi.get("stride_length"), mesh=mesh)
+  except Interrupted as e:
+    done = e.partial
+    if not len(done):
+      where = "no batch had finished; nothing written"
+    elif primary:
+      where = f"wrote the {len(done)} finished samples to {write(records_of(done)[1])}"
+    else:
+      where = "process 0 writes the finished samples"
+    print(f"sample.py: {e}; {where}", file=sys.stderr)
+    hard_exit(EXIT_INTERRUPTED)
+  texts, records = records_of(tokens)
   # every process computes the (identical) metrics, so that all reach JAX's exit barrier together
   if primary:
-    out = generation.write_jsonl_atomic(out_path, records)
+    out = write(records)
     print(f"wrote {len(records)} samples to {out}", file=sys.stderr)
   metrics = metrics_lib.sample_metrics(tokens, scorer=scorer, texts=texts, mauve_reference=refs,
                                        reference_name=ref_name)
@@ -264,7 +289,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
   try:
     return run(argv)
-  except (ValueError, FileNotFoundError, ImportError) as e:
+  except (ValueError, FileNotFoundError, ImportError, OSError) as e:
     text = str(e).strip()
     print(f"sample.py: error: {text.splitlines()[0] if text else type(e).__name__}",
           file=sys.stderr)

@@ -15,13 +15,19 @@ Two formats:
 2. **Params checkpoints** (`save_params` / `load_params` / `export_params`): one portable directory
      <dir>/params/            orbax (OCDBT) tree of float32 arrays, nested dict keyed by pytree path
      <dir>/model_config.json  the model config dict (DiTConfig.to_dict())
-     <dir>/metadata.json      free-form metadata (+ "format": "remdm-jax-params", "version": 1)
-   written atomically: everything goes to `<dir>.partial` first, then one rename.
-   `load_params` also accepts a training workdir (or its `checkpoints/` folder): it returns the EMA
-   parameters of the latest finished step.
+     <dir>/metadata.json      free-form metadata (+ "format": "remdm-jax-params", "version": 1,
+                              "sha256": {relative path: hex digest} of every other file)
+   written atomically: everything goes to the hidden sibling `.<name>.remdm-partial` first, then
+   one rename. An existing path is never replaced unless `overwrite=True`, and even then only if
+   it is a model folder that remdm-jax wrote (`is_model_folder`): an arbitrary folder or a file
+   at the output path is refused, never deleted. `load_params` verifies the recorded checksums
+   (and, for folders written before checksums existed, that every stored float is finite) and
+   names the damaged file. It also accepts a training workdir (or its `checkpoints/` folder): it
+   returns the EMA parameters of the latest finished step.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -32,7 +38,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from remdm_jax.fileio import atomic_open
+from remdm_jax.fileio import atomic_open, check_writable_folder
 from remdm_jax.sharding import param_shardings, path_str
 
 PARAMS_FORMAT = "remdm-jax-params"
@@ -337,27 +343,172 @@ def _to_float32(x):
   return x
 
 
+# The entries a model folder written by remdm-jax may hold (save_params: params/, model_config.json,
+# metadata.json; the digits classifier: params.npz, metadata.json).
+MODEL_FOLDER_ENTRIES = frozenset({"params", "params.npz", "model_config.json", "metadata.json"})
+_PARTIAL_SUFFIX = ".remdm-partial"
+_OLD_SUFFIX = ".remdm-old"
+
+
+def is_model_folder(path) -> bool:
+  """True if `path` is a folder that a remdm-jax tool wrote for one model (and so may be replaced
+  by `save_params(..., overwrite=True)`): a directory (not a link) whose entries all lie in
+  `MODEL_FOLDER_ENTRIES` and whose metadata.json is a JSON object with a "format" starting with
+  "remdm-jax". Anything else (a file, a project folder, a training workdir) is False."""
+  path = os.path.abspath(os.fspath(path))
+  if os.path.islink(path) or not os.path.isdir(path):
+    return False
+  try:
+    names = set(os.listdir(path))
+    with open(os.path.join(path, "metadata.json")) as f:
+      meta = json.load(f)
+  except (OSError, ValueError):
+    return False
+  fmt = meta.get("format") if isinstance(meta, dict) else None
+  return names <= MODEL_FOLDER_ENTRIES and isinstance(fmt, str) and fmt.startswith("remdm-jax")
+
+
+def _describe(path: str) -> str:
+  if os.path.islink(path):
+    return "a symbolic link"
+  if not os.path.isdir(path):
+    return "a file"
+  try:
+    names = sorted(os.listdir(path))
+  except OSError:
+    return "an unreadable folder"
+  other = [n for n in names if n not in MODEL_FOLDER_ENTRIES]
+  if other:
+    shown = ", ".join(other[:3]) + (", ..." if len(other) > 3 else "")
+    return f"a folder holding files remdm-jax did not write ({shown})"
+  return "a folder without a remdm-jax metadata.json"
+
+
+def check_model_output(path, overwrite: bool, *, flag: str = "--output",
+                       overwrite_flag: str = "--overwrite") -> str:
+  """The absolute path of a model output folder, checked BEFORE any work.
+
+  A new path is fine (its parent must be creatable and writable). An existing path needs
+  `overwrite`, and even then must be a model folder remdm-jax wrote (`is_model_folder`): a file,
+  a link or any other folder is never replaced. Raises ValueError (one line naming `flag`, the
+  path and what is there) otherwise.
+  """
+  path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+  if os.path.lexists(path):
+    if not is_model_folder(path):
+      raise ValueError(f"{flag}={path} exists and is {_describe(path)}, not a model folder "
+                       "written by remdm-jax; it is never replaced: choose a new path")
+    if not overwrite:
+      raise ValueError(f"{flag}={path} exists (a remdm-jax model folder); pass {overwrite_flag} "
+                       "to replace it, or choose a new path")
+  check_writable_folder(os.path.dirname(path), flag, path)
+  return path
+
+
+def _sibling(directory: str, suffix: str) -> str:
+  head, base = os.path.split(directory)
+  return os.path.join(head, f".{base}{suffix}")
+
+
+def _remove_own_leftover(path: str) -> None:
+  """Removes a leftover `.<name>.remdm-partial` / `.remdm-old` folder of an interrupted save; one
+  holding anything save_params does not write is refused (ValueError), never deleted."""
+  if not os.path.lexists(path):
+    return
+  if (os.path.islink(path) or not os.path.isdir(path)
+      or not set(os.listdir(path)) <= MODEL_FOLDER_ENTRIES):
+    raise ValueError(f"{path} exists and is not a leftover of an interrupted save_params "
+                     "(it holds other files); move it away")
+  shutil.rmtree(path)
+
+
+def _sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def _file_checksums(directory: str, skip=("metadata.json",)) -> dict:
+  """{relative path ('/'-separated): sha256 hex} of every file under `directory` but `skip`."""
+  out = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      full = os.path.join(root, name)
+      rel = os.path.relpath(full, directory).replace(os.sep, "/")
+      if rel not in skip:
+        out[rel] = _sha256(full)
+  return dict(sorted(out.items()))
+
+
+def verify_checksums(directory, metadata: Mapping) -> bool:
+  """Checks the files of a params folder against `metadata["sha256"]` (written by save_params).
+
+  Returns False if the metadata records no checksums (a folder written before they existed),
+  True if every recorded file is present with the recorded digest. Raises ValueError (one line
+  naming the folder and the first missing or differing file) otherwise. Files not recorded are
+  not read (orbax never adds any).
+  """
+  sums = metadata.get("sha256")
+  if sums is None:
+    return False
+  directory = os.path.abspath(os.fspath(directory))
+  if not isinstance(sums, Mapping):
+    raise ValueError(f"{directory}/metadata.json: 'sha256' must map file names to digests")
+  for rel, want in sums.items():
+    full = os.path.join(directory, *str(rel).split("/"))
+    if not os.path.isfile(full):
+      raise ValueError(f"{directory}: unreadable or truncated params checkpoint ({rel}: missing, "
+                       "but recorded in metadata.json)")
+    if _sha256(full) != want:
+      raise ValueError(f"{directory}: unreadable or truncated params checkpoint ({rel}: its "
+                       "sha256 differs from the one recorded when it was saved; the file is "
+                       "corrupted or was changed)")
+  return True
+
+
+def check_finite(params, where: str) -> None:
+  """ValueError (one line naming `where` and the first parameter path) if a floating leaf holds
+  NaN or +-inf: a damaged file can decode to such values without any read error."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    if not (hasattr(leaf, "dtype") and jax.numpy.issubdtype(leaf.dtype, jax.numpy.floating)):
+      continue
+    bad = int(jax.device_get(jax.numpy.sum(~jax.numpy.isfinite(leaf))))
+    if bad:
+      raise ValueError(f"{where}: parameter {path_str(path)!r} holds non-finite values ({bad} "
+                       "NaN or inf); the file is corrupted or the model diverged")
+
+
 def save_params(directory, params, *, model_config: dict,
-                extra_metadata: dict | None = None) -> str:
-  """Writes a params checkpoint (float32) atomically: `<directory>.partial` then one rename.
+                extra_metadata: dict | None = None, overwrite: bool = False) -> str:
+  """Writes a params checkpoint (float32) atomically: a hidden sibling folder, then one rename.
 
   Args:
-    directory: output folder (replaced if it exists).
+    directory: output folder. It must not exist, unless `overwrite=True` and it is a model folder
+      remdm-jax wrote (`is_model_folder`); a file, link or any other folder is never replaced.
     params: pytree of arrays (nnx.State, nested dict, ...); floating leaves are stored as float32.
       With several processes every process calls this with the same tree (global arrays, or
       host-local / numpy leaves holding the same values); process 0 writes the JSON files.
     model_config: JSON-serialisable model config (e.g. `DiTConfig.to_dict()`).
     extra_metadata: JSON-serialisable extras (step, source, ...), stored in metadata.json.
+    overwrite: replace an existing model folder (the old one is removed only after the new one
+      is complete).
   Returns:
-    the absolute path of the written directory.
+    the absolute path of the written directory. metadata.json records the sha256 of every other
+    file ("sha256"), which `load_params` verifies.
+  Raises:
+    ValueError (one line) if model_config is not a dict or the output path is refused
+    (`check_model_output`), before anything is written.
   """
   if not isinstance(model_config, Mapping):
     raise ValueError(f"save_params: model_config must be a dict, got {type(model_config).__name__}")
-  directory = os.path.abspath(os.fspath(directory))
-  tmp = directory + ".partial"
+  directory = check_model_output(directory, overwrite, flag="save_params: directory",
+                                 overwrite_flag="overwrite=True")
+  tmp = _sibling(directory, _PARTIAL_SUFFIX)
   primary = jax.process_index() == 0
-  if primary and os.path.exists(tmp):
-    shutil.rmtree(tmp)
+  if primary:
+    _remove_own_leftover(tmp)
   _sync("remdm_save_params_clean")
   nested = tree_to_nested(jax.tree.map(_to_float32, params))
   if jax.process_count() > 1:  # host-local arrays (load_params' default) cannot be saved by orbax
@@ -366,15 +517,16 @@ def save_params(directory, params, *, model_config: dict,
   ckptr.save(os.path.join(tmp, "params"), nested)
   ckptr.wait_until_finished()
   ckptr.close()
+  _sync("remdm_save_params_written")
   if primary:
     _write_json(os.path.join(tmp, "model_config.json"), dict(model_config))
     meta = {"format": PARAMS_FORMAT, "version": PARAMS_VERSION, **dict(extra_metadata or {})}
     meta["num_params"] = int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(nested)))
+    meta["sha256"] = _file_checksums(tmp)
     _write_json(os.path.join(tmp, "metadata.json"), meta)
-    if os.path.exists(directory):
-      old = directory + ".old"
-      if os.path.exists(old):
-        shutil.rmtree(old)
+    if os.path.lexists(directory):  # checked above: a model folder we wrote, overwrite=True
+      old = _sibling(directory, _OLD_SUFFIX)
+      _remove_own_leftover(old)
       os.replace(directory, old)
       os.replace(tmp, directory)
       shutil.rmtree(old)
@@ -480,20 +632,24 @@ def _restore_structured(nested_fn, meta_tree, model_config, sharding, directory=
   return nested_to_tree(nested, abstract)
 
 
-def load_params(directory, *, sharding=None):
+def load_params(directory, *, sharding=None, verify: bool = True):
   """Loads a params checkpoint (or the latest EMA params of a training workdir).
 
   Args:
     directory: a folder written by `save_params`, or a training workdir / its checkpoints folder.
     sharding: None (first local device), a `jax.sharding.Sharding` for every leaf, a `Mesh` (leaves
       placed by the logical-axis rules of `remdm_jax.sharding`), or f(path, shape) -> Sharding.
+    verify: check the sha256 of every file recorded in metadata.json before reading the arrays
+      (`verify_checksums`; folders saved before checksums existed have none) and that every loaded
+      float is finite (`check_finite`). Costs one read of the files.
   Returns:
     (params, model_config dict, metadata dict). params is the model's own pytree type
     (nnx.State from `models.dit.init_params`) when model_config describes a DiT, else a nested dict.
   Raises:
     FileNotFoundError naming `directory` if it (or a checkpoint in it) does not exist; ValueError
-    (one line) if its JSON files or arrays are unreadable or truncated, or a stored parameter's
-    shape differs from the one its model config implies.
+    (one line, naming the folder and the file or parameter) if its JSON files or arrays are
+    unreadable or truncated, a file's checksum differs from the recorded one, a loaded parameter
+    is not finite, or a stored parameter's shape differs from the one its model config implies.
   """
   directory = os.path.abspath(os.fspath(directory))
   if not os.path.isdir(directory):
@@ -506,6 +662,8 @@ def load_params(directory, *, sharding=None):
     ppath = os.path.join(directory, "params")
     if not os.path.isdir(ppath):
       raise FileNotFoundError(f"params checkpoint {directory} has no params/ folder")
+    if verify:
+      verify_checksums(directory, metadata)
     _quiet_closed_loop_callbacks()
     ckptr = ocp.StandardCheckpointer()
     try:
@@ -529,6 +687,8 @@ def load_params(directory, *, sharding=None):
       params = _restore_structured(restore, meta_tree, model_config, sharding, directory)
     finally:
       ckptr.close()
+    if verify:
+      check_finite(params, directory)
     return params, model_config, metadata
   ckdir = checkpoint_dir(directory)
   if not _has_step_dirs(ckdir):
@@ -548,6 +708,8 @@ def load_params(directory, *, sharding=None):
         meta_tree, model_config, sharding, ckdir)
   finally:
     ckptr.close()
+  if verify:
+    check_finite(params, f"{ckdir}/{step}")
   metadata = {"format": PARAMS_FORMAT, "source": ckdir, "step": int(step), "params": "ema",
               **_data_metadata(meta)}
   return params, model_config, metadata
@@ -564,9 +726,12 @@ def _leafwise_from_target(target):
   return lambda path, shape: by_path[path]
 
 
-def export_params(workdir, out_dir, *, step: int | None = None) -> str:
-  """Writes the EMA params of a training workdir's latest (or given) step as a params checkpoint."""
+def export_params(workdir, out_dir, *, step: int | None = None, overwrite: bool = False) -> str:
+  """Writes the EMA params of a training workdir's latest (or given) step as a params checkpoint
+  (`save_params`: an existing `out_dir` needs overwrite=True and must be a model folder)."""
   workdir = os.path.abspath(os.fspath(workdir))
+  check_model_output(out_dir, overwrite, flag="export_params: out_dir",
+                     overwrite_flag="overwrite=True")
   ckdir = checkpoint_dir(workdir)
   if not _has_step_dirs(ckdir):
     raise FileNotFoundError(f"no training checkpoints under {workdir}")
@@ -582,4 +747,4 @@ def export_params(workdir, out_dir, *, step: int | None = None) -> str:
   if "config" in meta:
     extra["train_config"] = meta["config"]
   return save_params(out_dir, ema, model_config=dict(meta.get("model_config") or {}),
-                     extra_metadata=extra)
+                     extra_metadata=extra, overwrite=overwrite)

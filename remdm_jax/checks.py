@@ -51,3 +51,12 @@ def check_data_ids(max_id: int, vocab_size: int, mask_id: int | None = None) -> 
   if mask_id is not None and int(mask_id) == vocab_size - 1 and max_id >= int(mask_id):
     raise ValueError(f"vocab mismatch between data and model: data token id {max_id} "
                      f"reaches the mask id {mask_id} (model vocab_size={vocab_size})")
+
+
+def check_seed(seed, field: str = "seed") -> int:
+  """seed as an int in [0, 2^32) (what `jax.random.PRNGKey` and numpy's RandomState accept;
+  larger seeds overflowed with a traceback, negative ones were silently folded); ValueError
+  naming `field` and the value otherwise."""
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+    raise ValueError(f"{field}={seed!r} must be an int in [0, 2^32)")
+  return int(seed)

@@ -86,22 +86,34 @@ def atomic_open(path: str, mode: str = "w", **kwargs):
     raise
 
 
+def check_writable_folder(folder: str, flag: str, shown: str) -> None:
+  """ValueError (one line naming `flag`=`shown`) unless `folder` exists as a writable directory
+  or could be created: its nearest existing ancestor must be a writable directory (probed with a
+  temp file, e.g. /proc). Creates nothing (the check runs before any work; a failing command
+  leaves no empty folders behind)."""
+  folder = os.path.abspath(folder)
+  probe = folder
+  while not os.path.lexists(probe):
+    probe = os.path.dirname(probe)
+  try:
+    if not os.path.isdir(probe):
+      raise NotADirectoryError(20, "Not a directory", probe)
+    with tempfile.TemporaryFile(dir=probe, prefix=".tmp-probe-"):
+      pass
+  except OSError as e:
+    raise ValueError(f"{flag}={shown}: cannot write to {folder} ({e.strerror or e})") from e
+
+
 def check_output_path(path: str, overwrite: bool, flag: str = "--output") -> str:
   """The absolute output path, checked BEFORE any work: ValueError (one line, naming `flag`) if it
-  is a directory, exists without `overwrite`, or its folder cannot be created or written (probed
-  with a temp file, e.g. /proc)."""
+  is a directory, exists without `overwrite`, or its folder cannot be created or written
+  (`check_writable_folder`; nothing is created)."""
   path = os.path.abspath(os.path.expanduser(path))
   if os.path.isdir(path):
     raise ValueError(f"{flag}={path} is a directory; give a file path")
   if os.path.lexists(path) and not overwrite:
     raise ValueError(f"{flag}={path} exists; pass --overwrite to replace it")
-  folder = os.path.dirname(path)
-  try:
-    os.makedirs(folder, exist_ok=True)
-    with tempfile.TemporaryFile(dir=folder, prefix=".tmp-probe-"):
-      pass
-  except OSError as e:
-    raise ValueError(f"{flag}={path}: cannot write to {folder} ({e.strerror or e})") from e
+  check_writable_folder(os.path.dirname(path), flag, path)
   return path
 
 
@@ -109,7 +121,7 @@ def check_output_dir(path: str, overwrite: bool, *, flag: str, is_ours, what: st
   """The absolute path of an output FOLDER, checked BEFORE any work: ValueError (one line, naming
   `flag`) if it is a file, exists without `overwrite`, exists but `is_ours(path)` is False (an
   output folder replaces only a folder the tool itself wrote, never an arbitrary one), or its
-  parent cannot be created or written.
+  parent cannot be created or written (`check_writable_folder`; nothing is created).
 
   Args:
     is_ours: path -> bool, recognises a folder this tool wrote (e.g. by its metadata.json).
@@ -124,11 +136,5 @@ def check_output_dir(path: str, overwrite: bool, *, flag: str, is_ours, what: st
     if not is_ours(path):
       raise ValueError(f"{flag}={path} is not a {what} folder written by this tool; refusing "
                        "to replace it (give a new path)")
-  parent = os.path.dirname(path)
-  try:
-    os.makedirs(parent, exist_ok=True)
-    with tempfile.TemporaryFile(dir=parent, prefix=".tmp-probe-"):
-      pass
-  except OSError as e:
-    raise ValueError(f"{flag}={path}: cannot write to {parent} ({e.strerror or e})") from e
+  check_writable_folder(os.path.dirname(path), flag, path)
   return path

@@ -17,10 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from remdm_jax import checkpoint
+from remdm_jax import checkpoint, checks
 from remdm_jax import sharding as mesh_lib
 from remdm_jax.checks import check_mask_id
 from remdm_jax.fileio import atomic_open
+from remdm_jax.interrupt import Interrupted, call_interruptibly
 from remdm_jax.models import dit
 from remdm_jax.sampling import SamplerConfig, make_sampler, semi_ar
 from remdm_jax.tokenizers import get_tokenizer
@@ -67,6 +68,17 @@ class LoadedModel:
   tokenizer: Any
   path: str
   metadata: dict
+  stored_tokenizer: Optional[str] = None  # the metadata's own "tokenizer" (None: none stored)
+
+  @property
+  def stored_metadata(self) -> dict:
+    """The metadata as stored with the checkpoint (`metadata["tokenizer"]` is the tokenizer in
+    use, which the caller may have chosen)."""
+    meta = dict(self.metadata)
+    meta.pop("tokenizer", None)
+    if self.stored_tokenizer is not None:
+      meta["tokenizer"] = self.stored_tokenizer
+    return meta
 
   @property
   def seq_len(self) -> int:
@@ -121,7 +133,13 @@ def load_model(path: str, tokenizer: Optional[str] = None, *, mask_id: Optional[
   if differ:
     raise ValueError(f"load_model overrides disagree with the checkpoint {path}: "
                      + ", ".join(differ))
-  cfg = dit.DiTConfig.from_dict({**model_config, **config_overrides})
+  try:
+    cfg = dit.DiTConfig.from_dict({**model_config, **config_overrides})
+  except ValueError as e:
+    if metadata.get("kind") == "llada_countdown" or "n_layers" in model_config:
+      raise ValueError(f"{path} is a LLaDA-architecture model, not a DiT; run it with python -m "
+                       "remdm_jax.llm.cli / remdm_jax.llm.countdown_eval") from None
+    raise ValueError(f"{path}: model_config.json is not a DiT config ({e})") from None
   name = tokenizer or metadata.get("tokenizer") or _VOCAB_TO_TOKENIZER.get(cfg.vocab_size) or "ids"
   if name == "ids":
     tok = get_tokenizer("ids", vocab_size=cfg.vocab_size, mask_id=mask_id)
@@ -137,14 +155,74 @@ def load_model(path: str, tokenizer: Optional[str] = None, *, mask_id: Optional[
   check_mask_id(tok.mask_id, cfg.vocab_size, field="mask_id")
   graphdef = dit.abstract_params(cfg)[0]
   return LoadedModel(params=params, config=cfg, graphdef=graphdef, tokenizer=tok,
-                     path=os.path.abspath(path), metadata=dict(metadata, tokenizer=tok.name))
+                     path=os.path.abspath(path), metadata=dict(metadata, tokenizer=tok.name),
+                     stored_tokenizer=metadata.get("tokenizer"))
+
+
+MODEL_KINDS = ("mdlm", "udlm", "ar", "classifier")
+
+
+def model_kind(config, metadata: Optional[dict] = None) -> str:
+  """What a stored model is, from its DiTConfig (or dict) and metadata: "classifier" (head
+  "classifier"), "ar" (causal), "udlm" (trained with loss objective "udlm": metadata
+  train_config.loss.objective, as `checkpoint.export_params` writes it) or "mdlm" (any other
+  bidirectional LM: a masked-diffusion denoiser)."""
+  get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+  if get("head", "lm") == "classifier":
+    return "classifier"
+  if get("causal", False):
+    return "ar"
+  loss = ((metadata or {}).get("train_config") or {}).get("loss") or {}
+  return "udlm" if loss.get("objective") == "udlm" else "mdlm"
+
+
+def model_domain(metadata: Optional[dict]) -> Optional[str]:
+  """The domain a stored model was trained for, from its metadata: "images" (the digits layout),
+  "molecules" (tokenizer "smiles"), "text" (any other named text tokenizer) or None (unknown:
+  token ids of any vocabulary)."""
+  meta = metadata or {}
+  if isinstance(meta.get("layout"), dict) and "levels" in meta["layout"]:
+    return "images"
+  tok = meta.get("tokenizer")
+  if tok == "smiles":
+    return "molecules"
+  if isinstance(tok, str) and tok not in ("ids", ""):
+    return "text"
+  return None
+
+
+# Where each (kind, domain) is sampled: named in the errors of the entry points.
+ENTRY_POINTS = {"text": "python sample.py", "molecules": "python -m remdm_jax.molecules.sample",
+                "images": "python -m remdm_jax.images.sample_digits"}
+
+
+def check_model_use(model: "LoadedModel", entry: str, *, kinds: tuple, domains: tuple) -> None:
+  """ValueError (one line naming the model, its kind and domain, and the entry point that samples
+  it) unless `model_kind` is in `kinds` and `model_domain` in `domains` (None = unknown domain).
+  Uses the metadata stored with the model (`LoadedModel.stored_metadata`)."""
+  meta = model.stored_metadata
+  kind, domain = model_kind(model.config, meta), model_domain(meta)
+  if kind in kinds and domain in domains:
+    return
+  where = ENTRY_POINTS.get(domain) if kind != "classifier" else None
+  hint = f"; sample it with {where}" if where and domain not in domains else ""
+  article = "an" if kind == "ar" else "a"
+  raise ValueError(f"{model.path} is {article} {kind} model of the {domain or 'unknown'} domain; "
+                   f"{entry} "
+                   f"takes {'/'.join(kinds)} models of the "
+                   f"{'/'.join(d or 'unknown' for d in domains)} domain{hint}")
 
 
 def check_diffusion_model(model: LoadedModel) -> None:
-  """ValueError unless `model` is a masked diffusion denoiser (not a causal AR model)."""
+  """ValueError unless `model` is a masked diffusion denoiser (not a causal AR model, a UDLM or
+  a classifier: `model_kind` "mdlm")."""
   if model.config.causal:
     raise ValueError(f"{model.path} is an autoregressive model (causal=True); the diffusion "
                      "sampler needs a masked diffusion denoiser (causal=False)")
+  kind = model_kind(model.config, model.stored_metadata)
+  if kind != "mdlm":
+    raise ValueError(f"{model.path} is a {kind} model, not a masked-diffusion denoiser; the "
+                     "MDLM / ReMDM sampler needs an mdlm model")
   check_mask_id(model.mask_id, model.config.vocab_size, field="mask_id")
 
 
@@ -250,6 +328,10 @@ def generate(model: LoadedModel, cfg: SamplerConfig, *, num_samples: int, batch_
   per row and position, `sampling.draws`). batch_size (after min(batch_size, num_samples)) must
   be divisible by the mesh size.
 
+  Ctrl-C stops within a fraction of a second even inside a batch's compiled program
+  (`interrupt.call_interruptibly`): it raises `interrupt.Interrupted` whose `partial` holds the
+  finished batches' rows (int32 [k * batch_size capped at num_samples, length]).
+
   Returns:
     (tokens int32 [num_samples, L + S * stride_length], stats) with stats: nfe (static denoiser
     calls per batch), nfe_spent (mean calls actually made, lower with caching), seconds,
@@ -312,9 +394,19 @@ def generate(model: LoadedModel, cfg: SamplerConfig, *, num_samples: int, batch_
   for b in range(num_batches):
     if meter:
       meter.start_batch(b)
-    toks, info = sample_with_info(params, put_key(jax.random.fold_in(root, b)),
-                                  batch_size=batch_size, **kwargs)
-    toks = mesh_lib.to_host(toks)  # all rows on every process
+
+    def run_batch():
+      toks, info = sample_with_info(params, put_key(jax.random.fold_in(root, b)),
+                                    batch_size=batch_size, **kwargs)
+      return mesh_lib.to_host(toks), info  # all rows on every process
+
+    try:
+      toks, info = call_interruptibly(run_batch)
+    except KeyboardInterrupt:
+      if meter:
+        print(file=sys.stderr)
+      done = np.concatenate(out)[:num_samples] if out else np.zeros((0, length), np.int32)
+      raise Interrupted(done, f"interrupted in batch {b + 1}/{num_batches}") from None
     spent.append(int(info["nfe"]))
     out.append(toks)
     if meter:
@@ -330,11 +422,10 @@ def generate(model: LoadedModel, cfg: SamplerConfig, *, num_samples: int, batch_
                       samples_per_s=num_samples / seconds, length=length)
 
 
-def check_seed(seed) -> int:
-  """seed as an int in [0, 2^32) (what `jax.random.PRNGKey` and numpy accept); else ValueError."""
-  if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**32:
-    raise ValueError(f"seed={seed!r} must be an int in [0, 2^32)")
-  return int(seed)
+def check_seed(seed, field: str = "seed") -> int:
+  """seed as an int in [0, 2^32) (what `jax.random.PRNGKey` and numpy accept); else ValueError
+  (`checks.check_seed`)."""
+  return checks.check_seed(seed, field)
 
 
 def write_jsonl_atomic(path: str, records: Iterable[dict]) -> str:
@@ -343,6 +434,20 @@ def write_jsonl_atomic(path: str, records: Iterable[dict]) -> str:
     for r in records:
       f.write(json.dumps(r) + "\n")
   return os.path.abspath(path)
+
+
+def write_jsonl_or_rescue(path: str, records: list) -> tuple[str, Optional[str]]:
+  """`write_jsonl_atomic(path, records)`; if that fails (the output became read-only, the disk
+  filled up, ...) the records go to a new file in the system temp folder instead, so sampled work
+  is never lost. Returns (the path written, None) or (the rescue path, one-line reason)."""
+  try:
+    return write_jsonl_atomic(path, records), None
+  except OSError as e:
+    import tempfile  # pylint: disable=g-import-not-at-top
+    reason = f"cannot write {path} ({e.strerror or type(e).__name__})"
+    fd, rescue = tempfile.mkstemp(prefix="remdm-samples-", suffix=".jsonl")
+    os.close(fd)
+    return write_jsonl_atomic(rescue, records), reason
 
 
 def sampler_settings(cfg: SamplerConfig) -> dict:

@@ -401,3 +401,33 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("convert: error: ") and needle in lines[0], (
         src, r.stderr)
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_output_never_replaces_a_users_files(tmp_path, capsys):
+  """Issue 19 item 0: --output of an existing file or foreign folder was deleted (save_params
+  replaced whatever was there). Refused before any work, even with --overwrite; a converted
+  model folder is replaced only with --overwrite."""
+  model = _torch_model(seed=4)
+  path = str(tmp_path / "mdlm.ckpt")
+  _fake_lightning_ckpt(path, model, _torch_model(seed=5))
+  flags = ["--input", path, "--num-heads", str(N), "--max-seq-len", str(L),
+           "--no-time-conditioning"]
+  readme = tmp_path / "README.md"
+  readme.write_text("keep me\n")
+  folder = tmp_path / "work"
+  folder.mkdir()
+  (folder / "notes.txt").write_text("keep me too\n")
+  for out in (readme, folder):
+    for extra in ([], ["--overwrite"]):
+      capsys.readouterr()
+      assert convert.main(flags + ["--output", str(out)] + extra) == 2
+      err = capsys.readouterr().err.strip().splitlines()
+      assert len(err) == 1 and "never replaced" in err[0] and str(out) in err[0], err
+  assert readme.read_text() == "keep me\n" and (folder / "notes.txt").read_text() == "keep me too\n"
+  assert sorted(os.listdir(tmp_path)) == ["README.md", "mdlm.ckpt", "work"]
+  out = tmp_path / "converted"
+  assert convert.main(flags + ["--output", str(out)]) == 0
+  capsys.readouterr()
+  assert convert.main(flags + ["--output", str(out)]) == 2
+  assert "pass --overwrite" in capsys.readouterr().err
+  assert convert.main(flags + ["--output", str(out), "--overwrite"]) == 0

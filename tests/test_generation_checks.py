@@ -255,3 +255,80 @@ def test_checkpoint_json_goes_through_atomic_open(tmp_path, monkeypatch):
   with pytest.raises(OSError):
     checkpoint._write_json(str(path), {"a": 2})
   assert json.loads(path.read_text()) == {"a": 1} and os.listdir(tmp_path) == ["m.json"]
+
+
+# ---- issue 19: a model's kind and domain, Ctrl-C inside a compiled batch, rescued output ------
+
+def test_model_kind_and_domain_are_checked_against_the_entry_point():
+  """sample.py ran the QM9 UDLM with the masked-diffusion sampler (exit 0): kind and domain of
+  the stored model are now checked (`check_model_use`, `check_diffusion_model`)."""
+  udlm = generation.load_model(os.path.join(generation.ASSETS_DIR, "qm9_udlm"))
+  assert generation.model_kind(udlm.config, udlm.stored_metadata) == "udlm"
+  assert generation.model_domain(udlm.stored_metadata) == "molecules"
+  with pytest.raises(ValueError, match=r"qm9_udlm is a udlm model of the molecules domain; "
+                                       r"sample.py takes mdlm models .*molecules.sample"):
+    generation.check_model_use(udlm, "sample.py", kinds=("mdlm",), domains=("text", None))
+  with pytest.raises(ValueError, match="is a udlm model, not a masked-diffusion denoiser"):
+    generation.generate(udlm, SamplerConfig.preset("mdlm", num_steps=2), num_samples=1,
+                        batch_size=1, seed=0, progress=False)
+  digits = generation.load_model(os.path.join(generation.ASSETS_DIR, "digits_mdlm"))
+  assert generation.model_domain(digits.stored_metadata) == "images"
+  clf = generation.load_model(os.path.join(generation.ASSETS_DIR, "qm9_classifier"))
+  assert generation.model_kind(clf.config, clf.stored_metadata) == "classifier"
+  text = generation.load_model(generation.shipped_model_path())
+  assert (generation.model_kind(text.config, text.stored_metadata),
+          generation.model_domain(text.stored_metadata)) == ("mdlm", "text")
+  generation.check_model_use(text, "sample.py", kinds=("mdlm",), domains=("text", None))
+
+
+def test_ctrl_c_inside_a_compiled_batch_stops_fast_and_keeps_finished_batches(ckpts, monkeypatch):
+  """Ctrl-C was ignored until the running compiled program ended: now it stops within a bounded
+  time (here the batch in flight would take 6 s more) and the finished batch is kept."""
+  import _thread
+  import threading
+  import time
+  from remdm_jax.interrupt import Interrupted
+  m = generation.load_model(ckpts["mdlm"])
+  cfg = SamplerConfig.preset("mdlm", num_steps=6)
+  state = {"calls": 0, "sent": None}
+
+  def slow(self, *_):
+    state["calls"] += 1
+    if state["calls"] == 9:  # inside batch 2 (7 calls per batch: 6 steps + the final step)
+      state["sent"] = time.perf_counter()
+      threading.Timer(0.1, _thread.interrupt_main).start()
+    if state["calls"] > 8:
+      time.sleep(0.5)
+
+  monkeypatch.setattr(generation.StepProgress, "on_call", slow)
+  ref, _ = generation.generate(m, cfg, num_samples=2, batch_size=2, seed=3, progress=False)
+  with pytest.raises(Interrupted) as e:
+    generation.generate(m, cfg, num_samples=6, batch_size=2, seed=3, progress=True)
+  waited = time.perf_counter() - state["sent"]
+  jax.effects_barrier()  # let the abandoned program finish before the interpreter exits
+  assert waited < 1.5, waited  # the rest of batch 2 alone takes >= 2.5 s
+  np.testing.assert_array_equal(e.value.partial, ref)  # batch 1 = fold_in(key, 0)
+  assert "interrupted in batch 2/3" in str(e.value)
+
+
+def test_unwritable_output_keeps_the_samples(tmp_path):
+  """An output that cannot be written when the samples are done (the folder became a file, the
+  disk filled up, ...): the samples go to a rescue file and the reason is one line."""
+  (tmp_path / "gone").write_text("a file where the output folder was")
+  target = str(tmp_path / "gone" / "s.jsonl")
+  path, reason = generation.write_jsonl_or_rescue(target, [{"a": 1}])
+  assert reason.startswith(f"cannot write {target}") and "\n" not in reason
+  with open(path) as f:
+    assert json.loads(f.read()) == {"a": 1}
+  os.remove(path)
+
+
+def test_models_of_the_other_architecture_are_named():
+  """A LLaDA folder given to the DiT loaders (sample.py, molecules.sample, sample_digits) listed
+  unknown config keys; a DiT folder given to llm.cli said only that config.json was missing."""
+  from remdm_jax.llm import cli
+  with pytest.raises(ValueError, match="countdown_llada is a LLaDA-architecture model, not a DiT"):
+    generation.load_model(os.path.join(generation.ASSETS_DIR, "countdown_llada"))
+  with pytest.raises(ValueError, match="qm9_udlm is a remdm-jax DiT model folder, not a LLaDA"):
+    cli._check_not_a_dit_folder(os.path.join(generation.ASSETS_DIR, "qm9_udlm"))
+  cli._check_not_a_dit_folder(os.path.join(generation.ASSETS_DIR, "countdown_llada"))

@@ -196,6 +196,17 @@ def test_cbg_exact_enumeration_vs_bruteforce(chunk, token_input):
                              2.0 * _np_C(tok), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("approx", [False, True])
+def test_cbg_label_beyond_the_classifier_classes_is_refused(approx):
+  """Issue 19 item 7: label 2 of a 2-class classifier was clamped to class 1 by the gather."""
+  tok = jnp.asarray(_tokens())
+  with pytest.raises(ValueError, match=r"label=2 is outside the classifier's classes \[0, 2\)"):
+    classifier_term(toy_classifier, TOY_PARAMS, tok, jnp.full((B,), 0.5), 2, V, approx=approx)
+  g = CBGGuidance(toy_classifier, gamma=2.0, label=5, approx=approx)
+  with pytest.raises(ValueError, match="label=5 is outside"):
+    jax.jit(lambda p, x: g.log_weight(p, x, jnp.zeros((B,)), V))(TOY_PARAMS, tok)
+
+
 def test_cbg_first_order_equals_taylor():
   tok = _tokens()
   got = np.asarray(classifier_term(toy_classifier, TOY_PARAMS, jnp.asarray(tok), jnp.zeros((B,)),

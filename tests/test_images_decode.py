@@ -38,15 +38,17 @@ def np_schedule(r, n0, method):
   return {"uniform": 1.0 - r, "cosine": np.cos(np.pi / 2 * r)}[method].clip(1e-6, 1.0)
 
 
-def np_maskgit(inputs, T, method, choice_temp, g_cat, g_choice, tau=1.0):
+def np_maskgit(inputs, T, method, choice_temp, g_cat, g_choice, tau=1.0, table=None,
+               allow_ties=False):
   """SPEC_DOMAINS §I.1 maskgit branch, float64 numpy. Returns (final_seqs [B,T,L], states)."""
+  table = table_np if table is None else table
   cur = inputs.copy()
   B = cur.shape[0]
   n0 = (inputs == MASK).sum(-1)
   final = np.zeros((B, T, L), np.int64)
   states = np.zeros((B, T, L), np.int64)
   for step in range(T):
-    logits = table_np(cur)[..., :K].astype(np.float64) / tau
+    logits = table(cur)[..., :K].astype(np.float64) / tau
     x = np.argmax(logits + g_cat[step], axis=-1)
     unknown = cur == MASK
     x = np.where(unknown, x, cur)
@@ -61,9 +63,11 @@ def np_maskgit(inputs, T, method, choice_temp, g_cat, g_choice, tau=1.0):
     mask_len = np.maximum(1, np.minimum(unknown.sum(-1) - 1, mask_len)).astype(int)
     c = np.log(conf) + choice_temp * (1 - ratio) * g_choice[step]
     cut = np.take_along_axis(np.sort(c, -1), mask_len[:, None], -1)
-    masking = c < cut
-    # the rule of §I.3 item 2: the state keeps exactly mask_len masks
-    assert np.all(masking.sum(-1) == np.minimum(mask_len, unknown.sum(-1))), (step, mask_len)
+    masking = c < cut  # strict: positions tied with the cut-off stay committed (issue 19)
+    if allow_ties:
+      assert np.all(masking.sum(-1) <= mask_len)
+    else:  # distinct scores: the state keeps exactly mask_len masks (§I.3 item 2)
+      assert np.all(masking.sum(-1) == np.minimum(mask_len, unknown.sum(-1))), (step, mask_len)
     cur = np.where(masking, MASK, x)
     states[:, step] = cur
   return final, states
@@ -93,6 +97,37 @@ def test_maskgit_equals_numpy_reference_every_step(T, method):
   np.testing.assert_array_equal(np.asarray(out), want_final[:, -1, 1:])
   assert not np.any(np.asarray(out) == MASK)
   assert np.asarray(out).max() < K
+
+
+def test_maskgit_ties_at_the_cut_off_are_committed():
+  """Issue 19 item 4, the smallest case: a model confident to float32 1.0 at every position
+  (identical rows) and choice temperature 0 gives every new token the score log 1 = 0; Google's
+  `confidence < cut_off` then re-masks nothing, so the first step commits the whole image. The
+  project re-masked exactly mask_len, and its tokens differed from the reference's."""
+  def sure_np(tokens):
+    out = np.zeros(tokens.shape + (VTOT,), np.float32)
+    out[..., 3] = 60.0  # softmax = 1.0 in float32 at code 3
+    return out
+
+  def sure_jax(params, tokens, t):
+    del params, t
+    return jnp.zeros(tokens.shape + (VTOT,), jnp.float32).at[..., 3].set(60.0)
+
+  T, B = 4, 2
+  labels = np.array([0, 2])
+  g_cat, g_ch = gumbels(7, T, B)
+  inputs = np.concatenate([CLS0 + labels[:, None], np.full((B, N), MASK)], 1)
+  want_final, want_states = np_maskgit(inputs, T, "cosine", 0.0, g_cat, g_ch, table=sure_np,
+                                       allow_ties=True)
+  assert not np.any(want_states[:, 0] == MASK)  # the reference commits everything at step 1
+  cfg = dec.ImageSamplerConfig("maskgit", num_steps=T, mask_schedule="cosine",
+                               choice_temperature=0.0, record_steps=True)
+  s = dec.make_image_sampler(sure_jax, cfg, num_tokens=N, codebook_size=K, mask_id=MASK)
+  out, info = s.sample_with_info(None, jax.random.PRNGKey(0), labels=labels,
+                                 noise={"categorical": g_cat, "choice": g_ch})
+  np.testing.assert_array_equal(np.asarray(info["states"]), want_states)
+  np.testing.assert_array_equal(np.asarray(info["final_seqs"]), want_final)
+  np.testing.assert_array_equal(np.asarray(out), np.full((B, N), 3))
 
 
 def test_maskgit_remask_counts_committed_tokens_and_class_token():
@@ -436,3 +471,21 @@ def test_known_image_tokens_are_kept(strategy):
     known = img != MASK
     np.testing.assert_array_equal(out[known], img[known])
     assert out.max() < K and out.shape == (4, N)
+
+
+def test_labels_outside_the_classes_are_refused():
+  """Issue 19 item 7: a label past the model's classes was clamped by the embedding gather
+  (digits labels 11 or 500 gave all-zero images, exit 0)."""
+  cfg = dec.ImageSamplerConfig("maskgit", num_steps=2)
+  s = dec.make_image_sampler(table_jax, cfg, num_tokens=N, codebook_size=K, mask_id=MASK,
+                             num_classes=NCLS)
+  for bad in (NCLS, 500, -1):
+    with pytest.raises(ValueError, match=f"label {bad} is outside \\[0, num_classes=3\\)"):
+      s(None, jax.random.PRNGKey(0), labels=np.array([0, bad]))
+  # without num_classes: the class token must lie inside the model vocabulary V = 12 (and is
+  # not the mask id 11): labels 0..2 only
+  s2 = dec.make_image_sampler(table_jax, cfg, num_tokens=N, codebook_size=K, mask_id=MASK)
+  for bad in (3, 4, 500):
+    with pytest.raises(ValueError, match=f"label {bad} is outside"):
+      s2(None, jax.random.PRNGKey(0), labels=np.array([bad]))
+  assert s2(None, jax.random.PRNGKey(0), labels=np.array([0, 2])).shape == (2, N)

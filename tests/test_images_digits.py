@@ -112,3 +112,77 @@ def test_shipped_model_conditional_samples(judge, cfg_kw):
   print(cfg_kw["strategy"], ev)
   assert ev["accuracy"] >= 0.70
   assert ev["fid"] < judge.fid(noise) / 10
+
+
+def test_sample_digits_bad_input_and_default_output(tmp_path, capsys, monkeypatch):
+  """Issue 19 items 7/8: a negative seed, --eta with MaskGIT and --choice-temperature with MDLM
+  were accepted (exit 0), the text model was sampled as a digits model, 2^63 overflowed with a
+  traceback; the default --out was one fixed file that README's two commands both wrote."""
+  from remdm_jax.generation import ASSETS_DIR
+  from remdm_jax.images import sample_digits
+  monkeypatch.setenv("REMDM_OUTPUT_DIR", str(tmp_path))
+  cases = [(["--seed=-1"], "--seed=-1 must be an int in [0, 2^32)"),
+           ([f"--seed={2**63}"], f"--seed={2**63} must be an int in [0, 2^32)"),
+           (["--eta=0.05"], "--eta=0.05 does not apply to --strategy=maskgit"),
+           (["--strategy=mdlm", "--choice-temperature=2"],
+            "--choice-temperature=2 applies only to --strategy=maskgit"),
+           (["--strategy=mdlm", "--eta=0.1"], "--eta=0.1 does not apply to --strategy=mdlm"),
+           ([f"--model={ASSETS_DIR}/bible_byte_mdlm"], "bible_byte_mdlm is not a digits model"),
+           ([f"--model={ASSETS_DIR}/qm9_classifier"], "qm9_classifier is not a digits model")]
+  for args, needle in cases:
+    assert sample_digits.main(args + ["--steps", "2"]) == 2, args
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], (args, err)
+  assert not os.listdir(tmp_path)
+  for _ in range(2):  # README's two commands: two different files
+    assert sample_digits.main(["--steps", "2", "--per-class", "1"]) == 0
+  outs = [json.loads(line)["out"] for line in capsys.readouterr().out.strip().splitlines()]
+  assert len(set(outs)) == 2 and all(o.startswith(str(tmp_path / "samples" / "digits-maskgit-T2-"))
+                                     for o in outs)
+
+
+def test_judge_refuses_degenerate_pixels():
+  from remdm_jax.images import digits as dg
+  judge = dg.DigitsJudge()
+  ok = np.random.RandomState(0).randint(0, 17, size=(5, 64))
+  with pytest.raises(ValueError, match="pixels must lie in 0..16"):
+    judge.fid(np.where(ok == 3, 40, ok))
+  with pytest.raises(ValueError, match="pixels must lie in 0..16"):
+    judge.inception_score(-ok - 1)
+  with pytest.raises(ValueError, match="need at least 2 digit"):
+    judge.fid(ok[:1])
+  with pytest.raises(ValueError, match="need at least 1 digit"):
+    judge.inception_score(ok[:0])
+  with pytest.raises(ValueError, match=r"pixels must be \[n, 64\]"):
+    judge.fid(np.zeros((5, 63)))
+  with pytest.raises(ValueError, match="labels must be 5 class ids"):
+    judge.accuracy(ok, [0, 1, 2, 3, 10])
+  assert 0 <= judge.accuracy(ok, [0, 1, 2, 3, 4]) <= 1 and np.isfinite(judge.fid(ok))
+
+
+def test_sweep_outputs_are_checked_first_and_default_outside_the_checkout(tmp_path, capsys,
+                                                                          monkeypatch):
+  """Issue 19 items 7/8: the default --out was the tracked benchmarks/results/digits_sweep (a run
+  overwrote it); an --out that is a file gave a makedirs traceback; a negative seed was taken."""
+  from remdm_jax.images import sweep
+  monkeypatch.delenv("REMDM_OUTPUT_DIR", raising=False)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(sweep.__file__)))
+  d = sweep.default_out(cwd=root)
+  assert not os.path.commonpath([d, root]) == root and "digits_sweep-" in d
+  monkeypatch.setenv("REMDM_OUTPUT_DIR", str(tmp_path))
+  assert sweep.default_out().startswith(str(tmp_path / "runs" / "digits_sweep-"))
+  afile = tmp_path / "afile"
+  afile.write_text("x")
+  done = tmp_path / "done"
+  done.mkdir()
+  (done / "digits_sweep.csv").write_text("method\n")
+  cases = [(["--out", str(afile)], "exists and is not a folder"),
+           (["--out", str(done)], "already holds sweep results (digits_sweep.csv); pass "
+                                  "--overwrite"),
+           (["--seed=-1", "--out", str(tmp_path / "new")], "--seed=-1 must be an int in")]
+  for args, needle in cases:
+    assert sweep.main(args + ["--steps", "2", "--methods", "mdlm", "--samples", "10"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], (args, err)
+  assert sorted(os.listdir(tmp_path)) == ["afile", "done"]
+  assert (done / "digits_sweep.csv").read_text() == "method\n"

@@ -108,9 +108,22 @@ def test_class_labels_and_start_index(ckpts, tmp_path, capsys):
   (dict(num_iter=0), "--num_iter=0"),
   (dict(mask_scheduling_method="linear"), "--mask_scheduling_method='linear'"),
   (dict(sampling_temperature=0), "--sampling_temperature=0"),
+  # issue 19: ignored flags were accepted, seeds >= 2^63 overflowed, a file as --output_dir gave a
+  # makedirs traceback
+  (dict(decoding_strategy="maskgit", remdm_eta=0.05),
+   "--remdm_eta=0.05 does not apply to --decoding_strategy=maskgit"),
+  (dict(decoding_strategy="mdlm", choice_temperature=2.0),
+   "--choice_temperature=2 applies only to --decoding_strategy=maskgit"),
+  (dict(seed=-1), "--seed=-1 must be an int in [0, 2^32)"),
+  (dict(seed=2**63), f"--seed={2**63} must be an int in [0, 2^32)"),
+  (dict(output_dir="AFILE"), "exists and is not a folder"),
+  (dict(output_dir="AFILE/sub"), "cannot write to"),
 ])
 def test_bad_input_one_line_error(ckpts, tmp_path, capsys, flags, needle):
   out = tmp_path / "bad"
+  (tmp_path / "afile").write_text("x")
+  if "output_dir" in flags:
+    flags = dict(flags, output_dir=flags["output_dir"].replace("AFILE", str(tmp_path / "afile")))
   assert imagenet.main(_argv(ckpts, out, **flags)) == 2
   err = capsys.readouterr().err.strip()
   assert err.startswith("error: ") and needle in err and "\n" not in err

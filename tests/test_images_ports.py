@@ -255,3 +255,22 @@ def test_bfloat16_compute_and_denoise_fn(transformer_file):
   b16 = np.asarray(mg.make_tokens_to_logits(graphdef16, bcfg)(params16, ids))
   assert b16.dtype == np.float32
   assert np.abs(b16 - f32).max() < 0.05 * np.abs(f32).max() and not np.array_equal(b16, f32)
+
+
+def test_convert_command_reads_or_fails_in_one_line(transformer_file, vqgan_file, tmp_path,
+                                                    capsys):
+  """Issue 19 item 7: `python -m remdm_jax.images.convert` with no arguments did nothing and
+  exited 0; now it names what is missing (exit 2) and with checkpoints reports what they hold."""
+  import json
+  assert convert.main([]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == ["error: name a checkpoint to read: --transformer_ckpt and / or --vqgan_ckpt"]
+  assert convert.main(["--transformer_ckpt", transformer_file[0], "--vqgan_ckpt",
+                       vqgan_file[0], "--codebook_size", str(TCFG.codebook_size)]) == 0
+  rep = json.loads(capsys.readouterr().out)
+  assert rep["transformer"]["config"]["codebook_size"] == TCFG.codebook_size
+  assert rep["transformer"]["parameters"] > 0 and rep["vqgan_decoder"]["parameters"] > 0
+  (tmp_path / "garbage").write_bytes(b"\x00not msgpack at all")
+  assert convert.main(["--vqgan_ckpt", str(tmp_path / "garbage")]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "garbage" in err[0]

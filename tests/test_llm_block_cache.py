@@ -292,6 +292,18 @@ def tiny_llada(n_layers, positions="absolute"):
   return (M.make_logits_fn(gd), *M.make_cache_fns(gd)), params
 
 
+def no_mask_draws(fns):
+  """The model with the mask token's logit at -1e4 (a trained LLaDA effectively never proposes
+  it): no mask survives a block, so a window step's candidates (the current block) are the full
+  forward's (every masked generated position not in a later block) and a one-layer cache is
+  exact (an earlier-block mask committed at a refresh step would be stale in the next windows)."""
+  lf, pf, wf = fns
+  ban = jnp.zeros((V,), jnp.float32).at[MASK].set(-1e4)
+  return (lambda *a: lf(*a) + ban,
+          lambda *a: (lambda o: (o[0] + ban, o[1]))(pf(*a)),
+          lambda *a: (lambda o: (o[0] + ban, o[1]))(wf(*a)))
+
+
 def _cached_equals_none(fns, params, case, caches, refresh):
   rule, kw = case
   prompt, am = prompts()
@@ -320,13 +332,82 @@ def test_refresh_every_step_equals_no_cache_every_rule(case):
   _cached_equals_none(fns, params, case, ("prefix", "dual"), refresh=1)
 
 
+def fastdllm_fixed(A, Q, prompt, am, gen_length, block_length, steps, cache, refresh=0):
+  """Fast-dLLM's `generate` / `generate_with_prefix_cache` / `generate_with_dual_cache` (fixed
+  counts `get_num_transfer_tokens`, temperature 0, low-confidence, the mask token NOT banned) on
+  the toy, per row with left padding. A refresh step is a full forward whose candidates are
+  every masked generated position before the block end (`mask_index[:, e:] = 0`: a mask that
+  survived an earlier block competes again, as the official LLaDA gate); a window step sees the
+  cache of the last refresh outside its window ([s, L) prefix, [s, e) dual) and only the current
+  block's masks compete. refresh: 0 = once per block, k = steps 0, k, 2k, ... of each block."""
+  B, P = prompt.shape
+  L = P + gen_length
+  x = np.full((B, L), MASK, np.int64)
+  x[:, :P] = prompt
+  amf = np.concatenate([am, np.ones((B, gen_length), am.dtype)], 1)
+  nb = gen_length // block_length
+  S = steps // nb
+  for blk in range(nb):
+    s = P + blk * block_length
+    e = s + block_length
+    n = (x[:, s:e] == MASK).sum(1)
+    counts = n[:, None] // S + (np.arange(S)[None] < (n % S)[:, None])
+    for i in range(S):
+      full = cache == "none" or (i == 0 if refresh == 0 else i % refresh == 0)
+      if full:
+        ctx = x
+        x_ref = x.copy()  # what the cache holds until the next refresh
+      else:
+        ctx = x_ref.copy()
+        w = slice(s, L) if cache == "prefix" else slice(s, e)
+        ctx[:, w] = x[:, w]
+      logits = toy_np(A, Q, ctx, amf)
+      x0 = logits.argmax(-1)
+      p = np.exp(logits - logits.max(-1, keepdims=True))
+      p /= p.sum(-1, keepdims=True)
+      conf = np.take_along_axis(p, x0[..., None], -1)[..., 0]
+      cand = x == MASK
+      cand[:, :P] = False
+      cand[:, e:] = False
+      if not full:
+        cand[:, :s] = False
+      for b in range(B):
+        c = np.where(cand[b], conf[b], -np.inf)
+        sel = np.argsort(-c, kind="stable")[:counts[b, i]]
+        sel = sel[cand[b, sel]]
+        x[b, sel] = x0[b, sel]
+  return x[:, P:]
+
+
+@pytest.mark.parametrize("refresh", [0, 3])
+def test_a_mask_surviving_a_block_competes_at_refresh_steps_only(refresh):
+  """Issue 19 item 2 on the cache: the model often draws the mask token in block 1; cache none
+  lets those positions compete at every step of block 2 (the official gate excludes only later
+  blocks), prefix / dual at block 2's full forwards only (a window computes the current block's
+  logits: Fast-dLLM's cached functions). Each mode equals the transcription, and the modes
+  differ at this seed (the test bites)."""
+  A, Q = tables(12)
+  A[LA - 20 + 4:LA - 20 + 12, MASK] += 1.5  # block 1 (positions 4..11 of L = 20)
+  prompt, am = prompts()
+  want = {c: fastdllm_fixed(A, Q, prompt, am, 16, 8, 8, c, refresh)
+          for c in ("none", "prefix", "dual")}
+  assert np.any(want["none"] == MASK) and np.any(want["none"] != want["dual"])
+  for c in ("none", "prefix", "dual"):
+    got, info = gen(toy(A, Q), c, steps=8, refresh_every=refresh)(None, prompt, am,
+                                                                   jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(got), want[c], err_msg=c)
+    assert int(info["nfe"]) == 8
+
+
 @pytest.mark.parametrize("case,refresh", [(CACHED_CASES[0], 0)])
 def test_one_layer_cache_is_exact_at_any_refresh(case, refresh):
   """One layer: a window step's keys / values and logits are exact (test_llm_kv_cache), so every
   mode equals none at any refresh interval; this pins the window indexing (start, RoPE
-  positions, key mask, write-back) through the whole driver."""
+  positions, key mask, write-back) through the whole driver. The mask token is never proposed
+  (`no_mask_draws`): a mask that survives a block competes again at the full forwards only
+  (test_a_mask_surviving_a_block_competes_at_refresh_steps_only)."""
   fns, params = tiny_llada(1)
-  _cached_equals_none(fns, params, case, ("prefix", "dual"), refresh=refresh)
+  _cached_equals_none(no_mask_draws(fns), params, case, ("prefix", "dual"), refresh=refresh)
 
 
 @pytest.mark.slow
@@ -334,7 +415,7 @@ def test_one_layer_cache_is_exact_at_any_refresh(case, refresh):
 @pytest.mark.parametrize("refresh", [0, 3])
 def test_one_layer_cache_is_exact_every_rule(case, refresh):
   fns, params = tiny_llada(1)
-  _cached_equals_none(fns, params, case, ("prefix", "dual"), refresh=refresh)
+  _cached_equals_none(no_mask_draws(fns), params, case, ("prefix", "dual"), refresh=refresh)
 
 
 def _batch_invariance(fns, params, cache, kw):
@@ -431,7 +512,7 @@ def test_dream_rules_on_the_cache_refreshed_every_step_equal_no_cache_all(case):
 @pytest.mark.parametrize("case", DREAM_CASES)
 def test_dream_rules_one_layer_cache_is_exact(case):
   fns, params = tiny_llada(1)
-  _cached_equals_none(fns, params, case, ("prefix", "dual"), refresh=3)
+  _cached_equals_none(no_mask_draws(fns), params, case, ("prefix", "dual"), refresh=3)
 
 
 def test_dream_rule_runs_on_the_cache_and_is_batch_invariant():

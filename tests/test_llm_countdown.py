@@ -239,3 +239,95 @@ def test_generator_rejects_unsolvable_settings_and_bad_n_seed():
     cd.generate_problems(True)
   with pytest.raises(ValueError, match="seed=-1"):
     cd.generate_problems(2, seed=-1)
+
+
+def test_degenerate_scores_and_problem_files(tmp_path):
+  """Issue 19 item 7: no candidates reported pass@1 = 1.0; a garbage problems file's error did
+  not name it; limit 0 returned everything and -1 dropped a problem."""
+  doc = {"input": "1,2,3,6", "output": "1+2+3=6"}
+  with pytest.raises(ValueError, match="no candidates"):
+    cd.score_candidates(doc, [])
+  with pytest.raises(ValueError, match="got one string"):
+    cd.score_candidates(doc, "1+2+3")
+  with pytest.raises(ValueError, match="n >= 1"):
+    cd.pass_at_1(0, 0)
+  garbage = tmp_path / "cd.json"
+  garbage.write_text("garbage{")
+  with pytest.raises(ValueError, match=rf"{garbage}: neither a JSON document nor JSON lines"):
+    cd.load_problems(str(garbage))
+  binary = tmp_path / "bin.json"
+  binary.write_bytes(b"\xff\xfe\x00\x01" * 8)
+  with pytest.raises(ValueError, match=rf"{binary}: unreadable problems file"):
+    cd.load_problems(str(binary))
+  good = tmp_path / "good.jsonl"
+  good.write_text("\n".join(json.dumps({"input": f"1,2,3,{t}"}) for t in (6, 5, 7)))
+  assert len(cd.load_problems(str(good))) == 3 and len(cd.load_problems(str(good), 2)) == 2
+  for limit in (0, -1):
+    with pytest.raises(ValueError, match=f"limit={limit} must be None"):
+      cd.load_problems(str(good), limit)
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text(json.dumps({"input": "1,2,3,6"}) + "\n" + json.dumps({"input": "1,2,3"}))
+  with pytest.raises(ValueError, match=rf"{bad}: countdown input '1,2,3'"):
+    cd.load_problems(str(bad))
+
+
+def test_countdown_eval_bad_input_before_any_work(tmp_path, capsys):
+  """One `error:` line, exit 2, before the model is loaded and nothing written: --limit < 1
+  (ran everything / dropped a problem), --limit without --data, an --out_dir that is a file
+  (a traceback after the whole run), earlier results, and seeds outside [0, 2^32)."""
+  from remdm_jax.llm import countdown_eval
+  data = tmp_path / "cd.jsonl"
+  data.write_text(json.dumps({"input": "1,2,3,6"}) + "\n")
+  afile = tmp_path / "afile"
+  afile.write_text("x")
+  done = tmp_path / "done"
+  done.mkdir()
+  (done / "summary.json").write_text("{}")
+  model = str(tmp_path / "no_model_needed")
+  cases = [(["--data", str(data), "--limit=0"], "--limit=0 must be >= 1"),
+           (["--data", str(data), "--limit=-1"], "--limit=-1 must be >= 1"),
+           (["--limit=2"], "--limit=2 applies only to --data"),
+           (["--out_dir", str(afile)], "exists and is not a folder"),
+           (["--out_dir", str(done)], "summary.json exists; pass --overwrite"),
+           (["--seed=-1"], "--seed=-1 must be an int in [0, 2^32)"),
+           ([f"--seed={2**64}"], f"--seed={2**64} must be an int in [0, 2^32)")]
+  before = sorted(os.listdir(tmp_path))
+  for extra, needle in cases:
+    args = [f"--model_dir={model}", f"--out_dir={tmp_path / 'new'}"] + extra
+    assert countdown_eval.main(args) == 2, extra
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], (extra, err)
+  assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_countdown_evaluate_stops_on_ctrl_c_keeping_finished_problems():
+  """Ctrl-C inside a compiled generation program (here a slow fake) stops within a bounded time;
+  the problems whose every repeat finished are kept and the summary says interrupted."""
+  import _thread
+  import threading
+  import time
+  from types import SimpleNamespace
+  from remdm_jax.llm import countdown_eval
+  from remdm_jax.llm import countdown_train as T
+  tok = T.CharTokenizer(12)
+  cfg = SimpleNamespace(eos_id=T.EOS, pad_id=T.PAD)
+  calls = []
+
+  def gen(params, x, am, keys):
+    calls.append(1)
+    if len(calls) == 2:  # the second batch: Ctrl-C arrives while it "runs" for 3 s
+      threading.Timer(0.1, _thread.interrupt_main).start()
+      time.sleep(3.0)
+    ans = tok.encode("1+2=3,3+3=6", add_special_tokens=False)
+    out = np.full((x.shape[0], len(ans) + 1), T.EOS, np.int32)
+    out[:, :len(ans)] = ans
+    return out, {"nfe": 4}
+
+  problems = [{"input": "1,2,3,6"}, {"input": "2,2,2,6"}, {"input": "1,1,1,3"}]
+  t0 = time.perf_counter()
+  records, summary = countdown_eval.evaluate(gen, None, tok, cfg, problems, repeats=2,
+                                             batch_size=2)
+  assert time.perf_counter() - t0 < 2.5
+  assert summary["interrupted"] and [r["input"] for r in records] == ["1,2,3,6"]
+  assert records[0]["completions"] == ["1+2=3,3+3=6"] * 2 and records[0]["pass@1"] == 1.0
+  time.sleep(3.0)  # let the abandoned fake finish

@@ -144,3 +144,30 @@ def test_fixture_command_refuses_existing_folder(tmp_path):
   assert F.main(["llada", "--out", str(tmp_path / "x")]) == 2
   assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
   assert np.array_equal(sorted(os.listdir(tmp_path / "x")), ["keep.txt"])
+
+
+def test_damaged_files_and_seeds_are_one_line_naming_the_file(tmp_path, capsys):
+  """Issue 19 item 7: a truncated model.safetensors failed with 'mmap length is greater than file
+  size' (no file named); a negative seed was accepted and 2^64 a traceback."""
+  from remdm_jax.llm import cli
+  d = str(tmp_path / "tiny")
+  F.write_tiny_llada(d)
+  st = os.path.join(d, "model.safetensors")
+  good = open(st, "rb").read()
+  cases = [(["--seed=-1"], "error: --seed=-1 must be an int in [0, 2^32)"),
+           ([f"--seed={2**64}"], f"error: --seed={2**64} must be an int in [0, 2^32)")]
+  for extra, needle in cases:
+    assert cli.main([f"--model_dir={d}", "--prompt=x"] + extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(needle), err
+  with open(st, "wb") as f:
+    f.write(good[:len(good) // 2])
+  with pytest.raises(ValueError, match=rf"{st}: truncated safetensors file"):
+    W.read_safetensors_header(st)
+  assert cli.main([f"--model_dir={d}", "--prompt=x"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and f"{st}: truncated safetensors file" in err[0], err
+  with open(st, "wb") as f:
+    f.write(b"\xff" * 8 + b"garbage" * 10)
+  with pytest.raises(ValueError, match=rf"{st}: not a safetensors file \(header length"):
+    W.read_safetensors_header(st)

@@ -93,9 +93,8 @@ def ref_official(model, prompt, am, steps, gen_length, block_length, temperature
         noisy = np.exp(logits.astype(np.float64)) / (-np.log(noise)) ** temperature
       x0 = np.argmax(noisy, -1)
       if confidence_eos_eot_inf and quirk:  # `logits_with_noise[.., EOS] = logits[.., EOT] = -inf`
-        noisy = noisy.copy()
-        noisy[:, :, EOS] = -np.inf
-        logits[:, :, EOT] = -np.inf
+        noisy[:, :, EOS] = -np.inf  # at temperature 0 `noisy` IS `logits` (add_gumbel_noise
+        logits[:, :, EOT] = -np.inf  # returns its input): both reach the confidence softmax
       elif confidence_eos_eot_inf:  # bonsai: both on logits
         logits[:, :, EOS] = -np.inf
         logits[:, :, EOT] = -np.inf
@@ -116,7 +115,7 @@ def ref_official(model, prompt, am, steps, gen_length, block_length, temperature
 
 
 def ref_conf_remdm(model, prompt, mask_length, sampling_steps, block_size, remdm_number, u,
-                   remdm):
+                   remdm, stop_at_eos=True):
   """guanghanwang/ReMDM-LLaDA eval_llada.py llada_conf_sample / llada_remdm_sample (§L.1),
   batch 1, EOS early exit; u: [iterations, 1, G, V] uniforms of `_sample_categorical`."""
   Pn = prompt.shape[1]
@@ -152,7 +151,7 @@ def ref_conf_remdm(model, prompt, mask_length, sampling_steps, block_size, remdm
       xt[0, sel] = x0[0, sel]
       cache[0, sel] = conf[0, sel]
       it += 1
-    if np.sum(xt[:, Pn:] == EOS) > 0:
+    if stop_at_eos and np.sum(xt[:, Pn:] == EOS) > 0:
       return xt[:, Pn:], nfe
   return xt[:, Pn:], nfe
 
@@ -205,24 +204,97 @@ def test_official_generate_matches_reference(case, precision):
 
 
 def test_eos_quirk_flag_changes_only_what_it_should():
-  """official_eos_quirk=True: only EOT's confidence logit is -inf (the chained assignment);
-  default: EOS and EOT (bonsai). With EOS likely the two differ, each equal to its transcription."""
+  """official_eos_quirk=True: the chained assignment - at temperature > 0 only EOT's confidence
+  logit is -inf; at temperature 0 the noisy logits alias the logits, so EOS and EOT both are, as
+  in the default (bonsai: EOS and EOT at every temperature). With EOS likely, quirk and default
+  differ at temperature 1 and agree at 0, each equal to its transcription."""
   A, Q = toy_tables(2)
   A[:, EOS] += 1.0
   prompt, am = _prompts()
   base = dict(rule="llada", gen_length=GEN, block_length=8, steps=8, confidence_eos_eot_inf=True,
               mask_id=MASK, eos_id=EOS, eot_id=EOT, pad_id=PAD)
   key = jax.random.key(0)
-  outs = []
-  for quirk in (True, False):
-    gen = G.make_generate(toy_jax(A, Q), G.GenConfig(**base, official_eos_quirk=quirk))
-    got = np.asarray(gen(None, prompt, am, key)[0])
-    want = ref_official(lambda x, m: toy_np(A, Q, x, m), prompt, am, 8, GEN, 8, 0.0, 0.0,
-                        "low_confidence", False, True, None, None, quirk=quirk)
-    np.testing.assert_array_equal(got, want)
-    outs.append(got)
-  assert np.any(outs[0] == EOS)
-  assert not np.array_equal(outs[0], outs[1])
+  u = np.random.default_rng(3).uniform(1e-6, 1, size=(8, prompt.shape[0], GEN, V))
+  for temp in (1.0, 0.0):
+    outs = []
+    for quirk in (True, False):
+      gen = G.make_generate(toy_jax(A, Q), G.GenConfig(**base, official_eos_quirk=quirk,
+                                                       temperature=temp))
+      got = np.asarray(gen(None, prompt, am, key, noise={"u": u.astype(np.float32)})[0])
+      want = ref_official(lambda x, m: toy_np(A, Q, x, m), prompt, am, 8, GEN, 8, temp, 0.0,
+                          "low_confidence", False, True, u, None, quirk=quirk)
+      np.testing.assert_array_equal(got, want)
+      outs.append(got)
+    assert np.any(outs[0] == EOS)
+    assert np.array_equal(outs[0], outs[1]) == (temp == 0.0), temp
+
+
+def test_eos_quirk_at_temperature_0_masks_eos_and_eot_smallest_case():
+  """Issue 19 item 1, the smallest case: gen = block = steps = 2, a one-token prompt, temperature
+  0. Position 0 prefers EOS, position 1 a plain token with lower probability. The official code
+  zeroes EOS's confidence too (aliasing), so position 1 commits first and then position 0 sees a
+  different context; masking EoT alone (the old quirk mode) committed position 0 first."""
+  A = np.zeros((3, V), np.float32)
+  A[:, MASK] = -16
+  A[1, EOS] = 3.0          # gen position 0: EOS, p ~ 0.6
+  A[2, 5] = 1.5            # gen position 1: token 5, p ~ 0.25
+  Q = np.zeros((V, V), np.float32)
+  Q[5, 7] = 8.0            # once token 5 is in the context, position 0 prefers token 7
+  prompt, am = np.array([[2]], np.int32), np.ones((1, 1), np.int32)
+  cfg = G.GenConfig(rule="llada", gen_length=2, block_length=2, steps=2, temperature=0.0,
+                    confidence_eos_eot_inf=True, official_eos_quirk=True, mask_id=MASK,
+                    eos_id=EOS, eot_id=EOT, pad_id=PAD)
+  got = np.asarray(G.make_generate(toy_jax(A, Q), cfg)(None, prompt, am, jax.random.key(0))[0])
+  want = ref_official(lambda x, m: toy_np(A, Q, x, m), prompt, am, 2, 2, 2, 0.0, 0.0,
+                      "low_confidence", False, True, None, None, quirk=True)
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(got, [[7, 5]])
+
+
+def test_a_mask_committed_in_an_earlier_block_keeps_competing_smallest_case():
+  """Issue 19 item 2: the official gate `x0_p[:, prompt_len + (num_block + 1) * block_length:] =
+  -inf` excludes only later blocks. gen 4, blocks of 2, one step each, a one-token prompt: in
+  block 1 position 0 draws the mask token (committed, it stays masked) and position 1 token 4;
+  then position 0 prefers token 6 with confidence ~1 and takes one of block 2's two commits, so
+  position 3 stays masked: [6, 4, 6, MASK]. Gating every position outside the current block
+  gave [MASK, 4, 6, 6]."""
+  A = np.zeros((5, V), np.float32)
+  A[1, MASK], A[1, 6] = 4.0, 2.0   # gen position 0: the mask token first
+  A[2, 4] = 3.0                    # gen position 1: token 4
+  A[3, 8], A[4, 9] = 9.5, 9.8      # block 2: less confident once token 4 pushes token 6
+  Q = np.zeros((V, V), np.float32)
+  Q[4, 6] = 10.0
+  prompt, am = np.array([[2]], np.int32), np.ones((1, 1), np.int32)
+  cfg = G.GenConfig(rule="llada", gen_length=4, block_length=2, steps=2, mask_id=MASK,
+                    eos_id=EOS, eot_id=EOT, pad_id=PAD)
+  got = np.asarray(G.make_generate(toy_jax(A, Q), cfg)(None, prompt, am, jax.random.key(0))[0])
+  want = ref_official(lambda x, m: toy_np(A, Q, x, m), prompt, am, 2, 4, 2, 0.0, 0.0,
+                      "low_confidence", False, False, None, None)
+  np.testing.assert_array_equal(want, [[6, 4, 6, MASK]])
+  np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("remdm", [False, True])
+def test_conf_and_remdm_llada_with_mask_draws_match_reference(remdm):
+  """The ReMDM-LLaDA samplers share the gate: with a model that often draws the mask token in
+  the first block, later blocks commit those positions as the transcription does."""
+  gen_len, blk, steps = 16, 8, 16
+  A, Q = toy_tables(4, L=4 + gen_len)
+  Q[MASK, :] = 0         # masks in the context do not shift the logits
+  A[4:12, MASK] += 17.0  # the first block draws the mask token often (gating earlier blocks out
+                         # too changed 4 / 2 of the 16 tokens at this seed)
+  prompt = np.array([[3, 7, 1, 2]], np.int32)
+  cfg = G.GenConfig(rule="remdm_llada" if remdm else "llada_conf", gen_length=gen_len,
+                    block_length=blk, steps=steps, remdm_number=1, precision="float64",
+                    mask_id=MASK, eos_id=EOS, eot_id=EOT, pad_id=PAD, stop_at_eos=False)
+  n_it = (gen_len // blk) * cfg.iters_per_block
+  u = np.random.default_rng(5).uniform(size=(n_it, 1, gen_len, V))
+  want, _ = ref_conf_remdm(lambda x, m: toy_np(A, Q, x, m), prompt, gen_len, steps, blk, 1, u,
+                           remdm, stop_at_eos=False)
+  with jax.enable_x64(True):
+    got, _ = G.make_generate(toy_jax(A, Q), cfg)(None, prompt, None, jax.random.key(0),
+                                                 noise={"u": u})
+  np.testing.assert_array_equal(np.asarray(got), want)
 
 
 @pytest.mark.parametrize("blk,steps,r", [(32, 32, 1), (32, 32, 4), (16, 32, 1), (8, 32, 2)])
@@ -426,3 +498,21 @@ def test_block_generation_drives_the_text_dit():
   out, info = G.make_generate(logits_fn, cfg)(params, prompt, am, jax.random.key(1))
   out = np.asarray(out)
   assert out.shape == (2, 16) and not np.any(out == m) and int(info["nfe"]) == 10
+
+
+@pytest.mark.parametrize("what,kw,prompt,needle", [
+    ("mask id >= V", dict(mask_id=V + 4), [[1, 2]], "GenConfig.mask_id=20 is outside the model "
+                                                    "vocabulary [0, 16)"),
+    ("EOS id >= V", dict(eos_id=99), [[1, 2]], "GenConfig.eos_id=99 is outside"),
+    ("prompt id >= V", {}, [[1, V]], "prompt token id 16 is outside the model vocabulary"),
+    ("negative prompt id", {}, [[1, -3]], "prompt token id -3 is outside"),
+    ("float prompt", {}, [[1.5, 2.0]], "prompt must hold integer token ids, got dtype float64"),
+])
+def test_ids_outside_the_vocabulary_are_refused(what, kw, prompt, needle):
+  """Issue 19 item 7: make_generate accepted these silently (ids clamped by the gathers)."""
+  A, Q = toy_tables(0)
+  ids = dict(mask_id=MASK, eos_id=EOS, eot_id=EOT, pad_id=PAD)
+  cfg = G.GenConfig(rule="llada", gen_length=4, block_length=4, steps=4, **dict(ids, **kw))
+  with pytest.raises(ValueError) as e:
+    G.make_generate(toy_jax(A, Q), cfg)(None, np.array(prompt), None, jax.random.key(0))
+  assert needle in str(e.value), (what, str(e.value))

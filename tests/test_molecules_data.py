@@ -44,14 +44,43 @@ def test_unknown_tokens():
   # Br, Cl, S and [Na+] are regex tokens outside the vocabulary; "X" is not matched by the regex.
   assert tok.encode("BrCCl")[:5] == [0, 4, 15, 4, 1]
   assert tok.encode("C[Na+]S")[:5] == [0, 15, 4, 4, 1]
-  assert tok.encode("CXC")[:5] == [0, 15, 4, 15, 1]
+  # "X" is dropped, as the reference's re.findall drops every unmatched character (issue 19).
+  assert tok.encode("CXC")[:5] == [0, 15, 15, 1, 3]
+
+
+# Ids from the reference `guidance` repo's HF QM9Tokenizer (tokenizer.py + notebooks/qm9_vocab.json,
+# transformers 5.23), called as dataloader.py does: max_length=32, padding="max_length",
+# truncation=True, add_special_tokens=True (issue 19 item 5).
+REFERENCE_IDS = {
+    "C" * 40: [0] + [15] * 30 + [1],
+    "C?C": [0, 15, 4, 15, 1],
+    "CxC": [0, 15, 15, 1],
+    "C C": [0, 15, 15, 1],
+    "CXYC": [0, 15, 15, 1],
+    "C<mask>C": [0, 15, 2, 15, 1],
+    "C<eos>C": [0, 15, 1, 15, 1],
+    "<pad>": [0, 3, 1],
+    "C<unk>": [0, 15, 4, 1],
+    "[Xe]C": [0, 4, 15, 1],
+    "Br": [0, 4, 1],
+    "C<mask >": [0, 15, 4, 4, 1],
+    "C <mask> C": [0, 15, 2, 15, 1],
+}
+
+
+@pytest.mark.parametrize("smiles", sorted(REFERENCE_IDS))
+def test_encode_equals_the_reference_hf_tokenizer(smiles):
+  want = REFERENCE_IDS[smiles]
+  assert tk.SmilesTokenizer().encode(smiles) == want + [tk.PAD_ID] * (32 - len(want))
 
 
 def test_truncation_and_errors():
   tok = tk.SmilesTokenizer()
   long = "C" * 40
   ids = tok.encode(long)
-  assert len(ids) == 32 and ids[0] == 0 and all(i == 15 for i in ids[1:])  # eos cut off
+  # the reference keeps <eos>: <bos> + 30 tokens + <eos> (HF truncation with special tokens)
+  assert len(ids) == 32 and ids[0] == 0 and ids[-1] == 1 and all(i == 15 for i in ids[1:-1])
+  assert tk.SmilesTokenizer(seq_len=2).encode("CC") == [0, 1]
   with pytest.raises(ValueError, match="outside the SMILES vocabulary"):
     tok.decode([0, 35])
   with pytest.raises(ValueError, match="seq_len"):
@@ -138,6 +167,18 @@ def test_metrics_hand_list():
   assert none["num_valid"] == 0 and none["unique_frac"] == 0.0 and np.isnan(none["ring_count_valid_mean"])
   with pytest.raises(ValueError, match="property"):
     evaluate_samples(["C"], ref, properties=("logp",))
+  # issue 19: an empty reference called everything novel; a string was iterated by character
+  with pytest.raises(ValueError, match="reference set is empty"):
+    evaluate_samples(["C"], set())
+  with pytest.raises(ValueError, match="samples must be a list of SMILES strings, got one string"):
+    evaluate_samples("CCO", ref)
+  with pytest.raises(ValueError, match="reference must be a list of SMILES strings"):
+    evaluate_samples(["C"], "CCO")
+  with pytest.raises(ValueError, match="sample 3 is not a string"):
+    evaluate_samples(["C", 3], ref)
+  no_ref = evaluate_samples(samples, None)
+  assert no_ref["num_novel"] is None and np.isnan(no_ref["novel_frac"])
+  assert no_ref["num_valid"] == 7 and np.isnan(no_ref["ring_count_novel_mean"])
 
 
 def test_qm9_all_fit_in_32_tokens():

@@ -89,13 +89,38 @@ def test_guided_denoise_errors(model, classifier):
     (["--model=ar", "--strategy=remdm_cap"], "error: --strategy=remdm_cap does not apply"),
     (["--model=ar", "--guidance=cbg", "--top_k=36"], "error: --top_k=36 must be in [1, V = 35]"),
     (["--model=ar", "--guidance=cbg", "--top_k=0"], "error: --top_k=0 must be in [1, V = 35]"),
+    # issue 19: silent (exit 0) or tracebacks before
+    (["--seed=-1"], "error: --seed=-1 must be an int in [0, 2^32)"),
+    (["--seed=18446744073709551616"], "error: --seed=18446744073709551616 must be an int in"),
+    (["--model=udlm", "--eta=0.5"], "error: --eta=0.5 does not apply to the UDLM model"),
+    (["--model=udlm", "--strategy=remdm_cap"], "error: --strategy=remdm_cap does not apply to "
+                                               "the UDLM model"),
+    (["--model=udlm", "--noise_removal"], "error: --noise_removal applies to masked diffusion"),
+    (["--guidance=cbg", "--approx", "--classifier=UDLM_DIR"],
+     "error: UDLM_DIR is a udlm model of the molecules domain; molecules.sample --classifier "
+     "takes classifier"),
+    (["--model=CLF"], "error: CLF is a classifier model"),
+    (["--classifier=CLF"], "error: --classifier=CLF applies only to --guidance=cbg"),
+    (["--model=DIGITS"], "error: checkpoint/tokenizer vocab mismatch"),
+    (["--output=TMP/exists.jsonl"], "error: --output=TMP/exists.jsonl exists; pass --overwrite"),
 ])
-def test_cli_rejects_ignored_or_bad_flags_in_one_line(capsys, args, needle):
+def test_cli_rejects_ignored_or_bad_flags_in_one_line(capsys, tmp_path, monkeypatch, args,
+                                                      needle):
   """Flags that the chosen sampler would silently ignore, and a bad --label, are one-line errors
   with exit status 2 before any sampling (the shipped models; nothing is drawn)."""
+  from remdm_jax.generation import ASSETS_DIR
+  monkeypatch.setenv("REMDM_OUTPUT_DIR", str(tmp_path))
+  (tmp_path / "exists.jsonl").write_text("keep\n")
+  names = dict(UDLM_DIR=os.path.join(ASSETS_DIR, "qm9_udlm"), TMP=str(tmp_path),
+               CLF=os.path.join(ASSETS_DIR, "qm9_classifier"),
+               DIGITS=os.path.join(ASSETS_DIR, "digits_mdlm"))
+  for k, v in names.items():
+    args = [a.replace("=" + k, "=" + v) for a in args]
+    needle = needle.replace(k, v)
   assert S.main(args + ["--num_samples=1"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith(needle), err
+  assert sorted(os.listdir(tmp_path)) == ["exists.jsonl"]
 
 
 def test_classifier_one_hot_input_matches_tokens(model, classifier):
@@ -213,3 +238,90 @@ def test_sweep_point_settings_tell_runs_apart(model):
   assert sweep.point_settings(dict(ctx, fudge_top_k=4), "AR", "D-CBG") != f_all
   assert sweep.point_settings(ctx, "MDLM", "D-CFG") == sweep.point_settings(
       dict(ctx, eta=0.5, approx=False), "MDLM", "D-CFG")  # irrelevant knobs do not matter
+
+
+def test_cli_writes_jsonl_output(model, tmp_path, capsys):
+  """Issue 19 item 8: molecules.sample printed only to stdout; --output writes JSONL (atomically,
+  an existing file needs --overwrite)."""
+  pytest.importorskip("rdkit")
+  import json
+  out = tmp_path / "mols.jsonl"
+  args = ["--model", model.path, "--num_samples=3", "--batch_size=2", "--steps=4", "--seed=5",
+          "--output", str(out)]
+  assert S.main(args) == 0
+  recs = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [r["index"] for r in recs] == [0, 1, 2]
+  toks, _ = S.sample_molecules(model, SamplerConfig(strategy="mdlm", num_steps=4),
+                               num_samples=3, batch_size=2, seed=5, label=1)
+  assert [r["tokens"] for r in recs] == toks.tolist()
+  assert [r["smiles"] for r in recs] == model.tokenizer.decode_batch(toks)
+  for r in recs:
+    assert r["seed"] == 5 and r["steps"] == 4 and r["kind"] == "mdlm" and r["label"] == 1
+    assert isinstance(r["valid"], bool) and (r["ring_count"] is None) == (not r["valid"])
+  printed = capsys.readouterr()
+  assert f"wrote 3 molecules to {out}" in printed.err
+  assert S.main(args) == 2 and "exists; pass --overwrite" in capsys.readouterr().err
+
+
+def test_sweep_resume_csv_seed_quick_and_eta(tmp_path, capsys):
+  """Issue 19 items 7/8: a binary or column-less CSV in --out_dir gave UnicodeDecodeError /
+  KeyError tracebacks (now one line before any work); a negative seed was taken; --quick ran exact
+  D-CBG (hours per point on a CPU) and its plot was empty at --min_novel 50; the ETA counted every
+  point as equally expensive."""
+  for name, content in (("binary", b"\xff\xfe\x00garbage\x81" * 20),
+                        ("columns", b"a,b,c\n1,2,3\n")):
+    d = tmp_path / name
+    d.mkdir()
+    (d / "qm9_sweep.csv").write_bytes(content)
+    assert sweep.main(["--out_dir", str(d), "--methods", "MDLM", "--guidances", "D-CFG",
+                       "--gammas", "1", "--steps", "2", "--num_samples", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a sweep CSV this command wrote" in err[0], err
+    assert "pass --fresh" in err[0]
+    assert (d / "qm9_sweep.csv").read_bytes() == content
+  assert sweep.main(["--out_dir", str(tmp_path / "s"), "--seed=-1"]) == 2
+  assert "--seed=-1 must be an int in [0, 2^32)" in capsys.readouterr().err
+  assert not (tmp_path / "s").exists()
+  import argparse
+  a = argparse.Namespace(quick=True, gammas="1,2,3,4,5", steps="32,64,128", methods="MDLM",
+                         num_samples=1024, approx=False, min_novel=None)
+  sweep.apply_defaults(a)
+  assert (a.approx, a.num_samples, a.min_novel, a.steps, a.gammas) == (True, 256, 12, "32",
+                                                                       "1,2,3")
+  b = argparse.Namespace(quick=False, num_samples=1024, approx=False, min_novel=None)
+  sweep.apply_defaults(b)
+  assert (b.approx, b.min_novel) == (False, 50)
+  rates = {("MDLM", "D-CFG", ""): [0.5], ("MDLM", "D-CBG", "exact"): [40.0]}
+  pending = [("MDLM", "D-CFG", 2.0, 64), ("MDLM", "D-CBG", 1.0, 32), ("ReMDM", "D-CFG", 1.0, 32)]
+  # 64 * 0.5 + 32 * 40 + 32 * 40 (ReMDM not measured yet: the largest rate)
+  assert sweep.estimate_seconds(rates, pending, approx=False) == 32 + 1280 + 1280
+  assert sweep.estimate_seconds({}, pending, approx=False) is None
+
+
+def test_sweep_main_runs_resumes_and_reports_progress(model, tmp_path, capsys):
+  pytest.importorskip("rdkit")
+  d = str(tmp_path / "sw")
+  args = ["--out_dir", d, "--model", model.path, "--methods", "MDLM", "--guidances", "D-CFG",
+          "--gammas", "1,2", "--steps", "2", "--num_samples", "4", "--batch_size", "4"]
+  assert sweep.main(args) == 0
+  err = capsys.readouterr().err
+  assert "step 2/2" in err and "ETA" in err  # progress within a point
+  rows = list(csv.DictReader(open(os.path.join(d, "qm9_sweep.csv"))))
+  assert [r["status"] for r in rows] == ["ok", "ok"] and rows[0]["num_samples"] == "4"
+  assert sweep.main(args) == 0
+  assert err.count("from ") == 0 and capsys.readouterr().err.count("from ") == 2  # resumed
+
+
+def test_sweep_output_failing_mid_run_is_one_line(model, tmp_path, capsys, monkeypatch):
+  """An output that cannot be written mid-run (disk full, read-only) was a 20-36-line OSError."""
+  pytest.importorskip("rdkit")
+
+  def full(path, rows):
+    raise OSError(28, "No space left on device", path)
+
+  monkeypatch.setattr(sweep, "write_csv", full)
+  args = ["--out_dir", str(tmp_path / "sw"), "--model", model.path, "--methods", "MDLM",
+          "--guidances", "D-CFG", "--gammas", "1", "--steps", "2", "--num_samples", "2"]
+  assert sweep.main(args) == 2
+  err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error")]
+  assert len(err) == 1 and "No space left on device" in err[0], err

@@ -77,8 +77,8 @@ def test_shipped_cfg_gamma2_raises_mean_ring_count():
   kw = dict(num_samples=512, batch_size=256, seed=1, label=1)
   t0, _ = S.sample_molecules(model, cfg, guidance=S.CFG(0.0), **kw)
   t2, _ = S.sample_molecules(model, cfg, guidance=S.CFG(2.0), **kw)
-  m0 = metrics.evaluate_samples(model.tokenizer.decode_batch(t0), set(), properties=("ring_count",))
-  m2 = metrics.evaluate_samples(model.tokenizer.decode_batch(t2), set(), properties=("ring_count",))
+  m0 = metrics.evaluate_samples(model.tokenizer.decode_batch(t0), None, properties=("ring_count",))
+  m2 = metrics.evaluate_samples(model.tokenizer.decode_batch(t2), None, properties=("ring_count",))
   print(f"gamma 0: valid {m0['num_valid']} ring mean {m0['ring_count_valid_mean']:.3f} closures "
         f"{_ring_closures(t0):.2f} | gamma 2: valid {m2['num_valid']} ring mean "
         f"{m2['ring_count_valid_mean']:.3f} closures {_ring_closures(t2):.2f}")

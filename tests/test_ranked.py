@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from remdm_jax.sampling.ranked import ranked_commit, select_top_n
+from remdm_jax.sampling.ranked import ranked_commit, select_below_nth, select_top_n
 
 
 def np_top_n(scores, n, largest):
@@ -40,3 +40,27 @@ def test_commit_writes_only_selected():
   np.testing.assert_array_equal(np.asarray(new), [[9, 1, 9, 9, 4], [9, 9, 9, 9, 9]])
   np.testing.assert_array_equal(np.asarray(sel).sum(-1), [2, 1])
   assert new.dtype == jnp.int32
+
+
+def np_mask_by_random_topk(confidence, mask_len):
+  """google-research/maskgit libml/parallel_decode.py `mask_by_random_topk` after its Gumbel
+  term: cut_off = sort(confidence)[mask_len]; masking = confidence < cut_off."""
+  cut = np.take_along_axis(np.sort(confidence, -1), mask_len[:, None], -1)
+  return confidence < cut
+
+
+def test_select_below_nth_is_the_maskgit_cut_off_with_ties():
+  """Issue 19 item 4: Google re-masks strictly below the cut-off, so positions tied with it are
+  committed (fewer than mask_len re-masked); select_top_n always picks exactly n."""
+  rng = np.random.default_rng(1)
+  scores = rng.integers(0, 3, size=(6, 9)).astype(np.float32)  # many ties
+  scores[0] = 0.0                                                # a whole row tied (conf 1.0)
+  scores[1, 4:] = np.inf                                         # known positions
+  n = np.array([3, 2, 0, 5, 8, 1])
+  got = np.asarray(jax.jit(select_below_nth)(jnp.asarray(scores), jnp.asarray(n)))
+  np.testing.assert_array_equal(got, np_mask_by_random_topk(scores, n))
+  assert got[0].sum() == 0 and got.sum(-1).tolist() != n.tolist()
+  assert np.all(got.sum(-1) <= n)
+  distinct = rng.permutation(9).astype(np.float32)[None]  # no ties: exactly n, the n lowest
+  np.testing.assert_array_equal(np.asarray(select_below_nth(jnp.asarray(distinct), 4)),
+                                np_top_n(distinct, [4], largest=False))

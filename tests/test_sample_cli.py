@@ -103,13 +103,20 @@ def test_semi_ar_cli_summary_is_pluralised(ckpts, tmp_path):
     (["--scorer=MDLM"], "is not an autoregressive (causal) model"),
     (["--tokenizer=TMP/missing.json"], "tokenizer file not found"),
     (["--num_strides=abc"], "--num_strides=abc"),  # absl flag-parse errors too (not FATAL, 1)
+    # issue 19: the QM9 UDLM ran with the masked-diffusion sampler (exit 0); other domains' models
+    (["--checkpoint=UDLM"], "is a udlm model of the molecules domain"),
+    (["--checkpoint=QM9"], "is a mdlm model of the molecules domain"),
+    (["--checkpoint=DIGITS"], "is a mdlm model of the images domain"),
 ])
 def test_sample_py_bad_input_is_one_clear_line(ckpts, tmp_path, args, needle):
   """Each bad input: exit 2, one `sample.py: error:` line naming it, before any sampling."""
   (tmp_path / "exists.jsonl").write_text("keep\n")
   (tmp_path / "a_file").write_text("")
   names = dict(BAD_VOCAB=ckpts["bad_vocab"], AR=ckpts["ar"], DAMAGED=ckpts["damaged"],
-               V300=ckpts["v300"], MDLM=ckpts["mdlm"], TMP=str(tmp_path))
+               V300=ckpts["v300"], MDLM=ckpts["mdlm"], TMP=str(tmp_path),
+               UDLM=os.path.join(generation.ASSETS_DIR, "qm9_udlm"),
+               QM9=os.path.join(generation.ASSETS_DIR, "qm9_cond_mdlm"),
+               DIGITS=os.path.join(generation.ASSETS_DIR, "digits_mdlm"))
   for k, v in names.items():
     args = [a.replace("=" + k, "=" + v) for a in args]
   if not any(a.startswith("--checkpoint") for a in args):
@@ -255,14 +262,23 @@ def test_atomic_open_replaces_only_on_success(tmp_path):
 @pytest.mark.parametrize("extra,needle", [
     (["--scorer=MDLM"], "is not an autoregressive (causal) model"),
     (["--seed=-3"], "seed=-3 must be an int in [0, 2^32)"),
+    (["--stage=sample", "--checkpoint=UDLM"], "is a udlm model, not a masked-diffusion denoiser"),
+    (["--output_dir=AFILE/sub"], "cannot write to"),
 ])
 def test_sweep_checks_before_sampling(ckpts, tmp_path, extra, needle):
-  extra = [a.replace("=MDLM", "=" + ckpts["mdlm"]) for a in extra]
+  (tmp_path / "afile").write_text("x")
+  extra = [a.replace("=MDLM", "=" + ckpts["mdlm"]).replace("=AFILE", f"={tmp_path}/afile")
+           .replace("=UDLM", "=" + os.path.join(generation.ASSETS_DIR, "qm9_udlm"))
+           for a in extra]
   out = tmp_path / "sweep"
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  r = subprocess.run([sys.executable, "-m", "remdm_jax.text.sweep", f"--checkpoint={ckpts['mdlm']}",
+  if not any(a.startswith("--output_dir") for a in extra):
+    extra = [f"--output_dir={out}"] + extra
+  if not any(a.startswith("--checkpoint") for a in extra):
+    extra = [f"--checkpoint={ckpts['mdlm']}"] + extra
+  r = subprocess.run([sys.executable, "-m", "remdm_jax.text.sweep",
                       "--strategies=mdlm", "--steps=2", "--num_samples=2", "--batch_size=2",
-                      f"--output_dir={out}", *extra], env=env, cwd=tmp_path, capture_output=True,
+                      *extra], env=env, cwd=tmp_path, capture_output=True,
                      text=True, timeout=300)
   assert r.returncode == 2, r.stderr
   lines = r.stderr.strip().splitlines()

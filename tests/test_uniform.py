@@ -197,9 +197,69 @@ def test_udlm_sampler_exact_denoiser_product_distribution():
   np.testing.assert_array_equal(np.asarray(s(None, jax.random.PRNGKey(0), 7)), z[:7])
 
 
+def _reference_udlm_replay(table, bias, key, T, B, L, eps=1e-5, noise_eps=1e-3):
+  """Float64 numpy transcription of the reference's UDLM `_diffusion_sample` (guidance repo,
+  diffusion.py: timesteps = linspace(1, eps, T + 1), dt = (1 - eps)/T, LogLinearNoise(1e-3):
+  sigma = -log1p(-(1 - 1e-3) t), move_chance = 1 - exp(-sigma); `_ddpm_denoise` +
+  `_compute_posterior` with alpha = 1 - move_chance), fed the sampler's own Gumbel noise (the
+  per-position keys of `sampling.draws`) instead of torch's race."""
+  from remdm_jax.sampling import draws
+  V = table.shape[-1]
+  rows = jnp.broadcast_to(jnp.arange(B, dtype=jnp.int32)[:, None], (B, L))
+  pos = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
+  z = np.asarray(draws.gumbel_argmax(draws.position_keys(jax.random.fold_in(key, T), rows, pos),
+                                     jnp.zeros((B, L, V), jnp.float32)))
+  timesteps = np.linspace(1.0, eps, T + 1)
+  dt = (1.0 - eps) / T
+  for i in range(T):
+    t = timesteps[i]
+    with np.errstate(divide="ignore"):  # sigma = inf at t = 1 when noise_eps = 0
+      mc_t = 1.0 - np.exp(np.log1p(-(1.0 - noise_eps) * t))
+      mc_s = 1.0 - np.exp(np.log1p(-(1.0 - noise_eps) * (t - dt)))
+    a_t, a_s = 1.0 - mc_t, 1.0 - mc_s
+    logits = table[np.arange(L), z] + t * bias  # [B, L, V]
+    x = np.exp(logits - logits.max(-1, keepdims=True))
+    x /= x.sum(-1, keepdims=True)
+    zt = np.eye(V)[z]
+    a_ts = a_t / a_s
+    q = ((a_t * V * x * zt + (a_ts - a_t) * zt + (a_s - a_t) * x + (1 - a_ts) * (1 - a_s) / V)
+         / (a_t * V * np.sum(x * zt, -1, keepdims=True) + 1 - a_t))
+    keys = draws.position_keys(jax.random.fold_in(key, i), rows, pos)
+    z = np.asarray(draws.gumbel_argmax(keys, jnp.asarray(np.log(q), jnp.float32)))
+  return z
+
+
+def test_udlm_sampler_alpha_has_the_reference_eps():
+  """Issue 19 item 6: the reference sampler's alpha_t = 1 - (1 - 1e-3) t (first step 1e-3, not
+  0); tokens equal a float64 transcription of the reference loop on the same noise, and differ
+  from the alpha_t = 1 - t loop (so the test sees the eps)."""
+  T, B, L, V = 4, 1024, 8, 7
+  rng = np.random.default_rng(11)
+  table = rng.normal(size=(L, V, V)) * 1.5  # x_theta depends on z_t and t
+  bias = rng.normal(size=(V,))
+
+  def denoise(params, z, t):
+    return (jnp.asarray(table, jnp.float32)[jnp.arange(L), z]
+            + t[:, None, None] * jnp.asarray(bias, jnp.float32))
+
+  s = make_udlm_sampler(denoise, num_steps=T, seq_len=L)
+  grid = np.linspace(1.0, 1e-5, T + 1)
+  np.testing.assert_allclose(s.alpha_t, 1 - (1 - 1e-3) * grid[:-1], rtol=0, atol=1e-15)
+  assert s.alpha_t[0] == pytest.approx(1e-3, abs=1e-15)
+  np.testing.assert_allclose(s.alpha_s, 1 - (1 - 1e-3) * grid[1:], rtol=0, atol=1e-12)
+  key = jax.random.PRNGKey(7)
+  got = np.asarray(s(None, key, B))
+  np.testing.assert_array_equal(got, _reference_udlm_replay(table, bias, key, T, B, L))
+  without_eps = _reference_udlm_replay(table, bias, key, T, B, L, noise_eps=0.0)
+  assert np.sum(got != without_eps) >= 10  # 21 of 8192 tokens at this seed
+  s0 = make_udlm_sampler(denoise, num_steps=T, seq_len=L, noise_eps=0.0)
+  np.testing.assert_array_equal(np.asarray(s0(None, key, B)), without_eps)
+
+
 def _udlm_joint_models():
   """Product p(x) over L=3, N=4 and a non-factorising p(y = 1 | x); the exact x_theta (= p_l) and
-  the exact p(y | z_t) under uniform noise, alpha_t = 1 - t (classifier on one-hot input)."""
+  the exact p(y | z_t) under uniform noise with the sampler's alpha_t = 1 - (1 - 1e-3) t
+  (classifier on one-hot input)."""
   rng = np.random.default_rng(5)
   p = rng.dirichlet(np.ones(N4), size=L3)
   px = np.prod(p[np.arange(L3), SEQS], -1)
@@ -213,7 +273,7 @@ def _udlm_joint_models():
     return jnp.broadcast_to(logp, z.shape + (N4,))
 
   def classifier_fn(params, x, t):
-    a = (1.0 - t)[:, None, None]  # q(z^l | x_k^l) = a 1[z^l = x_k^l] + (1 - a) / N
+    a = (1.0 - (1.0 - 1e-3) * t)[:, None, None]  # q(z^l | x_k^l) = a 1[z^l = x_k^l] + (1 - a)/N
     lik = a * jnp.einsum("nlv,klv->nkl", x, oh_seq) + (1 - a) / N4 * jnp.sum(x, -1)[:, None, :]
     w = jnp.prod(lik, -1) * PX
     return jnp.log(w @ PY) - jnp.log(jnp.sum(w, -1, keepdims=True))

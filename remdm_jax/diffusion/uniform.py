@@ -3,7 +3,10 @@ baseline: forward process, posterior and the continuous-time NELBO integrand (pr
 training loss is `diffusion.losses.udlm_loss`, the guided sampler `sampling.udlm`.
 
 Vocabulary of N tokens (all ids of the model output, no special role for a mask id), limiting
-distribution pi = 1/N, alpha_t = 1 - t (the reference's hard-coded log-linear schedule):
+distribution pi = 1/N. Two schedules, as in the reference (`guidance` repo, diffusion.py): its
+training loss hard-codes alpha_t = 1 - t (`udlm_alpha(t)`), while its sampler (and its forward
+noising) use the log-linear noise with eps = 1e-3, move_chance_t = 1 - exp(-sigma_t) = (1 - eps) t,
+i.e. alpha_t = 1 - (1 - 1e-3) t (`udlm_alpha(t, SAMPLING_EPS)`: alpha = 1e-3, not 0, at t = 1):
   forward    q(z_t | x) = alpha_t x + (1 - alpha_t) / N                 (`forward_probs`)
   posterior  q(z_s | z_t, x) = [alpha_t N x⊙z_t + (alpha_ts - alpha_t) z_t
                                 + (alpha_s - alpha_t) x + (1 - alpha_ts)(1 - alpha_s) / N]
@@ -18,12 +21,9 @@ For a product distribution p the minimiser of the NELBO is x_theta = p (the marg
 p(x | z_t): the posterior formula already conditions on z_t), and the NELBO is then exactly the
 entropy H(p) (tests/test_uniform.py integrates it).
 
-Sampling (`sampling.udlm.make_udlm_sampler`): z_1 ~ pi, then on the grid t_i = 1 - i (1 - eps)/T (reused from
-`sampling.schedule.uniform_grid`) each step draws every position from q(z_s | z_t, x_theta(z_t))
-with the 32-bit-integer Gumbel-max of `sampling.draws` (per-position keys, independent of batch
-size). Guidance: D-CFG mixes the two log posteriors, log_softmax(gamma log q_c + (1 - gamma)
-log q_u) (`cfg_log_posterior`, §M.4 D-CFG item 6); D-CBG adds gamma * C over all N values at every
-position (`guidance.CBGGuidance`, the same classifier term as the masked sampler).
+Sampling (`sampling.udlm.make_udlm_sampler`): z_1 ~ pi, then on the grid t_i = 1 - i (1 - eps)/T
+each step draws every position from q(z_s | z_t, x_theta(z_t)) with alpha = udlm_alpha(.,
+SAMPLING_EPS). Guidance and draws: see `sampling.udlm`.
 """
 from __future__ import annotations
 
@@ -38,9 +38,13 @@ ApplyFn = Callable[[jax.Array, jax.Array], jax.Array]
 DenoiseFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
 
-def udlm_alpha(t):
-  """alpha_t = 1 - t (§M.7)."""
-  return 1.0 - t
+SAMPLING_EPS = 1e-3  # the reference's LogLinearNoise(eps=1e-3), used by its UDLM sampler
+
+
+def udlm_alpha(t, eps: float = 0.0):
+  """alpha_t = 1 - (1 - eps) t (§M.7). eps = 0 (default): the reference's training-loss schedule
+  alpha_t = 1 - t; eps = SAMPLING_EPS: its sampler's move_chance_t = (1 - eps) t."""
+  return 1.0 - (1.0 - eps) * t
 
 
 def forward_probs(x: jax.Array, alpha_t, vocab: int, dtype=jnp.float32) -> jax.Array:

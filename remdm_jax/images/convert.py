@@ -300,3 +300,48 @@ def load_vqgan_decoder(path, cfg: vq.VQGANConfig | None = None
   cfg = infer_vqgan_config(arrays) if cfg is None else cfg
   params = vqgan_params_from_arrays(arrays, cfg)
   return cfg, vq.abstract_params(cfg)[0], params
+
+
+def main(argv=None) -> int:
+  """`python -m remdm_jax.images.convert --transformer_ckpt F [--vqgan_ckpt F]`: reads the
+  official checkpoints into our ports (every name and shape checked) and prints what they hold,
+  without converting anything to disk (`images.imagenet` loads them directly). With no checkpoint
+  named it is an error (it used to do nothing and exit 0). Bad input: one `error:` line, exit 2."""
+  import argparse
+  import json
+  import sys
+  ap = argparse.ArgumentParser(prog="python -m remdm_jax.images.convert",
+                               description=main.__doc__.split("\n\n")[0])
+  ap.add_argument("--transformer_ckpt", default=None,
+                  help="maskgit_imagenet256_checkpoint (flax msgpack file or checkpoint folder)")
+  ap.add_argument("--vqgan_ckpt", default=None, help="tokenizer_imagenet256_checkpoint")
+  ap.add_argument("--codebook_size", type=int, default=1024)
+  args = ap.parse_args(argv)
+  out = {}
+  try:
+    if not (args.transformer_ckpt or args.vqgan_ckpt):
+      raise ValueError("name a checkpoint to read: --transformer_ckpt and / or --vqgan_ckpt")
+    if args.transformer_ckpt:
+      cfg, _, params = load_maskgit_transformer(args.transformer_ckpt,
+                                                codebook_size=args.codebook_size)
+      out["transformer"] = {"config": cfg.to_dict(), "parameters": _count(params)}
+    if args.vqgan_ckpt:
+      vcfg, _, vparams = load_vqgan_decoder(args.vqgan_ckpt)
+      out["vqgan_decoder"] = {"config": vcfg.to_dict() if hasattr(vcfg, "to_dict")
+                              else str(vcfg), "parameters": _count(vparams)}
+  except (ValueError, FileNotFoundError, OSError) as e:
+    text = " ".join(str(e).split()) or type(e).__name__
+    print(f"error: {text}", file=sys.stderr)
+    return 2
+  print(json.dumps(out, default=str))
+  return 0
+
+
+def _count(params) -> int:
+  import jax
+  return int(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)))
+
+
+if __name__ == "__main__":
+  import sys
+  sys.exit(main())

@@ -175,8 +175,9 @@ class ImageSampler:
   """
 
   def __init__(self, core, cfg, num_tokens, seq_len, codebook_size, mask_id, class_token,
-               class_offset, nfe, jit):
+               class_offset, nfe, jit, logits_fn=None, num_classes=None):
     self.core, self.cfg = core, cfg
+    self._logits_fn, self.num_classes = logits_fn, num_classes
     self.num_tokens, self.seq_len, self.codebook_size = num_tokens, seq_len, codebook_size
     self.mask_id, self.class_token, self.class_offset, self.nfe = (mask_id, class_token,
                                                                    class_offset, nfe)
@@ -201,10 +202,7 @@ class ImageSampler:
         raise ValueError(f"labels batch {labels.shape[0]} != batch_size={B}")
       B = labels.shape[0]
       if not isinstance(labels, jax.core.Tracer):
-        lab = np.asarray(labels)
-        if lab.size and (lab.min() < 0 or np.any(lab + self.class_offset == self.mask_id)):
-          raise ValueError(f"labels must be >= 0 and class_offset + label != mask_id "
-                           f"({self.mask_id}); got min {lab.min()}, max {lab.max()}")
+        self._check_labels(np.asarray(labels), params)
     elif self.class_token:
       raise ValueError("labels [B] are required (the sampler was built with class_token=True)")
     if image_tokens is not None:
@@ -231,6 +229,29 @@ class ImageSampler:
     return self.sample_with_info(params, key, labels, batch_size, image_tokens, noise,
                                  temperature)[0]
 
+  def _check_labels(self, lab, params) -> None:
+    """Labels in [0, num_classes) (when the sampler knows it) whose class token
+    class_offset + label is not the mask id and lies in the model vocabulary V (read from the
+    logits' shape, no compute): a label past the classes was silently clamped by the embedding
+    gather (digits labels 11 or 500 gave all-zero images). ValueError naming the label."""
+    if not lab.size:
+      return
+    hi = self.num_classes
+    if hi is None and self._logits_fn is not None:
+      B = lab.shape[0]
+      V = jax.eval_shape(self._logits_fn, params,
+                         jax.ShapeDtypeStruct((B, self.seq_len), jnp.int32),
+                         jax.ShapeDtypeStruct((B,), jnp.float32)).shape[-1]
+      hi = V - self.class_offset
+    bad = lab[(lab < 0) | ((lab >= hi) if hi is not None else False)
+              | (lab + self.class_offset == self.mask_id)]
+    if bad.size:
+      what = (f"[0, num_classes={self.num_classes})" if self.num_classes is not None else
+              f"[0, {hi}) (class token {self.class_offset} + label inside the model vocabulary)"
+              if hi is not None else ">= 0")
+      raise ValueError(f"labels: label {int(bad[0])} is outside {what} or gives the mask id "
+                       f"{self.mask_id} as class token")
+
   def _check_noise(self, noise, B):
     T, L, K = self.cfg.num_steps, self.seq_len, self.codebook_size
     cfg = self.cfg
@@ -255,7 +276,7 @@ class ImageSampler:
 def make_image_sampler(tokens_to_logits: DenoiseFn, cfg: ImageSamplerConfig, *,
                        num_tokens: int, codebook_size: int, mask_id: int,
                        class_token: bool = True, class_offset: Optional[int] = None,
-                       jit: bool = True) -> ImageSampler:
+                       num_classes: Optional[int] = None, jit: bool = True) -> ImageSampler:
   """Builds the image-token sampler of `cfg` (SPEC_DOMAINS §I.1).
 
   Args:
@@ -268,6 +289,8 @@ def make_image_sampler(tokens_to_logits: DenoiseFn, cfg: ImageSamplerConfig, *,
     mask_id: the model's input id of the mask, >= K (MaskGIT 2024; digits 27).
     class_token: sequences start with a class token (L = N + 1).
     class_offset: class token id = class_offset + label (default K).
+    num_classes: labels must lie in [0, num_classes) (None: only class_offset + label < V, the
+      model's vocabulary, read from the logits' shape, and != mask_id are checked).
     jit: False returns an un-jitted sampler (to compose under an outer jit).
   Raises: ValueError naming the bad argument.
   """
@@ -283,6 +306,9 @@ def make_image_sampler(tokens_to_logits: DenoiseFn, cfg: ImageSamplerConfig, *,
   class_offset = K if class_offset is None else int(class_offset)
   if class_token and class_offset < 0:
     raise ValueError(f"class_offset={class_offset} must be >= 0")
+  if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(
+      num_classes, (int, np.integer)) or num_classes < 1):
+    raise ValueError(f"num_classes={num_classes!r} must be None or an int >= 1")
   L = N + (1 if class_token else 0)
   T = cfg.num_steps
   tau = float(cfg.temperature)
@@ -334,7 +360,8 @@ def make_image_sampler(tokens_to_logits: DenoiseFn, cfg: ImageSamplerConfig, *,
             class_token=class_token, noise=noise, record_steps=cfg.record_steps)
       return (last[:, 1:] if class_token else last), info
 
-    return ImageSampler(core, cfg, N, L, K, m, class_token, class_offset, T, jit)
+    return ImageSampler(core, cfg, N, L, K, m, class_token, class_offset, T, jit,
+                        tokens_to_logits, num_classes)
 
   # Clean mode: the text sampler with a denoiser wrapper (no kernel copy).
   scfg = cfg.sampler_config()
@@ -362,4 +389,5 @@ def make_image_sampler(tokens_to_logits: DenoiseFn, cfg: ImageSamplerConfig, *,
     out, info = text.core(packed, key, B, tokens0, prompt_mask, uniforms)
     return (out[:, 1:] if class_token else out), info
 
-  return ImageSampler(core, cfg, N, L, K, m, class_token, class_offset, text.nfe, jit)
+  return ImageSampler(core, cfg, N, L, K, m, class_token, class_offset, text.nfe, jit,
+                      tokens_to_logits, num_classes)

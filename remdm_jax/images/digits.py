@@ -218,7 +218,7 @@ def train_model(config, out_dir: Optional[str] = None, log=print, init: Optional
   out = None
   if out_dir:
     from remdm_jax.checkpoint import save_params
-    out = save_params(out_dir, jax.device_get(res["state"].ema_params),
+    out = save_params(out_dir, jax.device_get(res["state"].ema_params), overwrite=overwrite,
                       model_config=dict(json.loads(json.dumps(plain["model"]))),
                       extra_metadata={
                           "step": cfg.train.num_steps, "dataset": "sklearn load_digits",
@@ -273,14 +273,30 @@ def check_classifier_output(path: str, overwrite: bool = False, flag: str = "out
 def load_model(path: Optional[str] = None):
   """-> (tokens_to_logits(params, tokens [B, 65], t [B]) -> logits [B, 65, 28], params).
   path: a `save_params` folder (default: the shipped remdm_jax/assets/models/digits_mdlm).
-  Raises FileNotFoundError naming a missing path."""
+  Raises FileNotFoundError naming a missing path; ValueError (naming it) for a model of another
+  kind or domain (the text model was accepted and sampled into garbage; a classifier or a model
+  of another size gave a traceback): it must be a masked-diffusion LM with the digits layout
+  (metadata "layout" {levels 17, class_offset 17, mask_id 27, seq_len 65}, vocab 28, L = 65)."""
   from remdm_jax.checkpoint import load_params
+  from remdm_jax.generation import model_kind
   from remdm_jax.models import dit
   path = MODEL_PATH if path is None else path
   if not os.path.isdir(path):
     raise FileNotFoundError(f"digits model folder {path!r} does not exist")
-  params, model_config, _ = load_params(path)
-  cfg = dit.DiTConfig(**model_config)
+  params, model_config, meta = load_params(path)
+  layout = {"levels": LEVELS, "class_offset": CLASS_OFFSET, "mask_id": MASK_ID,
+            "seq_len": SEQ_LEN}
+  try:
+    cfg = dit.DiTConfig.from_dict(dict(model_config))
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{path}: not a digits model (model_config.json: {e})") from None
+  kind = model_kind(cfg, meta)
+  if (meta.get("layout") != layout or kind != "mdlm" or cfg.vocab_size != MASK_ID + 1
+      or cfg.max_seq_len != SEQ_LEN):
+    raise ValueError(f"{path} is not a digits model (a {kind} model, vocab_size="
+                     f"{cfg.vocab_size}, max_seq_len={cfg.max_seq_len}, layout "
+                     f"{meta.get('layout')}); python -m remdm_jax.images.sample_digits needs a "
+                     f"masked-diffusion model with the digits layout {layout}")
   graphdef, _ = dit.abstract_params(cfg)
   return dit.make_denoise_fn(graphdef), params
 
@@ -291,7 +307,8 @@ def make_digits_sampler(cfg, tokens_to_logits=None, jit: bool = True):
   if tokens_to_logits is None:
     tokens_to_logits, _ = load_model()
   return make_image_sampler(tokens_to_logits, cfg, num_tokens=NUM_PIXELS, codebook_size=LEVELS,
-                            mask_id=MASK_ID, class_offset=CLASS_OFFSET, jit=jit)
+                            mask_id=MASK_ID, class_offset=CLASS_OFFSET, num_classes=NUM_CLASSES,
+                            jit=jit)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -457,7 +474,11 @@ class DigitsJudge:
 
   fid(pixels): Fréchet distance between the penultimate features of `pixels` [n, 64] and those of
   all 1,797 real digits. inception_score(pixels): exp(mean KL(p(y|x) || mean p(y))).
-  accuracy(pixels, labels): fraction classified as `labels`. All float; pixels int 0..16."""
+  accuracy(pixels, labels): fraction classified as `labels`. All float; pixels int 0..16.
+  Raises ValueError (one line) for pixels that are not [n, 64] values in 0..16 (NaN included),
+  n < 2 for FID (a covariance needs two samples), n < 1 otherwise, or labels that are not n
+  class ids in 0..9 (out-of-range pixels used to be scored silently, zero samples or another
+  width gave tracebacks)."""
 
   def __init__(self, params: Optional[dict] = None):
     self.params = load_classifier() if params is None else params
@@ -465,15 +486,32 @@ class DigitsJudge:
     real, _ = load_digits_split("all")
     self.ref_mu, self.ref_cov = _stats(self.features(real))
 
-  def logits_features(self, pixels):
-    lg, f = self._apply(self.params, jnp.asarray(pixels, jnp.float32))
+  @staticmethod
+  def check_pixels(pixels, min_n: int = 1) -> np.ndarray:
+    """pixels as float32 [n, 64] after checking shape (n >= min_n) and range 0..16."""
+    x = np.asarray(pixels)
+    if x.ndim != 2 or x.shape[1] != NUM_PIXELS:
+      raise ValueError(f"pixels must be [n, {NUM_PIXELS}] (8x8 digits), got shape {x.shape}")
+    if x.shape[0] < min_n:
+      raise ValueError(f"need at least {min_n} digit(s), got {x.shape[0]}")
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+      raise ValueError(f"pixels must be numbers 0..{LEVELS - 1}, got dtype {x.dtype}")
+    bad = ~np.isfinite(x) | (x < 0) | (x > LEVELS - 1)
+    if bad.any():
+      raise ValueError(f"pixels must lie in 0..{LEVELS - 1} (grey levels); got "
+                       f"{x[bad].flat[0]!r}")
+    return x.astype(np.float32)
+
+  def logits_features(self, pixels, min_n: int = 1):
+    x = self.check_pixels(pixels, min_n)
+    lg, f = self._apply(self.params, jnp.asarray(x))
     return np.asarray(lg, np.float64), np.asarray(f, np.float64)
 
-  def features(self, pixels):
-    return self.logits_features(pixels)[1]
+  def features(self, pixels, min_n: int = 1):
+    return self.logits_features(pixels, min_n)[1]
 
   def fid(self, pixels) -> float:
-    mu, cov = _stats(self.features(pixels))
+    mu, cov = _stats(self.features(pixels, min_n=2))
     return frechet_distance(mu, cov, self.ref_mu, self.ref_cov)
 
   def inception_score(self, pixels) -> float:
@@ -486,7 +524,12 @@ class DigitsJudge:
 
   def accuracy(self, pixels, labels) -> float:
     lg, _ = self.logits_features(pixels)
-    return float(np.mean(np.argmax(lg, 1) == np.asarray(labels)))
+    y = np.asarray(labels)
+    if y.shape != (lg.shape[0],) or not np.issubdtype(y.dtype, np.integer) or (
+        y.min() < 0 or y.max() >= NUM_CLASSES):
+      raise ValueError(f"labels must be {lg.shape[0]} class ids in 0..{NUM_CLASSES - 1}, got "
+                       f"shape {y.shape} dtype {y.dtype}")
+    return float(np.mean(np.argmax(lg, 1) == y))
 
   def evaluate(self, pixels, labels) -> dict:
     return {"fid": self.fid(pixels), "is": self.inception_score(pixels),

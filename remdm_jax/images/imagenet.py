@@ -204,8 +204,10 @@ def _parser() -> argparse.ArgumentParser:
                  help="uniform | cosine | powK | log | exp (the paper: uniform for every method)")
   p.add_argument("--sampling_temperature", type=float, default=1.0)
   p.add_argument("--sampling_temperature_annealing", default="False", choices=("True", "False"))
-  p.add_argument("--remdm_eta", type=float, default=0.0)
-  p.add_argument("--choice_temperature", type=float, default=4.5, help="MaskGIT ranking noise")
+  p.add_argument("--remdm_eta", type=float, default=None,
+                  help="ReMDM eta (remdm_* strategies; default: the strategy's)")
+  p.add_argument("--choice_temperature", type=float, default=None,
+                 help="MaskGIT ranking noise (maskgit only; default 4.5)")
   p.add_argument("--fork_compat", action="store_true",
                  help="mdlm / remdm_*: the reference fork's posteriors and quirks (codebook entry "
                       "1023 as the mask slot, stale conf weights; SPEC_DOMAINS §I.1)")
@@ -238,8 +240,25 @@ def _validate(args) -> DecodeOptions:
                      "uniform, cosine, powK, log, exp")
   if not args.sampling_temperature > 0:
     raise ValueError(f"--sampling_temperature={args.sampling_temperature} must be > 0")
-  if not args.remdm_eta >= 0:
+  from remdm_jax.checks import check_seed
+  check_seed(args.seed, "--seed")
+  check_seed(args.seed + args.start_index, "--seed + --start_index")
+  strategy = args.decoding_strategy
+  if args.remdm_eta is not None and not strategy.startswith("remdm"):
+    raise ValueError(f"--remdm_eta={args.remdm_eta:g} does not apply to --decoding_strategy="
+                     f"{strategy} (only the remdm_* strategies remask)")
+  if args.choice_temperature is not None and strategy != "maskgit":
+    raise ValueError(f"--choice_temperature={args.choice_temperature:g} applies only to "
+                     f"--decoding_strategy=maskgit, not {strategy}")
+  remdm_eta = 0.0 if args.remdm_eta is None else args.remdm_eta
+  choice_temperature = 4.5 if args.choice_temperature is None else args.choice_temperature
+  if not remdm_eta >= 0:
     raise ValueError(f"--remdm_eta={args.remdm_eta} must be >= 0")
+  out = os.path.abspath(os.path.expanduser(args.output_dir))
+  if os.path.lexists(out) and not os.path.isdir(out):
+    raise ValueError(f"--output_dir={out} exists and is not a folder")
+  from remdm_jax.fileio import check_writable_folder
+  check_writable_folder(out, "--output_dir", out)
   for name in ("transformer_ckpt", "vqgan_ckpt"):
     if not os.path.exists(getattr(args, name)):
       raise FileNotFoundError(f"--{name}: checkpoint not found: {getattr(args, name)}")
@@ -247,7 +266,7 @@ def _validate(args) -> DecodeOptions:
                        mask_scheduling_method=args.mask_scheduling_method,
                        sampling_temperature=args.sampling_temperature,
                        sampling_temperature_annealing=args.sampling_temperature_annealing == "True",
-                       remdm_eta=args.remdm_eta, choice_temperature=args.choice_temperature,
+                       remdm_eta=remdm_eta, choice_temperature=choice_temperature,
                        fork_compat=args.fork_compat)
 
 
@@ -258,6 +277,7 @@ def generate(args, opts: DecodeOptions, log=print) -> dict[str, Any]:
 
   from remdm_jax.fileio import atomic_open
   from remdm_jax.images import convert
+  from remdm_jax.interrupt import Interrupted, call_interruptibly
   from remdm_jax.images import maskgit as mg
   from remdm_jax.images import vqgan as vq
   from remdm_jax import sharding as mesh_lib
@@ -315,7 +335,13 @@ def generate(args, opts: DecodeOptions, log=print) -> dict[str, Any]:
       labels = np.asarray([labels_given[(b * bsz + j) % len(labels_given)] for j in range(bsz)])
     input_tokens = np.full((bsz, tcfg.seq_len), tcfg.mask_token_id, np.int32)
     input_tokens[:, 0] = tcfg.codebook_size + labels
-    tokens, images = run_batch(tparams, vparams, jax.device_put(input_tokens, bsh), sample_key)
+    try:
+      tokens, images = call_interruptibly(lambda: jax.device_get(run_batch(
+          tparams, vparams, jax.device_put(input_tokens, bsh), sample_key)))
+    except KeyboardInterrupt:
+      raise Interrupted(None, f"interrupted in batch {b + 1}/{num_batches}; the finished "
+                              f"images are in {args.output_dir} (the same command resumes "
+                              "after them)") from None
     tokens, images = np.asarray(tokens), np.asarray(images)
     if (tokens[:, 0] != input_tokens[:, 0]).any() or not (
         (tokens[:, 1:] >= 0) & (tokens[:, 1:] < tcfg.codebook_size)).all():
@@ -345,13 +371,19 @@ def generate(args, opts: DecodeOptions, log=print) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+  """CLI: 0; 2 after one `error:` line (bad input, before any work); 130 after Ctrl-C."""
+  from remdm_jax.interrupt import EXIT_INTERRUPTED, Interrupted, hard_exit
   args = _parser().parse_args(argv)
   try:
     opts = _validate(args)
     summary = generate(args, opts)
-  except (ValueError, FileNotFoundError, ImportError) as e:
-    print(f"error: {e}", file=sys.stderr)
+  except (ValueError, FileNotFoundError, ImportError, OSError) as e:
+    text = " ".join(str(e).split()) or type(e).__name__
+    print(f"error: {text}", file=sys.stderr)
     return 2
+  except Interrupted as e:
+    print(str(e), file=sys.stderr)
+    hard_exit(EXIT_INTERRUPTED)
   print(json.dumps(summary))
   return 0
 

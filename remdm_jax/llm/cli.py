@@ -131,14 +131,15 @@ def load_model(args):
   from remdm_jax import distributed
   from remdm_jax.llm.load import arch_of, check_cache, load_lm
   from remdm_jax import sharding as mesh_lib
-  cache = getattr(args, "cache", "none")
-  if cache != "none":  # before any work: the KV cache needs a LLaDA-architecture model
-    check_cache(arch_of(args.model_dir, getattr(args, "arch", None)), cache, args.model_dir)
   distributed.initialize_from_env()  # before anything creates the JAX backend
   try:
     shape = tuple(int(s) for s in args.mesh.split(","))
   except ValueError:
     raise ValueError(f"--mesh={args.mesh!r} must be 3 comma-separated ints") from None
+  _check_not_a_dit_folder(args.model_dir)
+  cache = getattr(args, "cache", "none")
+  if cache != "none":  # before loading: the KV cache needs a LLaDA-architecture model
+    check_cache(arch_of(args.model_dir, getattr(args, "arch", None)), cache, args.model_dir)
   mesh = mesh_lib.make_mesh(shape)
   over = dict(param_dtype=args.param_dtype, compute_dtype=args.compute_dtype,
               mask_token_id=args.mask_id, eos_token_id=args.eos_id,
@@ -147,6 +148,19 @@ def load_model(args):
   if lm.tokenizer is None:
     raise ValueError(f"--model_dir={args.model_dir!r} has no tokenizer.json")
   return lm, mesh
+
+
+def _check_not_a_dit_folder(model_dir: str) -> None:
+  """A remdm-jax DiT params folder (sample.py's, the QM9 or digits models) given as --model_dir
+  is named as such (it failed with "config.json not found")."""
+  import os
+  from remdm_jax.checkpoint import is_model_folder
+  from remdm_jax.llm import countdown_train
+  if (is_model_folder(model_dir) and not countdown_train.is_model_folder(model_dir)
+      and not os.path.isfile(os.path.join(model_dir, "config.json"))):
+    raise ValueError(f"--model_dir={model_dir} is a remdm-jax DiT model folder, not a LLaDA "
+                     "model; sample it with sample.py (text), remdm_jax.molecules.sample or "
+                     "remdm_jax.images.sample_digits")
 
 
 def load_for_generation(args):
@@ -184,18 +198,43 @@ def pad_prompts_to(x, am, width: int, pad_id: int):
           np.concatenate([np.zeros((x.shape[0], extra), am.dtype), am], 1))
 
 
+def check_common_flags(args) -> None:
+  """The flags every LLaDA command shares, before any work: --seed in [0, 2^32) (a negative seed
+  was silently folded, 2^64 overflowed with a traceback), --batch_size >= 1."""
+  from remdm_jax.checks import check_seed
+  if hasattr(args, "seed"):
+    check_seed(args.seed, "--seed")
+  if hasattr(args, "batch_size") and args.batch_size < 1:
+    raise ValueError(f"--batch_size={args.batch_size} must be >= 1")
+
+
 def run_cli(main_fn, parser: argparse.ArgumentParser, argv=None) -> int:
-  """Parses, runs main_fn(args); a ValueError becomes one line on stderr and exit status 2."""
+  """Parses, checks the shared flags, runs main_fn(args); a ValueError (or a missing file, a
+  missing extra, an OSError) becomes one line on stderr and exit status 2."""
   args = parser.parse_args(argv)
   if getattr(args, "precision", None) == "float64":
     import jax
     jax.config.update("jax_enable_x64", True)
   try:
+    check_common_flags(args)
     main_fn(args)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
+  except (ValueError, FileNotFoundError, ImportError, OSError) as e:
+    text = " ".join(str(e).split()) or type(e).__name__
+    print(f"error: {text}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt as e:  # Ctrl-C: what was finished is written by main_fn (130)
+    from remdm_jax.interrupt import EXIT_INTERRUPTED, hard_exit
+    print(f"\n{e or 'interrupted'}", file=sys.stderr)
+    hard_exit(EXIT_INTERRUPTED)
   return 0
+
+
+def _gen_to_host(gen, params, x, am, keys, to_host):
+  """gen(...) with its tokens and per-row NFE gathered to every host (several processes: a
+  collective)."""
+  out, info = gen(params, x, am, keys)
+  out, row_nfe = to_host((out, info["row_nfe"]))
+  return out, dict(info, row_nfe=row_nfe)
 
 
 def _generate_main(args):
@@ -210,10 +249,9 @@ def _generate_main(args):
   x, am = pad_prompts_to(x, am, getattr(lm.tokenizer, "prompt_length", 0), cfg.pad_id)
   gen = lm.make_generator(cfg, mesh=mesh)
   keys = jax.random.split(jax.random.key(args.seed), len(prompts))
-  out, info = gen(lm.params, x, am, keys)
+  from remdm_jax.interrupt import call_interruptibly
   from remdm_jax.sharding import to_host
-  # all rows on every process (several processes: a collective)
-  out, row_nfe = to_host((out, info["row_nfe"]))
+  out, info = call_interruptibly(lambda: _gen_to_host(gen, lm.params, x, am, keys, to_host))
   if jax.process_index() != 0:  # process 0 prints
     return
   texts = G.decode_outputs(out, lm.tokenizer, stops=args.stop or (),
@@ -222,7 +260,7 @@ def _generate_main(args):
   for t in texts:
     print(json.dumps({"text": t}))
   print(json.dumps({"nfe": int(info["nfe"]),
-                    "row_nfe": row_nfe.tolist()}), file=sys.stderr)
+                    "row_nfe": info["row_nfe"].tolist()}), file=sys.stderr)
 
 
 def main(argv: Optional[list] = None) -> int:

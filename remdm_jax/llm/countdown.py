@@ -18,7 +18,7 @@ from __future__ import annotations
 import ast
 import operator
 import re
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -119,14 +119,26 @@ def score_answer(doc: dict, answer: str) -> bool:
 
 
 def pass_at_1(num_correct: int, n: int) -> float:
-  """The reference's unbiased estimator 1 - prod (1 - 1/i), i = n-c+1..n (= c/n)."""
+  """The reference's unbiased estimator 1 - prod (1 - 1/i), i = n-c+1..n (= c/n). ValueError
+  for n < 1 (no samples: pass@1 is undefined, it was reported as 1.0) or c outside [0, n]."""
+  if n < 1 or not 0 <= num_correct <= n:
+    raise ValueError(f"pass_at_1: needs n >= 1 samples and 0 <= correct <= n, got correct="
+                     f"{num_correct}, n={n}")
   if num_correct >= n:
     return 1.0
   return float(1.0 - np.prod(1.0 - 1.0 / np.arange(n - num_correct + 1, n + 1)))
 
 
 def score_candidates(doc: dict, answers: Sequence[str]) -> dict:
-  """{"correct": c, "n": n, "pass@1": c/n estimator, "pass@n": [c > 0]} over the candidates."""
+  """{"correct": c, "n": n, "pass@1": c/n estimator, "pass@n": [c > 0]} over the candidates.
+  ValueError for no candidates (pass@1 of nothing was reported as 1.0) or a single string given
+  for the list (its characters were scored as answers)."""
+  if isinstance(answers, (str, bytes)):
+    raise ValueError(f"score_candidates: answers must be a list of strings, got one string "
+                     f"{answers[:40]!r}")
+  answers = list(answers)
+  if not answers:
+    raise ValueError("score_candidates: no candidates (pass@k needs at least one answer)")
   c = sum(score_answer(doc, a) for a in answers)
   n = len(answers)
   return {"correct": c, "n": n, "pass@1": pass_at_1(c, n), f"pass@{n}": float(c > 0)}
@@ -246,18 +258,38 @@ def generate_problems(n: int, seed: int = 0, max_target: int = 999, max_number: 
 
 
 def load_problems(path: str, limit: Optional[int] = None) -> list[dict]:
-  """A cd3 JSON list or JSONL file of {"input", "output"} records (first `limit`)."""
+  """A cd3 JSON list or JSONL file of {"input", "output"} records (the first `limit`: None = all,
+  else an int >= 1). ValueError naming the file (and the line of a bad JSONL record) for
+  unreadable, non-UTF-8 or malformed input, or naming `limit`."""
   import json
-  with open(path) as f:
-    text = f.read()
+  if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+    raise ValueError(f"limit={limit!r} must be None (all problems) or an int >= 1")
+  try:
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+  except (OSError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path}: unreadable problems file ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0] if str(e) else ''})") from e
   try:
     data = json.loads(text)
     if isinstance(data, dict):
       data = data.get("data", data.get("test"))
   except json.JSONDecodeError:
-    data = [json.loads(line) for line in text.splitlines() if line.strip()]
+    data = []
+    for i, line in enumerate(text.splitlines(), 1):
+      if line.strip():
+        try:
+          data.append(json.loads(line))
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path}: neither a JSON document nor JSON lines (line {i}: "
+                           f"{e.msg})") from None
   if not isinstance(data, list) or not all(isinstance(d, dict) and "input" in d for d in data):
     raise ValueError(f"{path}: expected a list of {{'input': 'a,b,c,t', ...}} records")
+  if not data:
+    raise ValueError(f"{path}: holds no problems")
   for d in data:
-    _split_input(d)
+    try:
+      _split_input(d)
+    except ValueError as e:
+      raise ValueError(f"{path}: {e}") from None
   return data[:limit] if limit else data

@@ -31,6 +31,7 @@ import sys
 import time
 from typing import Optional
 
+from remdm_jax.checks import check_seed
 from remdm_jax.llm import cli
 from remdm_jax.llm import countdown as cd
 
@@ -38,7 +39,10 @@ from remdm_jax.llm import countdown as cd
 def evaluate(gen, params, tok, cfg, problems, *, repeats=10, batch_size=8, seed=0,
              progress=None) -> tuple[list[dict], dict]:
   """Runs `gen` (from `generate.make_generate`) on every (problem, repeat); returns (per-problem
-  records, summary)."""
+  records, summary). Ctrl-C stops within a fraction of a second (`interrupt.call_interruptibly`):
+  the records then hold the problems whose every repeat had finished, and summary["interrupted"]
+  is True."""
+  from remdm_jax.interrupt import call_interruptibly
   import jax
   import numpy as np
   from remdm_jax.llm import generate as G
@@ -51,6 +55,7 @@ def evaluate(gen, params, tok, cfg, problems, *, repeats=10, batch_size=8, seed=
   base = jax.random.key(seed)
   texts: dict = {}
   nfe = 0
+  interrupted = False
   eos_tok = cli.token_string(tok, cfg.eos_id)
   for s in range(0, len(rows), batch_size):
     chunk = rows[s:s + batch_size]
@@ -60,7 +65,11 @@ def evaluate(gen, params, tok, cfg, problems, *, repeats=10, batch_size=8, seed=
     x, am = cli.pad_prompts_to(x, am, getattr(tok, "prompt_length", 0), cfg.pad_id)
     keys = jax.vmap(lambda i, j: jax.random.fold_in(jax.random.fold_in(base, i), j))(
         jnp_arr([i for i, _ in chunk_full]), jnp_arr([j for _, j in chunk_full]))
-    out, info = gen(params, x, am, keys)
+    try:
+      out, info = call_interruptibly(lambda: jax.device_get(gen(params, x, am, keys)))
+    except KeyboardInterrupt:
+      interrupted = True
+      break
     nfe += int(info["nfe"])
     dec = G.decode_outputs(np.asarray(out), tok, stops=cd.STOP, eos_token=eos_tok)
     for (i, j), t in zip(chunk, dec[:len(chunk)]):
@@ -69,6 +78,8 @@ def evaluate(gen, params, tok, cfg, problems, *, repeats=10, batch_size=8, seed=
       progress(min(s + batch_size, len(rows)), len(rows))
   records = []
   for i, p in enumerate(problems):
+    if any((i, j) not in texts for j in range(repeats)):
+      break  # interrupted: rows run problem by problem, so the finished ones come first
     comps = [texts[(i, j)] for j in range(repeats)]
     sc = cd.score_candidates(p, comps)
     records.append({"input": p["input"], "prompt": prompts[i], "completions": comps,
@@ -76,7 +87,7 @@ def evaluate(gen, params, tok, cfg, problems, *, repeats=10, batch_size=8, seed=
                     f"pass@{repeats}": sc[f"pass@{repeats}"]})
   n = max(len(records), 1)
   summary = {"num_problems": len(records), "repeats": repeats,
-             "pass@1": sum(r["pass@1"] for r in records) / n,
+             "pass@1": sum(r["pass@1"] for r in records) / n, "interrupted": interrupted,
              f"pass@{repeats}": sum(r[f"pass@{repeats}"] for r in records) / n,
              "nfe_total": nfe}
   return records, summary
@@ -101,9 +112,30 @@ def _model_task(model_dir: str) -> dict:
     return dict(json.load(f).get("task") or {})
 
 
+def check_outputs(out_dir: str, overwrite: bool) -> tuple[str, str]:
+  """The two output files under --out_dir, checked BEFORE any work (the evaluation used to run
+  to the end and then fail to write): ValueError (one line) if --out_dir is a file, cannot be
+  created or written, or already holds results without --overwrite."""
+  from remdm_jax.fileio import check_output_path
+  if not out_dir:
+    raise ValueError("--out_dir is required")
+  out_dir = os.path.abspath(os.path.expanduser(out_dir))
+  if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+    raise ValueError(f"--out_dir={out_dir} exists and is not a folder")
+  return tuple(check_output_path(os.path.join(out_dir, name), overwrite, "--out_dir")
+               for name in ("samples.jsonl", "summary.json"))
+
+
 def _main(args):
   if args.repeats < 1:
     raise ValueError(f"--repeats={args.repeats} must be >= 1")
+  if args.limit is not None and not args.data:
+    raise ValueError(f"--limit={args.limit} applies only to --data (use --num_problems for the "
+                     "generated problems)")
+  if args.limit is not None and args.limit < 1:
+    raise ValueError(f"--limit={args.limit} must be >= 1 (omit it for every problem)")
+  check_seed(args.problem_seed, "--problem_seed")
+  check_outputs(args.out_dir, args.overwrite)
   if args.data:
     if not os.path.isfile(args.data):
       raise ValueError(f"--data={args.data!r} does not exist")
@@ -116,8 +148,6 @@ def _main(args):
     if countdown_train.is_model_folder(args.model_dir):  # its own task (numbers 1..6)
       task = _model_task(args.model_dir)
     problems = cd.generate_problems(args.num_problems, args.problem_seed, **task)
-  if not args.out_dir:
-    raise ValueError("--out_dir is required")
   lm, mesh = cli.load_model(args)
   params, tok = lm.params, lm.tokenizer
   cfg = cli.gen_config_from_args(args, lm.cfg)
@@ -135,6 +165,11 @@ def _main(args):
                   "data": args.data or f"generated(n={args.num_problems}, "
                                        f"seed={args.problem_seed})", "seed": args.seed})
   write_outputs(args.out_dir, records, summary)
+  if summary["interrupted"]:
+    from remdm_jax.interrupt import Interrupted
+    raise Interrupted(records, f"interrupted: the {len(records)} problems with every repeat "
+                               f"finished are in {args.out_dir} (summary.json says "
+                               "interrupted: true)")
   print(json.dumps({k: summary[k] for k in ("num_problems", "pass@1", f"pass@{args.repeats}",
                                             "seconds")}))
 
@@ -147,7 +182,10 @@ def main(argv: Optional[list] = None) -> int:
   p.add_argument("--num_problems", type=int, default=256)
   p.add_argument("--problem_seed", type=int, default=0)
   p.add_argument("--repeats", type=int, default=10)
-  p.add_argument("--out_dir", default=None)
+  p.add_argument("--out_dir", default=None,
+                 help="results folder (samples.jsonl, summary.json); required")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace samples.jsonl / summary.json already in --out_dir")
   return cli.run_cli(_main, p, argv)
 
 

@@ -365,12 +365,14 @@ def is_model_folder(path: str) -> bool:
   return isinstance(meta, dict) and meta.get("kind") == MODEL_KIND
 
 
-def save_model(path: str, trained: "Trained", metadata: dict | None = None) -> str:
+def save_model(path: str, trained: "Trained", metadata: dict | None = None,
+               overwrite: bool = False) -> str:
   """Writes `trained` as a params folder (`checkpoint.save_params`: params/, model_config.json =
   the LLaDAConfig fields + "codec", metadata.json with kind "llada_countdown", the slot lengths
-  and `metadata`). Returns the absolute path."""
+  and `metadata`; an existing folder needs overwrite=True and must be a model folder remdm-jax
+  wrote). Returns the absolute path."""
   from remdm_jax.checkpoint import save_params
-  return save_params(path, jax.device_get(trained.params),
+  return save_params(path, jax.device_get(trained.params), overwrite=overwrite,
                      model_config=dict(dataclasses.asdict(trained.cfg),
                                        codec=codec_info(trained.p_len)),
                      extra_metadata={"kind": MODEL_KIND, "p_len": trained.p_len,
@@ -477,7 +479,7 @@ def main(argv=None) -> int:
           "train_seconds_wall": round(wall, 1), "train_seconds_cpu": round(cpu, 1),
           "final_loss_mean_last_100": (float(np.mean(tr.losses[-100:]))
                                        if len(tr.losses) else None)}
-  save_model(out, tr, meta)
+  save_model(out, tr, meta, overwrite=args.overwrite)
   print(json.dumps({"out": out, "workdir": workdir, "held_out_pass_at_1": scores}))
   return 0
 

@@ -55,7 +55,8 @@ def _np_dtype(code: str):
 
 def read_safetensors_header(path: str) -> tuple[dict, int]:
   """(header dict {key: {"dtype", "shape", "data_offsets"}}, byte offset of the data section).
-  ValueError naming the file when it is not a safetensors file."""
+  ValueError naming the file when it is not a safetensors file or is shorter than its header
+  says (a truncated download: "mmap length is greater than file size" named no file)."""
   size = os.path.getsize(path)
   with open(path, "rb") as f:
     raw = f.read(8)
@@ -71,6 +72,17 @@ def read_safetensors_header(path: str) -> tuple[dict, int]:
   if not isinstance(header, dict):
     raise ValueError(f"{path}: not a safetensors file (header is not a JSON object)")
   header.pop("__metadata__", None)
+  end = 0
+  for key, meta in header.items():
+    offs = meta.get("data_offsets") if isinstance(meta, dict) else None
+    if (not isinstance(offs, list) or len(offs) != 2 or not all(isinstance(o, int) for o in offs)
+        or not 0 <= offs[0] <= offs[1]):
+      raise ValueError(f"{path}: not a safetensors file (entry {key!r} has no valid "
+                       "data_offsets)")
+    end = max(end, offs[1])
+  if 8 + n + end > size:
+    raise ValueError(f"{path}: truncated safetensors file (its header describes {8 + n + end} "
+                     f"bytes, the file holds {size})")
   return header, 8 + n
 
 

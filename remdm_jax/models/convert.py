@@ -30,9 +30,11 @@ a pickled omegaconf DictConfig, read as inert stand-ins) or HF `config.json`. No
 field that is neither stored nor passed raises ValueError naming it, and a passed value that
 contradicts the stored one raises ValueError naming both (`resolve_config`).
 
-CLI: `python -m remdm_jax.models.convert --input PATH --output DIR [--no-ema] [--num-heads N]
-[--max-seq-len L] [--[no-]time-conditioning] [--[no-]causal]` writes our parameter checkpoint with
-`remdm_jax.checkpoint.save_params`; bad input is one `convert: error: ...` line, exit status 2.
+CLI: `python -m remdm_jax.models.convert --input PATH --output DIR [--overwrite] [--no-ema]
+[--num-heads N] [--max-seq-len L] [--[no-]time-conditioning] [--[no-]causal]` writes our parameter
+checkpoint with `remdm_jax.checkpoint.save_params`. DIR must be new, or with `--overwrite` a model
+folder remdm-jax wrote (checked before any work; no other file or folder is ever replaced); bad
+input is one `convert: error: ...` line, exit status 2.
 Needs the `torch` extra (torch + safetensors).
 """
 from __future__ import annotations
@@ -560,7 +562,11 @@ def main(argv: list[str] | None = None) -> int:
                 "hyper_parameters or config.json). The flags below fill fields the file lacks "
                 "and must agree with the file when it has them.")
   parser.add_argument("--input", required=True, help="mdlm.ckpt, model.safetensors or its folder")
-  parser.add_argument("--output", required=True, help="output checkpoint folder")
+  parser.add_argument("--output", required=True,
+                      help="output checkpoint folder: a new path, or with --overwrite a model "
+                           "folder remdm-jax wrote (nothing else is ever replaced)")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="replace an existing remdm-jax model folder at --output")
   parser.add_argument("--no-ema", action="store_true",
                       help="use the raw state_dict of a .ckpt instead of the EMA weights")
   parser.add_argument("--num-heads", type=int, default=None,
@@ -576,18 +582,20 @@ def main(argv: list[str] | None = None) -> int:
 
   overrides = dict(num_heads=args.num_heads, max_seq_len=args.max_seq_len,
                    time_conditioning=args.time_conditioning, causal=args.causal)
+  from remdm_jax.checkpoint import check_model_output, save_params  # pylint: disable=C0415
   try:
+    output = check_model_output(args.output, args.overwrite)  # before any work
+    if os.path.abspath(args.input) == output:
+      raise ValueError(f"--output={output} is the --input itself")
     cfg, params = load_official(args.input, use_ema=not args.no_ema, **overrides)
+    out = save_params(output, params, model_config=cfg.to_dict(), overwrite=args.overwrite,
+                      extra_metadata={
+                          "source": os.path.abspath(args.input),
+                          "converted_by": "remdm_jax.models.convert",
+                          "weights": "state_dict" if args.no_ema else "ema"})
   except (ValueError, FileNotFoundError, ImportError, OSError) as e:
     print(f"convert: error: {_first_line(e)}", file=sys.stderr)
     return 2
-
-  from remdm_jax.checkpoint import save_params  # pylint: disable=g-import-not-at-top
-  out = save_params(args.output, params, model_config=cfg.to_dict(), extra_metadata={
-    "source": os.path.abspath(args.input),
-    "converted_by": "remdm_jax.models.convert",
-    "weights": "state_dict" if args.no_ema else "ema",
-  })
   n = sum(int(np.prod(v.shape)) for _, v in nnx.to_flat_state(params))
   print(f"wrote {out}: {n:,} parameters, config {cfg.to_json()}")
   return 0

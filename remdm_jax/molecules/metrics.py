@@ -36,6 +36,11 @@ def _rdkit():
   return Chem, QED
 
 
+def check_available() -> None:
+  """ImportError (one line) now, before any sampling, if RDKit is missing."""
+  _rdkit()
+
+
 def strip_special(s: str) -> str:
   """Removes the substrings <bos>, <eos>, <pad> anywhere (step 1)."""
   for t in STRIP_TOKENS:
@@ -75,7 +80,8 @@ def evaluate_samples(samples: Iterable[str], reference: Iterable[str], *,
 
   Args:
     samples: n decoded strings (specials may be present; they are stripped here).
-    reference: training SMILES (canonical) for novelty.
+    reference: training SMILES (canonical) for novelty, non-empty; None: no novelty metrics
+      (num_novel None, novel_frac and the novel statistics NaN).
     properties: subset of ("ring_count", "qed") to summarise.
     canonical: canonicalise valid strings before uniqueness / novelty (default: the reference's
       uncanonicalised rule).
@@ -83,17 +89,34 @@ def evaluate_samples(samples: Iterable[str], reference: Iterable[str], *,
     dict with num_samples, num_valid, num_unique, num_novel, valid_frac, unique_frac, novel_frac,
     and for each property P: P_valid_{mean,q25,median,q75} and P_novel_{mean,q25,median,q75}.
   Raises:
-    ValueError for an unknown property or an empty sample list.
+    ValueError for an unknown property, an empty sample list, an empty reference (every sample
+    would count as novel), a single string given for `samples` or `reference` (its characters
+    would be taken as the molecules), or a non-string sample.
   """
   Chem, _ = _rdkit()
   for p in properties:
     if p not in PROPERTIES:
       raise ValueError(f"property name={p!r} is not one of {PROPERTIES}")
+  for name, value in (("samples", samples), ("reference", reference)):
+    if isinstance(value, (str, bytes)):
+      raise ValueError(f"evaluate_samples: {name} must be a list of SMILES strings, got one "
+                       f"string {value[:40]!r}")
+  samples = list(samples)
+  bad = [s for s in samples if not isinstance(s, str)]
+  if bad:
+    raise ValueError(f"evaluate_samples: sample {bad[0]!r} is not a string")
   samples = [strip_special(s) for s in samples]
   n = len(samples)
   if n == 0:
     raise ValueError("evaluate_samples: no samples")
-  ref = reference if isinstance(reference, (set, frozenset)) else set(reference)
+  if reference is None:
+    ref = None
+  else:
+    ref = reference if isinstance(reference, (set, frozenset)) else set(reference)
+    if not ref:
+      raise ValueError("evaluate_samples: the reference set is empty (every sample would count "
+                       "as novel); give the training SMILES (load_qm9().smiles_set()), or "
+                       "reference=None for no novelty metrics")
   valid, mols = [], []
   for s in samples:
     mol = Chem.MolFromSmiles(s) if len(s) > 0 else None
@@ -102,11 +125,13 @@ def evaluate_samples(samples: Iterable[str], reference: Iterable[str], *,
     valid.append(Chem.CanonSmiles(s) if canonical else s)
     mols.append(mol)
   uniq = set(valid)
-  novel = sorted(uniq - ref)
+  novel = sorted(uniq - ref) if ref is not None else []
   nv = len(valid)
   out = dict(num_samples=n, num_valid=nv, num_unique=len(uniq), num_novel=len(novel),
              valid_frac=nv / n, unique_frac=len(uniq) / nv if nv else 0.0,
              novel_frac=len(novel) / nv if nv else 0.0)
+  if ref is None:
+    out.update(num_novel=None, novel_frac=float("nan"))
   if properties:
     first_mol = {}
     for key, mol in zip(valid, mols):

@@ -34,7 +34,13 @@ No final noise-removal step by default (SPEC_DOMAINS §M.4, as the QM9 guidance 
 with a leftover mask decode as invalid); `--noise_removal` adds it.
 
 Prints each SMILES with its validity, ring count and QED, then the SPEC_DOMAINS §M.5 metrics of
-the batch. CPU: well under a minute for 16-64 molecules at T = 32 (unguided, D-CFG, D-CBG approx;
+the batch, and writes one JSON line per molecule (smiles, tokens, valid, ring_count, qed, novel,
+the settings) to `--output` (atomically; an existing file needs `--overwrite`; default
+./samples/molecules-<timestamp>.jsonl, under ~/remdm-jax/ inside the source checkout). Bad input
+(a model of another kind or domain, a classifier that is not one, flags the chosen sampler would
+ignore, a seed outside [0, 2^32), an unwritable output) is one `error:` line and exit status 2,
+before any work. Ctrl-C stops within a fraction of a second, writes the finished batches and
+exits 130. CPU: well under a minute for 16-64 molecules at T = 32 (unguided, D-CFG, D-CBG approx;
 measured 6-8 s for 16 on 2 shared cores, compile included).
 
 Library: `sample_molecules(model, sampler_cfg, ...)` draws token arrays; guidance is ONE extra
@@ -62,8 +68,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from remdm_jax import generation
 from remdm_jax import sharding as mesh_lib
+from remdm_jax.checks import check_seed
 from remdm_jax.generation import ASSETS_DIR, LoadedModel, load_model
+from remdm_jax.interrupt import Interrupted, call_interruptibly
 from remdm_jax.models import dit
 from remdm_jax.sampling import SamplerConfig, make_sampler
 from remdm_jax.sampling import guidance as G
@@ -105,11 +114,9 @@ def load_qm9_model(path: Optional[str] = None, name: str = COND_MODEL) -> Loaded
 
 def model_kind(model: LoadedModel) -> str:
   """"ar" (causal model), "udlm" (trained with objective "udlm": metadata
-  train_config.loss.objective, as `checkpoint.export_params` writes it) or "mdlm" (any other)."""
-  if model.config.causal:
-    return "ar"
-  loss = ((model.metadata or {}).get("train_config") or {}).get("loss") or {}
-  return "udlm" if loss.get("objective") == "udlm" else "mdlm"
+  train_config.loss.objective, as `checkpoint.export_params` writes it), "classifier" or "mdlm"
+  (any other): `generation.model_kind`."""
+  return generation.model_kind(model.config, model.stored_metadata)
 
 
 def _check_conditional(model: LoadedModel) -> int:
@@ -257,6 +264,8 @@ def sample_molecules(model: LoadedModel, sampler_cfg: SamplerConfig, *, num_samp
                      mesh: Optional[jax.sharding.Mesh] = None) -> tuple[np.ndarray, dict]:
   """Draws `num_samples` token rows int32 [N, 32] (batch b uses fold_in(PRNGKey(seed), b)).
 
+  progress: a line on stderr with the batch and, for masked diffusion, the denoiser step within
+    it (`generation.StepProgress`; the samples are the same with and without).
   noise_removal: False (the molecules default) stops after the last grid step with no final
   argmax step, as the QM9 guidance reference does (SPEC_DOMAINS §M.4); a row that still holds a
   mask token then decodes to an invalid SMILES. True adds the SPEC §4.5 final step (one more NFE).
@@ -264,6 +273,8 @@ def sample_molecules(model: LoadedModel, sampler_cfg: SamplerConfig, *, num_samp
   -> `sampling.udlm.make_udlm_sampler` with T = sampler_cfg.num_steps; ar -> `sampling.ar`
   (sampler_cfg.num_steps unused; D-CBG = FUDGE, `top_k` candidates or all V). udlm / ar need
   strategy "mdlm" and noise_removal=False (ValueError otherwise).
+  Ctrl-C stops within a fraction of a second, even inside a batch's compiled program: it raises
+  `interrupt.Interrupted` whose `partial` holds the finished batches' rows.
   Returns (tokens, stats) with stats nfe (model rows per sample, SPEC_DOMAINS §M.8: T steps
   for mdlm / udlm, L - 1 = 31 positions for ar, twice that for D-CFG with gamma not in {0, 1},
   which runs the conditional and the null-class rows in one 2B-row call), classifier_nfe (D-CBG / FUDGE: classifier rows per
@@ -277,8 +288,14 @@ def sample_molecules(model: LoadedModel, sampler_cfg: SamplerConfig, *, num_samp
     raise ValueError(f"num_samples={num_samples!r} must be an int >= 1")
   if not isinstance(batch_size, int) or batch_size < 1:
     raise ValueError(f"batch_size={batch_size!r} must be an int >= 1")
+  check_seed(seed)
   batch_size = min(batch_size, num_samples)
+  n_batches = -(-num_samples // batch_size)
+  meter = None
   kind = model_kind(model)
+  if kind == "classifier":
+    raise ValueError(f"{model.path} is a classifier, not a generative model (give it as the "
+                     "classifier of D-CBG)")
   if kind == "mdlm":
     if not model.config.time_conditioning and not sampler_cfg.time_independent:
       sampler_cfg = sampler_cfg.replace(time_independent=True)
@@ -289,8 +306,15 @@ def sample_molecules(model: LoadedModel, sampler_cfg: SamplerConfig, *, num_samp
                          f"{mesh.devices.size} devices of the sampling mesh")
       from jax.sharding import NamedSharding, PartitionSpec as P
       params = mesh_lib.put_global(params, NamedSharding(mesh, P()))  # once, not per batch
+    if progress:  # denoiser steps within each batch (a D-CBG batch can take minutes)
+      meter = generation.StepProgress(f"{sampler_cfg.strategy} T={sampler_cfg.num_steps}",
+                                      num_batches=n_batches, batch_size=batch_size,
+                                      seq_len=model.seq_len, nfe=sampler_cfg.num_steps)
+      denoise = generation.with_progress(denoise, meter)
     sampler = make_sampler(denoise, sampler_cfg, seq_len=model.seq_len, mask_id=model.mask_id,
                            noise_removal=bool(noise_removal), mesh=mesh, **kwargs)
+    if meter is not None:
+      meter.nfe = max(1, int(sampler.nfe))
     nfe = sampler.nfe * (G.cfg_model_calls(guidance.gamma) if isinstance(guidance, CFG) else 1)
   else:
     if sampler_cfg.strategy != "mdlm":
@@ -307,14 +331,31 @@ def sample_molecules(model: LoadedModel, sampler_cfg: SamplerConfig, *, num_samp
       sampler, params = _ar_sampler(model, guidance, label, batch_size, classifier, top_k)
       nfe = sampler.model_rows
   root = jax.random.PRNGKey(seed)
-  n_batches = -(-num_samples // batch_size)
   out = []
   start = time.perf_counter()
+  info = {}
   for b in range(n_batches):
-    toks, info = sampler.sample_with_info(params, jax.random.fold_in(root, b),
-                                          batch_size=batch_size)
-    out.append(mesh_lib.to_host(toks))  # all rows on every process
-    if progress:
+    if meter is not None:
+      meter.start_batch(b)
+
+    def run_batch():
+      toks, info = sampler.sample_with_info(params, jax.random.fold_in(root, b),
+                                            batch_size=batch_size)
+      return mesh_lib.to_host(toks), info  # all rows on every process
+
+    try:
+      toks, info = call_interruptibly(run_batch)
+    except KeyboardInterrupt:
+      if progress:
+        print(file=sys.stderr)
+      done = (np.concatenate(out)[:num_samples] if out
+              else np.zeros((0, model.seq_len), np.int32))
+      raise Interrupted(done, f"interrupted in batch {b + 1}/{n_batches}") from None
+    out.append(np.asarray(toks))
+    if meter is not None:
+      jax.effects_barrier()  # every step's callback has run
+      meter.end_batch()
+    elif progress:
       el = time.perf_counter() - start
       print(f"\r{min((b + 1) * batch_size, num_samples)}/{num_samples} molecules {el:.0f}s "
             f"ETA {el / (b + 1) * (n_batches - b - 1):.0f}s", end="", file=sys.stderr, flush=True)
@@ -347,6 +388,16 @@ def _check_cli_for_kind(a, model: LoadedModel) -> None:
     if a.strategy not in (None, "mdlm"):
       raise ValueError(f"--strategy={a.strategy} does not apply to the AR model (it has its own "
                        "left-to-right sampler)")
+  if kind == "udlm":
+    if a.eta is not None:
+      raise ValueError(f"--eta={a.eta:g} does not apply to the UDLM model (its ancestral "
+                       "sampler has no remasking)")
+    if a.strategy not in (None, "mdlm"):
+      raise ValueError(f"--strategy={a.strategy} does not apply to the UDLM model (it has its "
+                       "own ancestral sampler)")
+  if kind in ("ar", "udlm") and a.noise_removal:
+    raise ValueError(f"--noise_removal applies to masked diffusion, not to the {kind.upper()} "
+                     "model")
   if a.top_k is not None:
     if kind != "ar":
       raise ValueError(f"--top_k={a.top_k} applies only to the AR model (FUDGE), not to the "
@@ -356,7 +407,35 @@ def _check_cli_for_kind(a, model: LoadedModel) -> None:
       raise ValueError(f"--top_k={a.top_k} must be in [1, V = {V}]")
 
 
+def default_output(cwd: Optional[str] = None) -> str:
+  """<generation.output_root(cwd)>/samples/molecules-<YYYYmmdd-HHMMSS>[-k].jsonl (as sample.py:
+  never an existing file, never inside the source checkout)."""
+  stem = os.path.join(generation.output_root(cwd), "samples",
+                      f"molecules-{time.strftime('%Y%m%d-%H%M%S')}")
+  path, k = stem + ".jsonl", 1
+  while os.path.exists(path):
+    path, k = f"{stem}-{k}.jsonl", k + 1
+  return path
+
+
+def _records(smiles, tokens, reference, settings) -> list[dict]:
+  from remdm_jax.molecules import metrics
+  out = []
+  for i, (s, t) in enumerate(zip(smiles, tokens)):
+    rc = metrics.smiles_property(s, "ring_count")
+    valid = not np.isnan(rc)
+    out.append(dict(index=i, smiles=s, tokens=np.asarray(t).tolist(), valid=valid,
+                    ring_count=int(rc) if valid else None,
+                    qed=metrics.smiles_property(s, "qed") if valid else None,
+                    novel=(s not in reference) if valid and reference is not None else None,
+                    **settings))
+  return out
+
+
 def main(argv=None) -> int:
+  """CLI; 0, or 2 after one `error: ...` line (bad input, before any work), or 130 after Ctrl-C
+  (the finished batches are written)."""
+  from remdm_jax.interrupt import EXIT_INTERRUPTED, hard_exit
   p = argparse.ArgumentParser(prog="python -m remdm_jax.molecules.sample",
                               description=__doc__.split("\n\n")[0])
   p.add_argument("--model", default=None,
@@ -377,14 +456,22 @@ def main(argv=None) -> int:
                  help="add the final argmax step (off by default: SPEC_DOMAINS §M.4)")
   p.add_argument("--top_k", type=int, default=None,
                  help="ar + cbg (FUDGE): score only the LM's top-k next tokens (default: all)")
-  p.add_argument("--seed", type=int, default=1)
+  p.add_argument("--seed", type=int, default=1, help="in [0, 2^32)")
+  p.add_argument("--output", default=None,
+                 help="JSONL output, one molecule per line (smiles, tokens, validity, ring count, "
+                      "QED, novelty, settings), written atomically. Default: "
+                      "./samples/molecules-<timestamp>.jsonl (under ~/remdm-jax/ when run inside "
+                      "the source checkout; $REMDM_OUTPUT_DIR replaces the folder)")
+  p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
   a = p.parse_args(argv)
   try:
     from remdm_jax import distributed
     mesh = None  # several processes (README "Multi-host"): batches split over all their devices
     if distributed.initialize_from_env():
       mesh = mesh_lib.make_mesh((-1, 1, 1))
+    # 1. Flags alone, the output path, the models and their agreement: before any work.
     label = _parse_label(a.label)
+    check_seed(a.seed, "--seed")
     if a.approx and a.guidance not in ("cbg", "cbg_approx"):
       raise ValueError(f"--approx needs --guidance=cbg, got --guidance={a.guidance}")
     if a.gamma is not None and a.guidance == "none":
@@ -393,39 +480,77 @@ def main(argv=None) -> int:
     if a.top_k is not None and a.guidance != "cbg":
       raise ValueError(f"--top_k={a.top_k} applies only to --model=ar with --guidance=cbg "
                        f"(FUDGE), got --guidance={a.guidance}")
+    from remdm_jax.fileio import check_output_path
+    out_path = check_output_path(a.output or default_output(), a.overwrite, "--output")
     gamma = 2.0 if a.gamma is None else a.gamma
     cfg = SamplerConfig(strategy=a.strategy or "mdlm", num_steps=32 if a.steps is None else
                         a.steps, eta=a.eta)
     guidance = {"none": None, "cfg": CFG(gamma), "cbg": CBG(gamma, a.approx),
                 "cbg_approx": CBG(gamma, True)}[a.guidance]
     model = load_qm9_model(a.model)
+    generation.check_model_use(model, "molecules.sample", kinds=("mdlm", "udlm", "ar"),
+                               domains=("molecules", None))
     _check_cli_for_kind(a, model)
-    clf = load_qm9_model(a.classifier, CLASSIFIER_MODEL) if isinstance(guidance, CBG) else None
+    null, fixed = _check_request(model, guidance, label)
+    clf = None
+    if isinstance(guidance, CBG):
+      clf = load_qm9_model(a.classifier, CLASSIFIER_MODEL)
+      generation.check_model_use(clf, "molecules.sample --classifier", kinds=("classifier",),
+                                 domains=("molecules", None))
+      _check_classifier(clf, model, fixed)
+    elif a.classifier is not None:
+      raise ValueError(f"--classifier={a.classifier} applies only to --guidance=cbg (it would be "
+                       "ignored)")
+    del null
     from remdm_jax.molecules import metrics
+    metrics.check_available()
+    # 2. The QM9 reference (for novelty; built with RDKit once, then cached), sampling.
     from remdm_jax.molecules.data import load_qm9
     reference = load_qm9().smiles_set()
-    tokens, stats = sample_molecules(model, cfg, num_samples=a.num_samples,
-                                     batch_size=a.batch_size, seed=a.seed, label=label,
-                                     guidance=guidance, classifier=clf,
-                                     noise_removal=a.noise_removal, top_k=a.top_k,
-                                     mesh=mesh if model_kind(model) == "mdlm" else None)
-  except (ValueError, FileNotFoundError, ImportError) as e:
-    print(f"error: {e}", file=sys.stderr)
+    settings = dict(model=model.path, kind=model_kind(model), strategy=cfg.strategy,
+                    steps=cfg.num_steps, eta=cfg.eta, label=label, guidance=a.guidance,
+                    gamma=gamma if guidance is not None else None, seed=a.seed,
+                    noise_removal=a.noise_removal)
+    primary = jax.process_index() == 0  # process 0 writes and prints
+    try:
+      tokens, stats = sample_molecules(model, cfg, num_samples=a.num_samples,
+                                       batch_size=a.batch_size, seed=a.seed, label=label,
+                                       guidance=guidance, classifier=clf,
+                                       noise_removal=a.noise_removal, top_k=a.top_k,
+                                       mesh=mesh if model_kind(model) == "mdlm" else None,
+                                       progress=primary and a.num_samples > a.batch_size)
+    except Interrupted as e:
+      done = e.partial
+      where = "no batch had finished; nothing written"
+      if len(done) and primary:
+        recs = _records(model.tokenizer.decode_batch(done), done, reference, settings)
+        out, failure = generation.write_jsonl_or_rescue(out_path, recs)
+        where = f"wrote the {len(done)} finished molecules to {out}" + (
+            f" ({failure})" if failure else "")
+      print(f"{e}; {where}", file=sys.stderr)
+      hard_exit(EXIT_INTERRUPTED)
+    if not primary:
+      return 0
+    smiles = model.tokenizer.decode_batch(tokens)
+    records = _records(smiles, tokens, reference, settings)
+    out, failure = generation.write_jsonl_or_rescue(out_path, records)
+    if failure:
+      raise ValueError(f"{failure}; the {len(records)} molecules were written to {out} instead")
+  except (ValueError, FileNotFoundError, ImportError, OSError) as e:
+    text = str(e).strip()
+    print(f"error: {text.splitlines()[0] if text else type(e).__name__}", file=sys.stderr)
     return 2
-  if jax.process_index() != 0:  # process 0 prints
-    return 0
-  smiles = model.tokenizer.decode_batch(tokens)
-  for s in smiles:
-    rc = metrics.smiles_property(s, "ring_count")
-    if np.isnan(rc):
-      print(f"{s:<34} invalid")
+  for r in records:
+    if not r["valid"]:
+      print(f"{r['smiles']:<34} invalid")
     else:
-      novel = "novel" if s not in reference else "in QM9"
-      print(f"{s:<34} rings {int(rc)}  QED {metrics.smiles_property(s, 'qed'):.3f}  {novel}")
+      novel = "novel" if r["novel"] else "in QM9"
+      print(f"{r['smiles']:<34} rings {r['ring_count']}  QED {r['qed']:.3f}  {novel}")
   m = metrics.evaluate_samples(smiles, reference)
   print(f"valid {m['valid_frac']:.3f} | unique {m['unique_frac']:.3f} | novel {m['novel_frac']:.3f}"
         f" ({m['num_novel']}) | mean ring count {m['ring_count_valid_mean']:.3f} (valid), "
         f"{m['ring_count_novel_mean']:.3f} (novel) | {stats['seconds']:.1f}s, NFE {stats['nfe']}")
+  print(f"wrote {len(records)} molecules to {out}", file=sys.stderr)
   return 0
 
 

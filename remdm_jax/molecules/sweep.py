@@ -12,8 +12,15 @@ novel-sample mean property vs number of novel samples, one panel per guidance, o
 method. Progress and ETA go to stderr. An existing CSV in out_dir is resumed: points already
 there (status ok, same seed, --num_samples and `settings` - model, ReMDM strategy and eta, exact /
 first-order D-CBG, FUDGE top-k) are not rerun, and earlier points outside the requested grid stay
-in the CSV and, if they have this run's --num_samples, in the plot (`--fresh` starts over). `--quick`: gamma in {1, 2, 3}, T = 32, MDLM / ReMDM,
-D-CFG and D-CBG, 256 samples.
+in the CSV and, if they have this run's --num_samples, in the plot (`--fresh` starts over; a CSV
+that is not one this sweep wrote - binary, other columns - is one `error:` line, before any
+work). `--quick`: gamma in {1, 2, 3}, T = 32, MDLM / ReMDM, D-CFG and first-order D-CBG
+(exact D-CBG is hours per point on a CPU), 256 samples, and --min_novel scaled to the sample count
+(50 per 1024 samples: 12), so that its plot is not empty: a few minutes on a CPU.
+Progress: the denoiser step within each batch of a point, and an ETA from the measured seconds per
+step of each kind of point (method, guidance, exact / first-order D-CBG), scaled by T. Ctrl-C
+stops within a fraction of a second: every finished point is already in the CSV (exit 130; the
+same command resumes).
 
 D-CFG: `guidance.cfg_denoise_fn` (gamma = 1 is the conditional model alone, one call per step);
 D-CBG: `guidance.CBGGuidance` with the shipped classifier, exact (L * V = 1120 classifier rows per
@@ -45,9 +52,10 @@ import sys
 import time
 from typing import Optional
 
-import numpy as np
 
+from remdm_jax.checks import check_seed
 from remdm_jax.fileio import atomic_open, check_output_path
+from remdm_jax.interrupt import EXIT_INTERRUPTED, Interrupted, hard_exit
 from remdm_jax.sampling import SamplerConfig
 
 METHODS = ("MDLM", "ReMDM", "UDLM", "AR")
@@ -118,6 +126,7 @@ def run_point(ctx: dict, method: str, guidance: str, gamma: float, T: int) -> di
   tokens, stats = sample_molecules(model, cfg, num_samples=ctx["num_samples"],
                                    batch_size=ctx["batch_size"], seed=ctx["seed"], label=1,
                                    guidance=g, classifier=ctx.get("classifier"),
+                                   progress=bool(ctx.get("progress")),
                                    **({"top_k": top_k} if top_k else {}))
   smiles = model.tokenizer.decode_batch(tokens)
   m = metrics.evaluate_samples(smiles, ctx["reference"], properties=(ctx["property"],),
@@ -174,23 +183,62 @@ def point_key(row) -> tuple:
 
 def read_csv(path: str) -> dict:
   """Rows of an earlier sweep CSV keyed by `point_key` (numbers parsed; {} if there is none), so
-  that an interrupted or extended sweep reruns only the missing points."""
+  that an interrupted or extended sweep reruns only the missing points. ValueError (one line
+  naming the file, pointing at --fresh) for a file this sweep did not write: not UTF-8 text,
+  missing columns, unparsable numbers."""
   if not os.path.exists(path):
     return {}
   out = {}
-  with open(path, newline="") as f:
-    for r in csv.DictReader(f):
-      row = {}
-      for k, v in r.items():
-        if k in ("method", "guidance", "status", "property", "settings") or v in ("", None):
-          row[k] = v
-        elif k == "kept":
-          row[k] = v == "True"
-        else:
-          fv = float(v)
-          row[k] = int(fv) if k.startswith("num_") or k in ("T", "nfe", "seed") else fv
-      out[point_key(row)] = row
+  need = ("method", "guidance", "gamma", "T", "property", "status")
+  try:
+    with open(path, newline="", encoding="utf-8") as f:
+      reader = csv.DictReader(f)
+      missing = [k for k in need if k not in (reader.fieldnames or ())]
+      if missing:
+        raise ValueError(f"no column(s) {', '.join(missing)}")
+      for line, r in enumerate(reader, 2):
+        row = {}
+        for k, v in r.items():
+          if k is None or k not in FIELDS:
+            continue
+          if k in ("method", "guidance", "status", "property", "settings") or v in ("", None):
+            row[k] = v
+          elif k == "kept":
+            row[k] = v == "True"
+          else:
+            try:
+              fv = float(v)
+            except ValueError:
+              raise ValueError(f"line {line}: {k}={v!r} is not a number") from None
+            row[k] = int(fv) if k.startswith("num_") or k in ("T", "nfe", "seed") else fv
+        out[point_key(row)] = row
+  except (UnicodeDecodeError, csv.Error, ValueError, TypeError) as e:
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise ValueError(f"{path} is not a sweep CSV this command wrote ({type(e).__name__}: "
+                     f"{reason[:120]}); move it away or pass --fresh") from None
   return out
+
+
+def point_cost_key(method: str, guidance: str, approx: bool) -> tuple:
+  """What makes one point cost more than another besides T (the ETA groups points by it)."""
+  exact = guidance == "D-CBG" and not approx and method != "AR"
+  return (method, guidance, "exact" if exact else "")
+
+
+def estimate_seconds(done: dict, pending: list, approx: bool) -> Optional[float]:
+  """ETA of `pending` points (method, guidance, gamma, T) from `done` {cost key: [seconds per
+  unit of T, ...]} of this run: each point costs T x its kind's mean seconds per T (AR: one pass,
+  unit 1); a kind not measured yet takes the largest measured rate (a conservative guess).
+  None before any point has run."""
+  rates = {k: sum(v) / len(v) for k, v in done.items() if v}
+  if not rates:
+    return None
+  worst = max(rates.values())
+  total = 0.0
+  for method, guidance, _, T in pending:
+    unit = 1 if method == "AR" else T
+    total += unit * rates.get(point_cost_key(method, guidance, approx), worst)
+  return total
 
 
 def plot_pareto(rows, path: str, prop: str) -> str:
@@ -223,6 +271,18 @@ def plot_pareto(rows, path: str, prop: str) -> str:
   return path
 
 
+def apply_defaults(a) -> None:
+  """--quick (quick must be quick: first-order D-CBG, gamma 1..3, T = 32, MDLM / ReMDM, at most
+  256 samples) and the --min_novel default scaled to the sample count (50 per 1024 samples, so a
+  quick run's plot is not empty), in place on the parsed args."""
+  if a.quick:
+    a.gammas, a.steps, a.methods = "1,2,3", "32", "MDLM,ReMDM"
+    a.num_samples = min(a.num_samples, 256)
+    a.approx = True
+  if a.min_novel is None:
+    a.min_novel = max(1, round(50 * a.num_samples / 1024))
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m remdm_jax.molecules.sweep",
                               description="QM9 guidance sweep (SPEC_DOMAINS §M.6)")
@@ -235,8 +295,10 @@ def main(argv=None) -> int:
   p.add_argument("--steps", default="32,64,128")
   p.add_argument("--num_samples", type=int, default=1024)
   p.add_argument("--batch_size", type=int, default=256)
-  p.add_argument("--min_novel", type=int, default=50)
-  p.add_argument("--seed", type=int, default=1)
+  p.add_argument("--min_novel", type=int, default=None,
+                 help="points with fewer novel samples are left out of the plot (default: 50 per "
+                      "1024 samples, i.e. 50 at the default --num_samples, 12 with --quick)")
+  p.add_argument("--seed", type=int, default=1, help="in [0, 2^32)")
   p.add_argument("--remdm_strategy", default="remdm_cap")
   p.add_argument("--eta", type=float, default=None)
   p.add_argument("--approx", action="store_true", help="first-order D-CBG")
@@ -252,9 +314,10 @@ def main(argv=None) -> int:
                  help="ignore an existing <out_dir>/qm9_sweep.csv (default: resume from it)")
   a = p.parse_args(argv)
   try:
-    if a.quick:
-      a.gammas, a.steps, a.methods = "1,2,3", "32", "MDLM,ReMDM"
-      a.num_samples = min(a.num_samples, 256)
+    apply_defaults(a)
+    check_seed(a.seed, "--seed")
+    if a.min_novel < 0:
+      raise ValueError(f"--min_novel={a.min_novel} must be >= 0")
     methods = [m for m in a.methods.split(",") if m]
     guidances = [g for g in a.guidances.split(",") if g]
     gammas = _numbers(a.gammas, float, "--gammas")
@@ -279,70 +342,95 @@ def main(argv=None) -> int:
       raise ValueError(f"--fudge_top_k={a.fudge_top_k} must lie in [1, V = 35]")
     if a.fudge_top_k is not None and not ("AR" in methods and "D-CBG" in guidances):
       raise ValueError("--fudge_top_k applies to AR with D-CBG (FUDGE), which is not in the grid")
+    if os.path.lexists(a.out_dir) and not os.path.isdir(a.out_dir):
+      raise ValueError(f"--out_dir={a.out_dir} exists and is not a folder")
     csv_path = check_output_path(os.path.join(a.out_dir, "qm9_sweep.csv"), overwrite=True,
                                  flag="--out_dir")
+    done = {} if a.fresh else read_csv(csv_path)  # a CSV we cannot resume: before any work
     SamplerConfig(strategy=a.remdm_strategy, num_steps=steps[0], eta=a.eta)  # validate early
     from remdm_jax.molecules.data import load_qm9
     from remdm_jax.molecules.sample import (AR_MODEL, CLASSIFIER_MODEL, UDLM_MODEL,
-                                            load_qm9_model)
-    ctx = dict(reference=load_qm9().smiles_set(),
-               num_samples=a.num_samples, batch_size=a.batch_size, seed=a.seed,
+                                            load_qm9_model, model_kind)
+    ctx = dict(num_samples=a.num_samples, batch_size=a.batch_size, seed=a.seed,
                property=a.property, canonical=a.canonical, approx=a.approx,
-               remdm_strategy=a.remdm_strategy, eta=a.eta, fudge_top_k=a.fudge_top_k)
+               remdm_strategy=a.remdm_strategy, eta=a.eta, fudge_top_k=a.fudge_top_k,
+               progress=True)
     if {"MDLM", "ReMDM"} & set(methods):
       ctx["model"] = load_qm9_model(a.model)
+      if model_kind(ctx["model"]) != "mdlm":
+        raise ValueError(f"--model={ctx['model'].path} is a {model_kind(ctx['model'])} model, "
+                         "not an mdlm model (MDLM / ReMDM)")
     if "UDLM" in methods:
       ctx["udlm_model"] = _load_optional(a.udlm_model, UDLM_MODEL, "udlm")
     if "AR" in methods:
       ctx["ar_model"] = _load_optional(a.ar_model, AR_MODEL, "ar")
     if "D-CBG" in guidances:
       ctx["classifier"] = load_qm9_model(a.classifier, CLASSIFIER_MODEL)
-  except (ValueError, FileNotFoundError, ImportError) as e:
+      if model_kind(ctx["classifier"]) != "classifier":
+        raise ValueError(f"--classifier={ctx['classifier'].path} is a "
+                         f"{model_kind(ctx['classifier'])} model, not a classifier")
+    from remdm_jax.molecules import metrics
+    metrics.check_available()
+    ctx["reference"] = load_qm9().smiles_set()
+  except (ValueError, FileNotFoundError, ImportError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  grid = grid_points(methods, guidances, gammas, steps)
-  done = {} if a.fresh else read_csv(csv_path)
-  rows, start, ran = [], time.perf_counter(), 0
-  for i, (method, guidance, gamma, T) in enumerate(grid):
-    base = dict(method=method, guidance=guidance, gamma=gamma, T=T, property=a.property,
-                settings=point_settings(ctx, method, guidance), seed=a.seed)
-    old = done.pop(point_key(base), None)
-    if old is not None and old["status"] == "ok" and all(
-        old.get(k) == v for k, v in (("num_samples", a.num_samples), ("seed", a.seed),
-                                     ("settings", base["settings"]))):
-      old["kept"] = old["num_novel"] >= a.min_novel
-      rows.append(old)
-      print(f"[{i + 1}/{len(grid)}] {method} {guidance} gamma={gamma:g} T={T}: from {csv_path}",
-            file=sys.stderr, flush=True)
-      continue
-    if old is not None and old["status"] == "ok":
-      print(f"[{i + 1}/{len(grid)}] {method} {guidance} gamma={gamma:g} T={T}: the CSV's point "
-            "has other settings / seed / num_samples; rerunning it", file=sys.stderr, flush=True)
-    try:
-      res = run_point(ctx, method, guidance, gamma, T)
-      ran += 1
-      row = dict(base, **res, status="ok", kept=res["num_novel"] >= a.min_novel)
-      msg = (f"valid {res['valid_frac']:.3f} novel {res['num_novel']} novel mean "
-             f"{res['novel_mean']:.3f}{'' if row['kept'] else ' (dropped: < min_novel)'}")
-    except Unavailable as e:
-      row = dict(base, status=f"skipped: {e}", kept=False)
-      msg = row["status"]
-    rows.append(row)
-    write_csv(csv_path, rows + list(done.values()))
-    el = time.perf_counter() - start
-    left = sum(1 for g in grid[i + 1:] if unavailable_reason(ctx, g[0], g[1], g[2]) is None)
-    eta = el / max(ran, 1) * left
-    print(f"[{i + 1}/{len(grid)}] {method} {guidance} gamma={gamma:g} T={T}: {msg} | "
-          f"{el:.0f}s elapsed, ETA {eta:.0f}s", file=sys.stderr, flush=True)
-  rows += list(done.values())  # earlier points outside this grid stay in the CSV and the plot
-  write_csv(csv_path, rows)
-  print(f"wrote {csv_path} ({ran} of {len(grid)} points run)")
-  plotted = [r for r in rows if r.get("num_samples") == a.num_samples]
-  if any(r.get("kept") for r in plotted):
-    print(f"wrote {plot_pareto(plotted, os.path.join(a.out_dir, 'qm9_pareto.png'), a.property)}")
-  else:
-    print(f"no plot: every point has fewer than --min_novel={a.min_novel} novel samples",
-          file=sys.stderr)
+  try:
+    grid = grid_points(methods, guidances, gammas, steps)
+    rows, start, ran = [], time.perf_counter(), 0
+    rates: dict = {}
+    for i, (method, guidance, gamma, T) in enumerate(grid):
+      base = dict(method=method, guidance=guidance, gamma=gamma, T=T, property=a.property,
+                  settings=point_settings(ctx, method, guidance), seed=a.seed)
+      old = done.pop(point_key(base), None)
+      if old is not None and old["status"] == "ok" and all(
+          old.get(k) == v for k, v in (("num_samples", a.num_samples), ("seed", a.seed),
+                                       ("settings", base["settings"]))):
+        old["kept"] = old["num_novel"] >= a.min_novel
+        rows.append(old)
+        print(f"[{i + 1}/{len(grid)}] {method} {guidance} gamma={gamma:g} T={T}: from {csv_path}",
+              file=sys.stderr, flush=True)
+        continue
+      if old is not None and old["status"] == "ok":
+        print(f"[{i + 1}/{len(grid)}] {method} {guidance} gamma={gamma:g} T={T}: the CSV's point "
+              "has other settings / seed / num_samples; rerunning it", file=sys.stderr, flush=True)
+      try:
+        res = run_point(ctx, method, guidance, gamma, T)
+        ran += 1
+        rates.setdefault(point_cost_key(method, guidance, a.approx), []).append(
+            res["seconds"] / (1 if method == "AR" else T))
+        row = dict(base, **res, status="ok", kept=res["num_novel"] >= a.min_novel)
+        msg = (f"valid {res['valid_frac']:.3f} novel {res['num_novel']} novel mean "
+               f"{res['novel_mean']:.3f}{'' if row['kept'] else ' (dropped: < min_novel)'}")
+      except Interrupted:
+        write_csv(csv_path, rows + list(done.values()))
+        print(f"\ninterrupted in point {i + 1}/{len(grid)}; the {ran} points run (and earlier "
+              f"ones) are in {csv_path}; the same command resumes", file=sys.stderr)
+        hard_exit(EXIT_INTERRUPTED)
+      except Unavailable as e:
+        row = dict(base, status=f"skipped: {e}", kept=False)
+        msg = row["status"]
+      rows.append(row)
+      write_csv(csv_path, rows + list(done.values()))
+      el = time.perf_counter() - start
+      pending = [g for g in grid[i + 1:] if unavailable_reason(ctx, g[0], g[1], g[2]) is None]
+      eta = estimate_seconds(rates, pending, a.approx)
+      print(f"[{i + 1}/{len(grid)}] {method} {guidance} gamma={gamma:g} T={T}: {msg} | "
+            f"{el:.0f}s elapsed, ETA {'?' if eta is None else f'{eta:.0f}s'}", file=sys.stderr,
+            flush=True)
+    rows += list(done.values())  # earlier points outside this grid stay in the CSV and the plot
+    write_csv(csv_path, rows)
+    print(f"wrote {csv_path} ({ran} of {len(grid)} points run)")
+    plotted = [r for r in rows if r.get("num_samples") == a.num_samples]
+    if any(r.get("kept") for r in plotted):
+      print(f"wrote {plot_pareto(plotted, os.path.join(a.out_dir, 'qm9_pareto.png'), a.property)}")
+    else:
+      print(f"no plot: every point has fewer than --min_novel={a.min_novel} novel samples",
+            file=sys.stderr)
+  except OSError as e:  # an output that became unwritable mid-run: one line, exit 2
+    text = " ".join(str(e).split()) or type(e).__name__
+    print(f"error: {text} (the results written before it are kept)", file=sys.stderr)
+    return 2
   return 0
 
 

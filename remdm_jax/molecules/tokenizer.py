@@ -6,11 +6,19 @@
 | 5..34 | `# ( ) - 1 2 3 4 5 = C F N O [C-] [CH-] [N+] [N-] [NH+] [NH2+] [NH3+] [O-]     |
 |       |  [c-] [cH-] [n-] [nH+] [nH] c n o` (sorted, as the reference's vocab file)     |
 
-V = 35, mask id m = 2 (the MDLM absorbing state; NOT V - 1), L = 32. Encoding (reference
-`guidance` repo, `compute_loss_on_pad_tokens=True`): `[<bos>] + ids + [<eos>]`, right-padded with
-`<pad>` and truncated to L (a truncated string loses its `<eos>`, as the reference's HF tokenizer
-with `truncation=True` does). Regex matches outside the vocabulary become `<unk>` (4); characters
-the regex does not match at all are also `<unk>` (one per maximal unmatched run).
+V = 35, mask id m = 2 (the MDLM absorbing state; NOT V - 1), L = 32. Encoding follows the
+reference `guidance` repo's Hugging Face tokenizer (`tokenizer.py::SMILESTokenizer`, called in
+`dataloader.py` with `max_length=L, padding="max_length", truncation=True,
+add_special_tokens=True`; `compute_loss_on_pad_tokens=True`), checked against it run side by side:
+
+- `[<bos>] + ids + [<eos>]`, right-padded with `<pad>` to L. A string of more than L - 2 tokens
+  keeps its first L - 2 tokens and still ends in `<eos>` (HF truncates the content to leave room
+  for the special tokens): `<bos>` + 30 tokens + `<eos>` at L = 32.
+- A literal special-token string in the input (`<bos>`, `<eos>`, `<mask>`, `<pad>`, `<unk>`) is
+  one piece with its special id (HF splits added special tokens out before the regex runs).
+- Regex matches outside the vocabulary (`Br`, `S`, `[Na+]`, `?`, ...) become `<unk>` (4).
+- Characters the regex does not match at all (`x`, `X`, spaces, `<` outside a special token) are
+  dropped: the reference tokenizes with `re.findall`.
 """
 from __future__ import annotations
 
@@ -34,19 +42,21 @@ _PATTERN = re.compile(SMILES_REGEX)
 _TOKEN_TO_ID = {t: i for i, t in enumerate(VOCAB)}
 
 
+_SPECIAL_SPLIT = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + ")")
+
+
 def tokenize(smiles: str) -> list[str]:
-  """Regex pieces of `smiles` in order; an unmatched run of characters is kept as one piece (it
-  maps to `<unk>`)."""
+  """The pieces of `smiles` in order, as the reference HF tokenizer's `tokenize`: literal
+  special-token strings first become single pieces, then the regex pieces of the text between
+  them (`re.findall`: characters the regex does not match are dropped)."""
   if not isinstance(smiles, str):
     raise ValueError(f"smiles must be a str, got {type(smiles).__name__}")
-  out, pos = [], 0
-  for m in _PATTERN.finditer(smiles):
-    if m.start() > pos:
-      out.append(smiles[pos:m.start()])
-    out.append(m.group(0))
-    pos = m.end()
-  if pos < len(smiles):
-    out.append(smiles[pos:])
+  out = []
+  for i, chunk in enumerate(_SPECIAL_SPLIT.split(smiles)):
+    if i % 2:
+      out.append(chunk)
+    else:
+      out.extend(_PATTERN.findall(chunk))
   return out
 
 
@@ -73,18 +83,18 @@ class SmilesTokenizer:
     self.seq_len = int(seq_len)
 
   def token_ids(self, smiles: str) -> list[int]:
-    """ids of the regex pieces, no specials, no padding (unknown pieces -> 4)."""
-    return [_TOKEN_TO_ID.get(t, UNK_ID) if t not in SPECIAL_TOKENS else UNK_ID
-            for t in tokenize(smiles)]
+    """ids of the pieces (`tokenize`), not framed, not padded: a literal special-token string
+    gives its special id, a regex piece outside the vocabulary gives `<unk>` (4)."""
+    return [_TOKEN_TO_ID.get(t, UNK_ID) for t in tokenize(smiles)]
 
   def num_tokens(self, smiles: str) -> int:
     """Length of the framed sequence [bos] + ids + [eos] before truncation."""
     return len(tokenize(smiles)) + 2
 
   def encode(self, smiles: str) -> list[int]:
-    """[bos] + ids + [eos], right-padded with pad (3) / truncated to `seq_len`: list of ints."""
-    ids = [BOS_ID] + self.token_ids(smiles) + [EOS_ID]
-    ids = ids[: self.seq_len]
+    """[bos] + ids[:seq_len - 2] + [eos], right-padded with pad (3) to `seq_len`: list of ints.
+    An over-long string keeps its `<eos>` (the reference's HF truncation, module docstring)."""
+    ids = [BOS_ID] + self.token_ids(smiles)[: self.seq_len - 2] + [EOS_ID]
     return ids + [PAD_ID] * (self.seq_len - len(ids))
 
   def encode_batch(self, smiles: Iterable[str]) -> np.ndarray:

@@ -8,7 +8,7 @@ Public API:
   make_sampler, Sampler                                   (sampler: the loop)
   transition_sample, KernelSpec, final_step               (kernel: the MDLM/ReMDM transition)
   CBGGuidance, cfg_denoise_fn, cfg_log_probs, cfg_model_calls, classifier_term   (guidance)
-  select_top_n, ranked_commit                             (ranked: confidence-ranked commits)
+  select_top_n, select_below_nth, ranked_commit           (ranked: confidence-ranked commits)
   maskgit_step, ConfidenceSpec, propose, commit, remdm_remask   (confidence: per-step kernels)
   DreamSpec, dream_propose, dream_schedule                (confidence: Dream's rules)
   torch_linspace_f32                                      (schedule: torch's float32 linspace)
@@ -32,7 +32,7 @@ from remdm_jax.sampling.guidance import (CBGGuidance, cfg_denoise_fn, cfg_log_pr
 from remdm_jax.sampling.kernel import KernelSpec, final_step, transition_sample
 from remdm_jax.sampling.maskgit import maskgit_decode
 from remdm_jax.sampling.nucleus import nucleus_filter
-from remdm_jax.sampling.ranked import ranked_commit, select_top_n
+from remdm_jax.sampling.ranked import ranked_commit, select_below_nth, select_top_n
 from remdm_jax.sampling.sampler import Sampler, make_sampler
 from remdm_jax.sampling.semi_ar import make_semi_ar_sampler, semi_ar_sample
 from remdm_jax.sampling.schedule import (StepSchedule, dfm_grid, expected_unmask_buffer,
@@ -43,6 +43,7 @@ __all__ = [
     "KernelSpec", "Sampler", "final_step", "make_sampler", "transition_sample", "StepSchedule",
     "dfm_grid", "expected_unmask_buffer", "step_schedule", "uniform_grid", "CBGGuidance",
     "cfg_denoise_fn", "cfg_log_probs", "cfg_model_calls", "classifier_term", "select_top_n",
+    "select_below_nth",
     "ranked_commit", "make_semi_ar_sampler", "semi_ar_sample", "make_ar_sampler", "ARCFG",
     "FUDGEGuidance", "cfg_mix", "ConfidenceSpec", "commit", "maskgit_step", "propose",
     "remdm_remask", "maskgit_decode", "BlockConfig", "make_block_generate", "fork_decode",

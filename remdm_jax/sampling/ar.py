@@ -46,7 +46,7 @@ import numpy as np
 from jax import lax
 
 from remdm_jax.sampling import draws
-from remdm_jax.sampling.guidance import _check_gamma, cfg_logits_pair, cfg_mix
+from remdm_jax.sampling.guidance import _check_gamma, cfg_logits_pair, cfg_mix, class_log_prob
 from remdm_jax.diffusion.subs import NEG_INF
 from remdm_jax.types import CausalLogitsFn
 
@@ -126,7 +126,8 @@ def fudge_scores(classifier_fn, params, tokens: jax.Array, i, candidates: jax.Ar
   def run(ix):
     b, k = ix // K, ix % K
     rows = jnp.where(pos[None, :] == i, candidates[b, k][:, None], base[b])
-    return classifier_fn(params, rows, jnp.full(ix.shape, t, jnp.float32))[:, label]
+    return class_log_prob(classifier_fn(params, rows, jnp.full(ix.shape, t, jnp.float32)), label,
+                          "FUDGE")
 
   out = lax.map(run, idx.reshape(n_chunks, chunk)).reshape(-1)[:n]
   return out.astype(jnp.float32).reshape(B, K)

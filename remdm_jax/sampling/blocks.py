@@ -53,8 +53,18 @@ info["row_nfe"] counts, per row, the steps it took part in (a row finished with 
 stopped at EOS, waits without counting).
 
 Both LLaDA reference samplers draw over the full vocabulary, mask token included (x0 may be MASK,
-which then stays masked); this port keeps that. Only the current block's logits are used: the
-block gate gives every other position confidence -inf.
+which then stays masked); this port keeps that. Their block gate is
+`x0_p[:, prompt_len + (num_block + 1) * block_length:] = -inf`: it excludes only LATER blocks.
+So a mask can survive a block (the model drew the mask token there and it was committed), and
+such a position of an earlier block, still holding the mask id, is a candidate again in every
+later block, competing with the current block's positions for the n_i commits; this port follows
+the references (the confidence rules propose over every generated position and gate those after
+the current block; a masked earlier position may thus be committed later, and masks can remain
+in the output). The Dream rules use the same gate (one block is Dream's own decoding). With a
+KV cache this holds at full-forward steps (refresh); a window step computes the current block's
+logits only, so only its masks compete there, as in Fast-dLLM's cached functions (a leftover mask
+of an earlier block is a candidate again at the next refresh). Adaptive commits never propose the
+mask, so no mask survives a block under them.
 
 Randomness (`draws` module docstring, "block decoding"): row b uses its own key (`key` [B], or
 fold_in(key, b) for one key); global step j (= block * iters_per_block + i) uses
@@ -302,11 +312,15 @@ def num_transfer_tokens(mask_count: jax.Array, steps: int) -> jax.Array:
   return (base[:, None] + (jnp.arange(steps)[None, :] < rem[:, None])).astype(jnp.int32)
 
 
-def check_prompt(prompt, attention_mask, cfg: BlockConfig):
-  """Validates a left-padded batch; returns (prompt int32 [B, P], mask int32 [B, P]) as numpy."""
+def check_prompt(prompt, attention_mask, cfg: BlockConfig, vocab_size: Optional[int] = None):
+  """Validates a left-padded batch; returns (prompt int32 [B, P], mask int32 [B, P]) as numpy.
+  With `vocab_size` (the model's V) every real prompt id must lie in [0, V). ValueError naming
+  the bad value otherwise (a float or out-of-vocabulary id was silently cast or clamped)."""
   prompt = np.asarray(prompt)
   if prompt.ndim != 2 or prompt.shape[1] < 1:
     raise ValueError(f"prompt shape {prompt.shape} must be [B, P] with P >= 1")
+  if not (np.issubdtype(prompt.dtype, np.integer) or prompt.dtype == bool):
+    raise ValueError(f"prompt must hold integer token ids, got dtype {prompt.dtype}")
   am = np.ones_like(prompt) if attention_mask is None else np.asarray(attention_mask)
   if am.shape != prompt.shape:
     raise ValueError(f"attention_mask shape {am.shape} != prompt shape {prompt.shape}")
@@ -318,7 +332,23 @@ def check_prompt(prompt, attention_mask, cfg: BlockConfig):
     raise ValueError("a prompt row is all padding")
   if np.any((prompt == cfg.mask_id) & (am == 1)):
     raise ValueError(f"prompt holds the mask id {cfg.mask_id} at a real position")
+  real = prompt[am == 1]
+  hi = np.iinfo(np.int32).max if vocab_size is None else int(vocab_size)
+  bad = real[(real < 0) | (real >= hi)]
+  if bad.size:
+    raise ValueError(f"prompt token id {int(bad[0])} is outside the model vocabulary [0, {hi})")
   return prompt.astype(np.int32), am.astype(np.int32)
+
+
+def check_ids(cfg: BlockConfig, vocab_size: int) -> None:
+  """Every token id of `cfg` (mask, EOS, EoT, pad) must lie in the model vocabulary [0, V): an
+  id >= V was silently clamped by the gathers (the mask id never matched, EOS never stopped).
+  ValueError naming the field otherwise."""
+  for f in _IDS:
+    v = getattr(cfg, f)
+    if v is not None and not 0 <= int(v) < int(vocab_size):
+      raise ValueError(f"{type(cfg).__name__}.{f}={v} is outside the model vocabulary "
+                       f"[0, {vocab_size}) (logits have V = {vocab_size})")
 
 
 def make_block_generate(logits_fn: Optional[MaskedLMFn], cfg: BlockConfig, *, jit: bool = True,
@@ -337,9 +367,11 @@ def make_block_generate(logits_fn: Optional[MaskedLMFn], cfg: BlockConfig, *, ji
   is divisible by their size (else replicated), so fsdp devices do not all compute every row.
   Parameters keep their own (e.g. fsdp x tensor) shardings. Results do not depend on the mesh.
 
-  `gen` validates on the host (`check_prompt`, noise shapes, x64 for float64) and then calls ONE
-  jitted program per (shapes, cfg): blocks are a `lax.scan` (unrolled for cache 'prefix', whose
-  window needs a static start), the steps of a block a `lax.while_loop`.
+  `gen` validates on the host (`check_prompt`: integer ids inside the model vocabulary V, read
+  from the logits' shape without compute; `check_ids`: mask / EOS / EoT / pad ids in [0, V);
+  noise shapes; x64 for float64) and then calls ONE jitted program per (shapes, cfg): blocks are
+  a `lax.scan` (unrolled for cache 'prefix', whose window needs a static start), the steps of a
+  block a `lax.while_loop`.
   Raises: ValueError naming the bad argument.
   """
   if not isinstance(cfg, BlockConfig):
@@ -356,6 +388,15 @@ def make_block_generate(logits_fn: Optional[MaskedLMFn], cfg: BlockConfig, *, ji
   def gen(params, prompt, attention_mask=None, key=None, noise=None):
     prompt, am = check_prompt(prompt, attention_mask, cfg)
     B = prompt.shape[0]
+    L = prompt.shape[1] + cfg.gen_length
+    tok_shape = jax.ShapeDtypeStruct((B, L), jnp.int32)
+    if logits_fn is not None:
+      V = jax.eval_shape(logits_fn, params, tok_shape, tok_shape).shape[-1]  # no compute
+    else:
+      V = jax.eval_shape(lambda p, t, a: prefill_fn(p, t, a, 0, 1)[0], params, tok_shape,
+                         tok_shape).shape[-1]
+    check_ids(cfg, V)
+    check_prompt(prompt, am, cfg, V)
     if (cfg.precision == "float64" or cfg.rule == "strategy" and cfg.sampler.precision
         == "float64") and not jax.config.jax_enable_x64:
       raise ValueError("precision 'float64' needs jax_enable_x64 "
@@ -429,14 +470,11 @@ def _generate_core(models, cfg: BlockConfig, params, prompt, am, key, noise):
 
   n_iter = cfg.iters_per_block
 
-  def block_noise(b):
+  def block_noise(b):  # the block's iterations, every generated position
     if noise is None:
       return None
-    out = {}
-    for name, arr in noise.items():
-      blk = lax.dynamic_slice_in_dim(jnp.asarray(arr), b * n_iter, n_iter, axis=0)
-      out[name] = lax.dynamic_slice_in_dim(blk, b * Bk, Bk, axis=2)
-    return out
+    return {name: lax.dynamic_slice_in_dim(jnp.asarray(arr), b * n_iter, n_iter, axis=0)
+            for name, arr in noise.items()}
 
   def run_block(carry, b, start):
     x, done, nfe, row_nfe, state = carry
@@ -472,8 +510,21 @@ def _confidence_block(model, to_rows, combine, cfg: BlockConfig, x, start, b, do
   rules, `confidence` kernels), every step of it one `model` call, in a `lax.while_loop`: fixed
   rules run their iters_per_block steps, adaptive commit rules run until every active row has no
   mask left in the block (at most block_length steps: each step commits >= 1). Returns (x, NFE,
-  per-row NFE [B], model state)."""
+  per-row NFE [B], model state).
+
+  The candidates of a step are the generated positions that still hold the mask id, are not in a
+  LATER block, and whose logits the step's model call computed. A full forward (cache "none", or
+  a refresh step of prefix / dual) computes every position: the references' gate `x0_p[:,
+  prompt_len + (num_block + 1) * block_length:] = -inf` excludes only later blocks, so a position
+  of an earlier block that kept the mask id (the model drew the mask token there, which both
+  references allow) competes again (module docstring). A window step of the prefix / dual cache
+  computes the current block only, and only its masks compete: NVlabs/Fast-dLLM's
+  `generate_with_prefix_cache` / `generate_with_dual_cache` (full `mask_index[:, e:] = 0` at the
+  refresh step, the window's own block after). The llada count n_i comes from the current block's
+  masks at its start, as `get_num_transfer_tokens(block_mask_index, steps)`."""
   Bk, S, m = cfg.block_length, cfg.steps_per_block, cfg.mask_id
+  G = cfg.gen_length
+  P = x.shape[1] - G
   rule = cfg.rule
   dream = rule in conf_k.DREAM_RULES
   spec = cfg.dream_spec() if dream else cfg.confidence_spec()
@@ -485,6 +536,7 @@ def _confidence_block(model, to_rows, combine, cfg: BlockConfig, x, start, b, do
   n_iter = cfg.iters_per_block
   g0 = b * Bk  # first generated position of the block
   live = ~done
+  reach = (jnp.arange(G) < (b + 1) * Bk)[None, :]  # [1, G]: not a later block
 
   blk0 = lax.dynamic_slice_in_dim(x, start, Bk, axis=1)
   sched = num_transfer_tokens(jnp.sum(blk0 == m, axis=1, dtype=jnp.int32), S)  # [B, S]
@@ -502,54 +554,66 @@ def _confidence_block(model, to_rows, combine, cfg: BlockConfig, x, start, b, do
 
   def body(c):
     c = dict(c)
-    x, i = c["x"], c["i"]
+    x, i, cache = c["x"], c["i"], c["cache"]
     act = active(x)
-    blk = lax.dynamic_slice_in_dim(x, start, Bk, axis=1)
+    in_win = (i >= tau) & (i < tau + S)
     if rule == "remdm_llada":
-      in_win = (i >= tau) & (i < tau + S)
-      blk, c["cache"] = conf_k.remdm_remask(blk, c["cache"], jnp.where(in_win & live, r, 0), m)
-      x = lax.dynamic_update_slice_in_dim(x, blk, start, axis=1)
-    masked = blk == m
-    lg_rows, c["state"] = model(to_rows(x), c["state"], i)
-    lg = combine(lg_rows).astype(jnp.float32)  # [B, Bk, V]
-    if adaptive:  # never propose the mask: every step then commits >= 1 masked position
-      lg = lg.at[..., m].set(-jnp.inf)
+      gen, cache = conf_k.remdm_remask(x[:, P:], cache, jnp.where(in_win & live, r, 0), m)
+      x = lax.dynamic_update_slice_in_dim(x, gen, P, axis=1)
     tok_keys, conf_keys = draws.step_keys(rows, b * n_iter + i)
-    tok_keys = draws.offset_position_keys(tok_keys, g0, Bk)
-    conf_keys = draws.offset_position_keys(conf_keys, g0, Bk)
-    u = None if noise is None or "u" not in noise else noise["u"][i]
-    conf_u = None if noise is None or "conf_u" not in noise else noise["conf_u"][i]
-    if dream:  # Dream's rules (`confidence` module docstring); rows that are done stay as they are
-      x0, conf = conf_k.dream_propose(spec, lg, tok_keys, u)
-      masked = masked & act[:, None]
-      if rule == "dream_origin":
-        blk, _ = conf_k.dream_origin_commit(blk, x0, masked, factors[i], conf_keys, conf_u)
+
+    def commit_span(lg_rows, g_start, W, cand):
+      """Commits over the generated positions [g_start, g_start + W) from their logits
+      lg_rows [R, W, V] (cand: bool mask broadcast to [B, W]); -> (x, cache)."""
+      seg = lax.dynamic_slice_in_dim(x, P + g_start, W, axis=1)  # [B, W]
+      masked = (seg == m) & cand
+      lg = combine(lg_rows).astype(jnp.float32)  # [B, W, V]
+      if adaptive:  # never propose the mask: every step then commits >= 1 masked position
+        lg = lg.at[..., m].set(-jnp.inf)
+      tk = draws.offset_position_keys(tok_keys, g_start, W)
+      ck = draws.offset_position_keys(conf_keys, g_start, W)
+      u = None if noise is None or "u" not in noise else \
+          lax.dynamic_slice_in_dim(noise["u"][i], g_start, W, axis=1)
+      conf_u = None if noise is None or "conf_u" not in noise else \
+          lax.dynamic_slice_in_dim(noise["conf_u"][i], g_start, W, axis=1)
+      cc = lax.dynamic_slice_in_dim(cache, g_start, W, axis=1)
+      if dream:  # Dream's rules (`confidence` module docstring); done rows stay as they are
+        x0, conf = conf_k.dream_propose(spec, lg, tk, u)
+        masked = masked & act[:, None]
+        if rule == "dream_origin":
+          seg, _ = conf_k.dream_origin_commit(seg, x0, masked, factors[i], ck, conf_u)
+        else:
+          n = conf_k.dream_transfer_count(masked, factors[i], i == S - 1)
+          seg, _ = conf_k.dream_rank_commit(spec, seg, x0, conf, masked, n, ck, conf_u)
       else:
-        n = conf_k.dream_transfer_count(masked, factors[i], i == S - 1)
-        blk, _ = conf_k.dream_rank_commit(spec, blk, x0, conf, masked, n, conf_keys, conf_u)
-    else:
-      x0, conf = conf_k.propose(spec, lg, tok_keys, conf_keys, u, conf_u)
-      conf = conf_k.gate(conf, masked, fdt)
-      if adaptive:
-        ent = conf_k.entropy(lg.astype(fdt)) if cfg.commit == "eb" else None
-        n = conf_k.commit_count(cfg.commit, conf, tau=cfg.threshold, factor=cfg.factor,
-                                gamma=cfg.eb_gamma, ent=ent)
-      elif rule == "llada":
-        n = sched[:, jnp.minimum(i, S - 1)]
-      elif rule == "remdm_llada":
-        n = jnp.where(in_win, r, k)
-      else:
-        n = k
-      blk, take = conf_k.commit(blk, x0, conf, jnp.where(act, n, 0))
-      if rule == "remdm_llada":
-        c["cache"] = jnp.where(take, conf.astype(c["cache"].dtype), c["cache"])
-    c["x"] = lax.dynamic_update_slice_in_dim(x, blk, start, axis=1)
+        x0, conf = conf_k.propose(spec, lg, tk, ck, u, conf_u)
+        conf = conf_k.gate(conf, masked, fdt)
+        if adaptive:
+          ent = conf_k.entropy(lg.astype(fdt)) if cfg.commit == "eb" else None
+          n = conf_k.commit_count(cfg.commit, conf, tau=cfg.threshold, factor=cfg.factor,
+                                  gamma=cfg.eb_gamma, ent=ent)
+        elif rule == "llada":
+          n = sched[:, jnp.minimum(i, S - 1)]
+        elif rule == "remdm_llada":
+          n = jnp.where(in_win, r, k)
+        else:
+          n = k
+        seg, take = conf_k.commit(seg, x0, conf, jnp.where(act, n, 0))
+        if rule == "remdm_llada":
+          cc = jnp.where(take, conf.astype(cc.dtype), cc)
+      return (lax.dynamic_update_slice_in_dim(x, seg, P + g_start, axis=1),
+              lax.dynamic_update_slice_in_dim(cache, cc, g_start, axis=1))
+
+    (c["x"], c["cache"]), c["state"] = model.step(
+        to_rows(x), c["state"], i, P,
+        on_full=lambda lg: commit_span(lg, 0, G, reach),
+        on_window=lambda lg: commit_span(lg, g0, Bk, True))
     c["row_nfe"] = c["row_nfe"] + act.astype(jnp.int32)
     c["i"] = i + 1
     return c
 
   c = {"x": x, "i": jnp.zeros((), jnp.int32), "row_nfe": jnp.zeros((B,), jnp.int32),
-       "state": state, "cache": jnp.full((B, Bk), jnp.inf, fdt)}
+       "state": state, "cache": jnp.full((B, G), jnp.inf, fdt)}
   c = lax.while_loop(cond, body, c)
   return c["x"], c["i"], c["row_nfe"], c["state"]
 

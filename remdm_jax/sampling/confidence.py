@@ -1,18 +1,22 @@
 """Confidence-ranked commit steps: pure per-step kernels of the sampler family (SPEC_DOMAINS §I.1,
-§L.1, §L.3). Every kernel picks positions with `ranked.select_top_n` and draws its noise with
-`draws`; the loops that drive them are `sampling.maskgit` and `sampling.blocks`. Never imports
-Flax.
+§L.1, §L.3). Every kernel picks positions with `ranked.select_top_n` (MaskGIT:
+`ranked.select_below_nth`) and draws its noise with `draws`; the loops that drive them are
+`sampling.maskgit` and `sampling.blocks`. Never imports Flax.
 
 MaskGIT (§I.1; google-research/maskgit `libml/parallel_decode.py`), `maskgit_step`: sample every
 masked position from the codebook logits, keep the known ones, confidence p(sampled) (+inf for
-known), Gumbel-annealed ranking log(conf) + choice_temperature (1 - r) g, re-mask the `mask_len`
-lowest (`maskgit_mask_len`).
+known), Gumbel-annealed ranking log(conf) + choice_temperature (1 - r) g, re-mask the positions
+strictly below the `mask_len`-th smallest score (`maskgit_mask_len`; `ranked.select_below_nth`,
+the reference's `confidence < cut_off`): positions tied with the cut-off are committed, so fewer
+than `mask_len` may stay masked.
 
 LLaDA rules over one block of W positions (`ConfidenceSpec.rule`), `propose` + `commit`:
   llada       the official ML-GSAI/LLaDA `generate` (§L.3): x0 = argmax(logits) at temperature 0,
               else the Gumbel step (float64: exp(l) / (-log u)^T as the reference; exact32:
               argmax(l + T g), g from 32-bit integers); confidence softmax(logits)[x0]
-              ("low_confidence") or a float32 uniform ("random"); the EOS / EOT options.
+              ("low_confidence") or a float32 uniform ("random"); the EOS / EOT options
+              (`ConfidenceSpec`; the official chained-assignment quirk masks EOS and EOT at
+              temperature 0, EOT alone at temperature > 0).
   llada_conf  the authors' `llada_conf_sample` (§L.1): x0 ~ Cat(softmax(logits)) at temperature
               1 (float64: the exponential race; exact32: Gumbel-max from 32-bit integers),
               confidence p[x0].
@@ -62,7 +66,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from remdm_jax.sampling import draws
-from remdm_jax.sampling.ranked import select_top_n
+from remdm_jax.sampling.ranked import select_below_nth, select_top_n
 
 LLADA_RULES = ("llada", "llada_conf", "remdm_llada")
 DREAM_RULES = ("dream_origin", "dream_maskgit_plus", "dream_topk_margin", "dream_entropy")
@@ -94,7 +98,8 @@ def maskgit_step(tokens, logits, *, mask_id: int, unknown0, ratio, mask_ratio,
     sample_key, choice_key: the reference's per-step keys (`jax.random.categorical`, `gumbel`),
       or categorical_gumbel [B, L, K] / choice_gumbel [B, L] injected Gumbels instead.
   Returns:
-    (new_tokens int32 [B, L] after re-masking, sampled int32 [B, L] before re-masking).
+    (new_tokens int32 [B, L] after re-masking, sampled int32 [B, L] before re-masking). At most
+    `mask_len` positions are re-masked: fewer when scores tie at the cut-off (module docstring).
   """
   K = logits.shape[-1]
   m = mask_id
@@ -111,9 +116,9 @@ def maskgit_step(tokens, logits, *, mask_id: int, unknown0, ratio, mask_ratio,
   mask_len = maskgit_mask_len(unknown0, n_unknown, mask_ratio)
   g = jax.random.gumbel(choice_key, sel.shape) if choice_gumbel is None else choice_gumbel
   score = jnp.log(sel) + jnp.float32(choice_temperature) * (1.0 - ratio) * g
-  # The reference masks score < sort(score)[mask_len]: the mask_len lowest among the unknown
-  # (known ones score +inf), i.e. min(mask_len, #unknown) positions.
-  remask = select_top_n(score, jnp.minimum(mask_len, n_unknown), largest=False)
+  # The reference masks score < sort(score)[mask_len] (strict): the mask_len lowest among the
+  # unknown (known ones score +inf, never below the cut), fewer when scores tie at the cut-off.
+  remask = select_below_nth(score, mask_len)
   return jnp.where(remask, m, sampled).astype(jnp.int32), sampled
 
 
@@ -127,7 +132,11 @@ class ConfidenceSpec:
     rule: one of `LLADA_RULES`. mask_id, eos_id, eot_id: token ids.
     temperature: Gumbel temperature of "llada" (0 = argmax); the other rules sample at 1.
     remasking: "low_confidence" | "random" ("llada").
-    logits_eos_inf, confidence_eos_eot_inf, official_eos_quirk: the EOS options of "llada".
+    logits_eos_inf, confidence_eos_eot_inf, official_eos_quirk: the EOS options of "llada":
+      logits_eos_inf sets the EOS logit to -inf before x0 is drawn; confidence_eos_eot_inf sets
+      the EOS and EOT logits to -inf in the confidence softmax; with official_eos_quirk the
+      official chained assignment decides instead: EOS and EOT at temperature 0 (the noisy
+      logits alias the logits there), EOT alone at temperature > 0.
     precision: "exact32" | "float64" (needs x64).
   """
 
@@ -194,7 +203,10 @@ def propose(spec: ConfidenceSpec, lg, tok_keys, conf_keys, u=None, conf_u=None):
     x0 = gumbel_argmax_tempered(lg, spec.temperature, tok_keys, u, spec.precision)
     lc = lg
     if spec.confidence_eos_eot_inf:
-      if not spec.official_eos_quirk:
+      # The official `logits_with_noise[.., EOS] = logits[.., EOT] = -inf` runs after
+      # add_gumbel_noise, which at temperature 0 returns `logits` itself: the two names alias, so
+      # EOS and EOT both reach the confidence softmax as -inf; at temperature > 0 only EOT does.
+      if not spec.official_eos_quirk or spec.temperature == 0:
         lc = lc.at[..., spec.eos_id].set(-jnp.inf)
       lc = lc.at[..., spec.eot_id].set(-jnp.inf)
     if spec.remasking == "low_confidence":

@@ -164,6 +164,16 @@ def cfg_denoise_fn(cond_denoise_fn: CondDenoiseFn, gamma: float, null_label: int
   return denoise_fn
 
 
+def class_log_prob(log_probs: jax.Array, label: int, where: str = "classifier") -> jax.Array:
+  """log_probs[:, label] after a trace-time check that the classifier has that class: an index
+  past the classes is clamped by JAX's gather (a D-CBG label beyond the classifier's classes
+  silently guided towards its last class). ValueError naming the label otherwise."""
+  C = log_probs.shape[-1]
+  if not 0 <= int(label) < C:
+    raise ValueError(f"{where}: label={label} is outside the classifier's classes [0, {C})")
+  return log_probs[:, label]
+
+
 def classifier_term(classifier_fn: ClassifierFn, params, tokens: jax.Array, t: jax.Array,
                     label: int, vocab: int, *, approx: bool = False, chunk_size: int = 4096,
                     token_input: bool = False) -> jax.Array:
@@ -179,7 +189,8 @@ def classifier_term(classifier_fn: ClassifierFn, params, tokens: jax.Array, t: j
     classifier_fn: see the module docstring (one-hot float32 [N, L, V] input, or int32 tokens
       [N, L] with token_input=True), -> log-probs [N, C] (normalised over the classes).
     params: the classifier's params pytree. tokens: int32 [B, L] x_t. t: float [B].
-    label: the target class y (static int). vocab: V.
+    label: the target class y (static int, inside the classifier's classes: ValueError at trace
+      time otherwise). vocab: V.
   """
   B, L = tokens.shape
   V = int(vocab)
@@ -191,7 +202,7 @@ def classifier_term(classifier_fn: ClassifierFn, params, tokens: jax.Array, t: j
     oh = jax.nn.one_hot(tokens, V, dtype=jnp.float32)
 
     def f(x):
-      lp = classifier_fn(params, x, t)[:, label].astype(jnp.float32)
+      lp = class_log_prob(classifier_fn(params, x, t), label, "D-CBG").astype(jnp.float32)
       return jnp.sum(lp), lp
 
     g, lp0 = jax.grad(f, has_aux=True)(oh)
@@ -207,7 +218,7 @@ def classifier_term(classifier_fn: ClassifierFn, params, tokens: jax.Array, t: j
     b, l, v = ix // (L * V), (ix // V) % L, ix % V
     toks = jnp.where(pos[None, :] == l[:, None], v[:, None], tokens[b].astype(jnp.int32))
     x = toks if token_input else jax.nn.one_hot(toks, V, dtype=jnp.float32)
-    return classifier_fn(params, x, t[b])[:, label].astype(jnp.float32)
+    return class_log_prob(classifier_fn(params, x, t[b]), label, "D-CBG").astype(jnp.float32)
 
   out = lax.map(run, idx.reshape(n_chunks, chunk)).reshape(-1)[:n]
   return out.reshape(B, L, V)

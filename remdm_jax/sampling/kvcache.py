@@ -55,9 +55,11 @@ class CacheSpec:
 
 class BlockModel:
   """The logits of one block at step i: `model(tokens [R, L], state, i) -> (logits [R, Bk, V],
-  state)` (module docstring). R rows (2B with CFG: the unconditional rows get their own cache
-  rows). `init_state(tokens)` is the state before the block's first step (the zero cache; the
-  first step always refreshes). Every call is one model call (NFE 1).
+  state)` (module docstring); `step(...)` hands a full forward the logits of the whole generated
+  region instead (the confidence rules' candidates, `sampling.blocks`). R rows (2B with CFG: the
+  unconditional rows get their own cache rows). `init_state(tokens)` is the state before the
+  block's first step (the zero cache; the first step always refreshes). Every call is one model
+  call (NFE 1).
 
   Args:
     spec: `CacheSpec`. logits_fn: MaskedLMFn (mode none). prefill_fn, window_fn: PrefillFn,
@@ -97,6 +99,29 @@ class BlockModel:
     else:
       win = lax.dynamic_slice_in_dim(tokens, self.start, self.bk, axis=1)
     return self.window_fn(self.params, win, self.start, state, self.am, self.bk)
+
+  def step(self, tokens, state, i, gen_start: int, on_full, on_window):
+    """Step i's model call, handed to the caller's continuation: a full forward (mode none, or a
+    refresh step) gives on_full(logits [R, L - gen_start, V] of positions [gen_start, L)), a
+    window step on_window(logits [R, Bk, V] of the block); both continuations return the same
+    pytree `out`. -> (out, state). gen_start: static int (the generated region's start).
+    Every call is one model call (NFE 1)."""
+    L = tokens.shape[1]
+
+    def full(tokens, state):
+      if self.spec.mode == "none":
+        lg = self.logits_fn(self.params, tokens, self.am)[:, gen_start:]
+      else:
+        lg, state = self.prefill_fn(self.params, tokens, self.am, gen_start, L - gen_start)
+      return on_full(lg), state
+
+    def window(tokens, state):
+      lg, state = self._window(tokens, state)
+      return on_window(lg), state
+
+    if self.spec.mode == "none" or self.spec.refresh_every == 1:
+      return full(tokens, state)
+    return lax.cond(self.spec.refresh(i), full, window, tokens, state)
 
   def __call__(self, tokens, state, i):
     if self.spec.mode == "none":

@@ -3,7 +3,10 @@ math is `remdm_jax.diffusion.uniform`.
 
 Sampling (`make_udlm_sampler`): z_1 ~ pi, then on the grid t_i = 1 - i (1 - eps)/T (reused from
 `sampling.schedule.uniform_grid`) each step draws every position from q(z_s | z_t, x_theta(z_t))
-with the 32-bit-integer Gumbel-max of `sampling.draws` (per-position keys, independent of batch
+with alpha_t = 1 - (1 - 1e-3) t and alpha_s = 1 - (1 - 1e-3)(t - dt): the reference sampler's
+log-linear noise, move_chance = 1 - exp(-sigma) (`diffusion.uniform.udlm_alpha(., SAMPLING_EPS)`;
+the first step has alpha_t = 1e-3, not 0; alpha_t = 1 - t is only the training loss's), with the
+32-bit-integer Gumbel-max of `sampling.draws` (per-position keys, independent of batch
 size). Guidance: D-CFG mixes the two log posteriors, log_softmax(gamma log q_c + (1 - gamma)
 log q_u) (`cfg_log_posterior`, §M.4 D-CFG item 6); D-CBG adds gamma * C over all N values at every
 position (`guidance.CBGGuidance`, the same classifier term as the masked sampler).
@@ -18,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from remdm_jax.diffusion.uniform import log_posterior, udlm_alpha
+from remdm_jax.diffusion.uniform import SAMPLING_EPS, log_posterior, udlm_alpha
 from remdm_jax.sampling import draws
 from remdm_jax.sampling.guidance import CBGGuidance, _check_gamma, cfg_logits_pair, cfg_mix
 from remdm_jax.sampling.schedule import uniform_grid
@@ -58,10 +61,12 @@ class CFGGuidance:
 class UDLMSampler:
   """Callable returned by `make_udlm_sampler`: sampler(params, key, batch_size) -> int32 [B, L];
   `sample_with_info` also returns {"nfe": model rows per sample (static), "classifier_nfe"}.
-  Attributes: num_steps, seq_len, t (grid [T + 1]), nfe, core (un-jitted)."""
+  Attributes: num_steps, seq_len, t (grid [T + 1]), alpha_t / alpha_s (float64 [T], the alphas
+  of each step), nfe, core (un-jitted)."""
 
-  def __init__(self, core, num_steps, seq_len, grid, nfe, jit):
+  def __init__(self, core, num_steps, seq_len, grid, nfe, jit, alpha_t=None, alpha_s=None):
     self.core, self.num_steps, self.seq_len, self.t, self.nfe = core, num_steps, seq_len, grid, nfe
+    self.alpha_t, self.alpha_s = alpha_t, alpha_s
     self._fn = jax.jit(core, static_argnames=("batch_size",)) if jit else core
 
   def sample_with_info(self, params, key, batch_size: int):
@@ -75,7 +80,7 @@ class UDLMSampler:
 
 
 def make_udlm_sampler(denoise_fn: Optional[DenoiseFn], *, num_steps: int, seq_len: int,
-                      eps: float = 1e-5,
+                      eps: float = 1e-5, noise_eps: float = SAMPLING_EPS,
                       guidance: Union[None, CFGGuidance, CBGGuidance] = None,
                       jit: bool = True) -> UDLMSampler:
   """The UDLM ancestral sampler (§M.7) as one `lax.scan` over T steps.
@@ -83,7 +88,9 @@ def make_udlm_sampler(denoise_fn: Optional[DenoiseFn], *, num_steps: int, seq_le
   Args:
     denoise_fn: (params, tokens int32 [B, L], t float32 [B]) -> logits [B, L, N] (x_theta =
       softmax); None with CFGGuidance (which carries the conditional denoiser).
-    num_steps: T. seq_len: L. eps: the grid end (t_T = eps, SPEC §4.2 grid).
+    num_steps: T. seq_len: L. eps: the grid end (t_T = eps, SPEC §4.2 grid; the reference's
+      `_diffusion_sample(eps=1e-5)`). noise_eps: the log-linear noise's eps, alpha_t =
+      1 - (1 - noise_eps) t (the reference's 1e-3; 0 gives alpha_t = 1 - t), in [0, 1).
     guidance: None; CFGGuidance (params {"model", "labels"}); or `guidance.CBGGuidance`
       (params {"model", "classifier"}; C over all N values at every position, exact or approx).
   Keys: z_1 from fold_in(key, T), step i from fold_in(key, i); per-position Gumbel keys, so a
@@ -97,6 +104,8 @@ def make_udlm_sampler(denoise_fn: Optional[DenoiseFn], *, num_steps: int, seq_le
     raise ValueError(f"seq_len={seq_len!r} must be an int >= 1")
   if not 0.0 < eps < 1.0:
     raise ValueError(f"eps={eps!r} must lie in (0, 1)")
+  if not 0.0 <= noise_eps < 1.0:
+    raise ValueError(f"noise_eps={noise_eps!r} must lie in [0, 1)")
   if guidance is not None and not isinstance(guidance, (CFGGuidance, CBGGuidance)):
     raise ValueError(f"guidance={guidance!r} must be None, CFGGuidance or CBGGuidance")
   is_cfg = isinstance(guidance, CFGGuidance)
@@ -106,6 +115,8 @@ def make_udlm_sampler(denoise_fn: Optional[DenoiseFn], *, num_steps: int, seq_le
   if not is_cfg and denoise_fn is None:
     raise ValueError("make_udlm_sampler: denoise_fn is required without CFGGuidance")
   grid, dt = uniform_grid(num_steps, eps)
+  alpha_t = udlm_alpha(grid[:-1], noise_eps)  # float64, before tracing
+  alpha_s = udlm_alpha(grid[:-1] - dt, noise_eps)
   T, Lq = num_steps, seq_len
   rows_per_call = (1 if guidance.gamma in (0.0, 1.0) else 2) if is_cfg else 1
   nfe = T * rows_per_call
@@ -132,13 +143,13 @@ def make_udlm_sampler(denoise_fn: Optional[DenoiseFn], *, num_steps: int, seq_le
     N = (lc0 if lc0 is not None else lu0).shape[-1]
     z1 = draws.gumbel_argmax(draws.position_keys(jax.random.fold_in(key, T), rows, pos),
                              jnp.zeros((B, Lq, N), jnp.float32))
-    xs = {"t": jnp.asarray(grid[:-1], jnp.float32), "s": jnp.asarray(grid[:-1] - dt, jnp.float32),
-          "step": jnp.arange(T, dtype=jnp.int32)}
+    xs = {"t": jnp.asarray(grid[:-1], jnp.float32), "a_t": jnp.asarray(alpha_t, jnp.float32),
+          "a_s": jnp.asarray(alpha_s, jnp.float32), "step": jnp.arange(T, dtype=jnp.int32)}
 
     def body(c, x):
       z, cls_nfe = c
       t_vec = jnp.full((B,), x["t"], jnp.float32)
-      a_t, a_s = udlm_alpha(x["t"]), udlm_alpha(x["s"])
+      a_t, a_s = x["a_t"], x["a_s"]
       la, lb = model_out(z, t_vec)
       if is_cfg:
         logq = cfg_log_posterior(la, lb, z, a_t, a_s, guidance.gamma)
@@ -156,4 +167,4 @@ def make_udlm_sampler(denoise_fn: Optional[DenoiseFn], *, num_steps: int, seq_le
       info["classifier_nfe"] = cls_nfe
     return z, info
 
-  return UDLMSampler(core, num_steps, seq_len, grid, nfe, jit)
+  return UDLMSampler(core, num_steps, seq_len, grid, nfe, jit, alpha_t, alpha_s)

@@ -50,6 +50,8 @@ def sample_stage(checkpoint: str, output_dir: str, *, strategies: Sequence[str],
   from remdm_jax.sampling import SamplerConfig
 
   model = generation.load_model(checkpoint)
+  generation.check_diffusion_model(model)
+  generation.check_model_use(model, "the text sweep", kinds=("mdlm",), domains=("text", None))
   steps = list(steps) if steps else default_steps(model.seq_len)
   os.makedirs(output_dir, exist_ok=True)
   done = []
@@ -139,10 +141,12 @@ def main(argv) -> int:
         generation.shipped_model_path("bible_byte_ar") if F.scorer == "shipped" else F.scorer)
     if F.num_samples < 2:
       raise ValueError(f"--num_samples={F.num_samples} must be >= 2")
-    generation.check_seed(F.seed)
+    generation.check_seed(F.seed, "--seed")
     output_dir = F.output_dir or os.path.join(generation.output_root(), "runs", "sweep")
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
       raise ValueError(f"--output_dir={output_dir} is a file")
+    from remdm_jax.fileio import check_writable_folder
+    check_writable_folder(output_dir, "--output_dir", output_dir)
     if F.stage == "all":  # whatever the eval stage needs, before sampling
       if F.mauve:
         from remdm_jax.text.sample_metrics import check_mauve_available
@@ -165,9 +169,15 @@ def main(argv) -> int:
                    precision=F.precision)
     if F.stage in ("eval", "all"):
       eval_stage(ckpt, output_dir, scorer=scorer, mauve=F.mauve)
-  except (ValueError, FileNotFoundError, ImportError) as e:
-    print(f"sweep: error: {e}", file=sys.stderr)
+  except (ValueError, FileNotFoundError, ImportError, OSError) as e:
+    text = " ".join(str(e).split()) or type(e).__name__
+    print(f"sweep: error: {text}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt as e:  # Ctrl-C (generation.generate stops within a batch)
+    from remdm_jax.interrupt import EXIT_INTERRUPTED, hard_exit
+    print(f"sweep: {e or 'interrupted'}; every finished (strategy, T) sample set is in "
+          f"{output_dir}", file=sys.stderr)
+    hard_exit(EXIT_INTERRUPTED)
   return 0
 
 

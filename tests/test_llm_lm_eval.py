@@ -207,6 +207,49 @@ def test_generate_until_with_dual_cache_and_threshold_commits(tiny_llada, tmp_pa
     _adapter(d, rule="dream_entropy", cache="dual", steps=4)
 
 
+def test_generate_until_dual_threshold_tokens_equal_make_block_generate(tiny_llada):
+  """The adapter under cache="dual", commit="threshold" at a tau this random model passes at some
+  positions (several commits per step): the tokens it decodes (prompts padded to its 32-token
+  bucket, batched in 2s, the last batch filled with a copy) equal `make_block_generate` on each
+  unpadded prompt alone with the same config and key fold_in(key(seed), i), per-row NFE too, and
+  the threshold made steps commit several tokens (NFE < the 8 of one token per step)."""
+  from remdm_jax.llm import model as M
+  from remdm_jax.llm.load import load_lm
+  from remdm_jax.sampling.blocks import make_block_generate
+  f32 = dict(param_dtype="float32", compute_dtype="float32")
+  lm = _adapter(tiny_llada, rule="llada", steps=8, gen_length=8, block_length=4, batch_size=2,
+                seed=3, cache="dual", commit="threshold", threshold=0.045, **f32)
+  seen = []
+  own = lm._generator
+
+  def spy(cfg):
+    g = own(cfg)
+
+    def run(*a, **k):
+      toks, info = g(*a, **k)
+      seen.append((np.asarray(toks), np.asarray(info["row_nfe"])))
+      return toks, info
+    return run
+
+  lm._generator = spy
+  texts = lm.generate_until([_Req(c, {"until": [], "max_gen_toks": 8}) for c in CONTEXTS])
+  toks = np.concatenate([t for t, _ in seen])[:3]  # rows 0, 1 | 2, copy of 2
+  nfe = np.concatenate([n for _, n in seen])[:3]
+  m = load_lm(tiny_llada, **f32)
+  cfg = lm.gen_config(8)
+  assert (cfg.cache, cfg.commit, cfg.threshold) == ("dual", "threshold", 0.045)
+  pf, wf = M.make_cache_fns(m.graphdef)
+  gen = make_block_generate(m.logits_fn, cfg, prefill_fn=pf, window_fn=wf)
+  for i, c in enumerate(CONTEXTS):
+    x, am = G.left_pad([m.tokenizer.encode(c)], m.pad_id)
+    want, info = gen(m.params, x, am, jax.random.fold_in(jax.random.key(3), i)[None])
+    np.testing.assert_array_equal(toks[i], np.asarray(want)[0], err_msg=f"request {i}")
+    assert nfe[i] == int(info["row_nfe"][0])
+    assert texts[i] == G.decode_outputs(np.asarray(want), m.tokenizer, stops=(),
+                                        eos_token="<|endoftext|>", eot_token="<|eot_id|>")[0]
+  assert np.all(nfe >= 2) and np.any(nfe < 8), nfe  # >= 1 step per block; several commits
+
+
 def test_loglikelihood_and_greedy_check(tiny_llada):
   lm = _adapter(tiny_llada, mc_num=4, batch_size=2, seed=5, is_check_greedy=True)
   reqs = [_Req(CONTEXTS[0] + " ", "5"), _Req(CONTEXTS[1], " 6")]

@@ -131,7 +131,8 @@ class Sampler:
     if self.mesh is not None:
       n_data = math.prod(self.mesh.shape[a] for a in self.data_axes)
       if batch_size % n_data:
-        raise ValueError(f"batch_size={batch_size} must be divisible by the data-axis size {n_data}")
+        raise ValueError(f"batch_size={batch_size} must be divisible by the data-axis size "
+                         f"{n_data}")
       # put_global: also for a mesh spanning several processes (every process passes the same
       # params / key / prompt; each feeds only its devices' parts)
       params = put_global(params, NamedSharding(self.mesh, P()))

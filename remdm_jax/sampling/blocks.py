@@ -520,8 +520,10 @@ def _confidence_block(model, to_rows, combine, cfg: BlockConfig, x, start, b, do
   references allow) competes again (module docstring). A window step of the prefix / dual cache
   computes the current block only, and only its masks compete: NVlabs/Fast-dLLM's
   `generate_with_prefix_cache` / `generate_with_dual_cache` (full `mask_index[:, e:] = 0` at the
-  refresh step, the window's own block after). The llada count n_i comes from the current block's
-  masks at its start, as `get_num_transfer_tokens(block_mask_index, steps)`."""
+  refresh step, the window's own block after). An adaptive commit rule never proposes the mask,
+  so no earlier position holds it: its full forwards propose over the block only (same tokens).
+  The llada count n_i comes from the current block's masks at its start, as
+  `get_num_transfer_tokens(block_mask_index, steps)`."""
   Bk, S, m = cfg.block_length, cfg.steps_per_block, cfg.mask_id
   G = cfg.gen_length
   P = x.shape[1] - G
@@ -537,6 +539,13 @@ def _confidence_block(model, to_rows, combine, cfg: BlockConfig, x, start, b, do
   g0 = b * Bk  # first generated position of the block
   live = ~done
   reach = (jnp.arange(G) < (b + 1) * Bk)[None, :]  # [1, G]: not a later block
+  # the positions a full forward proposes over: every generated one (the gate `reach`), or just
+  # the block under an adaptive rule, which never proposes the mask, so that no mask survives an
+  # earlier block (the same tokens; the refresh's LM head and draws over Bk, not G, positions)
+  full_g, full_w = (g0, Bk) if adaptive else (0, G)
+  if adaptive:
+    reach = True
+  full_span = (P + full_g, full_w)
 
   blk0 = lax.dynamic_slice_in_dim(x, start, Bk, axis=1)
   sched = num_transfer_tokens(jnp.sum(blk0 == m, axis=1, dtype=jnp.int32), S)  # [B, S]
@@ -605,8 +614,8 @@ def _confidence_block(model, to_rows, combine, cfg: BlockConfig, x, start, b, do
               lax.dynamic_update_slice_in_dim(cache, cc, g_start, axis=1))
 
     (c["x"], c["cache"]), c["state"] = model.step(
-        to_rows(x), c["state"], i, P,
-        on_full=lambda lg: commit_span(lg, 0, G, reach),
+        to_rows(x), c["state"], i, full_span,
+        on_full=lambda lg: commit_span(lg, full_g, full_w, reach),
         on_window=lambda lg: commit_span(lg, g0, Bk, True))
     c["row_nfe"] = c["row_nfe"] + act.astype(jnp.int32)
     c["i"] = i + 1

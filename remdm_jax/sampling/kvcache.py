@@ -100,19 +100,20 @@ class BlockModel:
       win = lax.dynamic_slice_in_dim(tokens, self.start, self.bk, axis=1)
     return self.window_fn(self.params, win, self.start, state, self.am, self.bk)
 
-  def step(self, tokens, state, i, gen_start: int, on_full, on_window):
+  def step(self, tokens, state, i, full_span, on_full, on_window):
     """Step i's model call, handed to the caller's continuation: a full forward (mode none, or a
-    refresh step) gives on_full(logits [R, L - gen_start, V] of positions [gen_start, L)), a
-    window step on_window(logits [R, Bk, V] of the block); both continuations return the same
-    pytree `out`. -> (out, state). gen_start: static int (the generated region's start).
-    Every call is one model call (NFE 1)."""
-    L = tokens.shape[1]
+    refresh step) gives on_full(logits [R, W, V] of positions [lo, lo + W)), full_span = (lo, W)
+    with W a static int and lo an int that may be traced; a window step gives on_window(logits
+    [R, Bk, V] of the block). Both continuations return the same pytree `out`.
+    -> (out, state). Every call is one model call (NFE 1)."""
+    lo, width = full_span
 
     def full(tokens, state):
       if self.spec.mode == "none":
-        lg = self.logits_fn(self.params, tokens, self.am)[:, gen_start:]
+        lg = lax.dynamic_slice_in_dim(self.logits_fn(self.params, tokens, self.am), lo, width,
+                                      axis=1)
       else:
-        lg, state = self.prefill_fn(self.params, tokens, self.am, gen_start, L - gen_start)
+        lg, state = self.prefill_fn(self.params, tokens, self.am, lo, width)
       return on_full(lg), state
 
     def window(tokens, state):

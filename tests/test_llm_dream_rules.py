@@ -157,3 +157,29 @@ def test_cli_dream_rule_on_dream_checkpoint(tmp_path, capsys):
   assert isinstance(json.loads(capsys.readouterr().out.splitlines()[0])["text"], str)
   assert cli.main(base + ["--sampler=llada", "--top_k=3"]) == 2
   assert "--top_k applies only to the Dream rules" in capsys.readouterr().err
+  # a Dream model has no KV cache: one error line before loading the weights
+  assert cli.main(base + ["--sampler=dream_entropy", "--cache=dual"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: cache='dual': the KV cache is implemented")
+
+
+def test_loaded_dream_model_decodes_with_cache_none_only(tmp_path):
+  """LoadedLM.make_generator on a Dream checkpoint: cache 'none' works, 'prefix' / 'dual' are
+  one ValueError naming the mode and the model (no cache callables for Dream)."""
+  pytest.importorskip("tokenizers")
+  pytest.importorskip("safetensors")
+  from remdm_jax.llm import fixtures as F
+  from remdm_jax.llm.load import load_lm
+  d = str(tmp_path / "tiny-dream")
+  F.write_tiny_dream(d, seed=1)
+  lm = load_lm(d, param_dtype="float32", compute_dtype="float32")
+  ids = dict(mask_id=lm.mask_id, eos_id=lm.eos_id, eot_id=lm.eot_id, pad_id=lm.pad_id)
+  cfg = G.GenConfig(rule="dream_entropy", gen_length=8, block_length=8, steps=4, **ids)
+  out, info = lm.make_generator(cfg)(lm.params, np.array([[5, 6, 7]], np.int32), None,
+                                     jax.random.key(0))
+  assert np.asarray(out).shape == (1, 8) and int(info["nfe"]) == 4
+  for mode in ("prefix", "dual"):
+    with pytest.raises(ValueError, match=rf"cache='{mode}'.*dream model; use cache='none'"):
+      lm.make_generator(cfg.replace(cache=mode))
+  with pytest.raises(ValueError, match="dream model"):
+    lm.cache_fns()

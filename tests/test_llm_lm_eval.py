@@ -171,6 +171,85 @@ def test_generate_until_strategy_on_dream_and_gen_length_from_request(tmp_path):
   assert len(out) == 2 and all(isinstance(t, str) and "\n" not in t for t in out)
 
 
+def test_generate_until_with_dual_cache_and_threshold_commits(tiny_llada, tmp_path):
+  # float32: the adapter pads prompts to 32-token buckets, and in bf16 the cached keys / values
+  # of a random-weight model can flip near-tied tokens between paddings
+  f32 = dict(param_dtype="float32", compute_dtype="float32")
+  lm = _adapter(tiny_llada, rule="llada", steps=8, gen_length=8, block_length=4, batch_size=2,
+                seed=3, cache="dual", commit="threshold", threshold=0.5, **f32)
+  cfg = lm.gen_config(8)
+  assert (cfg.cache, cfg.commit, cfg.threshold, cfg.block_length) == ("dual", "threshold", 0.5, 4)
+  out = lm.generate_until([_Req(c, dict(UNTIL)) for c in CONTEXTS])
+  # by hand: the model's own prefill / window callables, each request with its own key
+  from remdm_jax.llm import model as M
+  from remdm_jax.llm.load import load_lm
+  m = load_lm(tiny_llada, **f32)
+  pf, wf = M.make_cache_fns(m.graphdef)
+  gen = G.make_generate(m.logits_fn, cfg, prefill_fn=pf, window_fn=wf)
+  gen_none = G.make_generate(m.logits_fn, cfg.replace(cache="none", refresh_every=1))
+  gen_every = G.make_generate(m.logits_fn, cfg.replace(refresh_every=1), prefill_fn=pf,
+                              window_fn=wf)
+  for i, c in enumerate(CONTEXTS):
+    x, am = G.left_pad([m.tokenizer.encode(c)], m.pad_id)
+    key = jax.random.fold_in(jax.random.key(3), i)[None]
+    toks, info = gen(m.params, x, am, key)
+    want = G.decode_outputs(np.asarray(toks), m.tokenizer, stops=UNTIL["until"],
+                            eos_token="<|endoftext|>", eot_token="<|eot_id|>")[0]
+    assert out[i] == want
+    assert 2 <= int(info["row_nfe"][0]) <= 8  # adaptive: 1..4 steps in each of the 2 blocks
+    # refreshed every step the dual cache is the no-cache decoder, token for token
+    np.testing.assert_array_equal(np.asarray(gen_every(m.params, x, am, key)[0]),
+                                  np.asarray(gen_none(m.params, x, am, key)[0]))
+  # a Dream model has no KV cache: one clear error before loading anything
+  d = str(tmp_path / "tiny-dream")
+  F.write_tiny_dream(d, seed=2)
+  with pytest.raises(ValueError, match=r"cache='dual'.*dream model; use cache='none'"):
+    _adapter(d, rule="dream_entropy", cache="dual", steps=4)
+
+
+def test_generate_until_dual_threshold_tokens_equal_make_block_generate(tiny_llada):
+  """The adapter under cache="dual", commit="threshold" at a tau this random model passes at some
+  positions (several commits per step): the tokens it decodes (prompts padded to its 32-token
+  bucket, batched in 2s, the last batch filled with a copy) equal `make_block_generate` on each
+  unpadded prompt alone with the same config and key fold_in(key(seed), i), per-row NFE too, and
+  the threshold made steps commit several tokens (NFE < the 8 of one token per step)."""
+  from remdm_jax.llm import model as M
+  from remdm_jax.llm.load import load_lm
+  from remdm_jax.sampling.blocks import make_block_generate
+  f32 = dict(param_dtype="float32", compute_dtype="float32")
+  lm = _adapter(tiny_llada, rule="llada", steps=8, gen_length=8, block_length=4, batch_size=2,
+                seed=3, cache="dual", commit="threshold", threshold=0.045, **f32)
+  seen = []
+  own = lm._generator
+
+  def spy(cfg):
+    g = own(cfg)
+
+    def run(*a, **k):
+      toks, info = g(*a, **k)
+      seen.append((np.asarray(toks), np.asarray(info["row_nfe"])))
+      return toks, info
+    return run
+
+  lm._generator = spy
+  texts = lm.generate_until([_Req(c, {"until": [], "max_gen_toks": 8}) for c in CONTEXTS])
+  toks = np.concatenate([t for t, _ in seen])[:3]  # rows 0, 1 | 2, copy of 2
+  nfe = np.concatenate([n for _, n in seen])[:3]
+  m = load_lm(tiny_llada, **f32)
+  cfg = lm.gen_config(8)
+  assert (cfg.cache, cfg.commit, cfg.threshold) == ("dual", "threshold", 0.045)
+  pf, wf = M.make_cache_fns(m.graphdef)
+  gen = make_block_generate(m.logits_fn, cfg, prefill_fn=pf, window_fn=wf)
+  for i, c in enumerate(CONTEXTS):
+    x, am = G.left_pad([m.tokenizer.encode(c)], m.pad_id)
+    want, info = gen(m.params, x, am, jax.random.fold_in(jax.random.key(3), i)[None])
+    np.testing.assert_array_equal(toks[i], np.asarray(want)[0], err_msg=f"request {i}")
+    assert nfe[i] == int(info["row_nfe"][0])
+    assert texts[i] == G.decode_outputs(np.asarray(want), m.tokenizer, stops=(),
+                                        eos_token="<|endoftext|>", eot_token="<|eot_id|>")[0]
+  assert np.all(nfe >= 2) and np.any(nfe < 8), nfe  # >= 1 step per block; several commits
+
+
 def test_loglikelihood_and_greedy_check(tiny_llada):
   lm = _adapter(tiny_llada, mc_num=4, batch_size=2, seed=5, is_check_greedy=True)
   reqs = [_Req(CONTEXTS[0] + " ", "5"), _Req(CONTEXTS[1], " 6")]

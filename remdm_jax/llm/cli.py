@@ -18,6 +18,14 @@ tokenizer's post-processor adds BOS where the model's tokenizer does).
 --temperature, --top_p, --top_k, --alg_temp, --eps), or a `SamplerConfig` strategy (mdlm,
 remdm_cap, remdm_rescale, remdm_conf, remdm_loop, remdm_switch, fb, dfm). Bad flags exit with
 status 2 and one line naming the flag.
+
+Speed (`sampling.blocks`, `sampling.kvcache`): `--cache none|prefix|dual` (KV cache, Fast-dLLM's
+prefix / dual cache; LLaDA-architecture models, every sampler), `--refresh_every k` (0 = refresh
+once per block, k = every k steps) and `--commit fixed|threshold|factor|eb` (adaptive commits for
+llada / llada_conf: `--threshold`, `--factor`, `--eb_gamma`), e.g.
+
+  python -m remdm_jax.llm.cli --model_dir=/path/LLaDA-8B-Instruct --gen_length=256 \\
+      --block_length=32 --steps=256 --cache=dual --commit=threshold --threshold=0.9 --prompt=...
 """
 from __future__ import annotations
 
@@ -67,6 +75,14 @@ def add_generation_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor sizes (default all fsdp)")
   p.add_argument("--batch_size", type=int, default=8)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--cache", default="none", help="KV cache mode: none | prefix | dual")
+  p.add_argument("--refresh_every", type=int, default=0,
+                 help="refresh the cache every k steps (0 = once per block)")
+  p.add_argument("--commit", default="fixed",
+                 help="commit rule: fixed | threshold | factor | eb (adaptive: llada, llada_conf)")
+  p.add_argument("--threshold", type=float, default=0.9, help="tau of --commit=threshold")
+  p.add_argument("--factor", type=float, default=1.0, help="factor of --commit=factor")
+  p.add_argument("--eb_gamma", type=float, default=1e-3, help="entropy bound of --commit=eb")
 
 
 def gen_config_from_args(args, mcfg) -> GenConfig:
@@ -102,7 +118,9 @@ def gen_config_from_args(args, mcfg) -> GenConfig:
       logits_eos_inf=args.logits_eos_inf, confidence_eos_eot_inf=args.confidence_eos_eot_inf,
       official_eos_quirk=args.official_eos_quirk, stop_at_eos=stop, precision=args.precision,
       mask_id=pick(args.mask_id, mcfg.mask_token_id), eos_id=pick(args.eos_id, mcfg.eos_token_id),
-      eot_id=eot, pad_id=pick(args.pad_id, mcfg.pad_token_id), sampler=sampler, **extra)
+      eot_id=eot, pad_id=pick(args.pad_id, mcfg.pad_token_id), sampler=sampler,
+      cache=args.cache, refresh_every=args.refresh_every, commit=args.commit,
+      threshold=args.threshold, factor=args.factor, eb_gamma=args.eb_gamma, **extra)
 
 
 def load_model(args):
@@ -111,7 +129,7 @@ def load_model(args):
   --pad_id override the ids of config.json and the tokenizer files (validated against the
   vocabulary, `remdm_jax.llm.model.resolve_ids`)."""
   from remdm_jax import distributed
-  from remdm_jax.llm.load import load_lm
+  from remdm_jax.llm.load import arch_of, check_cache, load_lm
   from remdm_jax import sharding as mesh_lib
   distributed.initialize_from_env()  # before anything creates the JAX backend
   try:
@@ -119,6 +137,9 @@ def load_model(args):
   except ValueError:
     raise ValueError(f"--mesh={args.mesh!r} must be 3 comma-separated ints") from None
   _check_not_a_dit_folder(args.model_dir)
+  cache = getattr(args, "cache", "none")
+  if cache != "none":  # before loading: the KV cache needs a LLaDA-architecture model
+    check_cache(arch_of(args.model_dir, getattr(args, "arch", None)), cache, args.model_dir)
   mesh = mesh_lib.make_mesh(shape)
   over = dict(param_dtype=args.param_dtype, compute_dtype=args.compute_dtype,
               mask_token_id=args.mask_id, eos_token_id=args.eos_id,
@@ -209,9 +230,11 @@ def run_cli(main_fn, parser: argparse.ArgumentParser, argv=None) -> int:
 
 
 def _gen_to_host(gen, params, x, am, keys, to_host):
-  """gen(...) with its tokens gathered to every host (several processes: a collective)."""
+  """gen(...) with its tokens and per-row NFE gathered to every host (several processes: a
+  collective)."""
   out, info = gen(params, x, am, keys)
-  return to_host(out), info
+  out, row_nfe = to_host((out, info["row_nfe"]))
+  return out, dict(info, row_nfe=row_nfe)
 
 
 def _generate_main(args):
@@ -224,7 +247,7 @@ def _generate_main(args):
   prompts = encode_prompts(lm.tokenizer, args.prompt, args.chat, args.system)
   x, am = G.left_pad(prompts, cfg.pad_id)
   x, am = pad_prompts_to(x, am, getattr(lm.tokenizer, "prompt_length", 0), cfg.pad_id)
-  gen = G.make_generate(lm.logits_fn, cfg, mesh=mesh)
+  gen = lm.make_generator(cfg, mesh=mesh)
   keys = jax.random.split(jax.random.key(args.seed), len(prompts))
   from remdm_jax.interrupt import call_interruptibly
   from remdm_jax.sharding import to_host
@@ -236,7 +259,8 @@ def _generate_main(args):
                            eot_token=lm.token_text(lm.eot_id))
   for t in texts:
     print(json.dumps({"text": t}))
-  print(json.dumps({"nfe": int(info["nfe"])}), file=sys.stderr)
+  print(json.dumps({"nfe": int(info["nfe"]),
+                    "row_nfe": info["row_nfe"].tolist()}), file=sys.stderr)
 
 
 def main(argv: Optional[list] = None) -> int:

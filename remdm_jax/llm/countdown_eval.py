@@ -127,7 +127,6 @@ def check_outputs(out_dir: str, overwrite: bool) -> tuple[str, str]:
 
 
 def _main(args):
-  from remdm_jax.llm import generate as G
   if args.repeats < 1:
     raise ValueError(f"--repeats={args.repeats} must be >= 1")
   if args.limit is not None and not args.data:
@@ -152,7 +151,7 @@ def _main(args):
   lm, mesh = cli.load_model(args)
   params, tok = lm.params, lm.tokenizer
   cfg = cli.gen_config_from_args(args, lm.cfg)
-  gen = G.make_generate(lm.logits_fn, cfg, mesh=mesh)
+  gen = lm.make_generator(cfg, mesh=mesh)
   t0 = time.time()
   records, summary = evaluate(
       gen, params, tok, cfg, problems, repeats=args.repeats, batch_size=args.batch_size,

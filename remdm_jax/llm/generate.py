@@ -17,7 +17,7 @@ import numpy as np
 from remdm_jax.sampling.blocks import (GEN_PRECISIONS, REMASKING, RULES,  # noqa: F401
                                        BlockConfig, check_prompt, make_block_generate,
                                        num_transfer_tokens)
-from remdm_jax.types import MaskedLMFn
+from remdm_jax.types import MaskedLMFn, PrefillFn, WindowFn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,12 +31,16 @@ class GenConfig(BlockConfig):
   pad_id: int = 126081
 
 
-def make_generate(logits_fn: MaskedLMFn, cfg: BlockConfig, *, jit: bool = True, mesh=None,
-                  data_axes: Sequence[str] = ("data", "fsdp")):
+def make_generate(logits_fn: Optional[MaskedLMFn], cfg: BlockConfig, *, jit: bool = True,
+                  mesh=None, data_axes: Sequence[str] = ("data", "fsdp"),
+                  prefill_fn: Optional[PrefillFn] = None, window_fn: Optional[WindowFn] = None):
   """-> gen(params, prompt int32 [B, P], attention_mask [B, P], key, noise=None)
-  -> (tokens int32 [B, G], info {"nfe": int32, "done": bool [B]}): `sampling.blocks.
-  make_block_generate` (see there for mesh, noise and the one compiled program)."""
-  return make_block_generate(logits_fn, cfg, jit=jit, mesh=mesh, data_axes=data_axes)
+  -> (tokens int32 [B, G], info {"nfe", "row_nfe" [B], "done" [B]}): `sampling.blocks.
+  make_block_generate` (see there for mesh, noise, cache modes and the one compiled program).
+  For the LLaDA model: logits_fn = `llm.model.make_logits_fn(graphdef)`, and for cache modes
+  prefix / dual (prefill_fn, window_fn) = `llm.model.make_cache_fns(graphdef)`."""
+  return make_block_generate(logits_fn, cfg, jit=jit, mesh=mesh, data_axes=data_axes,
+                             prefill_fn=prefill_fn, window_fn=window_fn)
 
 
 def truncate_at_stops(text: str, stops: Sequence[str]) -> str:

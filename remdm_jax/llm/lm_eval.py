@@ -41,8 +41,10 @@ model_args (all optional except checkpoint):
     remdm_conf, remdm_switch, remdm_loop, fb, dfm);
   steps, gen_length, block_length, temperature, remasking, cfg (guidance, generation and
     likelihood), remdm_number, eta, top_p (a strategy's or Dream's), top_k, alg_temp, eps,
-    precision, logits_eos_inf, confidence_eos_eot_inf, official_eos_quirk, stop_at_eos, and any
-    other `GenConfig` field by name;
+    precision, logits_eos_inf, confidence_eos_eot_inf, official_eos_quirk, stop_at_eos, the KV
+    cache and adaptive commits (cache=none|prefix|dual: LLaDA-architecture models; refresh_every,
+    commit=fixed|threshold|factor|eb, threshold, factor, eb_gamma), and any other `GenConfig`
+    field by name;
   mc_num (128), mc_batch_size, is_check_greedy (false), seed (0), max_length (model's),
   mask_id / eos_id / eot_id / pad_id, param_dtype / compute_dtype (bfloat16),
   mesh (data x fsdp x tensor, written with "x": e.g. 1x-1x1, the default: all devices fsdp).
@@ -131,7 +133,10 @@ class RemdmLM(_LMBase):
     self.gen_args = dict(kwargs)  # GenConfig fields
     self._check_rule()
     from remdm_jax import sharding as mesh_lib
-    from remdm_jax.llm.load import load_lm
+    from remdm_jax.llm.load import arch_of, check_cache, load_lm
+    cache = self.gen_args.get("cache", "none")
+    if cache != "none":  # before loading: the KV cache needs a LLaDA-architecture model
+      check_cache(arch_of(checkpoint, load_over["arch"]), cache, checkpoint)
     try:
       shape = tuple(int(s) for s in mesh_arg.split("x"))
     except ValueError:
@@ -184,7 +189,7 @@ class RemdmLM(_LMBase):
 
   def _generator(self, cfg):
     if cfg not in self._gens:
-      self._gens[cfg] = G.make_generate(self.lm.logits_fn, cfg, mesh=self.mesh)
+      self._gens[cfg] = self.lm.make_generator(cfg, mesh=self.mesh)
     return self._gens[cfg]
 
   # ---------------------------------------------------------------- encoding

@@ -4,6 +4,7 @@ Face layout, their tokenizer and chat template, and the special ids generation n
   lm = load_lm("/path/to/LLaDA-8B-Instruct", mesh=mesh)     # or a Dream folder
   lm.logits_fn(lm.params, tokens, attention_mask)            # re-aligned logits [B, L, V]
   lm.tokenizer.apply_chat_template([...])                    # remdm_jax.llm.tokenizer
+  gen = lm.make_generator(GenConfig(..., cache="dual"), mesh=mesh)  # KV cache: LLaDA only
 
 The architecture comes from config.json: `model_type` / `architectures` naming LLaDA (LLaDA-8B,
 LLaDA-1.5, layout-compatible checkpoints) or Dream (Dream, or a plain Qwen2 layout), else the key
@@ -52,6 +53,7 @@ class LoadedLM:
       [B, L, V] where row i predicts token i (Dream's shift applied).
     tokenizer: HFTokenizer of the folder, or None when it has no tokenizer.json.
     model_dir: the folder.
+  Generation: `make_generator(cfg, mesh=...)`; the KV cache of LLaDA models: `cache_fns(mesh)`.
   """
 
   arch: str
@@ -91,6 +93,49 @@ class LoadedLM:
     if i is None or self.tokenizer is None:
       return None
     return self.tokenizer.id_to_token(i)
+
+  def check_cache(self, mode: str) -> None:
+    """ValueError unless KV-cache mode `mode` runs on this model (`check_cache`)."""
+    check_cache(self.arch, mode, self.model_dir)
+
+  def cache_fns(self, mesh=None, rules=None):
+    """(prefill_fn, window_fn) of the KV cache (`llm.model.make_cache_fns`; `types.PrefillFn`,
+    `types.WindowFn`), the cache constrained to `mesh` when given. LLaDA only: ValueError for a
+    Dream model (`check_cache`)."""
+    self.check_cache("dual")
+    return llada_model.make_cache_fns(self.graphdef, mesh=mesh, rules=rules)
+
+  def make_generator(self, cfg, *, mesh=None, jit: bool = True):
+    """The block generator of `cfg` (`llm.generate.GenConfig`) for this model
+    (`llm.generate.make_generate`): `logits_fn`, plus `cache_fns(mesh)` when cfg.cache is prefix
+    / dual. -> gen(params, prompt, attention_mask, key, noise=None) -> (tokens, info).
+    Raises ValueError (`check_cache`) for a cache mode on a Dream model, before any work."""
+    from remdm_jax.llm import generate as G
+    self.check_cache(cfg.cache)
+    pf, wf = self.cache_fns(mesh) if cfg.cache != "none" else (None, None)
+    return G.make_generate(self.logits_fn, cfg, jit=jit, mesh=mesh, prefill_fn=pf, window_fn=wf)
+
+
+def check_cache(arch: str, mode: str, where: str = "the model") -> None:
+  """ValueError unless KV-cache mode `mode` ("none" | "prefix" | "dual") runs on an `arch`
+  model: the cache callables (`llm.model.make_cache_fns`) exist for LLaDA-architecture models
+  only; a Dream model decodes with cache "none"."""
+  if mode != "none" and arch != "llada":
+    raise ValueError(f"cache={mode!r}: the KV cache is implemented for LLaDA-architecture "
+                     f"models, and {where} is a {arch} model; use cache='none'")
+
+
+def arch_of(model_dir: str, arch: Optional[str] = None) -> str:
+  """The architecture of a folder ('llada' | 'dream') from its config.json alone (nothing
+  loaded; the shipped Countdown model folder is 'llada'). ValueError as `load_lm`."""
+  if not isinstance(model_dir, str) or not os.path.isdir(model_dir):
+    raise ValueError(f"model_dir={model_dir!r} is not a folder")
+  if countdown_train.is_model_folder(model_dir):
+    return "llada"
+  if arch is not None:
+    return arch
+  d = llada_model.read_config_json(model_dir, "model")
+  return detect_arch(d, os.path.join(model_dir, "config.json"))
 
 
 def config_for(model_dir: str, arch: Optional[str] = None, **overrides):

@@ -20,6 +20,16 @@ matter because they are key-masked). "from_first_token" (Dream style): cumsum(ma
 left-padded row sees exactly the positions of the same prompt without pads. RoPE scores depend only
 on position differences, so the two agree up to float rounding.
 
+KV cache (Fast-dLLM style block decoding, `sampling.blocks` cache modes): `prefill` is the forward
+above that also returns every layer's keys (after RoPE) and values, cache {"k", "v"}
+[n_layers, B, L, K, D] in compute dtype; `window(tokens [B, W], start, cache)` runs only the
+query positions [start, start + W): their keys / values are computed, written into the cache
+(static shapes: `dynamic_update_slice`), and their queries attend over all L cached keys with the
+same key-padding mask. A window over unchanged tokens reproduces `prefill` (same keys / values,
+same logits up to float rounding); entries outside the window stay as they were (stale when the
+tokens they were computed from have changed: the approximation of the prefix / dual caches).
+Logits are computed only at the `width` requested positions.
+
 Parameter names follow bonsai's port and the HF keys `model.transformer.*` (see `weights.py`):
 `wte.embedding`, `blocks.{i}.{attn_norm,ff_norm}.weight`,
 `blocks.{i}.{q_proj,k_proj,v_proj,attn_out,ff_proj,up_proj,ff_out}.kernel` ([in, out], the
@@ -45,6 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax import lax
 
 from remdm_jax.llm.tokenizer import HFTokenizer
 
@@ -375,29 +386,65 @@ class LLaDABlock(nnx.Module):
     self.ff_out = Linear(cfg.mlp_hidden_size, d, ("mlp", "embed"), cfg, rngs=rngs)
     self.cfg = cfg
 
-  def __call__(self, x, cos, sin, keep):
-    """x [B, L, d] float32; cos/sin [B, L, D]; keep bool [B, 1, 1, L] (key is a real token)
-    -> [B, L, d] float32."""
+  def qkv(self, x, cos, sin):
+    """x [B, T, d] float32 -> q [B, T, N, D], k, v [B, T, K, D] (float32, RoPE applied to q, k)."""
     cfg = self.cfg
     dt = jnp.dtype(cfg.compute_dtype)
-    B, L, _ = x.shape
+    B, T, _ = x.shape
     N, K, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     n = self.attn_norm(x)
-    q = apply_rope(self.q_proj(n, dt).reshape(B, L, N, D), cos, sin)
-    k = apply_rope(self.k_proj(n, dt).reshape(B, L, K, D), cos, sin)
-    v = self.v_proj(n, dt).reshape(B, L, K, D)
+    q = apply_rope(self.q_proj(n, dt).reshape(B, T, N, D), cos, sin)
+    k = apply_rope(self.k_proj(n, dt).reshape(B, T, K, D), cos, sin)
+    v = self.v_proj(n, dt).reshape(B, T, K, D)
+    return q, k, v
+
+  def attend(self, x, q, k, v, keep):
+    """The rest of the block for queries x [B, T, d] / q [B, T, N, D] over keys / values k, v
+    [B, S, K, D] (any float dtype; used in compute dtype) with key mask keep bool [B, 1, 1, S]
+    (`attention`) -> [B, T, d] float32."""
+    dt = jnp.dtype(self.cfg.compute_dtype)
+    B, T, _ = x.shape
     a = attention(q, k, v, keep, dt)
-    x = x + self.attn_out(a.reshape(B, L, N * D), dt)
+    x = x + self.attn_out(a.reshape(B, T, -1), dt)
     n = self.ff_norm(x)
     h = jax.nn.silu(self.ff_proj(n, dt)) * self.up_proj(n, dt)
     return x + self.ff_out(h, dt)
 
+  def __call__(self, x, cos, sin, keep):
+    """x [B, L, d] float32; cos/sin [B, L, D]; keep bool [B, 1, 1, L] (key is a real token)
+    -> [B, L, d] float32."""
+    q, k, v = self.qkv(x, cos, sin)
+    return self.attend(x, q, k, v, keep)
+
+  def prefill(self, x, cos, sin, keep):
+    """As __call__, also returning this layer's (k, v) [B, L, K, D] in compute dtype."""
+    dt = jnp.dtype(self.cfg.compute_dtype)
+    q, k, v = self.qkv(x, cos, sin)
+    k, v = k.astype(dt), v.astype(dt)
+    return self.attend(x, q, k, v, keep), (k, v)
+
+  def window(self, x, cos, sin, keep, k_all, v_all, layer, start):
+    """Queries at positions [start, start + W) (x [B, W, d]) against this layer's entry of the
+    stacked cache k_all / v_all [n_layers, B, L, K, D], whose entries at those positions are first
+    replaced by the window's own keys / values (in place: a dynamic_update_slice of the carried
+    cache). -> (x [B, W, d], (k_all, v_all) updated)."""
+    q, k, v = self.qkv(x, cos, sin)
+    z = jnp.zeros((), jnp.int32)
+    at = (layer, z, start, z, z)
+    k_all = lax.dynamic_update_slice(k_all, k.astype(k_all.dtype)[None], at)
+    v_all = lax.dynamic_update_slice(v_all, v.astype(v_all.dtype)[None], at)
+    k_l = lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False)
+    v_l = lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False)
+    return self.attend(x, q, k_l, v_l, keep), (k_all, v_all)
+
 
 def attention(q, k, v, keep, dt):
-  """Bidirectional grouped-query attention: q [B, L, N, D], k / v [B, L, K, D] (K divides N; q
-  head j uses kv head j // (N / K), torch's `repeat_kv`), keep bool [B, 1, 1, L] (masked keys get
+  """Bidirectional grouped-query attention: queries q [B, T, N, D] over keys / values k, v
+  [B, S, K, D] (T = S for a full forward; T < S for a KV-cache window) (K divides N; q head j
+  uses kv head j // (N / K), torch's `repeat_kv`), keep bool [B, 1, 1, S] (masked keys get
   finfo(float32).min, so a row never becomes NaN). Scores and softmax in float32, matmuls in dt
-  with float32 accumulation. Returns float32 [B, L, N, D]."""
+  with float32 accumulation. Returns float32 [B, T, N, D]. The one attention of LLaDA (full
+  forward, prefill, window) and Dream."""
   N, K, D = q.shape[2], k.shape[2], q.shape[3]
   if K != N:
     k = jnp.repeat(k, N // K, axis=2)
@@ -430,20 +477,31 @@ def _stacked_blocks(cfg: LLaDAConfig, rngs: nnx.Rngs) -> LLaDABlock:
   return stacked_layers(lambda r: LLaDABlock(cfg, rngs=r), cfg.n_layers, rngs)
 
 
-def run_layers(layers, x, run, scan: bool):
-  """x -> run(layer, x) through every layer: a Python loop over an `nnx.List`, or `lax.scan`
-  over the stacked state of `stacked_layers` (one compiled layer)."""
+def layer_loop(layers, carry, fn, scan: bool, xs=None):
+  """carry -> fn(layer, carry, xs_i) -> (carry, y_i) through every layer: `lax.scan` over the
+  stacked state of `stacked_layers` (one compiled layer; xs, a pytree with a leading [n_layers]
+  axis or None, scanned with it), or a Python loop over an `nnx.List` (xs_i = xs[i]).
+  Returns (carry, ys stacked on a leading [n_layers] axis, or None when fn returns None)."""
   if scan:
     gd, st = nnx.split(layers)
 
-    def body(x, layer_state):
-      return run(nnx.merge(gd, layer_state), x), None
+    def body(c, inp):
+      layer_state, x_i = inp
+      return fn(nnx.merge(gd, layer_state), c, x_i)
 
-    x, _ = jax.lax.scan(body, x, st)
-    return x
-  for layer in layers:
-    x = run(layer, x)
-  return x
+    return jax.lax.scan(body, carry, (st, xs))
+  ys = []
+  for i, layer in enumerate(layers):
+    x_i = None if xs is None else jax.tree.map(lambda a: a[i], xs)
+    carry, y = fn(layer, carry, x_i)
+    ys.append(y)
+  stacked = None if ys[0] is None else jax.tree.map(lambda *a: jnp.stack(a), *ys)
+  return carry, stacked
+
+
+def run_layers(layers, x, run, scan: bool):
+  """x -> run(layer, x) through every layer (`layer_loop` without per-layer outputs)."""
+  return layer_loop(layers, x, lambda layer, x, _: (run(layer, x), None), scan)[0]
 
 
 class LLaDAModel(nnx.Module):
@@ -462,8 +520,7 @@ class LLaDAModel(nnx.Module):
     self.ln_f = RMSNorm(cfg.d_model, cfg)
     self.ff_out = Linear(cfg.d_model, cfg.embedding_size, ("embed", "vocab"), cfg, rngs=rngs)
 
-  def hidden(self, tokens, attention_mask=None):
-    """Final hidden states after ln_f: float32 [B, L, d]."""
+  def _check(self, tokens, attention_mask):
     cfg = self.cfg
     if tokens.ndim != 2:
       raise ValueError(f"tokens shape {tokens.shape} must be [B, L]")
@@ -474,10 +531,19 @@ class LLaDAModel(nnx.Module):
       attention_mask = jnp.ones((B, L), jnp.int32)
     if attention_mask.shape != (B, L):
       raise ValueError(f"attention_mask shape {attention_mask.shape} != tokens shape {(B, L)}")
+    return attention_mask
+
+  def _embed(self, tokens):
+    return jnp.take(self.wte.embedding[...], tokens, axis=0).astype(jnp.float32)
+
+  def hidden(self, tokens, attention_mask=None):
+    """Final hidden states after ln_f: float32 [B, L, d]."""
+    cfg = self.cfg
+    attention_mask = self._check(tokens, attention_mask)
     keep = (attention_mask != 0)[:, None, None, :]
     pos = positions_from_mask(attention_mask, cfg.positions)
     cos, sin = rope_cos_sin(pos, cfg.head_dim, cfg.rope_theta)
-    x = jnp.take(self.wte.embedding[...], tokens, axis=0).astype(jnp.float32)
+    x = self._embed(tokens)
 
     def run(block, x):
       return block(x, cos, sin, keep)
@@ -490,6 +556,64 @@ class LLaDAModel(nnx.Module):
   def __call__(self, tokens, attention_mask=None):
     h = self.hidden(tokens, attention_mask)
     return self.ff_out(h, jnp.dtype(self.cfg.compute_dtype))
+
+  def _head(self, h, start, width):
+    h = lax.dynamic_slice_in_dim(h, start, width, axis=1)
+    return self.ff_out(self.ln_f(h), jnp.dtype(self.cfg.compute_dtype))
+
+  def prefill(self, tokens, attention_mask=None, start=0, width=None):
+    """Full forward that also returns the KV cache (module docstring "KV cache").
+
+    Args: tokens int32 [B, L]; attention_mask [B, L] (1 = real); start (int, may be traced) and
+      width (static int, default L - start): the positions whose logits are returned.
+    Returns: (logits float32 [B, width, V] at positions start..start+width-1, cache) with cache
+      {"k", "v"}: [n_layers, B, L, n_kv_heads, head_dim] in compute dtype (RoPE applied to k).
+    """
+    cfg = self.cfg
+    attention_mask = self._check(tokens, attention_mask)
+    L = tokens.shape[1]
+    width = L - start if width is None else width
+    keep = (attention_mask != 0)[:, None, None, :]
+    pos = positions_from_mask(attention_mask, cfg.positions)
+    cos, sin = rope_cos_sin(pos, cfg.head_dim, cfg.rope_theta)
+    x, (k, v) = layer_loop(self.blocks, self._embed(tokens),
+                           lambda block, x, _: block.prefill(x, cos, sin, keep), cfg.scan_layers)
+    return self._head(x, start, width), {"k": k, "v": v}
+
+  def window(self, tokens, start, cache, attention_mask=None, width=None):
+    """Runs only the query positions [start, start + W) against `cache` and writes their keys /
+    values into it (module docstring "KV cache").
+
+    Args: tokens int32 [B, W] (the window's tokens); start int (may be traced; the window must lie
+      inside [0, L)); cache {"k", "v"} [n_layers, B, L, K, D] from `prefill` / `window`;
+      attention_mask [B, L] of the whole sequence; width (static int <= W, default W): logits of
+      the first `width` window positions are returned.
+    Returns: (logits float32 [B, width, V], updated cache).
+    """
+    cfg = self.cfg
+    B, W = tokens.shape
+    L = cache["k"].shape[2]
+    if attention_mask is None:
+      attention_mask = jnp.ones((B, L), jnp.int32)
+    if attention_mask.shape != (B, L) or cache["k"].shape[1] != B or W > L:
+      raise ValueError(f"window: tokens {tokens.shape}, attention_mask {attention_mask.shape} and "
+                       f"cache {cache['k'].shape} ([n_layers, B, L, K, D]) do not fit")
+    width = W if width is None else width
+    keep = (attention_mask != 0)[:, None, None, :]
+    pos = lax.dynamic_slice_in_dim(positions_from_mask(attention_mask, cfg.positions), start, W,
+                                   axis=1)
+    cos, sin = rope_cos_sin(pos, cfg.head_dim, cfg.rope_theta)
+
+    x = self._embed(tokens)
+
+    def run(block, carry, i):  # the cache rides in the carry: updated in place, never copied
+      x, k_all, v_all = carry
+      x, (k_all, v_all) = block.window(x, cos, sin, keep, k_all, v_all, i, start)
+      return (x, k_all, v_all), None
+
+    (x, k_all, v_all), _ = layer_loop(self.blocks, (x, cache["k"], cache["v"]), run,
+                                      cfg.scan_layers, jnp.arange(cfg.n_layers, dtype=jnp.int32))
+    return self._head(x, 0, width), {"k": k_all, "v": v_all}
 
 
 def init_model(cfg: LLaDAConfig, key) -> tuple[nnx.GraphDef, nnx.State]:
@@ -528,6 +652,51 @@ def make_logits_fn(graphdef: nnx.GraphDef) -> Callable[..., jax.Array]:
     return nnx.merge(graphdef, params)(tokens, attention_mask)
 
   return logits_fn
+
+
+CACHE_AXES = ("layers", "batch", "cache_len", "kv_heads", "head_dim")
+CACHE_RULES = (("batch", ("data", "fsdp")), ("kv_heads", "tensor"))
+
+
+def cache_sharding(mesh, cache_shape, rules=None):
+  """NamedSharding of a cache array [n_layers, B, L, K, D] by the logical-axis rules
+  (`remdm_jax.sharding`; CACHE_RULES add batch -> (data, fsdp), kv_heads -> tensor; a dim that
+  does not divide its mesh axes is replicated)."""
+  from remdm_jax import sharding as mesh_lib
+  rules = tuple(mesh_lib.DEFAULT_RULES if rules is None else rules) + CACHE_RULES
+  spec = mesh_lib.logical_to_spec(CACHE_AXES, cache_shape, mesh, rules)
+  return jax.sharding.NamedSharding(mesh, spec)
+
+
+def make_cache_fns(graphdef: nnx.GraphDef, mesh=None, rules=None):
+  """-> (prefill_fn, window_fn), the cache callables of `remdm_jax.types` (PrefillFn, WindowFn)
+  that the Flax-free block decoder takes (`sampling.blocks`, cache modes prefix / dual):
+
+    prefill_fn(params, tokens [B, L], attention_mask [B, L], start, width)
+        -> (logits float32 [B, width, V] at positions start.., cache)
+    window_fn(params, tokens [B, W], start, cache, attention_mask [B, L], width)
+        -> (logits float32 [B, width, V] at positions start.., cache)
+
+  cache = {"k", "v"}: [n_layers, B, L, n_kv_heads, head_dim] in compute dtype (bf16 at the 8B
+  shape), a pytree scanned with the stacked layers. With `mesh`, the cache is constrained to
+  `cache_sharding` (batch over data/fsdp, kv heads over tensor)."""
+
+  def constrain(cache):
+    if mesh is None:
+      return cache
+    return {n: lax.with_sharding_constraint(a, cache_sharding(mesh, a.shape, rules))
+            for n, a in cache.items()}
+
+  def prefill_fn(params, tokens, attention_mask, start, width):
+    logits, cache = nnx.merge(graphdef, params).prefill(tokens, attention_mask, start, width)
+    return logits, constrain(cache)
+
+  def window_fn(params, tokens, start, cache, attention_mask, width):
+    logits, cache = nnx.merge(graphdef, params).window(tokens, start, constrain(cache),
+                                                       attention_mask, width)
+    return logits, constrain(cache)
+
+  return prefill_fn, window_fn
 
 
 def count_params(cfg: LLaDAConfig) -> int:

@@ -37,6 +37,21 @@ blocks, each decoded with S = steps / nb steps (the prompt and pads are never ma
   (`key`, or `key[0]` when per-row keys are given) and the sampler's own per-(row, position)
   draws, so it is batch-size invariant but not invariant to a row's index in the batch.
 
+Cache modes (`cache`, `refresh_every`; `kvcache`): every step's block logits come from one model
+call of the `kvcache.BlockModel` kernel: a full forward (`none`, or a refresh step), or a window
+against the KV cache (`prefix`: [start, L); `dual`: the block), the cache carried through the loop
+(NVlabs/Fast-dLLM's prefix / dual cache). Every rule (LLaDA's and Dream's) and the strategies
+use the same kernel (the strategies as the sampler's stateful model,
+`sampler.make_sampler(...).core(forward=...)`), and with CFG the unconditional rows get their own
+cache rows. The cache callables exist for LLaDA-architecture models (`llm.model.make_cache_fns`);
+a Dream model decodes with cache "none" (`llm.load.LoadedLM.make_generator` says so). Adaptive
+commits (`commit` = threshold / factor / eb, rules llada and llada_conf; `confidence` module
+docstring): each block is a `lax.while_loop` that runs while some live row still has a mask in
+the block (at most block_length steps: the mask is never proposed, so every step commits >= 1);
+fixed rules (and the Dream rules) run their iters_per_block steps in the same loop.
+info["row_nfe"] counts, per row, the steps it took part in (a row finished with its block, or
+stopped at EOS, waits without counting).
+
 Both LLaDA reference samplers draw over the full vocabulary, mask token included (x0 may be MASK,
 which then stays masked); this port keeps that. Their block gate is
 `x0_p[:, prompt_len + (num_block + 1) * block_length:] = -inf`: it excludes only LATER blocks.
@@ -45,7 +60,11 @@ such a position of an earlier block, still holding the mask id, is a candidate a
 later block, competing with the current block's positions for the n_i commits; this port follows
 the references (the confidence rules propose over every generated position and gate those after
 the current block; a masked earlier position may thus be committed later, and masks can remain
-in the output). The Dream rules use the same gate (one block is Dream's own decoding).
+in the output). The Dream rules use the same gate (one block is Dream's own decoding). With a
+KV cache this holds at full-forward steps (refresh); a window step computes the current block's
+logits only, so only its masks compete there, as in Fast-dLLM's cached functions (a leftover mask
+of an earlier block is a candidate again at the next refresh). Adaptive commits never propose the
+mask, so no mask survives a block under them.
 
 Randomness (`draws` module docstring, "block decoding"): row b uses its own key (`key` [B], or
 fold_in(key, b) for one key); global step j (= block * iters_per_block + i) uses
@@ -73,11 +92,11 @@ import numpy as np
 from jax import lax
 
 from remdm_jax.sampling import confidence as conf_k
-from remdm_jax.sampling import draws
+from remdm_jax.sampling import draws, kvcache
 from remdm_jax.sampling.config import SamplerConfig
 from remdm_jax.sampling.sampler import make_sampler
 from remdm_jax.sharding import put_global
-from remdm_jax.types import MaskedLMFn
+from remdm_jax.types import MaskedLMFn, PrefillFn, WindowFn
 
 RULES = conf_k.LLADA_RULES + conf_k.DREAM_RULES
 REMASKING = conf_k.REMASKING
@@ -109,6 +128,12 @@ class BlockConfig:
     mask_id, eos_id, eot_id, pad_id: token ids (required; GenConfig defaults to LLaDA's). eot_id
       may be None (no end-of-turn token) unless confidence_eos_eot_inf is set.
     sampler: the `SamplerConfig` of rule "strategy" (its num_steps must equal S).
+    cache: "none" | "prefix" | "dual" (`kvcache`; prefix / dual need the model's prefill_fn and
+      window_fn). refresh_every: 0 = refresh the cache once per block, k >= 1 = every k steps.
+    commit: "fixed" (the rule's own counts) | "threshold" | "factor" | "eb" (adaptive, rules llada
+      and llada_conf: `confidence` module docstring; steps per block become data-dependent, at
+      most block_length, and `steps` only fixes the key layout). threshold: tau of "threshold";
+      factor: of "factor"; eb_gamma: the entropy bound of "eb".
   Raises: ValueError naming the bad field.
   """
 
@@ -134,6 +159,12 @@ class BlockConfig:
   top_k: Optional[int] = None
   alg_temp: Optional[float] = None
   eps: float = 1e-3
+  cache: str = "none"
+  refresh_every: int = 0
+  commit: str = "fixed"
+  threshold: float = 0.9
+  factor: float = 1.0
+  eb_gamma: float = 1e-3
 
   def __post_init__(self):
     name = type(self).__name__
@@ -195,6 +226,22 @@ class BlockConfig:
       self.dream_spec()  # validates top_p / top_k / alg_temp / eps
       if self.precision != "exact32":
         bad("precision", "the Dream rules draw in exact32 (float32 like the reference)")
+    if self.cache not in kvcache.CACHE_MODES:
+      bad("cache", f"must be one of {kvcache.CACHE_MODES}")
+    r = self.refresh_every
+    if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 0:
+      bad("refresh_every", "must be an int >= 0 (0 = once per block)")
+    if self.commit not in conf_k.COMMIT_RULES:
+      bad("commit", f"must be one of {conf_k.COMMIT_RULES}")
+    if self.commit != "fixed" and self.rule not in ("llada", "llada_conf"):
+      bad("commit", f"adaptive commit rules apply to rules 'llada' and 'llada_conf', not "
+          f"{self.rule!r}")
+    if not 0.0 <= self.threshold <= 1.0:
+      bad("threshold", "must be in [0, 1]")
+    if not self.factor > 0:
+      bad("factor", "must be > 0")
+    if not self.eb_gamma >= 0:
+      bad("eb_gamma", "must be >= 0")
     if self.rule == "strategy":
       if not isinstance(self.sampler, SamplerConfig):
         bad("sampler", "rule 'strategy' needs a SamplerConfig")
@@ -221,9 +268,15 @@ class BlockConfig:
 
   @property
   def iters_per_block(self) -> int:
-    """Denoiser calls per block: S (llada, llada_conf), 2S (remdm_llada), S + 1 (strategy)."""
+    """Denoiser calls per block: S (llada, llada_conf), 2S (remdm_llada), S + 1 (strategy); with
+    an adaptive commit rule at most block_length (also the stride of the step keys / noise)."""
+    if self.commit != "fixed":
+      return self.block_length
     S = self.steps_per_block
     return {"remdm_llada": 2 * S, "strategy": S + 1}.get(self.rule, S)
+
+  def cache_spec(self) -> kvcache.CacheSpec:
+    return kvcache.CacheSpec(mode=self.cache, refresh_every=int(self.refresh_every))
 
   @property
   def stops(self) -> bool:
@@ -298,10 +351,17 @@ def check_ids(cfg: BlockConfig, vocab_size: int) -> None:
                        f"[0, {vocab_size}) (logits have V = {vocab_size})")
 
 
-def make_block_generate(logits_fn: MaskedLMFn, cfg: BlockConfig, *, jit: bool = True, mesh=None,
-                        data_axes: Sequence[str] = ("data", "fsdp")):
+def make_block_generate(logits_fn: Optional[MaskedLMFn], cfg: BlockConfig, *, jit: bool = True,
+                        mesh=None, data_axes: Sequence[str] = ("data", "fsdp"),
+                        prefill_fn: Optional[PrefillFn] = None,
+                        window_fn: Optional[WindowFn] = None):
   """-> gen(params, prompt int32 [B, P], attention_mask [B, P], key, noise=None)
-  -> (tokens int32 [B, G], info {"nfe": int32, "done": bool [B]}).
+  -> (tokens int32 [B, G], info {"nfe": int32 model calls made for the batch, "row_nfe": int32
+  [B] the steps each row took part in, "done": bool [B]}).
+
+  logits_fn: the MaskedLMFn (cache "none"; may be None for prefix / dual). prefill_fn, window_fn:
+  the cache callables (`types.PrefillFn`, `types.WindowFn`, e.g. `llm.model.make_cache_fns`),
+  required for cache modes prefix / dual.
 
   mesh: optional; the batch (prompt, mask, per-row keys) is placed split over `data_axes` when B
   is divisible by their size (else replicated), so fsdp devices do not all compute every row.
@@ -310,21 +370,31 @@ def make_block_generate(logits_fn: MaskedLMFn, cfg: BlockConfig, *, jit: bool = 
   `gen` validates on the host (`check_prompt`: integer ids inside the model vocabulary V, read
   from the logits' shape without compute; `check_ids`: mask / EOS / EoT / pad ids in [0, V);
   noise shapes; x64 for float64) and then calls ONE jitted program per (shapes, cfg): blocks are
-  a `lax.scan`, steps an inner `lax.scan`.
+  a `lax.scan` (unrolled for cache 'prefix', whose window needs a static start), the steps of a
+  block a `lax.while_loop`.
   Raises: ValueError naming the bad argument.
   """
   if not isinstance(cfg, BlockConfig):
     raise ValueError(f"cfg must be a BlockConfig (e.g. llm.generate.GenConfig), got "
                      f"{type(cfg).__name__}")
-  core = functools.partial(_generate_core, logits_fn, cfg)
+  if cfg.cache != "none" and (prefill_fn is None or window_fn is None):
+    raise ValueError(f"cache={cfg.cache!r} needs prefill_fn and window_fn "
+                     "(e.g. llm.model.make_cache_fns(graphdef))")
+  if cfg.cache == "none" and logits_fn is None:
+    raise ValueError("cache='none' needs logits_fn")
+  core = functools.partial(_generate_core, (logits_fn, prefill_fn, window_fn), cfg)
   fn = jax.jit(core) if jit else core
 
   def gen(params, prompt, attention_mask=None, key=None, noise=None):
     prompt, am = check_prompt(prompt, attention_mask, cfg)
     B = prompt.shape[0]
     L = prompt.shape[1] + cfg.gen_length
-    V = jax.eval_shape(logits_fn, params, jax.ShapeDtypeStruct((B, L), jnp.int32),
-                       jax.ShapeDtypeStruct((B, L), jnp.int32)).shape[-1]  # no compute
+    tok_shape = jax.ShapeDtypeStruct((B, L), jnp.int32)
+    if logits_fn is not None:
+      V = jax.eval_shape(logits_fn, params, tok_shape, tok_shape).shape[-1]  # no compute
+    else:
+      V = jax.eval_shape(lambda p, t, a: prefill_fn(p, t, a, 0, 1)[0], params, tok_shape,
+                         tok_shape).shape[-1]
     check_ids(cfg, V)
     check_prompt(prompt, am, cfg, V)
     if (cfg.precision == "float64" or cfg.rule == "strategy" and cfg.sampler.precision
@@ -364,7 +434,8 @@ def make_block_generate(logits_fn: MaskedLMFn, cfg: BlockConfig, *, jit: bool = 
   return gen
 
 
-def _generate_core(logits_fn, cfg: BlockConfig, params, prompt, am, key, noise):
+def _generate_core(models, cfg: BlockConfig, params, prompt, am, key, noise):
+  logits_fn, prefill_fn, window_fn = models
   B, P = prompt.shape
   G, Bk, nb = cfg.gen_length, cfg.block_length, cfg.num_blocks
   L = P + G
@@ -375,14 +446,27 @@ def _generate_core(logits_fn, cfg: BlockConfig, params, prompt, am, key, noise):
   x = jnp.concatenate([prompt, jnp.full((B, G), m, jnp.int32)], axis=1)
   am_full = jnp.concatenate([am, jnp.ones((B, G), jnp.int32)], axis=1)
   prompt_index = jnp.concatenate([am.astype(bool), jnp.zeros((B, G), bool)], axis=1)
+  guided = cfg.cfg_scale > 0
+  am_rows = jnp.concatenate([am_full, am_full]) if guided else am_full
 
-  def model_logits(p, tokens):
-    if cfg.cfg_scale > 0:
-      un = jnp.where(prompt_index, m, tokens)
-      both = logits_fn(p, jnp.concatenate([tokens, un]), jnp.concatenate([am_full, am_full]))
-      cond, unc = both[:B], both[B:]
+  def to_rows(tokens):
+    """The model's rows: [x; x with the prompt masked] with CFG (2B rows), else x."""
+    if guided:
+      return jnp.concatenate([tokens, jnp.where(prompt_index, m, tokens)])
+    return tokens
+
+  def combine(lg):
+    """CFG: un + (s + 1)(cond - un) (SPEC_DOMAINS §L.3)."""
+    if guided:
+      cond, unc = lg[:B], lg[B:]
       return unc + (cfg.cfg_scale + 1.0) * (cond - unc)
-    return logits_fn(p, tokens, am_full)
+    return lg
+
+  cspec = cfg.cache_spec()
+
+  def block_model(start):
+    return kvcache.BlockModel(cspec, logits_fn, prefill_fn, window_fn, params, am_rows, start,
+                              Bk)
 
   n_iter = cfg.iters_per_block
 
@@ -392,36 +476,53 @@ def _generate_core(logits_fn, cfg: BlockConfig, params, prompt, am, key, noise):
     return {name: lax.dynamic_slice_in_dim(jnp.asarray(arr), b * n_iter, n_iter, axis=0)
             for name, arr in noise.items()}
 
-  def run_block(carry, b):
-    x, done, nfe = carry
-    start = P + b * Bk
+  def run_block(carry, b, start):
+    x, done, nfe, row_nfe, state = carry
+    model = block_model(start)
     if cfg.rule == "strategy":
-      x_new, calls = _strategy_block(model_logits, cfg, params, x, start, done, key, b, B, L)
+      x_new, calls, row_calls = _strategy_block(model, to_rows, combine, cfg, params, x, start,
+                                                done, key, b, B, L, state)
     else:
-      x_new, calls = _confidence_block(model_logits, cfg, params, x, start, b, done, rows,
-                                       block_noise(b), B)
+      x_new, calls, row_calls, state = _confidence_block(model, to_rows, combine, cfg, x, start,
+                                                         b, done, rows, block_noise(b), B, state)
     if cfg.stops:
       done = done | jnp.any(x_new[:, P:] == cfg.eos_id, axis=1)
-    return (x_new, done, nfe + calls)
+    return (x_new, done, nfe + calls, row_nfe + row_calls, state)
 
-  def scan_body(carry, b):
-    carry = lax.cond(jnp.all(carry[1]), lambda c, b: c, run_block, carry, b)
-    return carry, None
+  def skip_or_run(carry, b, start):
+    return lax.cond(jnp.all(carry[1]), lambda c: c, lambda c: run_block(c, b, start), carry)
 
-  carry = (x, jnp.zeros((B,), bool), jnp.zeros((), jnp.int32))
-  (x, done, nfe), _ = lax.scan(scan_body, carry, jnp.arange(nb, dtype=jnp.int32))
-  return x[:, P:], {"nfe": nfe, "done": done}
+  state = block_model(P).init_state(to_rows(x))
+  carry = (x, jnp.zeros((B,), bool), jnp.zeros((), jnp.int32), jnp.zeros((B,), jnp.int32), state)
+  if cspec.mode == "prefix":  # the window [start, L) needs a static start: unrolled blocks
+    for b in range(nb):
+      carry = skip_or_run(carry, b, P + b * Bk)
+  else:
+    carry, _ = lax.scan(lambda c, b: (skip_or_run(c, b, P + b * Bk), None), carry,
+                        jnp.arange(nb, dtype=jnp.int32))
+  x, done, nfe, row_nfe, _ = carry
+  return x[:, P:], {"nfe": nfe, "done": done, "row_nfe": row_nfe}
 
 
-def _confidence_block(model_logits, cfg: BlockConfig, params, x, start, b, done, rows, noise, B):
+def _confidence_block(model, to_rows, combine, cfg: BlockConfig, x, start, b, done, rows, noise,
+                      B, state):
   """One block of the confidence-ranked rules (llada / llada_conf / remdm_llada and the Dream
-  rules, `confidence` kernels); returns (x, NFE).
+  rules, `confidence` kernels), every step of it one `model` call, in a `lax.while_loop`: fixed
+  rules run their iters_per_block steps, adaptive commit rules run until every active row has no
+  mask left in the block (at most block_length steps: each step commits >= 1). Returns (x, NFE,
+  per-row NFE [B], model state).
 
-  The candidates are every generated position up to the end of the current block that still
-  holds the mask id: the references' gate `x0_p[:, prompt_len + (num_block + 1) *
-  block_length:] = -inf` excludes only LATER blocks, so a position of an earlier block that kept
-  the mask id (the model drew the mask token there, which both references allow) competes again
-  (module docstring). The llada count n_i comes from the current block's masks at its start, as
+  The candidates of a step are the generated positions that still hold the mask id, are not in a
+  LATER block, and whose logits the step's model call computed. A full forward (cache "none", or
+  a refresh step of prefix / dual) computes every position: the references' gate `x0_p[:,
+  prompt_len + (num_block + 1) * block_length:] = -inf` excludes only later blocks, so a position
+  of an earlier block that kept the mask id (the model drew the mask token there, which both
+  references allow) competes again (module docstring). A window step of the prefix / dual cache
+  computes the current block only, and only its masks compete: NVlabs/Fast-dLLM's
+  `generate_with_prefix_cache` / `generate_with_dual_cache` (full `mask_index[:, e:] = 0` at the
+  refresh step, the window's own block after). An adaptive commit rule never proposes the mask,
+  so no earlier position holds it: its full forwards propose over the block only (same tokens).
+  The llada count n_i comes from the current block's masks at its start, as
   `get_num_transfer_tokens(block_mask_index, steps)`."""
   Bk, S, m = cfg.block_length, cfg.steps_per_block, cfg.mask_id
   G = cfg.gen_length
@@ -430,75 +531,132 @@ def _confidence_block(model_logits, cfg: BlockConfig, params, x, start, b, done,
   dream = rule in conf_k.DREAM_RULES
   spec = cfg.dream_spec() if dream else cfg.confidence_spec()
   fdt = jnp.float32 if dream else spec.conf_dtype
+  adaptive = cfg.commit != "fixed"
   k = cfg.tokens_per_step
   r = cfg.remdm_number
   tau = cfg.remask_start
   n_iter = cfg.iters_per_block
-  active = ~done
+  g0 = b * Bk  # first generated position of the block
+  live = ~done
   reach = (jnp.arange(G) < (b + 1) * Bk)[None, :]  # [1, G]: not a later block
+  # the positions a full forward proposes over: every generated one (the gate `reach`), or just
+  # the block under an adaptive rule, which never proposes the mask, so that no mask survives an
+  # earlier block (the same tokens; the refresh's LM head and draws over Bk, not G, positions)
+  full_g, full_w = (g0, Bk) if adaptive else (0, G)
+  if adaptive:
+    reach = True
+  full_span = (P + full_g, full_w)
 
   blk0 = lax.dynamic_slice_in_dim(x, start, Bk, axis=1)
   sched = num_transfer_tokens(jnp.sum(blk0 == m, axis=1, dtype=jnp.int32), S)  # [B, S]
   factors = jnp.asarray(conf_k.dream_schedule(S, cfg.eps)) if dream else None  # [S] float32
 
-  def step(carry, i):
-    x, cache = carry
-    gen = x[:, P:]
+  def active(x):
+    """[B] rows that take part in this step (NFE counted per row)."""
+    if not adaptive:
+      return live
+    blk = lax.dynamic_slice_in_dim(x, start, Bk, axis=1)
+    return live & jnp.any(blk == m, axis=1)
+
+  def cond(c):
+    return (c["i"] < n_iter) & jnp.any(active(c["x"]))
+
+  def body(c):
+    c = dict(c)
+    x, i, cache = c["x"], c["i"], c["cache"]
+    act = active(x)
+    in_win = (i >= tau) & (i < tau + S)
     if rule == "remdm_llada":
-      in_win = (i >= tau) & (i < tau + S)
-      gen, cache = conf_k.remdm_remask(gen, cache, jnp.where(in_win & active, r, 0), m)
+      gen, cache = conf_k.remdm_remask(x[:, P:], cache, jnp.where(in_win & live, r, 0), m)
       x = lax.dynamic_update_slice_in_dim(x, gen, P, axis=1)
-    masked = (gen == m) & reach
-    logits = model_logits(params, x)
-    lg = logits[:, P:].astype(jnp.float32)  # [B, G, V]
     tok_keys, conf_keys = draws.step_keys(rows, b * n_iter + i)
-    tok_keys = draws.offset_position_keys(tok_keys, 0, G)
-    conf_keys = draws.offset_position_keys(conf_keys, 0, G)
-    u = None if noise is None or "u" not in noise else noise["u"][i]
-    conf_u = None if noise is None or "conf_u" not in noise else noise["conf_u"][i]
-    if dream:
-      x0, conf = conf_k.dream_propose(spec, lg, tok_keys, u)
-      masked = masked & active[:, None]
-      if rule == "dream_origin":
-        gen, take = conf_k.dream_origin_commit(gen, x0, masked, factors[i], conf_keys, conf_u)
+
+    def commit_span(lg_rows, g_start, W, cand):
+      """Commits over the generated positions [g_start, g_start + W) from their logits
+      lg_rows [R, W, V] (cand: bool mask broadcast to [B, W]); -> (x, cache)."""
+      seg = lax.dynamic_slice_in_dim(x, P + g_start, W, axis=1)  # [B, W]
+      masked = (seg == m) & cand
+      lg = combine(lg_rows).astype(jnp.float32)  # [B, W, V]
+      if adaptive:  # never propose the mask: every step then commits >= 1 masked position
+        lg = lg.at[..., m].set(-jnp.inf)
+      tk = draws.offset_position_keys(tok_keys, g_start, W)
+      ck = draws.offset_position_keys(conf_keys, g_start, W)
+      u = None if noise is None or "u" not in noise else \
+          lax.dynamic_slice_in_dim(noise["u"][i], g_start, W, axis=1)
+      conf_u = None if noise is None or "conf_u" not in noise else \
+          lax.dynamic_slice_in_dim(noise["conf_u"][i], g_start, W, axis=1)
+      cc = lax.dynamic_slice_in_dim(cache, g_start, W, axis=1)
+      if dream:  # Dream's rules (`confidence` module docstring); done rows stay as they are
+        x0, conf = conf_k.dream_propose(spec, lg, tk, u)
+        masked = masked & act[:, None]
+        if rule == "dream_origin":
+          seg, _ = conf_k.dream_origin_commit(seg, x0, masked, factors[i], ck, conf_u)
+        else:
+          n = conf_k.dream_transfer_count(masked, factors[i], i == S - 1)
+          seg, _ = conf_k.dream_rank_commit(spec, seg, x0, conf, masked, n, ck, conf_u)
       else:
-        n = conf_k.dream_transfer_count(masked, factors[i], i == S - 1)
-        gen, take = conf_k.dream_rank_commit(spec, gen, x0, conf, masked, n, conf_keys, conf_u)
-      x = lax.dynamic_update_slice_in_dim(x, gen, P, axis=1)
-      return (x, cache), None
-    x0, conf = conf_k.propose(spec, lg, tok_keys, conf_keys, u, conf_u)
-    if rule == "llada":
-      n = sched[:, jnp.minimum(i, S - 1)]
-    elif rule == "remdm_llada":
-      n = jnp.where(in_win, r, k)
-    else:
-      n = k
-    conf = conf_k.gate(conf, masked, fdt)
-    gen, take = conf_k.commit(gen, x0, conf, jnp.where(active, n, 0))
-    if rule == "remdm_llada":
-      cache = jnp.where(take, conf.astype(cache.dtype), cache)
-    x = lax.dynamic_update_slice_in_dim(x, gen, P, axis=1)
-    return (x, cache), None
+        x0, conf = conf_k.propose(spec, lg, tk, ck, u, conf_u)
+        conf = conf_k.gate(conf, masked, fdt)
+        if adaptive:
+          ent = conf_k.entropy(lg.astype(fdt)) if cfg.commit == "eb" else None
+          n = conf_k.commit_count(cfg.commit, conf, tau=cfg.threshold, factor=cfg.factor,
+                                  gamma=cfg.eb_gamma, ent=ent)
+        elif rule == "llada":
+          n = sched[:, jnp.minimum(i, S - 1)]
+        elif rule == "remdm_llada":
+          n = jnp.where(in_win, r, k)
+        else:
+          n = k
+        seg, take = conf_k.commit(seg, x0, conf, jnp.where(act, n, 0))
+        if rule == "remdm_llada":
+          cc = jnp.where(take, conf.astype(cc.dtype), cc)
+      return (lax.dynamic_update_slice_in_dim(x, seg, P + g_start, axis=1),
+              lax.dynamic_update_slice_in_dim(cache, cc, g_start, axis=1))
 
-  cache = jnp.full((B, G), jnp.inf, fdt)
-  (x, _), _ = lax.scan(step, (x, cache), jnp.arange(n_iter, dtype=jnp.int32))
-  return x, jnp.int32(n_iter)
+    (c["x"], c["cache"]), c["state"] = model.step(
+        to_rows(x), c["state"], i, full_span,
+        on_full=lambda lg: commit_span(lg, full_g, full_w, reach),
+        on_window=lambda lg: commit_span(lg, g0, Bk, True))
+    c["row_nfe"] = c["row_nfe"] + act.astype(jnp.int32)
+    c["i"] = i + 1
+    return c
+
+  c = {"x": x, "i": jnp.zeros((), jnp.int32), "row_nfe": jnp.zeros((B,), jnp.int32),
+       "state": state, "cache": jnp.full((B, G), jnp.inf, fdt)}
+  c = lax.while_loop(cond, body, c)
+  return c["x"], c["i"], c["row_nfe"], c["state"]
 
 
-def _strategy_block(model_logits, cfg: BlockConfig, params, x, start, done, key, b, B, L):
-  """One block of a probabilistic strategy: the sampler core with everything outside the block
-  frozen. Returns (x, NFE)."""
+def _strategy_block(model, to_rows, combine, cfg: BlockConfig, params, x, start, done, key, b, B,
+                    L, state):
+  """One block of a probabilistic strategy: the sampler core (`sampling.sampler`) with everything
+  outside the block frozen; with a cache mode its model calls go through `model` (the cache is
+  the sampler's model state). Returns (x, NFE, per-row NFE [B])."""
   Bk = cfg.block_length
   pos = jnp.arange(L)
   in_blk = (pos >= start) & (pos < start + Bk)
   frozen = ~in_blk[None, :] | done[:, None]
+  s = make_sampler(lambda p, tokens, t: None, cfg.sampler, seq_len=L, mask_id=cfg.mask_id,
+                   jit=False)
 
-  def denoise(p, tokens, t):
-    del t  # LLaDA is not time-conditioned
-    return model_logits(p, tokens)
+  if cfg.cache == "none":
+    def forward(tokens, t, st):
+      del t  # LLaDA is not time-conditioned
+      logits = model.logits_fn(params, to_rows(tokens), model.am)
+      return combine(logits), st
+    st0 = ()
+  else:
+    def forward(tokens, t, st):
+      del t
+      cache, count = st
+      lg, cache = model(to_rows(tokens), cache, count)
+      lg = combine(lg)  # [B, Bk, V]; the positions outside the block are frozen (never read)
+      full = jnp.zeros((B, L) + lg.shape[2:], lg.dtype)
+      return lax.dynamic_update_slice_in_dim(full, lg, start, axis=1), (cache, count + 1)
+    st0 = (state, jnp.zeros((), jnp.int32))
 
-  s = make_sampler(denoise, cfg.sampler, seq_len=L, mask_id=cfg.mask_id, jit=False)
   kb = jax.random.fold_in(key if key.ndim == 0 else key[0], b)  # one key for the whole batch
-  out, info = s.core(params, kb, B, prompt=x, prompt_mask=frozen)
+  out, info = s.core(params, kb, B, prompt=x, prompt_mask=frozen, forward=forward,
+                     model_state=st0)
   x = jnp.where(frozen, x, out).astype(jnp.int32)
-  return x, info["nfe"]
+  return x, info["nfe"], jnp.where(done, 0, info["nfe"]).astype(jnp.int32)

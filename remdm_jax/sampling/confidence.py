@@ -22,7 +22,17 @@ LLaDA rules over one block of W positions (`ConfidenceSpec.rule`), `propose` + `
               confidence p[x0].
   remdm_llada `llada_remdm_sample` (§L.1): llada_conf's proposal, plus `remdm_remask` before the
               model call (re-mask the r smallest cached confidences).
-`commit` writes x0 at the n masked positions of largest confidence (n per row).
+`commit` writes x0 at the n masked positions of largest confidence (n per row). n comes from the
+rule's fixed count or from an adaptive commit rule over the gated confidences c (masked window
+positions; m = their number), each >= 1 whenever m >= 1 (so a block ends within its length):
+  threshold  (Fast-dLLM `get_transfer_index` with `threshold`): n = max(1, #{c >= tau}).
+  factor     (Fast-dLLM `get_transfer_index_dynamic`): sorted c_0 >= c_1 >= ..., thresholds
+             thr_0 = -1, thr_i = 1 - factor / (i + 2); t = the first i with c_i < thr_i (else
+             m - 1); n = t, or t + 1 when t is 0 or m - 1 (the reference's loop, including its
+             quirk that a failure at the last position still commits all m).
+  eb         (EB-sampler, Ben-Hamu et al. 2025, arXiv 2505.24857): in confidence order, the
+             largest prefix U with sum_U H - max_U H <= gamma (H = entropy of the position's
+             predictive distribution), at least one.
 
 Dream rules (HKUNLP Dream-v0 `generation_utils.py`: `_sample` with `sample_tokens`; `DreamSpec`),
 over one window of W positions with S steps and t_i = linspace(1, eps, S + 1) (torch's float32
@@ -53,6 +63,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from remdm_jax.sampling import draws
 from remdm_jax.sampling.ranked import select_below_nth, select_top_n
@@ -382,3 +393,71 @@ def dream_rank_commit(spec: DreamSpec, blk, x0, conf, masked, n, conf_keys=None,
           jax.vmap(jax.vmap(lambda k: jax.random.bits(k, (), jnp.uint32)))(conf_keys))
     score = jnp.where(masked, score / jnp.float32(spec.alg_temp) + g, -jnp.inf)
   return commit(blk, x0, score, n)
+
+
+# ------------------------------------------------------------------------- adaptive commits
+
+COMMIT_RULES = ("fixed", "threshold", "factor", "eb")
+
+
+def entropy(lg):
+  """Entropy in nats of softmax(lg) over the last axis, in lg's dtype: [..., V] -> [...]."""
+  logp = jax.nn.log_softmax(lg, axis=-1)
+  p = jnp.exp(logp)
+  return -jnp.sum(jnp.where(p > 0, p * logp, 0.0), axis=-1)
+
+
+def _num_masked(conf):
+  return jnp.sum(jnp.isfinite(conf), axis=-1, dtype=jnp.int32)
+
+
+def threshold_count(conf, tau):
+  """Fast-dLLM's threshold rule (module docstring): conf [B, W] gated (-inf = not masked) ->
+  int32 [B] n = min(m, max(1, #{conf >= tau}))."""
+  m = _num_masked(conf)
+  over = jnp.sum(conf >= tau, axis=-1, dtype=jnp.int32)
+  return jnp.minimum(m, jnp.maximum(over, 1))
+
+
+def _sorted_desc(conf):
+  return -jnp.sort(-conf, axis=-1)
+
+
+def factor_count(conf, factor):
+  """Fast-dLLM's factor rule (module docstring, quirk included): conf [B, W] gated -> int32 [B]."""
+  B, W = conf.shape
+  m = _num_masked(conf)
+  c = _sorted_desc(conf)
+  i = jnp.arange(W)
+  thr = jnp.where(i == 0, -1.0, 1.0 - factor / (i + 2.0)).astype(conf.dtype)
+  fail = (c < thr) & (i >= 1) & (i < m[:, None])
+  first = jnp.argmax(fail, axis=-1).astype(jnp.int32)
+  t = jnp.where(jnp.any(fail, axis=-1), first, m - 1)
+  n = jnp.where((t == 0) | (t == m - 1), t + 1, t)
+  return jnp.where(m > 0, n, 0).astype(jnp.int32)
+
+
+def eb_count(conf, ent, gamma):
+  """EB-sampler's entropy bound (module docstring): conf [B, W] gated, ent [B, W] entropies ->
+  int32 [B] = min(m, max(1, #{k : cumsum(H)_k - cummax(H)_k <= gamma})) in confidence order
+  (stable: ties to the lower position, as `select_top_n`)."""
+  m = _num_masked(conf)
+  order = jnp.argsort(-conf, axis=-1, stable=True)
+  h = jnp.take_along_axis(ent, order, axis=-1)
+  W = conf.shape[-1]
+  valid = jnp.arange(W)[None, :] < m[:, None]
+  h = jnp.where(valid, h, 0.0)
+  ok = (jnp.cumsum(h, axis=-1) - lax.cummax(h, axis=1) <= gamma) & valid
+  n = jnp.sum(ok, axis=-1, dtype=jnp.int32)
+  return jnp.minimum(m, jnp.maximum(n, 1))
+
+
+def commit_count(rule: str, conf, *, tau=0.9, factor=1.0, gamma=1e-3, ent=None):
+  """n [B] of an adaptive commit rule ("threshold" | "factor" | "eb") on gated confidences."""
+  if rule == "threshold":
+    return threshold_count(conf, tau)
+  if rule == "factor":
+    return factor_count(conf, factor)
+  if rule == "eb":
+    return eb_count(conf, ent, gamma)
+  raise ValueError(f"commit rule {rule!r} must be one of {COMMIT_RULES[1:]}")

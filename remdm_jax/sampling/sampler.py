@@ -92,7 +92,12 @@ class Sampler:
   Attributes:
     cfg, schedule (`StepSchedule`), seq_len, mask_id, unmask_buffer (K), nfe (static denoiser
     calls: n_steps + 1), core (the un-jitted function (params, key, batch_size, prompt,
-    prompt_mask, uniforms) -> (tokens, info)).
+    prompt_mask, uniforms, forward=None, model_state=()) -> (tokens, info)).
+
+  `core(..., forward=f, model_state=s)` replaces the denoiser call by a stateful model kernel
+  f(tokens int32 [B, L], t float32 scalar, state) -> (logits [B, L, V], state), the state carried
+  through the scan (e.g. a KV cache: `sampling.blocks` runs the strategies on its cache modes
+  this way). Not with guidance.
   """
 
   def __init__(self, core, cfg, schedule, seq_len, mask_id, unmask_buffer, mesh, data_axes, jit):
@@ -126,7 +131,8 @@ class Sampler:
     if self.mesh is not None:
       n_data = math.prod(self.mesh.shape[a] for a in self.data_axes)
       if batch_size % n_data:
-        raise ValueError(f"batch_size={batch_size} must be divisible by the data-axis size {n_data}")
+        raise ValueError(f"batch_size={batch_size} must be divisible by the data-axis size "
+                         f"{n_data}")
       # put_global: also for a mesh spanning several processes (every process passes the same
       # params / key / prompt; each feeds only its devices' parts)
       params = put_global(params, NamedSharding(self.mesh, P()))
@@ -236,8 +242,11 @@ def make_sampler(denoise_fn: DenoiseFn, cfg: SamplerConfig, *, seq_len: int, mas
     spec_ = P(data_axes, *([None] * (x.ndim - 1)))
     return lax.with_sharding_constraint(x, NamedSharding(mesh, spec_))
 
-  def core(params, key, batch_size, prompt=None, prompt_mask=None, uniforms=None):
+  def core(params, key, batch_size, prompt=None, prompt_mask=None, uniforms=None, forward=None,
+           model_state=()):
     B = batch_size
+    if forward is not None and guidance is not None:
+      raise ValueError("core(forward=...) cannot be combined with guidance")
     dtype = jnp.float64 if cfg.precision == "float64" else jnp.float32
     xs = {k: jnp.asarray(v, dtype) for k, v in sched.xs(np.float64).items()}
     xs["t"] = jnp.asarray(sched.t, jnp.float32)
@@ -263,22 +272,24 @@ def make_sampler(denoise_fn: DenoiseFn, cfg: SamplerConfig, *, seq_len: int, mas
                          f"'model' and 'classifier', got {got}")
       model_params = params["model"]
 
-    def forward(tokens, t):
-      return denoise_fn(model_params, tokens, jnp.full((B,), t, jnp.float32))
+    if forward is None:
+      def forward(tokens, t, state):
+        return denoise_fn(model_params, tokens, jnp.full((B,), t, jnp.float32)), state
+    logits_of = lambda tokens, t: forward(tokens, t, model_state)[0]
 
     def classifier_weight(tokens, t, vocab):
       return guidance.log_weight(params["classifier"], tokens, jnp.full((B,), t, jnp.float32),
                                  vocab)
 
-    carry = {"tokens": tokens, "nfe": jnp.zeros((), jnp.int32)}
+    carry = {"tokens": tokens, "nfe": jnp.zeros((), jnp.int32), "ms": model_state}
     if spec.uses_conf:
       carry["psi"] = constrain(jnp.full((B, L), jnp.inf, jnp.float32))
     if cache:
-      shp = jax.eval_shape(forward, tokens, jnp.float32(1.0))
+      shp = jax.eval_shape(logits_of, tokens, jnp.float32(1.0))
       carry["logits"] = jnp.zeros(shp.shape, shp.dtype)
       carry["dirty"] = jnp.ones((), bool)
     if guidance is not None:
-      vocab = jax.eval_shape(forward, tokens, jnp.float32(1.0)).shape[-1]
+      vocab = jax.eval_shape(logits_of, tokens, jnp.float32(1.0)).shape[-1]
       cls_per_step = guidance.classifier_calls_per_step(L, vocab)
       carry["cls_nfe"] = jnp.zeros((), jnp.int32)
       if cache:
@@ -287,11 +298,17 @@ def make_sampler(denoise_fn: DenoiseFn, cfg: SamplerConfig, *, seq_len: int, mas
       carry["traj"] = jnp.zeros((n_rec, B, L), jnp.int32)
 
     def get_logits(c, t):
+      """-> (logits, nfe, model state); with cache_unchanged the model runs only when z moved."""
       if not cache:
-        return forward(c["tokens"], t), c["nfe"] + 1
-      logits = lax.cond(c["dirty"], lambda: forward(c["tokens"], t).astype(shp.dtype),
-                        lambda: c["logits"])
-      return logits, c["nfe"] + c["dirty"].astype(jnp.int32)
+        logits, ms = forward(c["tokens"], t, c["ms"])
+        return logits, c["nfe"] + 1, ms
+
+      def run():
+        logits, ms = forward(c["tokens"], t, c["ms"])
+        return logits.astype(shp.dtype), ms
+
+      logits, ms = lax.cond(c["dirty"], run, lambda: (c["logits"], c["ms"]))
+      return logits, c["nfe"] + c["dirty"].astype(jnp.int32), ms
 
     def body(c, x):
       c = dict(c)
@@ -302,7 +319,7 @@ def make_sampler(denoise_fn: DenoiseFn, cfg: SamplerConfig, *, seq_len: int, mas
         rec = jnp.where(i % k_traj == 0, c["tokens"], cur)
         c["traj"] = lax.dynamic_update_index_in_dim(c["traj"], rec, j, 0)
       dirty = c.get("dirty")
-      logits, c["nfe"] = get_logits(c, x["t"])
+      logits, c["nfe"], c["ms"] = get_logits(c, x["t"])
       lw = None
       if guidance is not None:
         if cache:
@@ -328,7 +345,7 @@ def make_sampler(denoise_fn: DenoiseFn, cfg: SamplerConfig, *, seq_len: int, mas
     c, _ = lax.scan(body, carry, xs)
     # Final step at min_t (SPEC §4.5); key index n (unused: the argmax is deterministic).
     if noise_removal:
-      logits, nfe = get_logits(c, jnp.float32(sched.min_t))
+      logits, nfe, _ = get_logits(c, jnp.float32(sched.min_t))
       out = constrain(final_step(c["tokens"], logits, m))
     else:
       out, nfe = c["tokens"], c["nfe"]

@@ -92,7 +92,8 @@ class Sampler:
   Attributes:
     cfg, schedule (`StepSchedule`), seq_len, mask_id, unmask_buffer (K), nfe (static denoiser
     calls: n_steps + 1), core (the un-jitted function (params, key, batch_size, prompt,
-    prompt_mask, uniforms) -> (tokens, info)).
+    prompt_mask, uniforms, ids) -> (tokens, info); ids: optional (row ids uint32 [B], position
+    ids uint32 [L]) naming every draw, `kernel.transition_sample`).
   """
 
   def __init__(self, core, cfg, schedule, seq_len, mask_id, unmask_buffer, mesh, data_axes, jit):
@@ -236,7 +237,7 @@ def make_sampler(denoise_fn: DenoiseFn, cfg: SamplerConfig, *, seq_len: int, mas
     spec_ = P(data_axes, *([None] * (x.ndim - 1)))
     return lax.with_sharding_constraint(x, NamedSharding(mesh, spec_))
 
-  def core(params, key, batch_size, prompt=None, prompt_mask=None, uniforms=None):
+  def core(params, key, batch_size, prompt=None, prompt_mask=None, uniforms=None, ids=None):
     B = batch_size
     dtype = jnp.float64 if cfg.precision == "float64" else jnp.float32
     xs = {k: jnp.asarray(v, dtype) for k, v in sched.xs(np.float64).items()}
@@ -315,7 +316,7 @@ def make_sampler(denoise_fn: DenoiseFn, cfg: SamplerConfig, *, seq_len: int, mas
           c["cls_nfe"] = c["cls_nfe"] + cls_per_step
       z_s, psi = transition_sample(jax.random.fold_in(key, i), c["tokens"], logits, x, spec,
                                    psi=c.get("psi"), frozen=frozen, uniforms=x.get("uniforms"),
-                                   log_weight=lw)
+                                   log_weight=lw, ids=ids)
       z_s = constrain(z_s)
       if cache:
         c["logits"] = logits

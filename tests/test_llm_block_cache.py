@@ -445,6 +445,36 @@ def test_batch_invariance(cache, kw):
   _batch_invariance(toy(A, Q), None, cache, kw)
 
 
+STRATEGY_BATCH_CASES = [
+    ("none", dict(sampler=SamplerConfig(strategy="remdm_cap", num_steps=4, eta=0.2))),
+    ("dual", dict(cfg_scale=1.0, stop_at_eos=True,
+                  sampler=SamplerConfig(strategy="remdm_conf", num_steps=4, top_p=0.9))),
+    ("prefix", dict(sampler=SamplerConfig(strategy="mdlm", num_steps=4, precision="float32")))]
+
+
+@pytest.mark.parametrize("cache,kw", STRATEGY_BATCH_CASES)
+def test_strategy_batch_invariance(cache, kw):
+  """The strategy path names its draws per row (row key, generated position): a left-padded row
+  equals the same prompt alone and in a batch of another size / order, with CFG and EOS stop, on
+  every cache mode."""
+  A, Q = tables(8, sharp=2.0)
+  _batch_invariance(toy(A, Q), None, cache, dict(rule="strategy", steps=8, **kw))
+
+
+def test_strategy_rows_follow_their_keys():
+  """The strategy path's row keys are real inputs: the same prompt in every row with different
+  per-row keys gives different rows, equal keys give equal rows."""
+  A, Q = tables(8, sharp=2.0)
+  g = gen(toy(A, Q), "none", rule="strategy", steps=8,
+          sampler=SamplerConfig(strategy="mdlm", num_steps=4))
+  prompt = np.array([[2, 5, 9, 11]] * 3, np.int32)
+  k = jax.random.split(jax.random.key(3), 2)
+  out = np.asarray(g(params=None, prompt=prompt, attention_mask=None,
+                     key=jnp.stack([k[0], k[1], k[0]]))[0])
+  np.testing.assert_array_equal(out[0], out[2])
+  assert np.any(out[0] != out[1])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
 @pytest.mark.parametrize("commit", ["fixed", "threshold", "factor", "eb"])

@@ -262,3 +262,85 @@ def test_float32_race_bias_statistical():
   cex = count(gum, jnp.float32, jax.random.key(0))
   assert lo <= c64 <= hi and lo <= cex <= hi, (c64, cex, lo, hi)
   assert c32 < lo, (c32, lo)
+
+
+# ----------------------------- draw ids (row / position names of the draws) ---------------------
+def _ids_case(precision, guided):
+  rng = np.random.default_rng(11)
+  B, L, V, m = 3, 10, 7, 6
+  logits = jnp.asarray(rng.normal(size=(B, L, V)) * 2, jnp.float32)
+  z = jnp.asarray(np.where(rng.random((B, L)) < 0.6, m, rng.integers(0, m, (B, L))), jnp.int32)
+  psi = jnp.asarray(np.where(np.asarray(z) != m, rng.uniform(0.1, 1.0, (B, L)), np.inf),
+                    jnp.float32)
+  lw = jnp.asarray(rng.normal(size=(B, L, V)), jnp.float32) if guided else None
+  spec = KernelSpec(mask_id=m, precision=precision, top_p=0.9, uses_conf=True, unmask_buffer=4)
+  coeffs = {"sigma": jnp.float32(0.2), "conf": jnp.float32(0), "p_unmask": jnp.float32(0.5)}
+  return z, logits, psi, lw, spec, coeffs
+
+
+@pytest.mark.parametrize("precision,guided", [("exact32", False), ("exact32", True),
+                                              ("float32", False)])
+def test_draw_ids_make_a_row_follow_its_ids_not_its_index_or_offset(precision, guided):
+  """With ids = (row ids, position ids), a row's step equals the same row stepped alone, placed
+  at another batch index, or shifted right by padding (position ids shifted with it); and the
+  ids are real inputs (other row ids give other draws). Default ids=None keeps the old scheme
+  for the token draws (arange ids give the same tokens where no Bernoulli draw is involved)."""
+  z, logits, psi, lw, spec, coeffs = _ids_case(precision, guided)
+  B, L, V = logits.shape
+  key = jax.random.key(3)
+  row_ids = jnp.asarray([101, 7, 55], jnp.uint32)
+  pos_ids = jnp.arange(L, dtype=jnp.uint32)
+
+  def step(z, lg, ps, w, ids):
+    return np.asarray(transition_sample(key, z, lg, coeffs, spec, psi=ps, log_weight=w,
+                                        ids=ids)[0])
+
+  full = step(z, logits, psi, lw, (row_ids, pos_ids))
+  for b in range(B):  # alone
+    alone = step(z[b:b + 1], logits[b:b + 1], psi[b:b + 1], None if lw is None else lw[b:b + 1],
+                 (row_ids[b:b + 1], pos_ids))
+    np.testing.assert_array_equal(alone[0], full[b])
+  perm = jnp.asarray([2, 0, 1])  # other batch indices
+  perm_out = step(z[perm], logits[perm], psi[perm], None if lw is None else lw[perm],
+                  (row_ids[perm], pos_ids))
+  np.testing.assert_array_equal(perm_out, full[np.asarray(perm)])
+  pad = 3  # left padding: 3 frozen positions in front, the position ids shifted by 3
+  zp = jnp.concatenate([jnp.zeros((B, pad), jnp.int32), z], 1)
+  lgp = jnp.concatenate([jnp.zeros((B, pad, V), jnp.float32), logits], 1)
+  psp = jnp.concatenate([jnp.full((B, pad), 0.5, jnp.float32), psi], 1)
+  lwp = None if lw is None else jnp.concatenate([jnp.zeros((B, pad, V), jnp.float32), lw], 1)
+  frozen = jnp.arange(L + pad)[None, :] < pad
+  pos_p = (jnp.arange(L + pad) - pad).astype(jnp.uint32)
+  padded = np.asarray(transition_sample(key, zp, lgp, coeffs, spec, psi=psp, log_weight=lwp,
+                                        frozen=jnp.broadcast_to(frozen, (B, L + pad)),
+                                        ids=(row_ids, pos_p))[0])
+  np.testing.assert_array_equal(padded[:, pad:], full)
+  other = step(z, logits, psi, lw, (row_ids + 1, pos_ids))
+  assert np.any(other != full)
+  with pytest.raises(ValueError, match="draw ids shapes"):
+    step(z, logits, psi, lw, (row_ids[:2], pos_ids))
+
+
+def test_draw_ids_frequencies_match_posterior():
+  """The per-position Bernoulli bits of the ids path (exact32) keep the exact posterior: N =
+  40000 rows with distinct row ids vs transition_probs (5 sigma per cell)."""
+  rng = np.random.default_rng(1)
+  V, L, m, N = 6, 8, 5, 40000
+  x0 = np.concatenate([rng.dirichlet(np.ones(V - 1), size=L), np.zeros((L, 1))], -1)
+  z = np.array([m, 0, m, 3, m, m, 1, 4])
+  cfg, s, i = step_coeffs("remdm_cap", 0.3)
+  s = step_schedule(cfg.replace(eta=0.1))
+  coeffs = {k: jnp.asarray(v[i], np.float32) for k, v in s.xs(np.float64).items() if k != "t"}
+  spec = KernelSpec(mask_id=m, top_p=None, unmask_buffer=3)
+  zz = jnp.broadcast_to(jnp.asarray(z, jnp.int32), (N, L))
+  lg = jnp.broadcast_to(jnp.log(jnp.asarray(x0, jnp.float32) + 1e-30), (N, L, V))
+  ids = (jnp.arange(N, dtype=jnp.uint32) * 7 + 3, jnp.arange(L, dtype=jnp.uint32) + 1000)
+  out = np.asarray(jax.jit(lambda k: transition_sample(k, zz, lg, coeffs, spec, ids=ids)[0])(
+      jax.random.key(9)))
+  freqs = np.stack([(out == v).mean(0) for v in range(V)], -1)
+  with jax.enable_x64(True):
+    q = np.asarray(transition_probs(jnp.asarray(z)[None], jnp.asarray(x0)[None],
+                                    alpha_t=s.alpha_t[i], alpha_s=s.alpha_s[i], sigma=s.sigma[i],
+                                    mask_id=m))[0]
+  tol = 5 * np.sqrt(q * (1 - q) / N) + 2e-4
+  assert np.all(np.abs(freqs - q) <= tol), (np.abs(freqs - q) - tol).max()

@@ -33,9 +33,13 @@ blocks, each decoded with S = steps / nb steps (the prompt and pads are never ma
 * "strategy" - a `SamplerConfig` strategy (mdlm, remdm_cap, remdm_rescale, remdm_conf,
   remdm_switch, remdm_loop, fb, dfm): per block, the sampler core (`sampling.make_sampler`, S grid
   steps + its final argmax step = S + 1 NFE per block) runs with everything outside the current
-  block frozen; the attention mask rides inside params. This path uses ONE key for the batch
-  (`key`, or `key[0]` when per-row keys are given) and the sampler's own per-(row, position)
-  draws, so it is batch-size invariant but not invariant to a row's index in the batch.
+  block frozen; the attention mask rides inside params. Its draws are named per row as the
+  rules' are: block b of row r draws with the sampler's per-(row, position) scheme on a fixed base
+  key fold_in(key(0), b), row id = 32 random bits of fold_in(r's row key, b) and position id =
+  the generated position (`kernel.transition_sample` ids), so a row's tokens depend on its own
+  key and prompt only (not its neighbours, index, padding or the batch size) when per-row keys
+  are given; with one key, row b's key is fold_in(key, b) as for the rules. (Two rows share a
+  block's draws only if their 32-bit ids collide, probability 2^-32.)
 
 Cache modes (`cache`, `refresh_every`; `kvcache`): every step's block logits come from one model
 call of the `kvcache.BlockModel` kernel: a full forward (`none`, or a refresh step), or a window
@@ -481,7 +485,7 @@ def _generate_core(models, cfg: BlockConfig, params, prompt, am, key, noise):
     model = block_model(start)
     if cfg.rule == "strategy":
       x_new, calls, row_calls = _strategy_block(model, to_rows, combine, cfg, params, x, start,
-                                                done, key, b, B, L, state)
+                                                done, rows, b, B, L, state)
     else:
       x_new, calls, row_calls, state = _confidence_block(model, to_rows, combine, cfg, x, start,
                                                          b, done, rows, block_noise(b), B, state)
@@ -627,7 +631,7 @@ def _confidence_block(model, to_rows, combine, cfg: BlockConfig, x, start, b, do
   return c["x"], c["i"], c["row_nfe"], c["state"]
 
 
-def _strategy_block(model, to_rows, combine, cfg: BlockConfig, params, x, start, done, key, b, B,
+def _strategy_block(model, to_rows, combine, cfg: BlockConfig, params, x, start, done, rows, b, B,
                     L, state):
   """One block of a probabilistic strategy: the sampler core (`sampling.sampler`) with everything
   outside the block frozen; with a cache mode its model calls go through `model` (the cache is
@@ -655,8 +659,12 @@ def _strategy_block(model, to_rows, combine, cfg: BlockConfig, params, x, start,
       return lax.dynamic_update_slice_in_dim(full, lg, start, axis=1), (cache, count + 1)
     st0 = (state, jnp.zeros((), jnp.int32))
 
-  kb = jax.random.fold_in(key if key.ndim == 0 else key[0], b)  # one key for the whole batch
+  # Draws named per row (module docstring): fixed base key, row id from the row's own key,
+  # position id = generated position.
+  kb = jax.random.fold_in(jax.random.key(0), b)
+  row_ids = jax.vmap(lambda r: jax.random.bits(jax.random.fold_in(r, b), (), jnp.uint32))(rows)
+  pos_ids = (jnp.arange(L) - (L - cfg.gen_length)).astype(jnp.uint32)
   out, info = s.core(params, kb, B, prompt=x, prompt_mask=frozen, forward=forward,
-                     model_state=st0)
+                     model_state=st0, ids=(row_ids, pos_ids))
   x = jnp.where(frozen, x, out).astype(jnp.int32)
   return x, info["nfe"], jnp.where(done, 0, info["nfe"]).astype(jnp.int32)

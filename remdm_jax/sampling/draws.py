@@ -86,6 +86,11 @@ def bernoulli_bits(key: jax.Array, batch: int, length: int) -> jax.Array:
   return jax.vmap(lambda k: jax.random.bits(k, (length,), jnp.uint32))(row_keys(key, batch))
 
 
+def position_uint32(keys: jax.Array) -> jax.Array:
+  """uint32 [...]: one random 32-bit word per key of keys [...] (per-position Bernoulli bits)."""
+  return _per_key(keys, lambda k: jax.random.bits(k, (), jnp.uint32))
+
+
 def bernoulli_from_bits(bits: jax.Array, p: jax.Array) -> jax.Array:
   """Exact Bernoulli(p) from uint32 bits: bits < round(p 2^32); p >= 1 always, p <= 0 never."""
   p = jnp.asarray(p, jnp.float32)

@@ -76,16 +76,30 @@ def _draw_rows(keys, logits_rows, spec: KernelSpec):
   return tok, psi
 
 
-def draw_unmasked(tok_key, logits, unmask, spec: KernelSpec):
+def _draw_ids(ids, B: int, L: int):
+  """(row ids uint32 [B], position ids uint32 [L]) of the draws: (arange(B), arange(L)) by
+  default, or the caller's `ids` (`transition_sample`)."""
+  if ids is None:
+    return jnp.arange(B, dtype=jnp.uint32), jnp.arange(L, dtype=jnp.uint32)
+  row_ids, pos_ids = ids
+  if tuple(row_ids.shape) != (B,) or tuple(pos_ids.shape) != (L,):
+    raise ValueError(f"draw ids shapes {tuple(row_ids.shape)}, {tuple(pos_ids.shape)} must be "
+                     f"[B={B}] and [L={L}]")
+  return row_ids.astype(jnp.uint32), pos_ids.astype(jnp.uint32)
+
+
+def draw_unmasked(tok_key, logits, unmask, spec: KernelSpec, ids=None):
   """Tokens and x~(token) at the `unmask` positions ([B, L] int32 / float32; other entries are
   mask_id / 0). Handles K = spec.unmask_buffer positions per row per pass; the result does not
-  depend on K (per-position keys)."""
+  depend on K (per-position keys). ids: optional (row ids [B], position ids [L]) naming the
+  draws (`transition_sample`)."""
   B, L, _ = logits.shape
-  rows = jnp.arange(B, dtype=jnp.int32)[:, None]
+  row_ids, pos_ids = _draw_ids(ids, B, L)
+  rows = jnp.arange(B, dtype=jnp.int32)[:, None]  # scatter indices
   K = spec.unmask_buffer
   if K >= L:
-    keys = draws.position_keys(tok_key, jnp.broadcast_to(rows, (B, L)),
-                               jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L)))
+    keys = draws.position_keys(tok_key, jnp.broadcast_to(row_ids[:, None], (B, L)),
+                               jnp.broadcast_to(pos_ids, (B, L)))
     tok, psi = _draw_rows(keys, logits, spec)
     return jnp.where(unmask, tok, spec.mask_id), jnp.where(unmask, psi, 0.0)
   rank = jnp.cumsum(unmask.astype(jnp.int32), axis=-1) - 1
@@ -99,7 +113,8 @@ def draw_unmasked(tok_key, logits, unmask, spec: KernelSpec):
     safe = jnp.minimum(idx, L - 1)
     rows_k = jnp.broadcast_to(rows, (B, K))
     lg = jnp.take_along_axis(logits, safe[..., None], axis=1)  # [B, K, V]
-    tok, psi = _draw_rows(draws.position_keys(tok_key, rows_k, safe), lg, spec)
+    key_rows = jnp.broadcast_to(row_ids[:, None], (B, K))
+    tok, psi = _draw_rows(draws.position_keys(tok_key, key_rows, pos_ids[safe]), lg, spec)
     drawn = drawn.at[rows_k, idx].set(tok, mode="drop")
     psi_acc = psi_acc.at[rows_k, idx].set(psi, mode="drop")
     return drawn, psi_acc
@@ -112,31 +127,33 @@ def _log_pos(x):
   return jnp.where(x > 0, jnp.log(jnp.where(x > 0, x, 1.0)), NEG_INF)
 
 
-def _guided_row_draw(kt, tokens, logits, sig, p_unmask, log_weight, spec: KernelSpec):
+def _guided_row_draw(kt, tokens, logits, sig, p_unmask, log_weight, spec: KernelSpec,
+                     ids=None):
   """exact32 draw on the full guided row log q_guided = log q_sigma + log_weight (D-CBG,
   `guidance`): masked rows log u + log x~ (mask column log(1 - u)), decoded rows log(1 - sigma^l)
   at z_t and log sigma^l at the mask, NEG_INF elsewhere; one `draws.gumbel_argmax` per position
   (keys fold_in(fold_in(kt, b), l)). Returns (z_s, x~(z_s))."""
   B, L, V = logits.shape
   m = spec.mask_id
-  ids = jnp.arange(V)
+  vocab_ids = jnp.arange(V)
   logp = nucleus_filter(masked_log_probs(logits.astype(jnp.float32), m, spec.temperature),
                         spec.top_p, spec.nucleus_rule, method="bisect")
   u = jnp.asarray(p_unmask, jnp.float32)
-  row_m = jnp.where(ids == m, _log_pos(1.0 - u), _log_pos(u) + logp)
+  row_m = jnp.where(vocab_ids == m, _log_pos(1.0 - u), _log_pos(u) + logp)
   sig = sig[..., None]
-  row_d = jnp.where(ids == tokens[..., None], _log_pos(1.0 - sig),
-                    jnp.where(ids == m, _log_pos(sig), NEG_INF))
+  row_d = jnp.where(vocab_ids == tokens[..., None], _log_pos(1.0 - sig),
+                    jnp.where(vocab_ids == m, _log_pos(sig), NEG_INF))
   logq = jnp.where((tokens == m)[..., None], row_m, row_d) + log_weight.astype(jnp.float32)
-  rows = jnp.broadcast_to(jnp.arange(B, dtype=jnp.int32)[:, None], (B, L))
-  pos = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
+  row_ids, pos_ids = _draw_ids(ids, B, L)
+  rows = jnp.broadcast_to(row_ids[:, None], (B, L))
+  pos = jnp.broadcast_to(pos_ids, (B, L))
   z = draws.gumbel_argmax(draws.position_keys(kt, rows, pos), logq)
   psi = jnp.exp(jnp.take_along_axis(logp, z[..., None], axis=-1)[..., 0])
   return z, psi
 
 
 def transition_sample(key, tokens, logits, coeffs, spec: KernelSpec, psi=None, frozen=None,
-                      uniforms=None, log_weight=None):
+                      uniforms=None, log_weight=None, ids=None):
   """One reverse step z_t -> z_s (SPEC §4.1, §4.3) for every strategy.
 
   Args:
@@ -157,6 +174,11 @@ def transition_sample(key, tokens, logits, coeffs, spec: KernelSpec, psi=None, f
       Gumbel noise) instead of Bernoulli + categorical: exact up to float32 rounding of log q
       and the Gumbel tail bound (g <= 22.9, so an entry more than ~23 nats below a row's
       largest cannot win; SPEC §4.6). float64 / float32 race the normalised guided row.
+    ids: optional (row ids uint32 [B], position ids uint32 [L]): every draw of (row b, position
+      l) then comes from (key, ids[0][b], ids[1][l]) instead of (key, b, l), Bernoulli bits
+      included (one uint32 per position key), so a row's draws can follow the row, not its index
+      in the batch or its padding (`sampling.blocks`, strategies with per-row keys). None: the
+      default scheme (bitwise unchanged).
   Returns: (z_s int32 [B, L], new psi or None).
   """
   kb, kt = jax.random.split(key)
@@ -180,7 +202,7 @@ def transition_sample(key, tokens, logits, coeffs, spec: KernelSpec, psi=None, f
   if spec.precision == "exact32" and log_weight is not None:
     sig = token_sigma(tokens, psi, frozen, coeffs["sigma"], coeffs["conf"], spec)
     z_s, psi_drawn = _guided_row_draw(kt, tokens, logits, sig, coeffs["p_unmask"], log_weight,
-                                      spec)
+                                      spec, ids)
     z_s = jnp.where(frozen, tokens, z_s)
     unmask = masked & (z_s != m)
     remask = ~masked & (z_s == m)
@@ -188,10 +210,16 @@ def transition_sample(key, tokens, logits, coeffs, spec: KernelSpec, psi=None, f
     sig = token_sigma(tokens, psi, frozen, coeffs["sigma"], coeffs["conf"], spec)
     p_fire = jnp.where(masked, jnp.asarray(coeffs["p_unmask"], jnp.float32), sig)
     p_fire = jnp.where(frozen, 0.0, p_fire)
-    fire = draws.bernoulli_from_bits(draws.bernoulli_bits(kb, B, L), p_fire)
+    if ids is None:
+      bits = draws.bernoulli_bits(kb, B, L)
+    else:
+      row_ids, pos_ids = _draw_ids(ids, B, L)
+      bits = draws.position_uint32(draws.position_keys(
+          kb, jnp.broadcast_to(row_ids[:, None], (B, L)), jnp.broadcast_to(pos_ids, (B, L))))
+    fire = draws.bernoulli_from_bits(bits, p_fire)
     unmask = masked & fire
     remask = ~masked & fire
-    drawn, psi_drawn = draw_unmasked(kt, logits, unmask, spec)
+    drawn, psi_drawn = draw_unmasked(kt, logits, unmask, spec, ids)
     z_s = jnp.where(unmask, drawn, jnp.where(remask, m, tokens))
   else:
     dtype = jnp.float64 if spec.precision == "float64" else jnp.float32
@@ -208,8 +236,9 @@ def transition_sample(key, tokens, logits, coeffs, spec: KernelSpec, psi=None, f
     if log_weight is not None:  # q_guided ∝ q exp(w), normalised (the race ignores the scale)
       lq = jnp.where(q > 0, jnp.log(jnp.where(q > 0, q, 1.0)), -jnp.inf) + log_weight.astype(dtype)
       q = jax.nn.softmax(lq, axis=-1)
-    rows = jnp.broadcast_to(jnp.arange(B, dtype=jnp.int32)[:, None], (B, L))
-    pos = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
+    row_ids, pos_ids = _draw_ids(ids, B, L)
+    rows = jnp.broadcast_to(row_ids[:, None], (B, L))
+    pos = jnp.broadcast_to(pos_ids, (B, L))
     keys = None if uniforms is not None else draws.position_keys(kt, rows, pos)
     z_s = draws.race_argmax(keys, q, uniforms)
     z_s = jnp.where(frozen, tokens, z_s)

@@ -92,12 +92,14 @@ class Sampler:
   Attributes:
     cfg, schedule (`StepSchedule`), seq_len, mask_id, unmask_buffer (K), nfe (static denoiser
     calls: n_steps + 1), core (the un-jitted function (params, key, batch_size, prompt,
-    prompt_mask, uniforms, forward=None, model_state=()) -> (tokens, info)).
+    prompt_mask, uniforms, forward=None, model_state=(), ids=None) -> (tokens, info)).
 
   `core(..., forward=f, model_state=s)` replaces the denoiser call by a stateful model kernel
   f(tokens int32 [B, L], t float32 scalar, state) -> (logits [B, L, V], state), the state carried
   through the scan (e.g. a KV cache: `sampling.blocks` runs the strategies on its cache modes
-  this way). Not with guidance.
+  this way). Not with guidance. `ids`: optional (row ids uint32 [B], position ids uint32 [L])
+  naming every draw (`kernel.transition_sample`; `sampling.blocks` passes per-row ids so a row's
+  draws do not depend on its batch index or padding).
   """
 
   def __init__(self, core, cfg, schedule, seq_len, mask_id, unmask_buffer, mesh, data_axes, jit):
@@ -243,7 +245,7 @@ def make_sampler(denoise_fn: DenoiseFn, cfg: SamplerConfig, *, seq_len: int, mas
     return lax.with_sharding_constraint(x, NamedSharding(mesh, spec_))
 
   def core(params, key, batch_size, prompt=None, prompt_mask=None, uniforms=None, forward=None,
-           model_state=()):
+           model_state=(), ids=None):
     B = batch_size
     if forward is not None and guidance is not None:
       raise ValueError("core(forward=...) cannot be combined with guidance")
@@ -332,7 +334,7 @@ def make_sampler(denoise_fn: DenoiseFn, cfg: SamplerConfig, *, seq_len: int, mas
           c["cls_nfe"] = c["cls_nfe"] + cls_per_step
       z_s, psi = transition_sample(jax.random.fold_in(key, i), c["tokens"], logits, x, spec,
                                    psi=c.get("psi"), frozen=frozen, uniforms=x.get("uniforms"),
-                                   log_weight=lw)
+                                   log_weight=lw, ids=ids)
       z_s = constrain(z_s)
       if cache:
         c["logits"] = logits

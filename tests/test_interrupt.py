@@ -248,3 +248,32 @@ def test_entry_point_bad_choice_is_one_line(args, want, tmp_path):
                      text=True, timeout=120)
   lines = r.stderr.strip().splitlines()
   assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(want), r.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# through the launcher (issue 18): Ctrl-C to the launcher -> SIGTERM to both processes
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_launcher_ctrl_c_writes_the_finished_samples_once(tmp_path):
+  """`python -m remdm_jax.launch -n 2 -- sample.py ...` + Ctrl-C (forwarded as SIGTERM) used to
+  lose every finished sample (the children died of SIGTERM): now process 0 writes the finished
+  batches (gathered on every process), both end 143, the launcher's status is 143."""
+  out = tmp_path / "l.jsonl"
+  env = _env(tmp_path)
+  p = _Proc(["-m", "remdm_jax.launch", "-n", "2", "--devices-per-process", "2", "--grace", "30",
+             "--", "sample.py", "--num_samples=4000", "--batch_size=4", "--steps=4",
+             "--preset=mdlm", "--scorer=none", "--noprogress", f"--output={out}"], env)
+  p.wait_for(lambda: "[p0] model:" in p.stderr(), "the model line")
+  time.sleep(20)  # compilation and some batches (no per-batch line through the launcher)
+  p.p.send_signal(signal.SIGINT)
+  rc, lines = p.finish(timeout=90)
+  _no_traceback(lines)
+  assert rc == 143, lines
+  wrote = [ln for ln in lines if "finished samples to" in ln]
+  assert len(wrote) == 1 and wrote[0].startswith("[p0] sample.py: interrupted in batch"), lines
+  assert any(ln.startswith("[p1] sample.py: interrupted") for ln in lines), lines
+  recs = [json.loads(ln) for ln in open(out)]
+  assert 4 <= len(recs) < 4000 and len(recs) % 4 == 0
+  assert f"wrote the {len(recs)} finished samples" in wrote[0]

@@ -113,6 +113,27 @@ def test_an_early_signal_is_one_line(prog, sig, delay, tmp_path):
   assert not out.exists()
 
 
+def test_train_py_early_ctrl_c_is_one_line_and_a_rerun_starts_cleanly(tmp_path):
+  """Ctrl-C 1 s into train.py (imports / JAX start-up, before the trainer's own handlers): the
+  default KeyboardInterrupt was swallowed by JAX's gc callback ("Exception ignored in
+  _xla_gc_callback") and training went on to exit 0, or was a traceback. Now one line, 130; a
+  re-run into the same workdir (whatever it holds) trains."""
+  wd = tmp_path / "wd"
+  args = ["train.py", "--config=configs/tiny.py", f"--workdir={wd}",
+          "--config.train.num_steps=2"]
+  p = _Proc(args, _env(tmp_path))
+  time.sleep(1.0)
+  p.p.send_signal(signal.SIGINT)
+  rc, lines = p.finish()
+  _no_traceback(lines)
+  assert rc == 130, lines
+  assert lines[-1].startswith(("train.py: interrupted; nothing written",
+                               "interrupted by SIGINT after step 0")), lines
+  r = subprocess.run([sys.executable] + args, cwd=ROOT, env=_env(tmp_path), capture_output=True,
+                     text=True, timeout=TIMEOUT)
+  assert r.returncode == 0 and "done: step 2" in r.stdout, r.stderr[-2000:]
+
+
 def _wait_batches(p, k):
   """Until the progress line reports batch k + 1 (k batches finished)."""
   p.wait_for(lambda: f"batch {k + 1}/" in p.stderr(), f"batch {k + 1}")

@@ -46,7 +46,11 @@ import os
 import sys
 import time
 
-from absl import app, flags, logging
+if __name__ == "__main__":  # Ctrl-C / SIGTERM while the imports load: one line, no traceback
+  from remdm_jax import interrupt as _interrupt
+  _interrupt.install_handlers("sample.py")
+
+from absl import app, flags, logging  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Params checkpoint (or training workdir). "
@@ -161,7 +165,8 @@ def run(argv) -> int:
   path = FLAGS.checkpoint or generation.shipped_model_path("bible_byte_mdlm")
   runtime = {k: getattr(FLAGS, k) for k in ("compute_dtype", "attention_impl")
              if getattr(FLAGS, k) is not None}
-  model = generation.load_model(path, FLAGS.tokenizer, mask_id=FLAGS.mask_id, **runtime)
+  model = generation.load_model_for_flag("--checkpoint", path, FLAGS.tokenizer,
+                                        mask_id=FLAGS.mask_id, **runtime)
   if not model.config.causal:  # (an AR model gets check_diffusion_model's own message)
     generation.check_model_use(model, "sample.py", kinds=("mdlm",), domains=("text", None))
   generation.check_diffusion_model(model)
@@ -171,6 +176,11 @@ def run(argv) -> int:
   cfg = SamplerConfig.preset(FLAGS.preset, num_steps=FLAGS.steps or model.seq_len,
                              cache_unchanged=FLAGS.cache_unchanged,
                              time_independent=not model.config.time_conditioning, **overrides)
+  ignored = cfg.ignored_fields()
+  for k, v in overrides.items():
+    if k in ignored:
+      raise ValueError(f"--{k}={v} does not apply to --preset={FLAGS.preset} (strategy "
+                       f"{cfg.strategy}): {ignored[k]}")
   if FLAGS.prompt is not None:
     generation.encode_prefix(model.tokenizer, FLAGS.prompt, model.seq_len,
                              model.config.vocab_size)
@@ -189,7 +199,7 @@ def run(argv) -> int:
   scorer = None
   if FLAGS.scorer != "none":
     sp = generation.shipped_model_path("bible_byte_ar") if FLAGS.scorer == "shipped" else FLAGS.scorer
-    scorer = generation.load_model(sp)
+    scorer = generation.load_model_for_flag("--scorer", sp)
     if not scorer.config.causal:
       raise ValueError(f"--scorer={sp} is not an autoregressive (causal) model")
     if (scorer.tokenizer.name, scorer.tokenizer.vocab_size) != (model.tokenizer.name,
@@ -217,7 +227,8 @@ def run(argv) -> int:
 
   # 3. Sample, write, then score. Ctrl-C keeps the finished batches; a failed write keeps the
   # samples in a rescue file.
-  from remdm_jax.interrupt import EXIT_INTERRUPTED, Interrupted, hard_exit
+  from remdm_jax.interrupt import (EXIT_INTERRUPTED, Interrupted, hard_exit, note_saved,
+                                  signal_received)
 
   def records_of(tokens):
     texts = [model.tokenizer.decode(t.tolist()) for t in tokens]
@@ -239,7 +250,7 @@ def run(argv) -> int:
                                         prompt=FLAGS.prompt, progress=FLAGS.progress and primary,
                                         num_strides=semi.get("num_strides", 0),
                                         stride_length=semi.get("stride_length"), mesh=mesh)
-  except Interrupted as e:
+  except Interrupted as e:  # Ctrl-C or SIGTERM (the launcher forwards Ctrl-C as SIGTERM)
     done = e.partial
     if not len(done):
       where = "no batch had finished; nothing written"
@@ -247,13 +258,17 @@ def run(argv) -> int:
       where = f"wrote the {len(done)} finished samples to {write(records_of(done)[1])}"
     else:
       where = "process 0 writes the finished samples"
-    print(f"sample.py: {e}; {where}", file=sys.stderr)
+    by = " (SIGTERM)" if signal_received() == "SIGTERM" else ""
+    print(f"sample.py: {e}{by}; {where}", file=sys.stderr)
     hard_exit(EXIT_INTERRUPTED)
   texts, records = records_of(tokens)
   # every process computes the (identical) metrics, so that all reach JAX's exit barrier together
   if primary:
     out = write(records)
     print(f"wrote {len(records)} samples to {out}", file=sys.stderr)
+    note_saved(f"the {len(records)} samples are in {out}; metrics not computed")
+  else:
+    note_saved("process 0 wrote the samples; metrics not computed")
   metrics = metrics_lib.sample_metrics(tokens, scorer=scorer, texts=texts, mauve_reference=refs,
                                        reference_name=ref_name)
   if not primary:
@@ -286,6 +301,13 @@ def _parse_flags(argv):
 
 
 def main(argv):
+  """run(argv) under `interrupt.run_main`: Ctrl-C / SIGTERM anywhere is one line (what is saved)
+  and exit 130 / 143; bad input one `error:` line and exit 2."""
+  from remdm_jax import interrupt
+  return interrupt.run_main(_main, argv, prog="sample.py")
+
+
+def _main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
   try:
     return run(argv)

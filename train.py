@@ -21,7 +21,14 @@ status 1 (the launcher then stops the others).
 import os
 import sys
 
-from absl import app, flags, logging
+if __name__ == "__main__":
+  # Until the trainer installs its own SIGINT / SIGTERM handlers (which save a checkpoint): a
+  # signal is one line and exit 130 / 143. The default KeyboardInterrupt could be swallowed by
+  # JAX's gc callback ("Exception ignored in _xla_gc_callback"), and training went on to the end.
+  from remdm_jax import interrupt as _interrupt
+  _interrupt.install_handlers("train.py")
+
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/x.py[:preset]).",

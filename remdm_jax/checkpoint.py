@@ -646,12 +646,16 @@ def load_params(directory, *, sharding=None, verify: bool = True):
     (params, model_config dict, metadata dict). params is the model's own pytree type
     (nnx.State from `models.dit.init_params`) when model_config describes a DiT, else a nested dict.
   Raises:
-    FileNotFoundError naming `directory` if it (or a checkpoint in it) does not exist; ValueError
+    FileNotFoundError naming `directory` if it (or a checkpoint in it) does not exist;
+    NotADirectoryError if it exists but is not a folder; ValueError
     (one line, naming the folder and the file or parameter) if its JSON files or arrays are
     unreadable or truncated, a file's checksum differs from the recorded one, a loaded parameter
     is not finite, or a stored parameter's shape differs from the one its model config implies.
   """
   directory = os.path.abspath(os.fspath(directory))
+  if os.path.exists(directory) and not os.path.isdir(directory):
+    raise NotADirectoryError(f"params checkpoint {directory} is not a directory (a checkpoint "
+                             "is a folder)")
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"params checkpoint directory not found: {directory}")
   cfg_path = os.path.join(directory, "model_config.json")

@@ -22,8 +22,9 @@ After a multi-process initialisation (num_processes > 1):
   * with `preemption_sync=True` (training), JAX's pre-emption notifier owns SIGTERM: the signal
     no longer ends the process; `preemption_sync_point(k)` turns True at the same loop count k
     in every process once ANY process got SIGTERM (`training.trainer` saves and stops there).
-    Entry points that never check it (sampling) pass preemption_sync=False, keeping the default
-    SIGTERM behaviour.
+    Entry points that never check it (sampling) pass preemption_sync=False, keeping their own
+    SIGTERM handling (`remdm_jax.interrupt.run_main`: SIGTERM like Ctrl-C, finished batches
+    written, exit 143).
 CPU runs use gloo collectives (`jax_cpu_collectives_implementation`); note that a 1-process run
 only matches a multi-process run bitwise when it also initialises (num_processes=1): plain XLA
 CPU collectives add in another order than gloo (README "Multi-host").

@@ -21,7 +21,7 @@ from remdm_jax import checkpoint, checks
 from remdm_jax import sharding as mesh_lib
 from remdm_jax.checks import check_mask_id
 from remdm_jax.fileio import atomic_open
-from remdm_jax.interrupt import Interrupted, call_interruptibly
+from remdm_jax.interrupt import Interrupted, call_interruptibly, deferred
 from remdm_jax.models import dit
 from remdm_jax.sampling import SamplerConfig, make_sampler, semi_ar
 from remdm_jax.tokenizers import get_tokenizer
@@ -108,6 +108,16 @@ STORED_FIELDS = ("vocab_size", "hidden_size", "num_heads", "num_blocks", "cond_d
                  "time_conditioning", "causal")
 
 
+def load_model_for_flag(flag: str, path: str, *args, **kwargs) -> LoadedModel:
+  """`load_model(path, *args, **kwargs)` for an entry point's flag: a missing path, or one that
+  is not a folder, raises the same OSError (FileNotFoundError / NotADirectoryError) with its
+  message prefixed by `<flag>=<path>: `, so the one error line names the flag."""
+  try:
+    return load_model(path, *args, **kwargs)
+  except (FileNotFoundError, NotADirectoryError) as e:
+    raise type(e)(f"{flag}={path}: {e}") from None
+
+
 def load_model(path: str, tokenizer: Optional[str] = None, *, mask_id: Optional[int] = None,
                **config_overrides) -> LoadedModel:
   """Loads a params checkpoint (or a training workdir's latest EMA params) and its tokenizer.
@@ -122,7 +132,8 @@ def load_model(path: str, tokenizer: Optional[str] = None, *, mask_id: Optional[
       `attention_impl="cudnn"`. A field in `STORED_FIELDS` (shapes, heads, time conditioning,
       causal) must equal the stored value.
   Raises:
-    FileNotFoundError for a missing checkpoint; ValueError (one line, before any compilation) for
+    FileNotFoundError for a missing checkpoint, NotADirectoryError for a path that is not a
+    folder; ValueError (one line, before any compilation) for
     an unreadable or truncated checkpoint, overrides that differ from the stored config (naming
     every differing field), a stored config that does not match the stored weights, a tokenizer
     whose model vocabulary differs from the checkpoint's, or a mask id outside the vocabulary.
@@ -389,8 +400,24 @@ def generate(model: LoadedModel, cfg: SamplerConfig, *, num_samples: int, batch_
     params = mesh_lib.put_global(params, rep)  # (the prompt stays numpy: it is checked first)
     put_key = lambda k: mesh_lib.put_global(k, rep)  # noqa: E731
   root = jax.random.PRNGKey(seed)
-  out, spent = [], []
   start = time.perf_counter()
+  with deferred():  # a signal between two batches stops the next one (interrupt docstring)
+    tokens, spent = _generate_batches(
+        sample_with_info, params, put_key, root, kwargs, num_batches=num_batches,
+        batch_size=batch_size, num_samples=num_samples, length=length, meter=meter)
+  if meter:
+    print(file=sys.stderr)
+  seconds = time.perf_counter() - start
+  if np.any(tokens == model.mask_id):  # the sampler guarantees this; never write masks out
+    raise RuntimeError("sampler returned mask tokens")
+  return tokens, dict(nfe=sampler.nfe, nfe_spent=float(np.mean(spent)), seconds=seconds,
+                      samples_per_s=num_samples / seconds, length=length)
+
+
+def _generate_batches(sample_with_info, params, put_key, root, kwargs, *, num_batches,
+                      batch_size, num_samples, length, meter):
+  """The batch loop of `generate`: (tokens [num_samples, length], per-batch NFE spent)."""
+  out, spent = [], []
   for b in range(num_batches):
     if meter:
       meter.start_batch(b)
@@ -412,14 +439,7 @@ def generate(model: LoadedModel, cfg: SamplerConfig, *, num_samples: int, batch_
     if meter:
       jax.effects_barrier()  # every step's callback has run
       meter.end_batch()
-  if meter:
-    print(file=sys.stderr)
-  seconds = time.perf_counter() - start
-  tokens = np.concatenate(out)[:num_samples]
-  if np.any(tokens == model.mask_id):  # the sampler guarantees this; never write masks out
-    raise RuntimeError("sampler returned mask tokens")
-  return tokens, dict(nfe=sampler.nfe, nfe_spent=float(np.mean(spent)), seconds=seconds,
-                      samples_per_s=num_samples / seconds, length=length)
+  return np.concatenate(out)[:num_samples], spent
 
 
 def check_seed(seed, field: str = "seed") -> int:

@@ -107,6 +107,15 @@ def test_semi_ar_cli_summary_is_pluralised(ckpts, tmp_path):
     (["--checkpoint=UDLM"], "is a udlm model of the molecules domain"),
     (["--checkpoint=QM9"], "is a mdlm model of the molecules domain"),
     (["--checkpoint=DIGITS"], "is a mdlm model of the images domain"),
+    # flags the preset's strategy never reads (were accepted silently, --t_on even recorded)
+    (["--preset=mdlm", "--t_on=0.3"], "--t_on=0.3 does not apply to --preset=mdlm"),
+    (["--preset=mdlm", "--eta=0.5"], "--eta=0.5 does not apply to --preset=mdlm"),
+    (["--preset=fb", "--eta=0.5"], "--eta=0.5 does not apply to --preset=fb"),
+    (["--preset=remdm_cap", "--t_switch=0.3"], "--t_switch=0.3 does not apply"),
+    (["--preset=remdm_switch", "--switch_base=conf", "--eta=0.1"], "--eta=0.1 does not apply"),
+    # the flag named, and a file that is not a folder called so
+    (["--scorer=/nonexistent"], "--scorer=/nonexistent: params checkpoint directory not found"),
+    (["--checkpoint=TMP/a_file"], "is not a directory"),
 ])
 def test_sample_py_bad_input_is_one_clear_line(ckpts, tmp_path, args, needle):
   """Each bad input: exit 2, one `sample.py: error:` line naming it, before any sampling."""

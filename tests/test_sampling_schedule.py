@@ -114,3 +114,35 @@ def test_unmask_buffer_estimate():
   s = step_schedule(SamplerConfig(num_steps=1024))
   assert expected_unmask_buffer(s, 1024, False) == 16   # ~1 expected unmask per step
   assert expected_unmask_buffer(s, 4, False) == 4
+
+
+def test_ignored_fields_match_what_step_schedule_reads():
+  """`SamplerConfig.ignored_fields` (entry points refuse such flags): a preset never sets a field
+  its strategy ignores; every field reported ignored leaves the schedule bitwise unchanged, and
+  every eta / loop / switch field reported used changes it."""
+  from remdm_jax.sampling.config import PRESETS, SamplerConfig
+  from remdm_jax.sampling.schedule import step_schedule
+  changes = dict(eta=0.011, t_on=0.6, t_off=0.1, alpha_on=0.8, t_switch=0.3,
+                 switch_base="rescale", conf_base="cap", loop_sigma="rescale")
+  cfgs = [SamplerConfig.preset(n, num_steps=16) for n in PRESETS]
+  cfgs += [SamplerConfig(strategy="remdm_conf", conf_base="cap", num_steps=16),
+           SamplerConfig(strategy="remdm_switch", switch_base="conf", num_steps=16),
+           SamplerConfig(strategy="remdm_switch", switch_base="conf", conf_base="rescale",
+                         num_steps=16)]
+  for name, preset in PRESETS.items():
+    assert not set(preset) & set(SamplerConfig.preset(name).ignored_fields()), name
+  assert "eta" in SamplerConfig(strategy="mdlm").ignored_fields()
+  assert "t_on" not in SamplerConfig(strategy="remdm_loop").ignored_fields()
+  for cfg in cfgs:
+    base = step_schedule(cfg)
+    ignored = cfg.ignored_fields()
+    for field, value in changes.items():
+      if getattr(cfg, field) == value:
+        continue
+      try:
+        other = step_schedule(cfg.replace(**{field: value}))
+      except ValueError:
+        continue  # e.g. a loop eta beyond its limit
+      same = all(np.array_equal(getattr(base, a), getattr(other, a))
+                 for a in ("alpha_t", "alpha_s", "sigma", "conf"))
+      assert same == (field in ignored), (cfg.strategy, cfg.switch_base, cfg.conf_base, field)

@@ -277,7 +277,7 @@ def generate(args, opts: DecodeOptions, log=print) -> dict[str, Any]:
 
   from remdm_jax.fileio import atomic_open
   from remdm_jax.images import convert
-  from remdm_jax.interrupt import Interrupted, call_interruptibly
+  from remdm_jax.interrupt import Interrupted, call_interruptibly, note_saved
   from remdm_jax.images import maskgit as mg
   from remdm_jax.images import vqgan as vq
   from remdm_jax import sharding as mesh_lib
@@ -351,6 +351,8 @@ def generate(args, opts: DecodeOptions, log=print) -> dict[str, Any]:
       with atomic_open(label_path(args.output_dir, i), "w") as f:
         f.write(f"{int(labels[j])}")
     written += 1
+    note_saved(f"the finished images are in {args.output_dir} (the same command resumes after "
+               "them)")
     log(f"batch {b + 1}/{num_batches}: images {indices[0]:06d}-{indices[-1]:06d} "
         f"({time.time() - t0:.1f}s)")
 
@@ -371,7 +373,13 @@ def generate(args, opts: DecodeOptions, log=print) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-  """CLI: 0; 2 after one `error:` line (bad input, before any work); 130 after Ctrl-C."""
+  """CLI: 0; 2 after one `error:` line (bad input, before any work); 130 / 143 after Ctrl-C /
+  SIGTERM (one line; `interrupt.run_main`)."""
+  from remdm_jax.interrupt import run_main
+  return run_main(_main, argv, prog="images.imagenet")
+
+
+def _main(argv: list[str] | None = None) -> int:
   from remdm_jax.interrupt import EXIT_INTERRUPTED, Interrupted, hard_exit
   args = _parser().parse_args(argv)
   try:

@@ -16,14 +16,18 @@ fraction of a second (exit 130).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 
-import jax
+if __name__ == "__main__":  # Ctrl-C / SIGTERM while the imports load: one line, no traceback
+  from remdm_jax import interrupt as _interrupt
+  _interrupt.install_handlers("images.sample_digits")
+
+import jax  # noqa: E402
 import numpy as np
 
+from remdm_jax.cliargs import ArgumentParser
 from remdm_jax.fileio import check_output_path
 
 from remdm_jax.images import digits as dg
@@ -31,9 +35,9 @@ from remdm_jax.images.decode import IMAGE_STRATEGIES, ImageSamplerConfig
 
 
 def build_parser():
-  ap = argparse.ArgumentParser(prog="python -m remdm_jax.images.sample_digits",
-                               description="Sample 8x8 digits from the shipped class-conditional "
-                                           "MDLM and write a PNG grid.")
+  ap = ArgumentParser(prog="python -m remdm_jax.images.sample_digits",
+                      description="Sample 8x8 digits from the shipped class-conditional MDLM and "
+                                  "write a PNG grid.")
   ap.add_argument("--strategy", default="maskgit", choices=IMAGE_STRATEGIES)
   ap.add_argument("--steps", type=int, default=16, help="T")
   ap.add_argument("--temperature", type=float, default=1.0)
@@ -83,7 +87,14 @@ def check_flags(args) -> None:
 
 
 def main(argv=None) -> int:
-  from remdm_jax.interrupt import EXIT_INTERRUPTED, call_interruptibly, hard_exit
+  """CLI: 0; 2 after one `error:` line (bad input, before any work); 130 / 143 after Ctrl-C /
+  SIGTERM (one line, nothing written: the grid is one compiled program; `interrupt.run_main`)."""
+  from remdm_jax import interrupt
+  return interrupt.run_main(_main, argv, prog="images.sample_digits")
+
+
+def _main(argv=None) -> int:
+  from remdm_jax.interrupt import EXIT_INTERRUPTED, call_interruptibly, hard_exit, note_saved
   args = build_parser().parse_args(argv)
   try:
     check_flags(args)
@@ -107,10 +118,12 @@ def main(argv=None) -> int:
     pix = call_interruptibly(lambda: np.asarray(
         sampler(params, jax.random.PRNGKey(args.seed), labels=labels)))
   except KeyboardInterrupt:
-    print("interrupted before the samples were finished; nothing written", file=sys.stderr)
+    print("images.sample_digits: interrupted before the samples were finished; nothing "
+          "written", file=sys.stderr)
     hard_exit(EXIT_INTERRUPTED)
   secs = time.time() - t0
   dg.save_grid_png(args.out, pix, ncol=args.per_class)
+  note_saved(f"the grid is in {args.out}" + ("; metrics not computed" if args.judge else ""))
   rec = {"out": args.out, "strategy": args.strategy, "steps": args.steps,
          "temperature": args.temperature, "nfe": int(sampler.nfe), "samples": len(labels),
          "seconds": round(secs, 2)}

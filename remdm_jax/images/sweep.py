@@ -25,7 +25,6 @@ second keeping the CSV of the finished cells (exit 130).
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -33,13 +32,18 @@ import os
 import sys
 import time
 
+if __name__ == "__main__":  # Ctrl-C / SIGTERM while the imports load: one line, no traceback
+  from remdm_jax import interrupt as _interrupt
+  _interrupt.install_handlers("images.sweep")
+
 import jax
 import numpy as np
 
 from remdm_jax.checks import check_seed
+from remdm_jax.cliargs import ArgumentParser
 from remdm_jax.fileio import atomic_open
 from remdm_jax.images import digits as dg
-from remdm_jax.interrupt import EXIT_INTERRUPTED, call_interruptibly, hard_exit
+from remdm_jax.interrupt import EXIT_INTERRUPTED, call_interruptibly, hard_exit, note_saved
 from remdm_jax.images.decode import ImageSamplerConfig
 from remdm_jax.sampling import uniform_grid
 
@@ -149,8 +153,15 @@ def write_csv(rows, path):
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m remdm_jax.images.sweep",
-                               description="Digits sweep: T x method x temperature.")
+  """The CLI under `interrupt.run_main`: Ctrl-C / SIGTERM anywhere is one line saying what is
+  kept, exit 130 / 143."""
+  from remdm_jax.interrupt import run_main
+  return run_main(_main, argv, prog="images.sweep")
+
+
+def _main(argv=None) -> int:
+  ap = ArgumentParser(prog="python -m remdm_jax.images.sweep",
+                      description="Digits sweep: T x method x temperature.")
   ap.add_argument("--out", default=None,
                   help="output folder (default: a new ./runs/digits_sweep-<timestamp>)")
   ap.add_argument("--overwrite", action="store_true",
@@ -226,6 +237,7 @@ def main(argv=None) -> int:
             f"IS {ev['is']:.3f} acc {ev['accuracy']:.3f} ({secs:.1f} s; ETA {eta_s:.0f} s)",
             file=sys.stderr, flush=True)
       write_csv(rows, os.path.join(args.out, "digits_sweep.csv"))   # partial results survive
+      note_saved(f"the {k + 1} finished cells are in {os.path.join(args.out, 'digits_sweep.csv')}")
     plot(rows, os.path.join(args.out, "digits_sweep.png"))
     with atomic_open(os.path.join(args.out, "digits_sweep.json"), "w") as fh:
       json.dump({"samples": n, "seed": args.seed, "seconds": round(time.time() - t_start, 1),

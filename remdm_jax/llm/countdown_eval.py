@@ -42,7 +42,7 @@ def evaluate(gen, params, tok, cfg, problems, *, repeats=10, batch_size=8, seed=
   records, summary). Ctrl-C stops within a fraction of a second (`interrupt.call_interruptibly`):
   the records then hold the problems whose every repeat had finished, and summary["interrupted"]
   is True."""
-  from remdm_jax.interrupt import call_interruptibly
+  from remdm_jax.interrupt import call_interruptibly, deferred
   import jax
   import numpy as np
   from remdm_jax.llm import generate as G
@@ -57,25 +57,26 @@ def evaluate(gen, params, tok, cfg, problems, *, repeats=10, batch_size=8, seed=
   nfe = 0
   interrupted = False
   eos_tok = cli.token_string(tok, cfg.eos_id)
-  for s in range(0, len(rows), batch_size):
-    chunk = rows[s:s + batch_size]
-    pad = batch_size - len(chunk)  # keep one compiled shape: pad with copies of the last row
-    chunk_full = chunk + [chunk[-1]] * pad
-    x, am = G.left_pad([ids[i] for i, _ in chunk_full], cfg.pad_id)
-    x, am = cli.pad_prompts_to(x, am, getattr(tok, "prompt_length", 0), cfg.pad_id)
-    keys = jax.vmap(lambda i, j: jax.random.fold_in(jax.random.fold_in(base, i), j))(
-        jnp_arr([i for i, _ in chunk_full]), jnp_arr([j for _, j in chunk_full]))
-    try:
-      out, info = call_interruptibly(lambda: jax.device_get(gen(params, x, am, keys)))
-    except KeyboardInterrupt:
-      interrupted = True
-      break
-    nfe += int(info["nfe"])
-    dec = G.decode_outputs(np.asarray(out), tok, stops=cd.STOP, eos_token=eos_tok)
-    for (i, j), t in zip(chunk, dec[:len(chunk)]):
-      texts[(i, j)] = t
-    if progress:
-      progress(min(s + batch_size, len(rows)), len(rows))
+  with deferred():  # a signal between two batches stops the next one (interrupt docstring)
+    for s in range(0, len(rows), batch_size):
+      chunk = rows[s:s + batch_size]
+      pad = batch_size - len(chunk)  # keep one compiled shape: pad with copies of the last row
+      chunk_full = chunk + [chunk[-1]] * pad
+      x, am = G.left_pad([ids[i] for i, _ in chunk_full], cfg.pad_id)
+      x, am = cli.pad_prompts_to(x, am, getattr(tok, "prompt_length", 0), cfg.pad_id)
+      keys = jax.vmap(lambda i, j: jax.random.fold_in(jax.random.fold_in(base, i), j))(
+          jnp_arr([i for i, _ in chunk_full]), jnp_arr([j for _, j in chunk_full]))
+      try:
+        out, info = call_interruptibly(lambda: jax.device_get(gen(params, x, am, keys)))
+      except KeyboardInterrupt:
+        interrupted = True
+        break
+      nfe += int(info["nfe"])
+      dec = G.decode_outputs(np.asarray(out), tok, stops=cd.STOP, eos_token=eos_tok)
+      for (i, j), t in zip(chunk, dec[:len(chunk)]):
+        texts[(i, j)] = t
+      if progress:
+        progress(min(s + batch_size, len(rows)), len(rows))
   records = []
   for i, p in enumerate(problems):
     if any((i, j) not in texts for j in range(repeats)):
@@ -116,14 +117,24 @@ def check_outputs(out_dir: str, overwrite: bool) -> tuple[str, str]:
   """The two output files under --out_dir, checked BEFORE any work (the evaluation used to run
   to the end and then fail to write): ValueError (one line) if --out_dir is a file, cannot be
   created or written, or already holds results without --overwrite."""
-  from remdm_jax.fileio import check_output_path
+  from remdm_jax.fileio import check_writable_folder
   if not out_dir:
     raise ValueError("--out_dir is required")
   out_dir = os.path.abspath(os.path.expanduser(out_dir))
   if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
     raise ValueError(f"--out_dir={out_dir} exists and is not a folder")
-  return tuple(check_output_path(os.path.join(out_dir, name), overwrite, "--out_dir")
-               for name in ("samples.jsonl", "summary.json"))
+  paths = []
+  for name in ("samples.jsonl", "summary.json"):
+    path = os.path.join(out_dir, name)
+    if os.path.isdir(path):
+      raise ValueError(f"--out_dir={out_dir} holds a folder named {name}; choose another "
+                       "--out_dir")
+    if os.path.lexists(path) and not overwrite:
+      raise ValueError(f"--out_dir={out_dir}: {name} exists; pass --overwrite to replace the "
+                       "results there, or choose another --out_dir")
+    check_writable_folder(out_dir, "--out_dir", out_dir)
+    paths.append(path)
+  return tuple(paths)
 
 
 def _main(args):
@@ -165,6 +176,8 @@ def _main(args):
                   "data": args.data or f"generated(n={args.num_problems}, "
                                        f"seed={args.problem_seed})", "seed": args.seed})
   write_outputs(args.out_dir, records, summary)
+  from remdm_jax.interrupt import note_saved
+  note_saved(f"the results of {len(records)} problems are in {args.out_dir}")
   if summary["interrupted"]:
     from remdm_jax.interrupt import Interrupted
     raise Interrupted(records, f"interrupted: the {len(records)} problems with every repeat "
@@ -175,7 +188,10 @@ def _main(args):
 
 
 def main(argv: Optional[list] = None) -> int:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  from remdm_jax.cliargs import ArgumentParser
+  from remdm_jax.interrupt import run_main
+  p = ArgumentParser(prog="python -m remdm_jax.llm.countdown_eval", description=__doc__,
+                     formatter_class=argparse.RawTextHelpFormatter)
   cli.add_generation_flags(p)
   p.add_argument("--data", default=None, help="cd3 JSON / JSONL file (user-supplied)")
   p.add_argument("--limit", type=int, default=None)
@@ -186,7 +202,8 @@ def main(argv: Optional[list] = None) -> int:
                  help="results folder (samples.jsonl, summary.json); required")
   p.add_argument("--overwrite", action="store_true",
                  help="replace samples.jsonl / summary.json already in --out_dir")
-  return cli.run_cli(_main, p, argv)
+  # Ctrl-C / SIGTERM anywhere: one line, the finished problems written (interrupt.run_main)
+  return run_main(cli.run_cli, _main, p, argv, prog="llm.countdown_eval")
 
 
 if __name__ == "__main__":

@@ -139,7 +139,9 @@ def write_tiny_dream(folder: str, seed: int = 0, **cfg_overrides) -> None:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  from remdm_jax.cliargs import ArgumentParser
+  p = ArgumentParser(prog="python -m remdm_jax.llm.fixtures", description=__doc__,
+                     formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("arch", choices=("llada", "dream"))
   p.add_argument("--out", required=True, help="a new (or empty) folder")
   p.add_argument("--seed", type=int, default=0)

@@ -57,14 +57,17 @@ only place that touches the guidance API of `remdm_jax.sampling.guidance`:
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
 import time
 from typing import Optional
 
-import jax
+if __name__ == "__main__":  # Ctrl-C / SIGTERM while the imports load: one line, no traceback
+  from remdm_jax import interrupt as _interrupt
+  _interrupt.install_handlers("molecules.sample")
+
+import jax  # noqa: E402
 import jax.numpy as jnp
 import numpy as np
 
@@ -72,7 +75,7 @@ from remdm_jax import generation
 from remdm_jax import sharding as mesh_lib
 from remdm_jax.checks import check_seed
 from remdm_jax.generation import ASSETS_DIR, LoadedModel, load_model
-from remdm_jax.interrupt import Interrupted, call_interruptibly
+from remdm_jax.interrupt import Interrupted, call_interruptibly, deferred
 from remdm_jax.models import dit
 from remdm_jax.sampling import SamplerConfig, make_sampler
 from remdm_jax.sampling import guidance as G
@@ -334,31 +337,33 @@ def sample_molecules(model: LoadedModel, sampler_cfg: SamplerConfig, *, num_samp
   out = []
   start = time.perf_counter()
   info = {}
-  for b in range(n_batches):
-    if meter is not None:
-      meter.start_batch(b)
+  with deferred():  # a signal between two batches stops the next one (interrupt docstring)
+    for b in range(n_batches):
+      if meter is not None:
+        meter.start_batch(b)
 
-    def run_batch():
-      toks, info = sampler.sample_with_info(params, jax.random.fold_in(root, b),
-                                            batch_size=batch_size)
-      return mesh_lib.to_host(toks), info  # all rows on every process
+      def run_batch():
+        toks, info = sampler.sample_with_info(params, jax.random.fold_in(root, b),
+                                              batch_size=batch_size)
+        return mesh_lib.to_host(toks), info  # all rows on every process
 
-    try:
-      toks, info = call_interruptibly(run_batch)
-    except KeyboardInterrupt:
-      if progress:
-        print(file=sys.stderr)
-      done = (np.concatenate(out)[:num_samples] if out
-              else np.zeros((0, model.seq_len), np.int32))
-      raise Interrupted(done, f"interrupted in batch {b + 1}/{n_batches}") from None
-    out.append(np.asarray(toks))
-    if meter is not None:
-      jax.effects_barrier()  # every step's callback has run
-      meter.end_batch()
-    elif progress:
-      el = time.perf_counter() - start
-      print(f"\r{min((b + 1) * batch_size, num_samples)}/{num_samples} molecules {el:.0f}s "
-            f"ETA {el / (b + 1) * (n_batches - b - 1):.0f}s", end="", file=sys.stderr, flush=True)
+      try:
+        toks, info = call_interruptibly(run_batch)
+      except KeyboardInterrupt:
+        if progress:
+          print(file=sys.stderr)
+        done = (np.concatenate(out)[:num_samples] if out
+                else np.zeros((0, model.seq_len), np.int32))
+        raise Interrupted(done, f"interrupted in batch {b + 1}/{n_batches}") from None
+      out.append(np.asarray(toks))
+      if meter is not None:
+        jax.effects_barrier()  # every step's callback has run
+        meter.end_batch()
+      elif progress:
+        el = time.perf_counter() - start
+        print(f"\r{min((b + 1) * batch_size, num_samples)}/{num_samples} molecules {el:.0f}s "
+              f"ETA {el / (b + 1) * (n_batches - b - 1):.0f}s", end="", file=sys.stderr,
+              flush=True)
   if progress:
     print(file=sys.stderr)
   tokens = np.concatenate(out)[:num_samples]
@@ -433,11 +438,27 @@ def _records(smiles, tokens, reference, settings) -> list[dict]:
 
 
 def main(argv=None) -> int:
-  """CLI; 0, or 2 after one `error: ...` line (bad input, before any work), or 130 after Ctrl-C
-  (the finished batches are written)."""
-  from remdm_jax.interrupt import EXIT_INTERRUPTED, hard_exit
-  p = argparse.ArgumentParser(prog="python -m remdm_jax.molecules.sample",
-                              description=__doc__.split("\n\n")[0])
+  """CLI; 0, or 2 after one `error: ...` line (bad input, before any work), or 130 / 143 after
+  Ctrl-C / SIGTERM (the finished batches are written; `interrupt.run_main`)."""
+  from remdm_jax import interrupt
+  return interrupt.run_main(_main, argv, prog="molecules.sample")
+
+
+def _load_for_flag(flag: str, path: Optional[str], name: str = COND_MODEL) -> LoadedModel:
+  """`load_qm9_model` for --model / --classifier: a path that does not exist or is not a folder
+  is one line naming the flag (and, for --model, the shipped short names)."""
+  if path is not None and path not in SHIPPED and not os.path.isdir(path):
+    what = "is not a folder" if os.path.exists(path) else "does not exist"
+    names = f" and is not a shipped name ({', '.join(SHIPPED)})" if flag == "--model" else ""
+    raise ValueError(f"{flag}={path} {what}{names}")
+  return load_qm9_model(path, name)
+
+
+def _main(argv=None) -> int:
+  from remdm_jax.cliargs import ArgumentParser
+  from remdm_jax.interrupt import EXIT_INTERRUPTED, hard_exit, note_saved
+  p = ArgumentParser(prog="python -m remdm_jax.molecules.sample",
+                     description=__doc__.split("\n\n")[0])
   p.add_argument("--model", default=None,
                  help="checkpoint dir or a shipped name: mdlm (default), udlm, ar")
   p.add_argument("--classifier", default=None, help="classifier dir (default: shipped)")
@@ -487,14 +508,14 @@ def main(argv=None) -> int:
                         a.steps, eta=a.eta)
     guidance = {"none": None, "cfg": CFG(gamma), "cbg": CBG(gamma, a.approx),
                 "cbg_approx": CBG(gamma, True)}[a.guidance]
-    model = load_qm9_model(a.model)
+    model = _load_for_flag("--model", a.model)
     generation.check_model_use(model, "molecules.sample", kinds=("mdlm", "udlm", "ar"),
                                domains=("molecules", None))
     _check_cli_for_kind(a, model)
     null, fixed = _check_request(model, guidance, label)
     clf = None
     if isinstance(guidance, CBG):
-      clf = load_qm9_model(a.classifier, CLASSIFIER_MODEL)
+      clf = _load_for_flag("--classifier", a.classifier, CLASSIFIER_MODEL)
       generation.check_model_use(clf, "molecules.sample --classifier", kinds=("classifier",),
                                  domains=("molecules", None))
       _check_classifier(clf, model, fixed)
@@ -527,7 +548,7 @@ def main(argv=None) -> int:
         out, failure = generation.write_jsonl_or_rescue(out_path, recs)
         where = f"wrote the {len(done)} finished molecules to {out}" + (
             f" ({failure})" if failure else "")
-      print(f"{e}; {where}", file=sys.stderr)
+      print(f"molecules.sample: {e}; {where}", file=sys.stderr)
       hard_exit(EXIT_INTERRUPTED)
     if not primary:
       return 0
@@ -536,6 +557,7 @@ def main(argv=None) -> int:
     out, failure = generation.write_jsonl_or_rescue(out_path, records)
     if failure:
       raise ValueError(f"{failure}; the {len(records)} molecules were written to {out} instead")
+    note_saved(f"the {len(records)} molecules are in {out}")
   except (ValueError, FileNotFoundError, ImportError, OSError) as e:
     text = str(e).strip()
     print(f"error: {text.splitlines()[0] if text else type(e).__name__}", file=sys.stderr)

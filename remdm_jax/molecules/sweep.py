@@ -42,7 +42,6 @@ the methods.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import itertools
@@ -54,8 +53,9 @@ from typing import Optional
 
 
 from remdm_jax.checks import check_seed
+from remdm_jax.cliargs import ArgumentParser
 from remdm_jax.fileio import atomic_open, check_output_path
-from remdm_jax.interrupt import EXIT_INTERRUPTED, Interrupted, hard_exit
+from remdm_jax.interrupt import EXIT_INTERRUPTED, Interrupted, hard_exit, note_saved
 from remdm_jax.sampling import SamplerConfig
 
 METHODS = ("MDLM", "ReMDM", "UDLM", "AR")
@@ -284,8 +284,15 @@ def apply_defaults(a) -> None:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m remdm_jax.molecules.sweep",
-                              description="QM9 guidance sweep (SPEC_DOMAINS §M.6)")
+  """The CLI under `interrupt.run_main`: Ctrl-C / SIGTERM anywhere is one line saying what is
+  kept, exit 130 / 143."""
+  from remdm_jax.interrupt import run_main
+  return run_main(_main, argv, prog="molecules.sweep")
+
+
+def _main(argv=None) -> int:
+  p = ArgumentParser(prog="python -m remdm_jax.molecules.sweep",
+                     description="QM9 guidance sweep (SPEC_DOMAINS §M.6)")
   p.add_argument("--out_dir", required=True)
   p.add_argument("--quick", action="store_true")
   p.add_argument("--property", default="ring_count", choices=("ring_count", "qed"))
@@ -412,6 +419,7 @@ def main(argv=None) -> int:
         msg = row["status"]
       rows.append(row)
       write_csv(csv_path, rows + list(done.values()))
+      note_saved(f"the finished points are in {csv_path}; the same command resumes")
       el = time.perf_counter() - start
       pending = [g for g in grid[i + 1:] if unavailable_reason(ctx, g[0], g[1], g[2]) is None]
       eta = estimate_seconds(rates, pending, a.approx)

@@ -164,6 +164,31 @@ class SamplerConfig:
       return DEFAULT_ETA.get(base, 0.0)
     return 0.0
 
+  def ignored_fields(self) -> dict:
+    """{field: why} for the fields this config's strategy never reads (`step_schedule`), so that
+    an entry point can refuse a flag that would be silently ignored: eta (mdlm, fb, dfm, and
+    conf / switch-to-conf with conf_base="max", which use sigma_max), t_on / t_off / alpha_on /
+    loop_sigma (all but remdm_loop), t_switch / switch_base (all but remdm_switch), conf_base
+    (all but remdm_conf and remdm_switch with switch_base="conf")."""
+    s, out = self.strategy, {}
+    if s == "mdlm":
+      out["eta"] = "MDLM never remasks"
+    elif s in ("fb", "dfm"):
+      out["eta"] = f"{s}'s remasking sigma is fixed by its schedule"
+    elif s == "remdm_conf" and self.conf_base == "max":
+      out["eta"] = "remdm_conf with conf_base='max' scales sigma_max, not eta"
+    elif (s == "remdm_switch" and self.switch_base == "conf" and self.conf_base == "max"):
+      out["eta"] = "remdm_switch to conf with conf_base='max' scales sigma_max, not eta"
+    if s != "remdm_loop":
+      for f in ("t_on", "t_off", "alpha_on", "loop_sigma"):
+        out[f] = "only remdm_loop has the loop phases"
+    if s != "remdm_switch":
+      for f in ("t_switch", "switch_base"):
+        out[f] = "only remdm_switch switches from MDLM to ReMDM"
+    if not self.uses_conf:
+      out["conf_base"] = "only remdm_conf (or remdm_switch to conf) uses confidence weights"
+    return out
+
   @property
   def uses_conf(self) -> bool:
     """Whether the carry holds the per-token confidence state psi."""

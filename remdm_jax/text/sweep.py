@@ -130,6 +130,13 @@ def write_csv(path: str, rows: Sequence[dict]) -> None:
 
 
 def main(argv) -> int:
+  """The CLI under `interrupt.run_main`: Ctrl-C / SIGTERM anywhere is one line, exit 130 / 143;
+  every finished (strategy, T) sample set is kept."""
+  from remdm_jax.interrupt import run_main
+  return run_main(_main, argv, prog="sweep")
+
+
+def _main(argv) -> int:
   from absl import flags
   F = flags.FLAGS
   from absl import logging
@@ -155,13 +162,16 @@ def main(argv) -> int:
         import matplotlib  # noqa: F401  pylint: disable=unused-import
       except ImportError as e:
         raise ImportError("the sweep's plot needs matplotlib: pip install 'remdm-jax[eval]'") from e
-      if scorer is not None and not generation.load_model(scorer).config.causal:
+      if scorer is not None and not generation.load_model_for_flag("--scorer",
+                                                                   scorer).config.causal:
         raise ValueError(f"--scorer={scorer} is not an autoregressive (causal) model")
     for s in F.strategies:
       from remdm_jax.sampling import PRESETS
       if s not in PRESETS:
         raise ValueError(f"--strategies entry {s!r} is not one of {tuple(PRESETS)}")
     top_p = None if F.top_p >= 1.0 else F.top_p
+    from remdm_jax.interrupt import note_saved
+    note_saved(f"every finished (strategy, T) sample set is in {output_dir}")
     if F.stage in ("sample", "all"):
       sample_stage(ckpt, output_dir, strategies=F.strategies,
                    steps=[int(s) for s in F.steps] if F.steps else None,

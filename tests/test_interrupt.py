@@ -88,6 +88,26 @@ _EARLY = {
 }
 
 
+@pytest.mark.parametrize("delay", [0.3, 1.5, 4.0])
+def test_llm_cli_signal_is_one_line(delay, tmp_path):
+  """llm.cli on the shipped Countdown model: before this fix a Ctrl-C was a traceback, or was
+  swallowed by JAX's gc callback and the run went on to print its output and exit 0."""
+  model = os.path.join(ROOT, "remdm_jax", "assets", "models", "countdown_llada")
+  p = _Proc(["-m", "remdm_jax.llm.cli", f"--model_dir={model}", "--gen_length=15",
+             "--block_length=15", "--steps=15", "--prompt=1,2,3,6"], _env(tmp_path))
+  time.sleep(delay)
+  if p.p.poll() is None:
+    p.p.send_signal(signal.SIGINT)
+  rc, lines = p.finish()
+  _no_traceback(lines)
+  if rc == 0:  # finished before the signal (a fast machine at 4 s): nothing to check
+    pytest.skip("llm.cli finished before the signal")
+  assert rc == 130, lines
+  # "llm.cli: interrupted; nothing written" (load / compile) or "interrupted by SIGINT" (decoding)
+  assert lines and "interrupted" in lines[-1], lines
+  assert len([ln for ln in lines if "interrupted" in ln]) == 1, lines
+
+
 @pytest.mark.parametrize("prog", sorted(_EARLY))
 @pytest.mark.parametrize("sig,delay", [(signal.SIGINT, 0.3), (signal.SIGINT, 1.5),
                                        (signal.SIGTERM, 2.5)])

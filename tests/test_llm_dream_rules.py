@@ -157,6 +157,10 @@ def test_cli_dream_rule_on_dream_checkpoint(tmp_path, capsys):
   assert isinstance(json.loads(capsys.readouterr().out.splitlines()[0])["text"], str)
   assert cli.main(base + ["--sampler=llada", "--top_k=3"]) == 2
   assert "--top_k applies only to the Dream rules" in capsys.readouterr().err
+  assert cli.main(base + ["--sampler=llada", "--eta=0.5"]) == 2  # a flag no rule reads
+  assert "--eta=0.5 applies only to a strategy sampler" in capsys.readouterr().err
+  assert cli.main(base + ["--sampler=mdlm", "--eta=0.5"]) == 2  # mdlm never reads eta
+  assert "--eta=0.5 does not apply to --sampler=mdlm" in capsys.readouterr().err
   # a Dream model has no KV cache: one error line before loading the weights
   assert cli.main(base + ["--sampler=dream_entropy", "--cache=dual"]) == 2
   err = capsys.readouterr().err.strip().splitlines()

@@ -29,6 +29,10 @@ llada / llada_conf: `--threshold`, `--factor`, `--eb_gamma`), e.g.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # Ctrl-C / SIGTERM while the imports load: one line, no traceback
+  from remdm_jax import interrupt as _interrupt
+  _interrupt.install_handlers("llm.cli")
+
 import argparse
 import json
 import sys
@@ -96,6 +100,9 @@ def gen_config_from_args(args, mcfg) -> GenConfig:
       raise ValueError(f"--{flag} applies only to the Dream rules (--sampler=dream_*)")
   if args.top_p is not None and not (dream or strategy):
     raise ValueError("--top_p applies to a strategy sampler or the Dream rules")
+  if args.eta is not None and not strategy:
+    raise ValueError(f"--eta={args.eta:g} applies only to a strategy sampler (--sampler in "
+                     f"{STRATEGIES}), not the rule --sampler={args.sampler}")
   nb = args.gen_length // max(args.block_length, 1)
   sampler = None
   if strategy:
@@ -103,6 +110,9 @@ def gen_config_from_args(args, mcfg) -> GenConfig:
                             eta=args.eta, top_p=args.top_p,
                             precision="float64" if args.precision == "float64" else "exact32",
                             time_independent=True)
+    if args.eta is not None and "eta" in sampler.ignored_fields():
+      raise ValueError(f"--eta={args.eta:g} does not apply to --sampler={args.sampler}: "
+                       f"{sampler.ignored_fields()['eta']}")
   stop = None if args.stop_at_eos is None else args.stop_at_eos == "true"
   pick = lambda v, d: d if v is None else v
   eot = pick(args.eot_id, mcfg.eot_token_id)
@@ -270,7 +280,8 @@ def main(argv: Optional[list] = None) -> int:
   p.add_argument("--stop", action="append", default=[])
   p.add_argument("--chat", action="store_true", help="apply the folder's chat template")
   p.add_argument("--system", default=None, help="system message (with --chat)")
-  return run_cli(_generate_main, p, argv)
+  from remdm_jax.interrupt import run_main
+  return run_main(run_cli, _generate_main, p, argv, prog="llm.cli")
 
 
 if __name__ == "__main__":

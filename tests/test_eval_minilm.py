@@ -1,5 +1,4 @@
 """JAX all-MiniLM-L6-v2 vs transformers.BertModel + sentence-transformers pooling."""
-import os
 
 import numpy as np
 import pytest

@@ -11,7 +11,6 @@ import pytest
 from remdm_jax import config_utils
 from remdm_jax.diffusion import losses
 from remdm_jax.diffusion.losses import LossConfig
-from remdm_jax.diffusion.schedules import NoiseSchedule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)

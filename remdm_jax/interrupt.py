@@ -40,6 +40,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any, Callable, Optional
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
@@ -48,6 +49,23 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM
 # process-wide state of the handlers (entry points only; a library import installs nothing)
 _state: dict = {"prog": None, "signal": None, "saved": None, "raise": 0, "defer": 0,
                 "installed_by_main": False}
+
+
+_abandoned: list = []  # workers left running by an interrupted call_interruptibly
+
+
+def join_abandoned(timeout: float = 120.0) -> int:
+  """Waits (at most `timeout` seconds in all) for the workers abandoned by interrupted
+  `call_interruptibly` calls; returns how many are still running. For a process that goes on
+  after an interrupt and then exits normally (e.g. a test session): a daemon thread still inside
+  a compiled program at interpreter shutdown can abort the process."""
+  deadline = time.monotonic() + timeout
+  while _abandoned:
+    _abandoned[0].join(max(0.0, deadline - time.monotonic()))
+    if _abandoned[0].is_alive():
+      break
+    _abandoned.pop(0)
+  return len(_abandoned)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -85,6 +103,8 @@ def call_interruptibly(fn: Callable, *args, poll: float = 0.05, **kwargs):
       check_signal()
   finally:
     _state["raise"] -= 1
+    if worker.is_alive():
+      _abandoned.append(worker)
   if "error" in box:
     raise box["error"]
   return box["result"]

@@ -51,7 +51,7 @@ _state: dict = {"prog": None, "signal": None, "saved": None, "raise": 0, "defer"
                 "installed_by_main": False}
 
 
-_abandoned: list = []  # workers left running by an interrupted call_interruptibly
+_abandoned: list = []  # `finished` events of the workers an interrupted call left running
 
 
 def join_abandoned(timeout: float = 120.0) -> int:
@@ -61,8 +61,7 @@ def join_abandoned(timeout: float = 120.0) -> int:
   a compiled program at interpreter shutdown can abort the process."""
   deadline = time.monotonic() + timeout
   while _abandoned:
-    _abandoned[0].join(max(0.0, deadline - time.monotonic()))
-    if _abandoned[0].is_alive():
+    if not _abandoned[0].wait(max(0.0, deadline - time.monotonic())):
       break
     _abandoned.pop(0)
   return len(_abandoned)
@@ -86,12 +85,15 @@ def call_interruptibly(fn: Callable, *args, poll: float = 0.05, **kwargs):
   if threading.current_thread() is not threading.main_thread():
     return fn(*args, **kwargs)
   box: dict = {}
+  finished = threading.Event()  # (Thread.is_alive can read False after an interrupted join)
 
   def work():
     try:
       box["result"] = fn(*args, **kwargs)
     except BaseException as e:  # pylint: disable=broad-except  (re-raised in the caller)
       box["error"] = e
+    finally:
+      finished.set()
 
   check_signal()  # recorded between two calls, or its KeyboardInterrupt was swallowed
   worker = threading.Thread(target=work, name="remdm-compute", daemon=True)
@@ -103,8 +105,8 @@ def call_interruptibly(fn: Callable, *args, poll: float = 0.05, **kwargs):
       check_signal()
   finally:
     _state["raise"] -= 1
-    if worker.is_alive():
-      _abandoned.append(worker)
+    if not finished.is_set():
+      _abandoned.append(finished)
   if "error" in box:
     raise box["error"]
   return box["result"]

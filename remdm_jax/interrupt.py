@@ -130,10 +130,15 @@ def exit_status() -> int:
   return EXIT_TERMINATED if _state["signal"] == signal.SIGTERM else EXIT_INTERRUPTED
 
 
+def program_line(message: str) -> str:
+  """"<prog>: <message>", prog as `install_handlers` named it (else the script's name)."""
+  prog = _state["prog"] or os.path.basename(sys.argv[0] or "python")
+  return f"{prog}: {message}"
+
+
 def _interrupted_line(detail: Optional[str] = None) -> str:
   by = " by SIGTERM" if _state["signal"] == signal.SIGTERM else ""
-  prog = _state["prog"] or os.path.basename(sys.argv[0] or "python")
-  return f"{prog}: interrupted{by}; {detail or _state['saved'] or 'nothing written'}"
+  return program_line(f"interrupted{by}; {detail or _state['saved'] or 'nothing written'}")
 
 
 def _exit_interrupted() -> None:

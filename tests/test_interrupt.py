@@ -108,6 +108,29 @@ def test_llm_cli_signal_is_one_line(delay, tmp_path):
   assert len([ln for ln in lines if "interrupted" in ln]) == 1, lines
 
 
+@pytest.mark.parametrize("delay", [1.0, 6.0])
+def test_lm_eval_signal_is_one_line(delay, tmp_path):
+  """`python -m remdm_jax.llm.lm_eval` on the tiny LLaDA fixture: before this fix a Ctrl-C was a
+  KeyboardInterrupt traceback, or was swallowed and the run went on to print its table, exit 0."""
+  pytest.importorskip("lm_eval")
+  from remdm_jax.llm import fixtures
+  model = str(tmp_path / "tiny-llada")
+  fixtures.write_tiny_llada(model, seed=0)
+  p = _Proc(["-m", "remdm_jax.llm.lm_eval", "--model", "remdm_jax", "--model_args",
+             f"checkpoint={model},rule=llada,steps=8,gen_length=8,mc_num=4,cache=dual",
+             "--tasks", "toy_gen", "toy_mc", "--include_path",
+             os.path.join(ROOT, "tests", "data", "lmeval"), "--batch_size", "1"], _env(tmp_path))
+  time.sleep(delay)
+  if p.p.poll() is None:
+    p.p.send_signal(signal.SIGINT)
+  rc, lines = p.finish()
+  _no_traceback(lines)
+  if rc == 0:
+    pytest.skip("lm_eval finished before the signal")
+  assert rc == 130, lines
+  assert lines and lines[-1].startswith("llm.lm_eval: interrupted"), lines
+
+
 @pytest.mark.parametrize("prog", sorted(_EARLY))
 @pytest.mark.parametrize("sig,delay", [(signal.SIGINT, 0.3), (signal.SIGINT, 1.5),
                                        (signal.SIGTERM, 2.5)])

@@ -591,3 +591,35 @@ def test_cli_cache_and_commit_flags(tmp_path, capsys):
   assert cli.main(common + ["--cache=full"]) == 2
   assert "error: " in capsys.readouterr().err
   assert cli.main(common + ["--sampler=remdm_llada", "--commit=eb"]) == 2
+  assert "--commit=eb (an adaptive commit rule) applies" in capsys.readouterr().err
+  assert cli.main(common + ["--sampler=remdm_cap", "--commit=eb"]) == 2  # named, not "strategy"
+  assert "not --sampler=remdm_cap" in capsys.readouterr().err
+  # a parameter flag where it does nothing is refused, naming it
+  for flags, name in ((["--threshold=0.5"], "--threshold=0.5"),
+                      (["--commit=threshold", "--factor=2"], "--factor=2"),
+                      (["--cache=dual", "--eb_gamma=0.5"], "--eb_gamma=0.5"),
+                      (["--refresh_every=2"], "--refresh_every=2")):
+    assert cli.main(common + flags) == 2, flags
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {name} applies only with"), err
+
+
+def test_cli_prompt_keys_do_not_depend_on_the_other_prompts(tmp_path, capsys):
+  """Prompt i uses fold_in(key(seed), i): at temperature 1 the first prompt's text is the same
+  alone and followed by other prompts (before: split(key, n) changed with n)."""
+  from test_llm_countdown import tiny_model_dir
+  from remdm_jax.llm import cli
+  d = str(tmp_path / "model")
+  tiny_model_dir(d)
+  common = [f"--model_dir={d}", "--gen_length=8", "--block_length=4", "--steps=8",
+            "--temperature=1.0", "--param_dtype=float32", "--compute_dtype=float32",
+            "--prompt=1+1="]
+  texts = []
+  for extra in ([], ["--prompt=22", "--prompt=345"]):
+    assert cli.main(common + extra) == 0
+    texts.append([json.loads(ln)["text"] for ln in capsys.readouterr().out.strip().splitlines()])
+  assert texts[0][0] == texts[1][0]
+  assert len(texts[1]) == 3
+  one, three = cli.prompt_keys(5, 1), cli.prompt_keys(5, 3)
+  np.testing.assert_array_equal(jax.random.key_data(one[0]), jax.random.key_data(three[0]))
+  assert not np.array_equal(jax.random.key_data(three[0]), jax.random.key_data(three[1]))

@@ -212,6 +212,14 @@ def test_countdown_eval_command(tmp_path):
   summ = json.load(open(os.path.join(out, "summary.json")))
   assert summ["num_problems"] == 2 and 0.0 <= summ["pass@1"] <= 1.0
   assert summ["nfe_total"] == 16  # one batch of 4 rows, one block: 2S = 16 calls
+  assert summ["nfe_per_sample"] == 16 and rec["nfe"] == [16, 16]  # per row, not per batch
+  # per-sample NFE does not depend on the batch size (nfe_total does: 2 batches of 2 rows)
+  out3 = str(tmp_path / "out3")
+  base3 = [c for c in common[:-1] if not c.startswith("--batch_size")]
+  assert countdown_eval.main(base3 + ["--batch_size=2", f"--out_dir={out3}",
+                                      "--sampler=remdm_llada", "--steps=8"]) == 0
+  summ3 = json.load(open(os.path.join(out3, "summary.json")))
+  assert summ3["nfe_total"] == 32 and summ3["nfe_per_sample"] == 16
   # a bad flag: one line, exit 2, nothing written
   out2 = str(tmp_path / "out2")
   assert countdown_eval.main(common[:-1] + [f"--out_dir={out2}", "--sampler=nope"]) == 2

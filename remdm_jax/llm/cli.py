@@ -80,13 +80,37 @@ def add_generation_flags(p: argparse.ArgumentParser) -> None:
   p.add_argument("--batch_size", type=int, default=8)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--cache", default="none", help="KV cache mode: none | prefix | dual")
-  p.add_argument("--refresh_every", type=int, default=0,
-                 help="refresh the cache every k steps (0 = once per block)")
+  p.add_argument("--refresh_every", type=int, default=None,
+                 help="refresh the cache every k steps (default 0 = once per block)")
   p.add_argument("--commit", default="fixed",
                  help="commit rule: fixed | threshold | factor | eb (adaptive: llada, llada_conf)")
-  p.add_argument("--threshold", type=float, default=0.9, help="tau of --commit=threshold")
-  p.add_argument("--factor", type=float, default=1.0, help="factor of --commit=factor")
-  p.add_argument("--eb_gamma", type=float, default=1e-3, help="entropy bound of --commit=eb")
+  p.add_argument("--threshold", type=float, default=None,
+                 help="tau of --commit=threshold (default 0.9)")
+  p.add_argument("--factor", type=float, default=None, help="of --commit=factor (default 1.0)")
+  p.add_argument("--eb_gamma", type=float, default=None,
+                 help="entropy bound of --commit=eb (default 1e-3)")
+
+
+# The parameter flags of the cache and of each adaptive commit rule: (flag, when it applies,
+# GenConfig default).
+_CACHE_COMMIT_PARAMS = (("refresh_every", lambda a: a.cache != "none", 0),
+                        ("threshold", lambda a: a.commit == "threshold", 0.9),
+                        ("factor", lambda a: a.commit == "factor", 1.0),
+                        ("eb_gamma", lambda a: a.commit == "eb", 1e-3))
+
+
+def _cache_commit_values(args) -> dict:
+  """refresh_every / threshold / factor / eb_gamma for GenConfig; a flag given where it does
+  nothing (e.g. --threshold with --commit=fixed) is a ValueError naming it."""
+  out = {}
+  for name, applies, default in _CACHE_COMMIT_PARAMS:
+    v = getattr(args, name, None)
+    if v is not None and not applies(args):
+      when = "--cache=prefix|dual" if name == "refresh_every" else f"--commit={name.split('_')[0]}"
+      raise ValueError(f"--{name}={v:g} applies only with {when} (got --cache={args.cache}, "
+                       f"--commit={args.commit})")
+    out[name] = default if v is None else v
+  return out
 
 
 def gen_config_from_args(args, mcfg) -> GenConfig:
@@ -100,6 +124,9 @@ def gen_config_from_args(args, mcfg) -> GenConfig:
       raise ValueError(f"--{flag} applies only to the Dream rules (--sampler=dream_*)")
   if args.top_p is not None and not (dream or strategy):
     raise ValueError("--top_p applies to a strategy sampler or the Dream rules")
+  if args.commit != "fixed" and args.sampler not in ("llada", "llada_conf"):
+    raise ValueError(f"--commit={args.commit} (an adaptive commit rule) applies to --sampler "
+                     f"llada and llada_conf, not --sampler={args.sampler}")
   if args.eta is not None and not strategy:
     raise ValueError(f"--eta={args.eta:g} applies only to a strategy sampler (--sampler in "
                      f"{STRATEGIES}), not the rule --sampler={args.sampler}")
@@ -129,8 +156,7 @@ def gen_config_from_args(args, mcfg) -> GenConfig:
       official_eos_quirk=args.official_eos_quirk, stop_at_eos=stop, precision=args.precision,
       mask_id=pick(args.mask_id, mcfg.mask_token_id), eos_id=pick(args.eos_id, mcfg.eos_token_id),
       eot_id=eot, pad_id=pick(args.pad_id, mcfg.pad_token_id), sampler=sampler,
-      cache=args.cache, refresh_every=args.refresh_every, commit=args.commit,
-      threshold=args.threshold, factor=args.factor, eb_gamma=args.eb_gamma, **extra)
+      cache=args.cache, commit=args.commit, **_cache_commit_values(args), **extra)
 
 
 def load_model(args):
@@ -234,9 +260,19 @@ def run_cli(main_fn, parser: argparse.ArgumentParser, argv=None) -> int:
     return 2
   except KeyboardInterrupt as e:  # Ctrl-C: what was finished is written by main_fn (130)
     from remdm_jax.interrupt import EXIT_INTERRUPTED, hard_exit
-    print(f"\n{e or 'interrupted'}", file=sys.stderr)
+    from remdm_jax.interrupt import program_line
+    print(program_line(str(e) or "interrupted"), file=sys.stderr)
     hard_exit(EXIT_INTERRUPTED)
   return 0
+
+
+def prompt_keys(seed: int, n: int):
+  """[n] typed keys: prompt i uses fold_in(key(seed), i), so a prompt's output does not depend
+  on how many prompts follow it (per-row keys: `sampling.blocks` batch invariance)."""
+  import jax
+  import jax.numpy as jnp
+  return jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(
+      jnp.arange(n, dtype=jnp.uint32))
 
 
 def _gen_to_host(gen, params, x, am, keys, to_host):
@@ -258,7 +294,7 @@ def _generate_main(args):
   x, am = G.left_pad(prompts, cfg.pad_id)
   x, am = pad_prompts_to(x, am, getattr(lm.tokenizer, "prompt_length", 0), cfg.pad_id)
   gen = lm.make_generator(cfg, mesh=mesh)
-  keys = jax.random.split(jax.random.key(args.seed), len(prompts))
+  keys = prompt_keys(args.seed, len(prompts))
   from remdm_jax.interrupt import call_interruptibly
   from remdm_jax.sharding import to_host
   out, info = call_interruptibly(lambda: _gen_to_host(gen, lm.params, x, am, keys, to_host))

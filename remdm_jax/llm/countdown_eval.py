@@ -55,6 +55,7 @@ def evaluate(gen, params, tok, cfg, problems, *, repeats=10, batch_size=8, seed=
   base = jax.random.key(seed)
   texts: dict = {}
   nfe = 0
+  row_nfe: dict = {}  # (problem, repeat) -> the model calls that row took part in
   interrupted = False
   eos_tok = cli.token_string(tok, cfg.eos_id)
   with deferred():  # a signal between two batches stops the next one (interrupt docstring)
@@ -73,8 +74,11 @@ def evaluate(gen, params, tok, cfg, problems, *, repeats=10, batch_size=8, seed=
         break
       nfe += int(info["nfe"])
       dec = G.decode_outputs(np.asarray(out), tok, stops=cd.STOP, eos_token=eos_tok)
-      for (i, j), t in zip(chunk, dec[:len(chunk)]):
+      # per-row model calls (a generator without row_nfe: every row took part in every call)
+      rn = np.asarray(info.get("row_nfe", np.full(len(chunk_full), int(info["nfe"]))))
+      for (i, j), t, r in zip(chunk, dec[:len(chunk)], rn):
         texts[(i, j)] = t
+        row_nfe[(i, j)] = int(r)
       if progress:
         progress(min(s + batch_size, len(rows)), len(rows))
   records = []
@@ -84,13 +88,17 @@ def evaluate(gen, params, tok, cfg, problems, *, repeats=10, batch_size=8, seed=
     comps = [texts[(i, j)] for j in range(repeats)]
     sc = cd.score_candidates(p, comps)
     records.append({"input": p["input"], "prompt": prompts[i], "completions": comps,
+                    "nfe": [row_nfe[(i, j)] for j in range(repeats)],
                     "correct": sc["correct"], "pass@1": sc["pass@1"],
                     f"pass@{repeats}": sc[f"pass@{repeats}"]})
   n = max(len(records), 1)
   summary = {"num_problems": len(records), "repeats": repeats,
              "pass@1": sum(r["pass@1"] for r in records) / n, "interrupted": interrupted,
              f"pass@{repeats}": sum(r[f"pass@{repeats}"] for r in records) / n,
-             "nfe_total": nfe}
+             "nfe_total": nfe,  # compiled-batch model calls, summed over batches
+             # model calls per sample (info["row_nfe"]): independent of --batch_size
+             "nfe_per_sample": (sum(sum(r["nfe"]) for r in records) / (n * repeats))
+             if records else 0.0}
   return records, summary
 
 
@@ -184,7 +192,7 @@ def _main(args):
                                f"finished are in {args.out_dir} (summary.json says "
                                "interrupted: true)")
   print(json.dumps({k: summary[k] for k in ("num_problems", "pass@1", f"pass@{args.repeats}",
-                                            "seconds")}))
+                                            "nfe_per_sample", "seconds")}))
 
 
 def main(argv: Optional[list] = None) -> int:

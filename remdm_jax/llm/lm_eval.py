@@ -52,6 +52,10 @@ Bad model_args are one ValueError naming the argument (the command prints `error
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # Ctrl-C / SIGTERM while the imports load: one line, no traceback
+  from remdm_jax import interrupt as _interrupt
+  _interrupt.install_handlers("llm.lm_eval")
+
 import dataclasses
 import sys
 from typing import Optional
@@ -326,7 +330,14 @@ if __name__ != "__main__":
 
 def main(argv: Optional[list] = None) -> int:
   """`python -m remdm_jax.llm.lm_eval ...`: lm-eval's command line with `remdm_jax` registered.
-  A ValueError (bad model_args, a missing folder, an unknown task) is one `error:` line, exit 2."""
+  A ValueError (bad model_args, a missing folder, an unknown task) is one `error:` line, exit 2;
+  Ctrl-C / SIGTERM is one line, exit 130 / 143 (`interrupt.run_main`: lm-eval writes its results
+  at the end, so nothing is kept)."""
+  from remdm_jax.interrupt import run_main
+  return run_main(_main, argv, prog="llm.lm_eval")
+
+
+def _main(argv: Optional[list] = None) -> int:
   if not HAVE_LM_EVAL:
     print("error: lm-eval is not installed: pip install -e '.[lmeval]'", file=sys.stderr)
     return 2

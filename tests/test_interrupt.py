@@ -66,6 +66,16 @@ class _Proc:
     lines = [ln.strip() for ln in self.stderr().replace("\r", "\n").splitlines() if ln.strip()]
     return self.p.returncode, lines
 
+  def signal_after(self, delay, sig=signal.SIGINT):
+    """Sends sig after `delay` seconds (unless the process has ended) -> finish(); asserts no
+    traceback."""
+    time.sleep(delay)
+    if self.p.poll() is None:
+      self.p.send_signal(sig)
+    rc, lines = self.finish()
+    _no_traceback(lines)
+    return rc, lines
+
   def kill(self):
     if self.p.poll() is None:
       os.killpg(self.p.pid, signal.SIGKILL)
@@ -95,11 +105,7 @@ def test_llm_cli_signal_is_one_line(delay, tmp_path):
   model = os.path.join(ROOT, "remdm_jax", "assets", "models", "countdown_llada")
   p = _Proc(["-m", "remdm_jax.llm.cli", f"--model_dir={model}", "--gen_length=15",
              "--block_length=15", "--steps=15", "--prompt=1,2,3,6"], _env(tmp_path))
-  time.sleep(delay)
-  if p.p.poll() is None:
-    p.p.send_signal(signal.SIGINT)
-  rc, lines = p.finish()
-  _no_traceback(lines)
+  rc, lines = p.signal_after(delay)
   if rc == 0:  # finished before the signal (a fast machine at 4 s): nothing to check
     pytest.skip("llm.cli finished before the signal")
   assert rc == 130, lines
@@ -120,11 +126,7 @@ def test_lm_eval_signal_is_one_line(delay, tmp_path):
              f"checkpoint={model},rule=llada,steps=8,gen_length=8,mc_num=4,cache=dual",
              "--tasks", "toy_gen", "toy_mc", "--include_path",
              os.path.join(ROOT, "tests", "data", "lmeval"), "--batch_size", "1"], _env(tmp_path))
-  time.sleep(delay)
-  if p.p.poll() is None:
-    p.p.send_signal(signal.SIGINT)
-  rc, lines = p.finish()
-  _no_traceback(lines)
+  rc, lines = p.signal_after(delay)
   if rc == 0:
     pytest.skip("lm_eval finished before the signal")
   assert rc == 130, lines
@@ -140,11 +142,7 @@ def test_an_early_signal_is_one_line(prog, sig, delay, tmp_path):
   args, flag, ext = _EARLY[prog]
   out = tmp_path / f"out{ext}"
   p = _Proc(args + [f"{flag}={out}"], _env(tmp_path))
-  time.sleep(delay)
-  if p.p.poll() is None:
-    p.p.send_signal(sig)
-  rc, lines = p.finish()
-  _no_traceback(lines)
+  rc, lines = p.signal_after(delay, sig)
   code = 143 if sig == signal.SIGTERM else 130
   by = " by SIGTERM" if sig == signal.SIGTERM else ""
   assert rc == code, lines

@@ -91,25 +91,27 @@ def add_generation_flags(p: argparse.ArgumentParser) -> None:
                  help="entropy bound of --commit=eb (default 1e-3)")
 
 
-# The parameter flags of the cache and of each adaptive commit rule: (flag, when it applies,
-# GenConfig default).
-_CACHE_COMMIT_PARAMS = (("refresh_every", lambda a: a.cache != "none", 0),
-                        ("threshold", lambda a: a.commit == "threshold", 0.9),
-                        ("factor", lambda a: a.commit == "factor", 1.0),
-                        ("eb_gamma", lambda a: a.commit == "eb", 1e-3))
+# The parameter flags of the cache and of each adaptive commit rule: (flag, when it applies).
+_CACHE_COMMIT_PARAMS = (("refresh_every", lambda a: a.cache != "none"),
+                        ("threshold", lambda a: a.commit == "threshold"),
+                        ("factor", lambda a: a.commit == "factor"),
+                        ("eb_gamma", lambda a: a.commit == "eb"))
 
 
 def _cache_commit_values(args) -> dict:
-  """refresh_every / threshold / factor / eb_gamma for GenConfig; a flag given where it does
-  nothing (e.g. --threshold with --commit=fixed) is a ValueError naming it."""
+  """The refresh_every / threshold / factor / eb_gamma flags given (the others keep GenConfig's
+  defaults); a flag given where it does nothing (e.g. --threshold with --commit=fixed) is a
+  ValueError naming it."""
   out = {}
-  for name, applies, default in _CACHE_COMMIT_PARAMS:
+  for name, applies in _CACHE_COMMIT_PARAMS:
     v = getattr(args, name, None)
-    if v is not None and not applies(args):
+    if v is None:
+      continue
+    if not applies(args):
       when = "--cache=prefix|dual" if name == "refresh_every" else f"--commit={name.split('_')[0]}"
       raise ValueError(f"--{name}={v:g} applies only with {when} (got --cache={args.cache}, "
                        f"--commit={args.commit})")
-    out[name] = default if v is None else v
+    out[name] = v
   return out
 
 
